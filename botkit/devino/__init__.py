@@ -1,0 +1,81 @@
+"""The provider edge: everything that knows Devino's wire format.
+
+* :mod:`~botkit.devino.models` — the payloads (outgoing messages, send
+  results, status reports, incoming messages) and their parsers;
+* :mod:`~botkit.devino.errors` — reason keys, status error codes, exceptions;
+* :mod:`~botkit.devino.validation` — the provider's rules, checked locally;
+* :mod:`~botkit.devino.client` — :class:`DevinoClient`, which sends;
+* :mod:`~botkit.devino.emulator` — a local stand-in for the provider.
+
+The rest of botkit imports from here, never the wire format itself.
+"""
+
+from botkit.devino.client import DevinoClient, RequestRecord, RetryPolicy
+from botkit.devino.emulator import Emulator
+from botkit.devino.errors import (
+    DevinoAuthError,
+    DevinoConfigError,
+    DevinoError,
+    DevinoResponseError,
+    DevinoTransportError,
+    InvalidPhoneNumber,
+    PayloadError,
+    ReasonKey,
+    StatusAction,
+    StatusErrorCode,
+    status_error,
+)
+from botkit.devino.models import (
+    Contact,
+    GeoLocation,
+    IncomingMessage,
+    MessageStatus,
+    OutgoingMessage,
+    Reason,
+    SendResult,
+    StatusReport,
+    parse_incoming,
+    parse_statuses,
+)
+from botkit.devino.validation import (
+    MEDIA_TYPES,
+    MediaKind,
+    max_bytes,
+    media_kind,
+    normalize_phone,
+    validate_message,
+)
+
+__all__ = [
+    "MEDIA_TYPES",
+    "Contact",
+    "DevinoAuthError",
+    "DevinoClient",
+    "DevinoConfigError",
+    "DevinoError",
+    "DevinoResponseError",
+    "DevinoTransportError",
+    "Emulator",
+    "GeoLocation",
+    "IncomingMessage",
+    "InvalidPhoneNumber",
+    "MediaKind",
+    "MessageStatus",
+    "OutgoingMessage",
+    "PayloadError",
+    "Reason",
+    "ReasonKey",
+    "RequestRecord",
+    "RetryPolicy",
+    "SendResult",
+    "StatusAction",
+    "StatusErrorCode",
+    "StatusReport",
+    "max_bytes",
+    "media_kind",
+    "normalize_phone",
+    "parse_incoming",
+    "parse_statuses",
+    "status_error",
+    "validate_message",
+]
