@@ -1,3 +1,127 @@
-"""botkit: WhatsApp chatbots on the Devino WhatsApp API."""
+"""botkit: WhatsApp chatbots on the Devino WhatsApp API.
+
+Where things are:
+
+- a webhook enters in :mod:`botkit.app` (``POST /whatsapp/incoming/{token}``),
+  is parsed by :mod:`botkit.devino.models` into :mod:`botkit.events`, and runs
+  as one turn in :mod:`botkit.runtime`;
+- the handler is picked by :mod:`botkit.router` (flows: :mod:`botkit.flow`) and
+  holds a :class:`Context` (:mod:`botkit.context`);
+- state lives in a conversation store (:mod:`botkit.storage`: memory or Redis);
+- replies are shaped by the reply policy and leave through the outbox and the
+  sender (:mod:`botkit.delivery`) to the provider (:mod:`botkit.devino.client`).
+
+A bot imports everything it needs from ``botkit``.
+"""
+
+from botkit._where import DefinitionError
+from botkit.bot import Bot, BotNotRunning
+from botkit.clock import Clock, ManualClock, SystemClock
+from botkit.context import Context, FlowControl
+from botkit.delivery.policy import (
+    DeliveryRefused,
+    NotOnWhatsApp,
+    OptedOut,
+    OutsideSessionWindow,
+    ReplyPolicy,
+    SessionWindow,
+)
+from botkit.events import (
+    Contact,
+    ContactsMessage,
+    DeliveryStatus,
+    Event,
+    EventKind,
+    LocationMessage,
+    Media,
+    MediaKind,
+    MediaMessage,
+    Message,
+    StatusUpdate,
+    TextMessage,
+)
+from botkit.filters import (
+    ErrorCode,
+    F,
+    Filter,
+    Keywords,
+    MediaType,
+    Mime,
+    Regex,
+    StatusIs,
+    Text,
+)
+from botkit.flow import Flow, FlowError, InvalidTrigger, NotInFlow, State
+from botkit.media import MediaDownloadFailed, MediaError, MediaExpired, MediaTooLarge
+from botkit.outbound import OutboundMessage, SendMode, Template
+from botkit.plugins import Plugin, UnknownPlugin
+from botkit.router import ANY, Router, SkipHandler
+from botkit.storage.base import (
+    DuplicateMessage,
+    LockLost,
+    StorageUnavailable,
+    StoreConfig,
+    UserBusy,
+)
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "ANY",
+    "Bot",
+    "BotNotRunning",
+    "Clock",
+    "Contact",
+    "ContactsMessage",
+    "Context",
+    "DefinitionError",
+    "DeliveryRefused",
+    "DeliveryStatus",
+    "DuplicateMessage",
+    "ErrorCode",
+    "Event",
+    "EventKind",
+    "F",
+    "Filter",
+    "Flow",
+    "FlowControl",
+    "FlowError",
+    "InvalidTrigger",
+    "Keywords",
+    "LocationMessage",
+    "LockLost",
+    "ManualClock",
+    "Media",
+    "MediaDownloadFailed",
+    "MediaError",
+    "MediaExpired",
+    "MediaKind",
+    "MediaMessage",
+    "MediaTooLarge",
+    "MediaType",
+    "Message",
+    "Mime",
+    "NotInFlow",
+    "NotOnWhatsApp",
+    "OptedOut",
+    "OutboundMessage",
+    "OutsideSessionWindow",
+    "Plugin",
+    "Regex",
+    "ReplyPolicy",
+    "Router",
+    "SendMode",
+    "SessionWindow",
+    "SkipHandler",
+    "State",
+    "StatusIs",
+    "StatusUpdate",
+    "StorageUnavailable",
+    "StoreConfig",
+    "SystemClock",
+    "Template",
+    "Text",
+    "TextMessage",
+    "UnknownPlugin",
+    "UserBusy",
+]

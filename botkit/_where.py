@@ -1,0 +1,30 @@
+"""Where in the user's code a definition was made, for definition-time errors."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def caller_location() -> str:
+    """``file:line`` of the first stack frame outside botkit (the bot's own code)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = os.path.abspath(frame.f_code.co_filename)
+        if not filename.startswith(_PACKAGE_DIR) and "importlib" not in filename:
+            return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+        frame = frame.f_back  # type: ignore[assignment]
+    return "<unknown>"
+
+
+class DefinitionError(TypeError):
+    """A bot, router or flow definition is wrong: raised where it is written, not at run time.
+
+    The message ends with the file and line of the definition.
+    """
+
+    def __init__(self, message: str, where: str | None = None) -> None:
+        self.where = where or caller_location()
+        super().__init__(f"{message} (at {self.where})")

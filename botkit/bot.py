@@ -1,0 +1,113 @@
+"""Bot: the root router, with the settings that belong to the bot itself."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from botkit._where import DefinitionError, caller_location
+from botkit.delivery.policy import ReplyPolicy, SessionWindow
+from botkit.events import Media
+from botkit.outbound import OutboundMessage, Template
+from botkit.router import Router
+
+if TYPE_CHECKING:
+    from botkit.flow import Flow
+    from botkit.runtime import Runtime
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class BotNotRunning(RuntimeError):
+    """``bot.send`` was called while the bot is not running anywhere in this process."""
+
+
+class Bot(Router):
+    """The root router of a bot, and its own settings.
+
+    ::
+
+        bot = Bot("pizza", sender="PizzaCo", default_template=Template("come_back"))
+
+        @bot.text()
+        async def echo(ctx):
+            await ctx.reply(ctx.message.text)
+
+    ``name`` namespaces the bot's keys in a shared Redis. ``sender`` is the
+    provider's ``from`` name (else ``BOTKIT_SENDER``). ``default_template`` is
+    sent instead of free text outside the 24-hour window when a reply names no
+    template. ``plugins`` are enabled by name. ``session_window`` (seconds)
+    and ``safety_margin`` override ``BOTKIT_SESSION_WINDOW``; values given
+    here win over the environment.
+    """
+
+    def __init__(
+        self,
+        name: str = "bot",
+        *,
+        sender: str | None = None,
+        default_template: Template | None = None,
+        plugins: Sequence[str] = (),
+        session_window: float | None = None,
+        safety_margin: float | None = None,
+        split_long_text: bool = True,
+    ) -> None:
+        where = caller_location()
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise DefinitionError(
+                f"bot name {name!r} must be 1-64 letters, digits, '_', '.' or '-'", where
+            )
+        super().__init__(name)
+        if default_template is not None and not isinstance(default_template, Template):
+            raise DefinitionError("default_template must be a botkit.Template", where)
+        if isinstance(plugins, str):
+            raise DefinitionError("plugins is a list of names: plugins=['optout']", where)
+        self.sender = sender
+        self.default_template = default_template
+        self.plugins: list[str] = list(plugins)
+        self.session_window = session_window
+        self.safety_margin = safety_margin
+        self.split_long_text = split_long_text
+        self.runtime: Runtime | None = None
+        self.generation = 0
+
+    def _on_change(self) -> None:
+        self.generation += 1
+
+    @property
+    def flows(self) -> dict[str, Flow]:
+        """The flows included in this bot, by name."""
+        return {flow.name: flow for flow in self._flows()}
+
+    def reply_policy(self, session_window: float | None = None) -> ReplyPolicy:
+        """The reply policy from this bot's settings (``session_window`` from the environment)."""
+        length = self.session_window or session_window or SessionWindow().length
+        return ReplyPolicy(
+            window=SessionWindow(length=length, margin=self.safety_margin),
+            default_template=self.default_template,
+            split_long_text=self.split_long_text,
+        )
+
+    async def send(
+        self,
+        to: str,
+        text: str | None = None,
+        *,
+        media: Media | None = None,
+        template: Template | None = None,
+    ) -> list[OutboundMessage]:
+        """Send a message to ``to`` from anywhere (a job, another service).
+
+        It follows the reply policy: free text inside the user's 24-hour
+        window, ``template`` outside it, :class:`~botkit.OutsideSessionWindow`
+        with none. Returns the queued messages. Needs the bot running in
+        this process (``botkit run``/``dev`` or ``BotTester``).
+        """
+        if self.runtime is None:
+            raise BotNotRunning(
+                f"bot {self.name!r} is not running in this process: start it with "
+                "'botkit run' or 'botkit dev', or use BotTester in tests; from another "
+                "process use the service's POST /api/send"
+            )
+        return await self.runtime.send(to, text, media=media, template=template)

@@ -1,0 +1,1 @@
+"""Delivery: the reply policy, the outbox sender and status handling."""

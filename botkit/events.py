@@ -1,0 +1,205 @@
+"""What handlers receive: incoming messages and delivery statuses.
+
+These types are provider-neutral and immutable. ``botkit.devino`` turns the
+provider's payloads into them; nothing here knows the wire format.
+
+A message is exactly one of :class:`TextMessage`, :class:`MediaMessage`,
+:class:`ContactsMessage` or :class:`LocationMessage`; a delivery status
+callback is a :class:`StatusUpdate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any, ClassVar
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def _empty() -> Mapping[str, Any]:
+    return _EMPTY
+
+
+class EventKind(StrEnum):
+    """The kinds of event a handler can be registered for."""
+
+    TEXT = "text"
+    MEDIA = "media"
+    CONTACTS = "contacts"
+    LOCATION = "location"
+    STATUS = "status"
+
+
+MESSAGE_KINDS: tuple[EventKind, ...] = (
+    EventKind.TEXT,
+    EventKind.MEDIA,
+    EventKind.CONTACTS,
+    EventKind.LOCATION,
+)
+
+
+class MediaKind(StrEnum):
+    """What a media file is, as WhatsApp shows it."""
+
+    IMAGE = "image"
+    VIDEO = "video"
+    AUDIO = "audio"
+    VOICE = "voice"
+    DOCUMENT = "document"
+    STICKER = "sticker"
+
+
+def media_kind_of(mime_type: str | None) -> MediaKind:
+    """Derive the media kind from a MIME type.
+
+    ``image/webp`` is a sticker, ``audio/ogg`` with the opus codec is a voice
+    note, other ``image/``, ``video/`` and ``audio/`` types are what they say,
+    and anything else (PDF, office files, unknown) is a document.
+    """
+    mime = (mime_type or "").strip().lower()
+    base, _, params = mime.partition(";")
+    base = base.strip()
+    if base == "image/webp":
+        return MediaKind.STICKER
+    if base.startswith("image/"):
+        return MediaKind.IMAGE
+    if base.startswith("video/"):
+        return MediaKind.VIDEO
+    if base == "audio/ogg" and ("opus" in params or not params):
+        return MediaKind.VOICE
+    if base.startswith("audio/"):
+        return MediaKind.AUDIO
+    return MediaKind.DOCUMENT
+
+
+@dataclass(frozen=True, slots=True)
+class Media:
+    """A media file: received in a :class:`MediaMessage`, or sent with ``ctx.reply(media=...)``.
+
+    ``Media("https://example.com/menu.pdf", "application/pdf", name="menu.pdf")``
+    """
+
+    url: str
+    mime_type: str
+    name: str | None = None
+
+    @property
+    def kind(self) -> MediaKind:
+        """The media kind derived from the MIME type."""
+        return media_kind_of(self.mime_type)
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """One contact card a user shared."""
+
+    name: str | None
+    phones: tuple[str, ...] = ()
+    emails: tuple[str, ...] = ()
+    first_name: str | None = None
+    last_name: str | None = None
+    company: str | None = None
+    birthday: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=_empty, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message:
+    """An incoming message. Use one of the subclasses; ``kind`` says which.
+
+    ``user`` is the sender's number in international format, digits only;
+    ``timestamp`` is unix seconds (the provider's when it gave one).
+    """
+
+    kind: ClassVar[EventKind]
+
+    id: str
+    user: str
+    to: str = ""
+    profile_name: str | None = None
+    timestamp: float = 0.0
+    raw: Mapping[str, Any] = field(default_factory=_empty, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TextMessage(Message):
+    """A text message."""
+
+    kind: ClassVar[EventKind] = EventKind.TEXT
+    text: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MediaMessage(Message):
+    """An image, video, audio, voice note, document or sticker, with an optional caption."""
+
+    kind: ClassVar[EventKind] = EventKind.MEDIA
+    media: Media
+    caption: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ContactsMessage(Message):
+    """One or more contact cards."""
+
+    kind: ClassVar[EventKind] = EventKind.CONTACTS
+    contacts: tuple[Contact, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocationMessage(Message):
+    """A shared location."""
+
+    kind: ClassVar[EventKind] = EventKind.LOCATION
+    latitude: float | None = None
+    longitude: float | None = None
+    address: str | None = None
+    name: str | None = None
+    url: str | None = None
+
+
+class DeliveryStatus(StrEnum):
+    """Known delivery statuses; unknown ones are kept as plain strings."""
+
+    ENQUEUED = "enqueued"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    READ = "read"
+    VISITED = "visited"
+    UNDELIVERED = "undelivered"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusUpdate:
+    """A delivery status for a message the bot sent.
+
+    ``status`` is lower case: one of :class:`DeliveryStatus` when known, the
+    provider's own word otherwise. ``user`` is the recipient, known from the
+    signed reference the message carried. ``reference`` is botkit's own id of
+    the outbound message.
+    """
+
+    kind: ClassVar[EventKind] = EventKind.STATUS
+
+    message_id: str
+    status: str
+    error_code: int | None = None
+    user: str | None = None
+    reference: str | None = None
+    timestamp: float = 0.0
+    raw: Mapping[str, Any] = field(default_factory=_empty, compare=False, repr=False)
+
+    @property
+    def id(self) -> str:
+        """An id that names this status change once: ``<messageId>:<status>``."""
+        return f"{self.message_id}:{self.status}"
+
+
+AnyMessage = TextMessage | MediaMessage | ContactsMessage | LocationMessage
+Event = AnyMessage | StatusUpdate

@@ -1,0 +1,339 @@
+"""Flows: a conversation as a finite-state machine, on the ``transitions`` library.
+
+A flow is declared once, with its states and transitions, and its handlers
+bind to states::
+
+    order = Flow(
+        "order",
+        states=["menu", "size", "address", "confirm"],
+        transitions=[
+            ("pick", "menu", "size"),
+            ("sized", "size", "address"),
+            ("addressed", "address", "confirm"),
+            {"trigger": "restart", "source": "confirm", "dest": "menu"},
+        ],
+        timeout=30 * 60,  # 30 minutes of silence ends the flow
+    )
+
+    @order.text(state="size")
+    async def size(ctx):
+        await ctx.flow.trigger("sized")  # or: await ctx.flow.sized()
+
+One ``AsyncMachine`` is built per flow when it is defined (``model=None``,
+``auto_transitions=False``). Each turn triggers it on a throwaway model that
+carries the user's stored state, so nothing per user outlives the turn.
+Callbacks (``conditions``, ``unless``, ``before``, ``after``, ``prepare``,
+and a state's ``on_enter``/``on_exit``) are sync or async functions of
+``(ctx)``, or of ``(ctx, **kwargs)`` to receive the trigger's keyword arguments.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, cast
+
+from transitions.core import EventData
+from transitions.extensions.asyncio import AsyncEventData, AsyncMachine
+
+from botkit._where import DefinitionError, caller_location
+from botkit.router import ANY, Router, flow_wide_key
+
+if TYPE_CHECKING:
+    from botkit.context import Context
+
+Callback = Callable[..., Any]
+_CALLBACK_KEYS = ("conditions", "unless", "before", "after", "prepare")
+_STATE_CALLBACK_KEYS = ("on_enter", "on_exit")
+
+
+class FlowError(Exception):
+    """Base class of errors a handler can hit while moving a user through a flow."""
+
+
+class InvalidTrigger(FlowError):
+    """The trigger does not exist or is not allowed from the user's current state."""
+
+    def __init__(self, flow: str, state: str, trigger: str, allowed: Sequence[str]) -> None:
+        allowed_text = ", ".join(allowed) if allowed else "none (a final state?)"
+        super().__init__(
+            f"InvalidTrigger: flow {flow!r} cannot {trigger!r} from state {state!r}; "
+            f"triggers allowed there: {allowed_text}"
+        )
+        self.flow, self.state, self.trigger, self.allowed = flow, state, trigger, tuple(allowed)
+
+
+class NotInFlow(FlowError):
+    """A flow trigger was used while the user is in no flow (or another flow)."""
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """A flow state with optional enter/exit callbacks (``on_enter(ctx)``, ``on_exit(ctx)``)."""
+
+    name: str
+    on_enter: Callback | Sequence[Callback] | None = None
+    on_exit: Callback | Sequence[Callback] | None = None
+
+
+class _Model:
+    """The throwaway model one turn triggers the shared machine with."""
+
+    __slots__ = ("ctx", "state")
+
+    def __init__(self, state: str, ctx: Context) -> None:
+        self.state = state
+        self.ctx = ctx
+
+
+def _adapt(fn: Callback, where: str, what: str) -> Callback:
+    """Turn ``fn(ctx[, **kwargs])`` into a transitions callback taking EventData."""
+    if not callable(fn):
+        raise DefinitionError(f"{what} must be a function of (ctx), not {fn!r}", where)
+    try:
+        params = inspect.signature(fn).parameters.values()
+        takes_kwargs = any(p.kind is p.VAR_KEYWORD or p.kind is p.KEYWORD_ONLY for p in params)
+    except (TypeError, ValueError):
+        takes_kwargs = False
+    if inspect.iscoroutinefunction(fn):
+
+        async def run_async(event: EventData) -> Any:
+            kwargs = event.kwargs if takes_kwargs else {}
+            return await fn(_ctx_of(event), **kwargs)
+
+        return run_async
+
+    def run(event: EventData) -> Any:
+        kwargs = event.kwargs if takes_kwargs else {}
+        return fn(_ctx_of(event), **kwargs)
+
+    return run
+
+
+def _ctx_of(event: EventData) -> Context:
+    model = cast(_Model, event.model)
+    return model.ctx
+
+
+def _listify(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, list | tuple):
+        return list(value)
+    return [value]
+
+
+class Flow(Router):
+    """A conversation state machine whose handlers bind to its states.
+
+    ``states``: names, :class:`State` objects or dicts with ``name``,
+    ``on_enter``, ``on_exit``. ``transitions``: tuples ``(trigger, source,
+    dest)`` or dicts with ``trigger``, ``source`` (a state, a list, or
+    ``"*"``), ``dest`` (``None`` for an internal transition) and the callback
+    keys. ``initial`` defaults to the first state. Entering a state listed in
+    ``final`` ends the flow. ``timeout`` (seconds or a timedelta) ends the
+    flow after that much silence; ``on_timeout(ctx)`` runs when the user
+    writes again after it.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        states: Sequence[str | State | Mapping[str, Any]],
+        transitions: Iterable[Sequence[Any] | Mapping[str, Any]] = (),
+        *,
+        initial: str | None = None,
+        final: Iterable[str] = (),
+        timeout: float | timedelta | None = None,
+        on_timeout: Callback | None = None,
+    ) -> None:
+        where = caller_location()
+        super().__init__(name)
+        if not isinstance(name, str) or not name or ":" in name or name != name.strip():
+            raise DefinitionError(
+                f"flow name {name!r} must be a non-empty string without ':'", where
+            )
+        self.where = where
+        state_defs = [self._state_def(s, where) for s in states]
+        if not state_defs:
+            raise DefinitionError(f"flow {name!r} needs at least one state", where)
+        self.state_names: tuple[str, ...] = tuple(d["name"] for d in state_defs)
+        if len(set(self.state_names)) != len(self.state_names):
+            raise DefinitionError(f"flow {name!r} lists a state twice: {self.state_names}", where)
+        self.initial = initial if initial is not None else self.state_names[0]
+        self._require_state(self.initial, "initial", where)
+        self.final = frozenset(final)
+        for state in self.final:
+            self._require_state(state, "final", where)
+        if isinstance(timeout, timedelta):
+            timeout = timeout.total_seconds()
+        if timeout is not None and timeout <= 0:
+            raise DefinitionError(f"flow {name!r}: timeout must be positive", where)
+        self.timeout: float | None = timeout
+        if on_timeout is not None and not callable(on_timeout):
+            raise DefinitionError(
+                f"on_timeout must be a function of (ctx), not {on_timeout!r}", where
+            )
+        self.on_timeout = on_timeout
+        self.transition_defs = [self._transition_def(t, where) for t in transitions]
+        self._machine = AsyncMachine(
+            model=None,
+            states=[self._machine_state(d, where) for d in state_defs],
+            transitions=[self._machine_transition(t, where) for t in self.transition_defs],
+            initial=self.initial,
+            auto_transitions=False,
+            send_event=True,
+            name=f"flow:{name}",
+        )
+        self.triggers: tuple[str, ...] = tuple(
+            dict.fromkeys(t["trigger"] for t in self.transition_defs)
+        )
+        self._allowed: dict[str, tuple[str, ...]] = {
+            s: tuple(self._machine.get_triggers(s)) for s in self.state_names
+        }
+
+    # -- definition ----------------------------------------------------------
+
+    def _state_def(self, state: str | State | Mapping[str, Any], where: str) -> dict[str, Any]:
+        if isinstance(state, str):
+            out: dict[str, Any] = {"name": state}
+        elif isinstance(state, State):
+            out = {"name": state.name, "on_enter": state.on_enter, "on_exit": state.on_exit}
+        elif isinstance(state, Mapping) and isinstance(state.get("name"), str):
+            unknown = set(state) - {"name", *_STATE_CALLBACK_KEYS}
+            if unknown:
+                raise DefinitionError(
+                    f"state {state['name']!r}: unknown keys {sorted(unknown)}", where
+                )
+            out = dict(state)
+        else:
+            raise DefinitionError(
+                f"a state is a name, a State or a dict with 'name', not {state!r}", where
+            )
+        if not out["name"] or ":" in out["name"] or out["name"] == "*":
+            raise DefinitionError(
+                f"state name {out['name']!r} must be non-empty, without ':'", where
+            )
+        return out
+
+    def _require_state(self, state: Any, role: str, where: str) -> None:
+        if state not in self.state_names:
+            raise DefinitionError(
+                f"flow {self.name!r}: {role} state {state!r} is not one of its states "
+                f"{list(self.state_names)}",
+                where,
+            )
+
+    def _transition_def(
+        self, spec: Sequence[Any] | Mapping[str, Any], where: str
+    ) -> dict[str, Any]:
+        if isinstance(spec, Mapping):
+            out = dict(spec)
+        elif isinstance(spec, list | tuple) and len(spec) in (3, 4):
+            out = {"trigger": spec[0], "source": spec[1], "dest": spec[2]}
+            if len(spec) == 4:
+                if not isinstance(spec[3], Mapping):
+                    raise DefinitionError(
+                        f"the 4th item of {spec!r} must be a dict of options", where
+                    )
+                out.update(spec[3])
+        else:
+            raise DefinitionError(
+                f"a transition is (trigger, source, dest) or a dict, not {spec!r}", where
+            )
+        unknown = set(out) - {"trigger", "source", "dest", *_CALLBACK_KEYS}
+        if unknown:
+            raise DefinitionError(
+                f"transition {out.get('trigger')!r}: unknown keys {sorted(unknown)}", where
+            )
+        trigger = out.get("trigger")
+        if not isinstance(trigger, str) or not trigger.isidentifier() or trigger.startswith("_"):
+            raise DefinitionError(f"trigger {trigger!r} must be a name like 'pick_size'", where)
+        if trigger in _RESERVED:
+            raise DefinitionError(f"trigger {trigger!r} clashes with a flow control method", where)
+        if "source" not in out or "dest" not in out:
+            raise DefinitionError(f"transition {trigger!r} needs 'source' and 'dest'", where)
+        sources = out["source"]
+        if sources != "*":
+            for source in _listify(sources):
+                self._require_state(source, f"transition {trigger!r}: source", where)
+        if out["dest"] is not None:
+            self._require_state(out["dest"], f"transition {trigger!r}: dest", where)
+        return out
+
+    def _machine_state(self, definition: dict[str, Any], where: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": definition["name"]}
+        for key in _STATE_CALLBACK_KEYS:
+            callbacks = _listify(definition.get(key))
+            if callbacks:
+                out[key] = [
+                    _adapt(cb, where, f"{key} of {definition['name']!r}") for cb in callbacks
+                ]
+        return out
+
+    def _machine_transition(self, definition: dict[str, Any], where: str) -> dict[str, Any]:
+        out = {k: definition[k] for k in ("trigger", "source", "dest")}
+        for key in _CALLBACK_KEYS:
+            callbacks = _listify(definition.get(key))
+            if callbacks:
+                what = f"{key} of transition {definition['trigger']!r}"
+                out[key] = [_adapt(cb, where, what) for cb in callbacks]
+        return out
+
+    def _state_keys(self, state: Any, where: str) -> tuple[str, ...]:
+        if state is ANY:
+            return (flow_wide_key(self.name),)
+        if state is None:
+            raise DefinitionError(
+                f"state=None means 'in no flow'; register that handler on a Router or the Bot, "
+                f"not on flow {self.name!r}",
+                where,
+            )
+        values = [state] if isinstance(state, str) else list(state)
+        for value in values:
+            self._require_state(value, "handler", where)
+        return tuple(f"{self.name}:{value}" for value in values)
+
+    # -- running -------------------------------------------------------------
+
+    def allowed_triggers(self, state: str) -> tuple[str, ...]:
+        """The triggers that can fire from ``state``."""
+        return self._allowed.get(state, ())
+
+    def expired(self, last_active: float | None, now: float) -> bool:
+        """True when the flow's inactivity timeout has passed since ``last_active``."""
+        return (
+            self.timeout is not None
+            and last_active is not None
+            and now - last_active > self.timeout
+        )
+
+    async def start(self, ctx: Context, state: str | None = None) -> None:
+        """Put the user in this flow at ``state`` (default: the initial one)."""
+        await ctx.flow.start(self, state)
+
+    def _new_model(self, state: str, ctx: Context) -> _Model:
+        return _Model(state, ctx)
+
+    async def _enter(self, model: _Model) -> None:
+        state = self._machine.get_state(model.state)
+        await state.enter(AsyncEventData(state, None, self._machine, model, args=(), kwargs={}))
+
+    async def _exit(self, model: _Model) -> None:
+        state = self._machine.get_state(model.state)
+        await state.exit(AsyncEventData(state, None, self._machine, model, args=(), kwargs={}))
+
+    async def _trigger(self, model: _Model, trigger: str, kwargs: dict[str, Any]) -> bool:
+        if trigger not in self._allowed.get(model.state, ()):
+            raise InvalidTrigger(
+                self.name, model.state, trigger, self.allowed_triggers(model.state)
+            )
+        result: bool = await self._machine.events[trigger].trigger(model, **kwargs)
+        return result
+
+
+_RESERVED = frozenset(
+    {"trigger", "start", "finish", "name", "state", "active", "allowed", "triggers"}
+)

@@ -1,0 +1,95 @@
+"""Downloading the media users send (their ``contentUrl`` may expire: fetch it promptly)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import httpx
+
+from botkit.events import Media, MediaKind
+
+MB = 1024 * 1024
+
+#: The size cap per media kind: the provider's table, with the stricter
+#: WhatsApp limits for images and video (see provider notes).
+MAX_BYTES: dict[MediaKind, int] = {
+    MediaKind.AUDIO: 16 * MB,
+    MediaKind.VOICE: 16 * MB,
+    MediaKind.DOCUMENT: 100 * MB,
+    MediaKind.IMAGE: 5 * MB,
+    MediaKind.VIDEO: 5 * MB,
+    MediaKind.STICKER: 1 * MB,
+}
+
+
+class MediaError(Exception):
+    """A media file could not be downloaded."""
+
+
+class MediaExpired(MediaError):
+    """The media URL no longer works (expired or removed); ask the user to send it again."""
+
+
+class MediaTooLarge(MediaError):
+    """The media is larger than WhatsApp allows for its kind; nothing was kept."""
+
+
+class MediaDownloadFailed(MediaError):
+    """The download failed (network error, timeout or server error); it may work if retried."""
+
+
+async def download(
+    client: httpx.AsyncClient,
+    media: Media,
+    path: str | Path | None = None,
+    *,
+    timeout: float = 30.0,
+) -> bytes | Path:
+    """Stream ``media.url`` with a timeout and the size cap of its kind.
+
+    Returns the bytes, or writes them to ``path`` and returns the path. A
+    partial file is removed when the download fails.
+    """
+    cap = MAX_BYTES[media.kind]
+    target = Path(path) if path is not None else None
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        with anyio.fail_after(timeout):
+            async with client.stream("GET", media.url, follow_redirects=True) as response:
+                if response.status_code in (403, 404, 410):
+                    raise MediaExpired(
+                        f"MediaExpired: {media.url} answered {response.status_code}; "
+                        "the provider's media links expire, so download promptly or ask again"
+                    )
+                if response.status_code >= 400:
+                    raise MediaDownloadFailed(
+                        f"downloading {media.url} failed with HTTP {response.status_code}"
+                    )
+                declared = response.headers.get("content-length")
+                if declared is not None and declared.isdigit() and int(declared) > cap:
+                    raise _too_large(media, int(declared), cap)
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > cap:
+                        raise _too_large(media, size, cap)
+                    chunks.append(chunk)
+    except TimeoutError:
+        raise MediaDownloadFailed(
+            f"downloading {media.url} took longer than {timeout:g}s"
+        ) from None
+    except httpx.HTTPError as exc:
+        raise MediaDownloadFailed(f"downloading {media.url} failed: {exc!r}") from exc
+    body = b"".join(chunks)
+    if target is None:
+        return body
+    await anyio.Path(target).write_bytes(body)
+    return target
+
+
+def _too_large(media: Media, size: int, cap: int) -> MediaTooLarge:
+    return MediaTooLarge(
+        f"MediaTooLarge: {media.url} is over {size} bytes; {media.kind.value} files are "
+        f"limited to {cap} bytes"
+    )

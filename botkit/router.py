@@ -1,0 +1,460 @@
+"""Routers: handlers registered with decorators, nested with ``include_router``.
+
+A handler is an ``async def`` taking the turn's :class:`~botkit.Context`::
+
+    router = Router()
+
+    @router.text("hi", "hello")
+    async def greet(ctx: Context) -> None:
+        await ctx.reply(text=f"Hello, {ctx.message.profile_name or 'there'}!")
+
+For each event the first handler that matches wins, in registration order: a
+router's handlers and included routers in the order they were added (depth
+first). ``raise SkipHandler`` passes the event on to the next match. Handlers
+are indexed by event kind and flow state at start-up, so handlers bound to
+other states cost nothing at dispatch.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+
+from botkit._where import DefinitionError, caller_location
+from botkit.events import MESSAGE_KINDS, EventKind
+from botkit.filters import Filter, StatusIs, all_of, as_filter
+
+if TYPE_CHECKING:
+    from botkit.context import Context
+    from botkit.flow import Flow
+
+HandlerFn: TypeAlias = Callable[..., Awaitable[Any]]
+ErrorHandlerFn: TypeAlias = Callable[["Context", BaseException], Awaitable[Any]]
+Middleware: TypeAlias = Callable[["Context", Callable[["Context"], Awaitable[Any]]], Awaitable[Any]]
+Hook: TypeAlias = Callable[[], Awaitable[Any]]
+H = TypeVar("H", bound=HandlerFn)
+
+
+class SkipHandler(Exception):
+    """Raise in a handler to pass the event to the next matching handler."""
+
+
+class _AnyState:
+    def __repr__(self) -> str:
+        return "ANY"
+
+
+#: ``state=ANY`` (the default for plain routers): the handler runs in any state, in a flow or not.
+ANY: Any = _AnyState()
+
+# Internal state keys of the handler index.
+ANY_KEY = "*"
+NO_FLOW_KEY = ""
+
+
+def flow_wide_key(flow: str) -> str:
+    """The index key of handlers bound to every state of ``flow``."""
+    return f"{flow}:*"
+
+
+@dataclass(slots=True, eq=False)
+class Handler:
+    """A registered handler, as the index keeps it."""
+
+    callback: HandlerFn
+    kinds: frozenset[EventKind]
+    filter: Filter | None
+    states: tuple[str, ...]
+    router: Router
+    where: str
+    fallback: bool = False
+    kwarg_names: frozenset[str] | None = frozenset()
+    seq: int = 0
+    invoke: Callable[[Context], Awaitable[Any]] | None = field(default=None, repr=False)
+    raw_state: Any = None
+
+    @property
+    def name(self) -> str:
+        """The handler function's qualified name, for logs."""
+        return getattr(self.callback, "__qualname__", repr(self.callback))
+
+
+def _kwarg_names(fn: HandlerFn, where: str) -> frozenset[str] | None:
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return frozenset()
+    if not params:
+        raise DefinitionError(f"handler {fn.__qualname__} must take the context: (ctx)", where)
+    names: set[str] = set()
+    for p in params[1:]:
+        if p.kind is p.VAR_KEYWORD:
+            return None
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            names.add(p.name)
+    return frozenset(names)
+
+
+class Router:
+    """A group of handlers. Nest routers with :meth:`include_router`.
+
+    ``state`` on a decorator binds a handler to flow states: ``ANY`` (the
+    default: whatever the state), ``None`` (only when the user is in no flow)
+    or ``"flow:state"``. Flows bind with their own state names:
+    ``@order.text(state="size")``.
+    """
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or f"router@{caller_location()}"
+        self.parent: Router | None = None
+        self._items: list[Handler | Router] = []
+        self._middlewares: list[Middleware] = []
+        self._error_handlers: list[tuple[tuple[type[BaseException], ...], ErrorHandlerFn]] = []
+        self._startup: list[Hook] = []
+        self._shutdown: list[Hook] = []
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+    # -- decorators ----------------------------------------------------------
+
+    def text(self, *filters: object, state: Any = ANY) -> Callable[[H], H]:
+        """Register a handler for text messages; strings are exact-text filters."""
+        return self._decorator((EventKind.TEXT,), filters, state, caller_location())
+
+    def media(self, *filters: object, state: Any = ANY) -> Callable[[H], H]:
+        """Register a handler for media messages (image, video, audio, voice, document, sticker)."""
+        return self._decorator((EventKind.MEDIA,), filters, state, caller_location())
+
+    def contacts(self, *filters: object, state: Any = ANY) -> Callable[[H], H]:
+        """Register a handler for shared contact cards."""
+        return self._decorator((EventKind.CONTACTS,), filters, state, caller_location())
+
+    def location(self, *filters: object, state: Any = ANY) -> Callable[[H], H]:
+        """Register a handler for shared locations."""
+        return self._decorator((EventKind.LOCATION,), filters, state, caller_location())
+
+    def message(self, *filters: object, state: Any = ANY) -> Callable[[H], H]:
+        """Register a handler for messages of any kind."""
+        return self._decorator(MESSAGE_KINDS, filters, state, caller_location())
+
+    def status(self, *filters: object) -> Callable[[H], H]:
+        """Register a handler for delivery statuses; strings name statuses (``"read"``)."""
+        converted = tuple(StatusIs(f) if isinstance(f, str) else f for f in filters)
+        return self._decorator((EventKind.STATUS,), converted, ANY, caller_location())
+
+    def fallback(self, *filters: object, state: Any = ANY) -> Callable[[H], H]:
+        """Register a handler for messages no other handler took."""
+        return self._decorator(MESSAGE_KINDS, filters, state, caller_location(), fallback=True)
+
+    def error(self, *exc_types: type[BaseException]) -> Callable[[ErrorHandlerFn], ErrorHandlerFn]:
+        """Register an error handler ``async def (ctx, exc)`` for the given exception types.
+
+        It runs when a handler raises (its turn's changes and replies are
+        dropped first) and when the provider rejects a reply. What the error
+        handler itself replies and changes is kept.
+        """
+        where = caller_location()
+        types = exc_types or (Exception,)
+        for t in types:
+            if not (isinstance(t, type) and issubclass(t, BaseException)):
+                raise DefinitionError(f"@error() takes exception classes, not {t!r}", where)
+
+        def register(fn: ErrorHandlerFn) -> ErrorHandlerFn:
+            _check_async(fn, where)
+            self._error_handlers.append((types, fn))
+            self._changed()
+            return fn
+
+        return register
+
+    def middleware(self, fn: Middleware) -> Middleware:
+        """Register ``async def mw(ctx, call_next)``; it must ``await call_next(ctx)`` to go on.
+
+        On a :class:`~botkit.Bot` a middleware wraps the whole turn; on a
+        nested router it wraps that router's handlers. The chain is built
+        once at start-up, not per event.
+        """
+        _check_async(fn, caller_location())
+        self._middlewares.append(fn)
+        self._changed()
+        return fn
+
+    def on_startup(self, fn: Hook) -> Hook:
+        """Run ``async def fn()`` when the service starts."""
+        self._startup.append(fn)
+        return fn
+
+    def on_shutdown(self, fn: Hook) -> Hook:
+        """Run ``async def fn()`` when the service stops."""
+        self._shutdown.append(fn)
+        return fn
+
+    def include_router(self, router: Router) -> Router:
+        """Nest ``router`` here; its handlers come after what was added before it."""
+        where = caller_location()
+        if not isinstance(router, Router):
+            raise DefinitionError(f"include_router() takes a Router, not {router!r}", where)
+        if router is self or router.parent is not None:
+            raise DefinitionError(f"{router!r} is already included somewhere", where)
+        node: Router | None = self
+        while node is not None:
+            if node is router:
+                raise DefinitionError(f"including {router!r} here would make a cycle", where)
+            node = node.parent
+        router.parent = self
+        self._items.append(router)
+        self._changed()
+        return router
+
+    # -- internals -----------------------------------------------------------
+
+    def _decorator(
+        self,
+        kinds: Sequence[EventKind],
+        filters: tuple[object, ...],
+        state: Any,
+        where: str,
+        *,
+        fallback: bool = False,
+    ) -> Callable[[H], H]:
+        try:
+            converted = tuple(as_filter(f) for f in filters)
+        except TypeError as exc:
+            raise DefinitionError(str(exc), where) from None
+        combined = all_of(converted)
+        states = self._state_keys(state, where)
+
+        def register(fn: H) -> H:
+            _check_async(fn, where)
+            handler = Handler(
+                callback=fn,
+                kinds=frozenset(kinds),
+                filter=combined,
+                states=states,
+                router=self,
+                where=where,
+                fallback=fallback,
+                kwarg_names=_kwarg_names(fn, where),
+                raw_state=state,
+            )
+            self._items.append(handler)
+            self._changed()
+            return fn
+
+        return register
+
+    def _state_keys(self, state: Any, where: str) -> tuple[str, ...]:
+        """Turn a decorator's ``state=`` into index keys (flows override this)."""
+        if state is ANY:
+            return (ANY_KEY,)
+        if state is None:
+            return (NO_FLOW_KEY,)
+        values: Iterable[Any] = [state] if isinstance(state, str) else state
+        keys: list[str] = []
+        for value in values:
+            if not isinstance(value, str) or value.count(":") != 1 or value.endswith(":"):
+                raise DefinitionError(
+                    f"state={value!r}: on a plain router use ANY, None or 'flow:state' "
+                    "(or register the handler on the Flow itself with its state name)",
+                    where,
+                )
+            keys.append(value)
+        return tuple(keys)
+
+    def _changed(self) -> None:
+        node: Router | None = self
+        while node is not None:
+            node._on_change()
+            node = node.parent
+
+    def _on_change(self) -> None:
+        """Hook for the root to drop its compiled index."""
+
+    def _walk(self) -> Iterable[Router]:
+        yield self
+        for item in self._items:
+            if isinstance(item, Router):
+                yield from item._walk()
+
+    def _flatten(
+        self, chain: tuple[Middleware, ...]
+    ) -> Iterable[tuple[Handler, tuple[Middleware, ...]]]:
+        """Handlers in dispatch order, each with the router middlewares that wrap it."""
+        for item in self._items:
+            if isinstance(item, Router):
+                yield from item._flatten(chain + tuple(item._middlewares))
+            else:
+                yield item, chain
+
+    def _flows(self) -> Iterable[Flow]:
+        from botkit.flow import Flow
+
+        for router in self._walk():
+            if isinstance(router, Flow):
+                yield router
+
+
+def _check_async(fn: Any, where: str) -> None:
+    if not callable(fn):
+        raise DefinitionError(f"{fn!r} is not a function", where)
+    if not inspect.iscoroutinefunction(fn) and not inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004
+    ):
+        raise DefinitionError(
+            f"{getattr(fn, '__qualname__', fn)!r} must be an 'async def' function", where
+        )
+
+
+def compose(
+    middlewares: Sequence[Middleware], inner: Callable[[Context], Awaitable[Any]]
+) -> Callable[[Context], Awaitable[Any]]:
+    """Wrap ``inner`` in ``middlewares`` (the first is outermost)."""
+    call = inner
+    for mw in reversed(middlewares):
+        call = _wrap(mw, call)
+    return call
+
+
+def _wrap(
+    mw: Middleware, inner: Callable[[Context], Awaitable[Any]]
+) -> Callable[[Context], Awaitable[Any]]:
+    async def run(ctx: Context) -> Any:
+        return await mw(ctx, inner)
+
+    return run
+
+
+_NO_VALUES: dict[str, Any] = {}
+
+
+class HandlerIndex:
+    """The compiled dispatch table of a router tree.
+
+    Built once (at start-up, or after the tree changed). Each event kind and
+    flow state maps to the handlers that can take it, merged in dispatch
+    order and cached, so dispatch cost does not grow with handlers bound to
+    other states.
+    """
+
+    def __init__(
+        self, root: Router, flows: Mapping[str, Flow], front: Sequence[Router] = ()
+    ) -> None:
+        ordered: list[tuple[Handler, tuple[Middleware, ...]]] = []
+        for router in front:
+            ordered.extend(router._flatten(tuple(router._middlewares)))
+        ordered.extend(root._flatten(()))
+        self._keys: dict[tuple[EventKind, bool], dict[str, list[Handler]]] = {}
+        for seq, (handler, chain) in enumerate(ordered):
+            handler.seq = seq
+            handler.invoke = compose(chain, _call_handler(handler))
+            self._check_states(handler, flows)
+            for kind in handler.kinds:
+                per_state = self._keys.setdefault((kind, handler.fallback), {})
+                for key in handler.states:
+                    per_state.setdefault(key, []).append(handler)
+        self.handlers = tuple(h for h, _ in ordered)
+        self.error_handlers = tuple(
+            eh for router in (*front, root) for r in router._walk() for eh in r._error_handlers
+        )
+        self._cache: dict[tuple[EventKind, bool, str | None], tuple[Handler, ...]] = {}
+
+    @staticmethod
+    def _check_states(handler: Handler, flows: Mapping[str, Flow]) -> None:
+        for key in handler.states:
+            if key in (ANY_KEY, NO_FLOW_KEY):
+                continue
+            flow_name, _, state = key.partition(":")
+            flow = flows.get(flow_name)
+            if flow is None:
+                raise DefinitionError(
+                    f"handler {handler.name} is bound to flow {flow_name!r}, which is not "
+                    f"included in the bot (known flows: {sorted(flows) or 'none'})",
+                    handler.where,
+                )
+            if state != "*" and state not in flow.state_names:
+                raise DefinitionError(
+                    f"handler {handler.name}: flow {flow_name!r} has no state {state!r} "
+                    f"(states: {list(flow.state_names)})",
+                    handler.where,
+                )
+
+    def candidates(
+        self, kind: EventKind, state: str | None, fallback: bool = False
+    ) -> tuple[Handler, ...]:
+        """Handlers that may take an event of ``kind`` from a user in ``state``, in order."""
+        cache_key = (kind, fallback, state)
+        found = self._cache.get(cache_key)
+        if found is not None:
+            return found
+        per_state = self._keys.get((kind, fallback), {})
+        if state is None:
+            keys = [NO_FLOW_KEY, ANY_KEY]
+        else:
+            flow_name = state.partition(":")[0]
+            keys = [state, flow_wide_key(flow_name), ANY_KEY]
+        merged = sorted(
+            {h.seq: h for key in keys for h in per_state.get(key, ())}.values(),
+            key=lambda h: h.seq,
+        )
+        found = tuple(merged)
+        if len(self._cache) < 10_000:  # bounded: states are static, this is a safety net
+            self._cache[cache_key] = found
+        return found
+
+    async def dispatch(self, ctx: Context, kind: EventKind, state: str | None) -> Handler | None:
+        """Run the first matching handler (then fallbacks); return it, or None if none took it."""
+        for fallback in (False, True):
+            for handler in self.candidates(kind, state, fallback):
+                flt = handler.filter
+                if flt is None:
+                    ctx._values = _NO_VALUES
+                else:
+                    result = await flt.check_async(ctx) if flt.is_async else flt.check(ctx)
+                    if not result:
+                        continue
+                    ctx._values = (
+                        result
+                        if isinstance(result, dict)
+                        else (dict(result) if isinstance(result, Mapping) else _NO_VALUES)
+                    )
+                ctx._handler = handler
+                try:
+                    assert handler.invoke is not None
+                    await handler.invoke(ctx)
+                except SkipHandler:
+                    continue
+                return handler
+            if kind is EventKind.STATUS:
+                break
+        return None
+
+    def error_handler_for(self, exc: BaseException) -> ErrorHandlerFn | None:
+        """The first error handler whose types match ``exc``."""
+        for types, fn in self.error_handlers:
+            if isinstance(exc, types):
+                return fn
+        return None
+
+
+def _call_handler(handler: Handler) -> Callable[[Context], Awaitable[Any]]:
+    callback = handler.callback
+    names = handler.kwarg_names
+    if names is not None and not names:
+
+        async def call_plain(ctx: Context) -> Any:
+            return await callback(ctx)
+
+        return call_plain
+
+    async def call_with_values(ctx: Context) -> Any:
+        values = ctx._values
+        if names is None:
+            kwargs = {k: v for k, v in values.items() if k.isidentifier()}
+        else:
+            kwargs = {k: values[k] for k in names if k in values}
+        return await callback(ctx, **kwargs)
+
+    return call_with_values

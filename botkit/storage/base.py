@@ -1,0 +1,231 @@
+"""The conversation store contract shared by the memory and Redis backends.
+
+One inbound turn costs two calls: :meth:`ConversationStore.begin_turn`
+(dedupe, take the user's lock, load the conversation) and
+:meth:`ConversationStore.commit_turn` (save, mark the message done, append the
+replies to the outbox, release the lock). The outbox and the sent-message log
+live in the same store so that a committed reply is never lost.
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from botkit.outbound import OutboundMessage, SentRecord
+
+DAY = 86_400.0
+
+
+class StorageError(Exception):
+    """Base class of the conversation store's errors."""
+
+
+class StorageUnavailable(StorageError):
+    """The store cannot be reached, timed out or refuses writes.
+
+    Nothing was half written. The webhook answers 503 so the provider retries.
+    """
+
+
+class UserBusy(StorageError):
+    """Another turn of the same user held the lock past the acquire timeout.
+
+    The webhook answers 503 so the provider retries the message later.
+    """
+
+
+class LockLost(StorageError):
+    """The turn's lock expired and another turn took it; this turn's changes were not saved.
+
+    Raise the lock TTL (``StoreConfig.lock_ttl``) if handlers legitimately run
+    this long, or make them faster.
+    """
+
+
+class DuplicateMessage(Exception):
+    """The message (or status) was already handled, or is being handled right now.
+
+    ``state`` is ``"done"`` or ``"in_progress"``.
+    """
+
+    def __init__(self, key: str, state: str) -> None:
+        super().__init__(f"{key} is a duplicate ({state})")
+        self.key = key
+        self.state = state
+
+
+@dataclass(slots=True)
+class StoreConfig:
+    """Timings of a conversation store.
+
+    ``conversation_ttl`` is the sliding lifetime of a user's record (default
+    30 days; never less than the session window, so the window is never
+    forgotten while open). ``lock_ttl`` bounds how long a crashed turn blocks
+    its user; a running turn renews its lock. ``acquire_timeout`` is how long a
+    second message of the same user waits for the first turn before it is
+    refused as busy.
+    """
+
+    lock_ttl: float = 30.0
+    acquire_timeout: float = 10.0
+    conversation_ttl: float = 30 * DAY
+    done_ttl: float = 2 * DAY
+    sent_ttl: float = 7 * DAY
+
+
+@dataclass(slots=True)
+class Conversation:
+    """A user's conversation record, as loaded at the start of a turn.
+
+    ``state`` is ``"<flow>:<state>"`` while the user is in a flow, else None.
+    ``last_inbound`` (unix seconds) is the user's last message, which opens
+    the 24-hour session window; ``last_active`` is the last handled message,
+    for flow inactivity timeouts.
+    """
+
+    user: str
+    state: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    version: int = 0
+    last_inbound: float | None = None
+    last_active: float | None = None
+    opted_out: bool = False
+    not_on_whatsapp: bool = False
+
+    def copy(self) -> Conversation:
+        """A deep copy that a handler may change freely."""
+        return Conversation(
+            user=self.user,
+            state=self.state,
+            data=copy.deepcopy(self.data),
+            version=self.version,
+            last_inbound=self.last_inbound,
+            last_active=self.last_active,
+            opted_out=self.opted_out,
+            not_on_whatsapp=self.not_on_whatsapp,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TurnLease:
+    """Proof that a turn holds its user's lock: what ``begin_turn`` returns.
+
+    ``key`` is the dedupe key of the message or status the turn handles (None
+    for turns that are not deliveries, such as proactive sends).
+    """
+
+    user: str
+    key: str | None
+    token: str
+    conversation: Conversation
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """An outbox entry read by a sender; acknowledge it by ``id`` once the provider answered."""
+
+    id: str
+    message: OutboundMessage
+    deliveries: int = 1
+
+
+class ConversationStore(ABC):
+    """Where conversations, the outbox and the sent-message log live."""
+
+    config: StoreConfig
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Connect (idempotent)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections (idempotent)."""
+
+    @abstractmethod
+    async def ping(self) -> bool:
+        """True when the store answers (the readiness probe)."""
+
+    # -- turns ---------------------------------------------------------------
+
+    @abstractmethod
+    async def begin_turn(
+        self, user: str, key: str | None, *, inbound_at: float | None = None
+    ) -> TurnLease:
+        """Dedupe ``key``, take ``user``'s lock and load the conversation.
+
+        ``inbound_at`` (unix seconds) is the time of the user's message; it
+        moves ``last_inbound`` forward at once, because the platform's window
+        opened whatever the handler does.
+
+        Raises :class:`DuplicateMessage` when ``key`` is done or in progress,
+        :class:`UserBusy` when the lock stays taken past the acquire timeout,
+        :class:`StorageUnavailable` when the store cannot be reached.
+        """
+
+    @abstractmethod
+    async def renew(self, lease: TurnLease) -> bool:
+        """Extend the lease's lock; False when it was lost."""
+
+    @abstractmethod
+    async def commit_turn(
+        self,
+        lease: TurnLease,
+        conversation: Conversation | None,
+        outbox: Sequence[OutboundMessage] = (),
+    ) -> None:
+        """Save ``conversation`` (None: keep the stored one), mark the key done,
+        append ``outbox`` and release the lock, all at once.
+
+        Raises :class:`LockLost` (and writes nothing) when the lease's lock
+        expired and was taken or dropped.
+        """
+
+    @abstractmethod
+    async def abort_turn(self, lease: TurnLease) -> None:
+        """Release the lock and forget the in-progress mark, so the message can run again."""
+
+    @abstractmethod
+    async def load(self, user: str) -> Conversation:
+        """Read a user's conversation without locking (an empty one when unknown)."""
+
+    # -- outbox --------------------------------------------------------------
+
+    @abstractmethod
+    async def enqueue(self, messages: Sequence[OutboundMessage]) -> None:
+        """Append messages to the outbox outside a turn (proactive sends).
+
+        A message with ``not_before`` in the future waits until then.
+        """
+
+    @abstractmethod
+    async def outbox_read(self, consumer: str, count: int, block: float) -> list[OutboxItem]:
+        """Take up to ``count`` new entries for ``consumer``, waiting up to ``block`` seconds."""
+
+    @abstractmethod
+    async def outbox_claim(self, consumer: str, min_idle: float, count: int) -> list[OutboxItem]:
+        """Take over entries another consumer read but did not acknowledge for ``min_idle`` s."""
+
+    @abstractmethod
+    async def outbox_ack(self, ids: Sequence[str], sent: Sequence[SentRecord] = ()) -> None:
+        """Acknowledge entries the provider answered, and record the accepted ones."""
+
+    @abstractmethod
+    async def outbox_release_due(self, now: float) -> int:
+        """Move delayed messages whose time has come into the outbox; return how many."""
+
+    @abstractmethod
+    async def outbox_size(self) -> int:
+        """Entries waiting or in flight (for metrics and health)."""
+
+    # -- sent-message log ----------------------------------------------------
+
+    @abstractmethod
+    async def get_sent(self, message_id: str) -> SentRecord | None:
+        """The record of a sent message by the provider's ``messageId``."""
+
+    @abstractmethod
+    async def update_sent(self, record: SentRecord) -> None:
+        """Replace a sent-message record (its status moved)."""

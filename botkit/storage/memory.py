@@ -1,0 +1,348 @@
+"""The in-process conversation store: development, tests and single-process bots.
+
+It keeps the same contract as the Redis store, including per-user
+serialisation: a second turn of the same user queues (first come, first
+served) until the first commits, aborts or lets its lock expire. The lock
+entry of a user exists only while a turn holds or awaits it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from botkit.clock import Clock, SystemClock
+from botkit.outbound import OutboundMessage, SentRecord
+from botkit.storage.base import (
+    Conversation,
+    ConversationStore,
+    DuplicateMessage,
+    LockLost,
+    OutboxItem,
+    StoreConfig,
+    TurnLease,
+    UserBusy,
+)
+
+_IN_PROGRESS = "in_progress"
+_DONE = "done"
+
+
+@dataclass(slots=True)
+class _Waiter:
+    token: str
+    granted: asyncio.Future[None]
+
+
+@dataclass(slots=True)
+class _UserLock:
+    token: str
+    expires_at: float  # time.monotonic()
+    waiters: deque[_Waiter] = field(default_factory=deque)
+
+
+@dataclass(slots=True)
+class _Pending:
+    message: OutboundMessage
+    consumer: str
+    read_at: float  # time.monotonic()
+    deliveries: int
+
+
+@dataclass(slots=True)
+class _Record:
+    conversation: Conversation
+    expires_at: float
+
+
+class MemoryStore(ConversationStore):
+    """Conversations, locks, dedupe marks, outbox and sent log in this process's memory.
+
+    ``clock`` decides when conversations and dedupe marks expire (the test
+    kit passes a manual clock); locks always follow real time.
+    """
+
+    def __init__(self, config: StoreConfig | None = None, *, clock: Clock | None = None) -> None:
+        self.config = config or StoreConfig()
+        self._clock = clock or SystemClock()
+        self._records: dict[str, _Record] = {}
+        self._locks: dict[str, _UserLock] = {}
+        self._marks: dict[str, tuple[str, float]] = {}
+        self._marks_swept_at = 0
+        self._sent: dict[str, tuple[SentRecord, float]] = {}
+        self._ids = itertools.count(1)
+        self._unread: deque[tuple[str, OutboundMessage]] = deque()
+        self._pending: dict[str, _Pending] = {}
+        self._delayed: list[tuple[float, int, OutboundMessage]] = []
+        self._arrived = asyncio.Event()
+
+    async def ping(self) -> bool:
+        """Always True: memory is always there."""
+        return True
+
+    # -- turns ---------------------------------------------------------------
+
+    async def begin_turn(
+        self, user: str, key: str | None, *, inbound_at: float | None = None
+    ) -> TurnLease:
+        """Dedupe, lock and load; see :meth:`ConversationStore.begin_turn`."""
+        if key is not None:
+            self._check_mark(key)
+        token = uuid.uuid4().hex
+        await self._acquire(user, token)
+        if key is not None:
+            try:
+                self._check_mark(key)
+            except DuplicateMessage:
+                self._release(user, token)
+                raise
+            self._marks[key] = (_IN_PROGRESS, self._clock.now() + self.config.lock_ttl)
+        conversation = self._conversation(user)
+        if inbound_at is not None and (
+            conversation.last_inbound is None or inbound_at > conversation.last_inbound
+        ):
+            conversation.last_inbound = inbound_at
+            self._save(conversation)
+        return TurnLease(user=user, key=key, token=token, conversation=conversation.copy())
+
+    async def renew(self, lease: TurnLease) -> bool:
+        """Push the lock's expiry back by ``lock_ttl``."""
+        lock = self._locks.get(lease.user)
+        if lock is None or lock.token != lease.token or lock.expires_at <= time.monotonic():
+            return False
+        lock.expires_at = time.monotonic() + self.config.lock_ttl
+        if lease.key is not None and lease.key in self._marks:
+            self._marks[lease.key] = (_IN_PROGRESS, self._clock.now() + self.config.lock_ttl)
+        return True
+
+    async def commit_turn(
+        self,
+        lease: TurnLease,
+        conversation: Conversation | None,
+        outbox: Sequence[OutboundMessage] = (),
+    ) -> None:
+        """Save, mark done, queue replies and unlock; see :meth:`ConversationStore.commit_turn`."""
+        lock = self._locks.get(lease.user)
+        if lock is None or lock.token != lease.token or lock.expires_at <= time.monotonic():
+            raise LockLost(
+                f"the lock of user ...{lease.user[-4:]} expired before the turn committed; "
+                "nothing was saved. Raise StoreConfig.lock_ttl or make the handler faster"
+            )
+        if conversation is not None:
+            stored = self._conversation(lease.user)
+            saved = conversation.copy()
+            saved.version = stored.version + 1
+            # The window only moves forward, even if a newer message arrived meanwhile.
+            saved.last_inbound = _latest(stored.last_inbound, conversation.last_inbound)
+            self._save(saved)
+        if lease.key is not None:
+            self._marks[lease.key] = (_DONE, self._clock.now() + self.config.done_ttl)
+        self._append(outbox)
+        self._release(lease.user, lease.token)
+
+    async def abort_turn(self, lease: TurnLease) -> None:
+        """Unlock and forget the in-progress mark."""
+        lock = self._locks.get(lease.user)
+        if lock is None or lock.token != lease.token:
+            return
+        if lease.key is not None and self._marks.get(lease.key, ("", 0.0))[0] == _IN_PROGRESS:
+            del self._marks[lease.key]
+        self._release(lease.user, lease.token)
+
+    async def load(self, user: str) -> Conversation:
+        """A copy of the user's conversation."""
+        return self._conversation(user).copy()
+
+    # -- outbox --------------------------------------------------------------
+
+    async def enqueue(self, messages: Sequence[OutboundMessage]) -> None:
+        """Append to the outbox (delayed ones wait for their time)."""
+        self._append(messages)
+
+    async def outbox_read(self, consumer: str, count: int, block: float) -> list[OutboxItem]:
+        """Take new entries, waiting up to ``block`` seconds for the first."""
+        if not self._unread and block > 0:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), block)
+            except TimeoutError:
+                return []
+        items: list[OutboxItem] = []
+        now = time.monotonic()
+        while self._unread and len(items) < count:
+            entry_id, message = self._unread.popleft()
+            self._pending[entry_id] = _Pending(message, consumer, now, 1)
+            items.append(OutboxItem(entry_id, message, 1))
+        return items
+
+    async def outbox_claim(self, consumer: str, min_idle: float, count: int) -> list[OutboxItem]:
+        """Take over entries left unacknowledged for ``min_idle`` seconds."""
+        now = time.monotonic()
+        items: list[OutboxItem] = []
+        for entry_id, pending in self._pending.items():
+            if len(items) >= count:
+                break
+            if now - pending.read_at >= min_idle:
+                pending.consumer = consumer
+                pending.read_at = now
+                pending.deliveries += 1
+                items.append(OutboxItem(entry_id, pending.message, pending.deliveries))
+        return items
+
+    async def outbox_ack(self, ids: Sequence[str], sent: Sequence[SentRecord] = ()) -> None:
+        """Drop acknowledged entries and record the accepted messages."""
+        for entry_id in ids:
+            self._pending.pop(entry_id, None)
+        expires = self._clock.now() + self.config.sent_ttl
+        for record in sent:
+            self._sent[record.message_id] = (record, expires)
+
+    async def outbox_release_due(self, now: float) -> int:
+        """Move delayed messages due by ``now`` into the outbox."""
+        moved = 0
+        while self._delayed and self._delayed[0][0] <= now:
+            _, _, message = heapq.heappop(self._delayed)
+            self._unread.append((str(next(self._ids)), message))
+            moved += 1
+        if moved:
+            self._arrived.set()
+        return moved
+
+    async def outbox_size(self) -> int:
+        """Unread, in-flight and delayed entries."""
+        return len(self._unread) + len(self._pending) + len(self._delayed)
+
+    # -- sent-message log ----------------------------------------------------
+
+    async def get_sent(self, message_id: str) -> SentRecord | None:
+        """The record by provider ``messageId``, unless expired."""
+        found = self._sent.get(message_id)
+        if found is None:
+            return None
+        record, expires = found
+        if expires <= self._clock.now():
+            del self._sent[message_id]
+            return None
+        return record
+
+    async def update_sent(self, record: SentRecord) -> None:
+        """Replace the record, keeping its expiry."""
+        found = self._sent.get(record.message_id)
+        expires = found[1] if found else self._clock.now() + self.config.sent_ttl
+        self._sent[record.message_id] = (record, expires)
+
+    # -- internals -----------------------------------------------------------
+
+    def _check_mark(self, key: str) -> None:
+        mark = self._marks.get(key)
+        if mark is None:
+            return
+        state, expires = mark
+        if expires <= self._clock.now():
+            del self._marks[key]
+            return
+        raise DuplicateMessage(key, state)
+
+    def _sweep_marks(self) -> None:
+        now = self._clock.now()
+        for key in [k for k, (_, expires) in self._marks.items() if expires <= now]:
+            del self._marks[key]
+        for mid in [m for m, (_, expires) in self._sent.items() if expires <= now]:
+            del self._sent[mid]
+        for user in [u for u, r in self._records.items() if r.expires_at <= now]:
+            del self._records[user]
+
+    def _conversation(self, user: str) -> Conversation:
+        record = self._records.get(user)
+        if record is None or record.expires_at <= self._clock.now():
+            return Conversation(user=user)
+        return record.conversation
+
+    def _save(self, conversation: Conversation) -> None:
+        ttl = self.config.conversation_ttl
+        self._records[conversation.user] = _Record(conversation, self._clock.now() + ttl)
+        # Expired marks, records and sent entries go in bulk, not one timer each.
+        writes = len(self._marks) + len(self._records)
+        if writes - self._marks_swept_at > 10_000:
+            self._sweep_marks()
+            self._marks_swept_at = len(self._marks) + len(self._records)
+
+    def _append(self, messages: Sequence[OutboundMessage]) -> None:
+        now = self._clock.now()
+        for message in messages:
+            if message.not_before > now:
+                heapq.heappush(self._delayed, (message.not_before, next(self._ids), message))
+            else:
+                self._unread.append((str(next(self._ids)), message))
+        if self._unread:
+            self._arrived.set()
+
+    async def _acquire(self, user: str, token: str) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + self.config.acquire_timeout
+        while True:
+            now = time.monotonic()
+            lock = self._locks.get(user)
+            if lock is None:
+                self._locks[user] = _UserLock(token, now + self.config.lock_ttl)
+                return
+            if lock.expires_at <= now:
+                # The holder died or hung past its lease: take the lock over.
+                lock.token = token
+                lock.expires_at = now + self.config.lock_ttl
+                return
+            if now >= deadline:
+                raise UserBusy(
+                    f"user ...{user[-4:]} has a turn running for longer than "
+                    f"{self.config.acquire_timeout:g}s; try again later"
+                )
+            waiter = _Waiter(token, loop.create_future())
+            lock.waiters.append(waiter)
+            try:
+                await asyncio.wait_for(
+                    asyncio.shield(waiter.granted), min(deadline, lock.expires_at) - now
+                )
+                return
+            except TimeoutError:
+                if waiter.granted.done():
+                    return
+                lock.waiters.remove(waiter)
+            except BaseException:
+                if waiter.granted.done():
+                    self._release(user, token)
+                elif waiter in lock.waiters:
+                    lock.waiters.remove(waiter)
+                raise
+
+    def _release(self, user: str, token: str) -> None:
+        lock = self._locks.get(user)
+        if lock is None or lock.token != token:
+            return
+        while lock.waiters:
+            waiter = lock.waiters.popleft()
+            if waiter.granted.done():
+                continue
+            lock.token = waiter.token
+            lock.expires_at = time.monotonic() + self.config.lock_ttl
+            waiter.granted.set_result(None)
+            return
+        del self._locks[user]
+
+    @property
+    def locks_held(self) -> int:
+        """How many users have a lock entry right now (0 when idle)."""
+        return len(self._locks)
+
+
+def _latest(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)

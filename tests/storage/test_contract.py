@@ -1,0 +1,288 @@
+"""The conversation store contract, run unchanged against every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+
+from botkit.outbound import OutboundMessage, SendMode, SentRecord
+from botkit.storage.base import (
+    ConversationStore,
+    DuplicateMessage,
+    LockLost,
+    StoreConfig,
+    UserBusy,
+)
+
+from .conftest import StoreFactory
+
+
+def new_user() -> str:
+    return "7" + str(uuid.uuid4().int)[:10]
+
+
+def text(user: str, body: str, **kw: object) -> OutboundMessage:
+    return OutboundMessage(user=user, mode=SendMode.TEXT, text=body, **kw)  # type: ignore[arg-type]
+
+
+async def drain(store: ConversationStore, consumer: str = "c1") -> list[OutboundMessage]:
+    items = await store.outbox_read(consumer, 1000, 0.05)
+    await store.outbox_ack([i.id for i in items])
+    return [i.message for i in items]
+
+
+async def test_unknown_user_loads_empty(store: ConversationStore) -> None:
+    user = new_user()
+    conv = await store.load(user)
+    assert (conv.user, conv.state, conv.data, conv.version) == (user, None, {}, 0)
+    assert conv.last_inbound is None and not conv.opted_out
+
+
+async def test_commit_saves_state_data_and_bumps_version(store: ConversationStore) -> None:
+    user = new_user()
+    lease = await store.begin_turn(user, "m:1", inbound_at=1000.0)
+    conv = lease.conversation.copy()
+    conv.state = "order:size"
+    conv.data["pizza"] = {"name": "Margherita", "extras": [1, 2]}
+    conv.last_active = 1000.0
+    conv.opted_out = True
+    await store.commit_turn(lease, conv)
+
+    loaded = await store.load(user)
+    assert loaded.state == "order:size"
+    assert loaded.data == {"pizza": {"name": "Margherita", "extras": [1, 2]}}
+    assert loaded.version == 1
+    assert loaded.last_inbound == 1000.0
+    assert loaded.last_active == 1000.0
+    assert loaded.opted_out is True
+
+    lease = await store.begin_turn(user, "m:2")
+    assert lease.conversation.version == 1
+    await store.commit_turn(lease, lease.conversation.copy())
+    assert (await store.load(user)).version == 2
+
+
+async def test_inbound_time_only_moves_forward(store: ConversationStore) -> None:
+    user = new_user()
+    lease = await store.begin_turn(user, "m:1", inbound_at=2000.0)
+    await store.commit_turn(lease, None)
+    lease = await store.begin_turn(user, "m:2", inbound_at=1500.0)  # a late, older message
+    assert lease.conversation.last_inbound == 2000.0
+    await store.commit_turn(lease, lease.conversation.copy())
+    assert (await store.load(user)).last_inbound == 2000.0
+
+
+async def test_window_opens_at_begin_even_if_the_turn_is_dropped(store: ConversationStore) -> None:
+    user = new_user()
+    lease = await store.begin_turn(user, "m:1", inbound_at=3000.0)
+    await store.commit_turn(lease, None)
+    assert (await store.load(user)).last_inbound == 3000.0
+
+
+async def test_done_message_is_a_duplicate(store: ConversationStore) -> None:
+    user = new_user()
+    lease = await store.begin_turn(user, "m:42")
+    await store.commit_turn(lease, None)
+    with pytest.raises(DuplicateMessage) as caught:
+        await store.begin_turn(user, "m:42")
+    assert caught.value.state == "done"
+
+
+async def test_message_in_progress_is_a_duplicate(store: ConversationStore) -> None:
+    user = new_user()
+    lease = await store.begin_turn(user, "m:7")
+    with pytest.raises(DuplicateMessage) as caught:
+        await store.begin_turn(user, "m:7")
+    assert caught.value.state == "in_progress"
+    await store.commit_turn(lease, None)
+
+
+async def test_aborted_message_runs_again(store: ConversationStore) -> None:
+    user = new_user()
+    lease = await store.begin_turn(user, "m:9")
+    await store.abort_turn(lease)
+    again = await store.begin_turn(user, "m:9")
+    await store.commit_turn(again, None)
+
+
+async def test_turns_without_key_are_not_deduplicated(store: ConversationStore) -> None:
+    user = new_user()
+    for _ in range(2):
+        lease = await store.begin_turn(user, None)
+        await store.commit_turn(lease, None)
+
+
+async def test_second_turn_waits_for_the_first(store: ConversationStore) -> None:
+    user = new_user()
+    first = await store.begin_turn(user, "m:1")
+    second_task = asyncio.create_task(store.begin_turn(user, "m:2"))
+    await asyncio.sleep(0.05)
+    assert not second_task.done(), "the second turn must wait for the user's lock"
+    conv = first.conversation.copy()
+    conv.data["seen"] = ["m:1"]
+    await store.commit_turn(first, conv)
+    second = await asyncio.wait_for(second_task, 5)
+    assert second.conversation.data == {"seen": ["m:1"]}, "the second turn sees the first's commit"
+    await store.commit_turn(second, None)
+
+
+async def test_busy_user_is_refused_after_the_acquire_timeout(store_factory: StoreFactory) -> None:
+    store = await store_factory(StoreConfig(lock_ttl=10.0, acquire_timeout=0.2))
+    user = new_user()
+    first = await store.begin_turn(user, "m:1")
+    with pytest.raises(UserBusy):
+        await store.begin_turn(user, "m:2")
+    await store.commit_turn(first, None)
+    # Refused as busy, the message was not marked: the provider's retry runs it.
+    lease = await store.begin_turn(user, "m:2")
+    await store.commit_turn(lease, None)
+
+
+async def test_expired_holder_cannot_commit_over_a_newer_turn(store_factory: StoreFactory) -> None:
+    store = await store_factory(StoreConfig(lock_ttl=0.3, acquire_timeout=5.0))
+    user = new_user()
+    stale = await store.begin_turn(user, "m:1")
+    newer = await store.begin_turn(user, "m:2")  # waits until the stale lock expires
+    conv = newer.conversation.copy()
+    conv.data["owner"] = "newer"
+    await store.commit_turn(newer, conv)
+
+    old = stale.conversation.copy()
+    old.data["owner"] = "stale"
+    with pytest.raises(LockLost):
+        await store.commit_turn(stale, old, [text(user, "from the stale turn")])
+    loaded = await store.load(user)
+    assert loaded.data == {"owner": "newer"}
+    assert await drain(store) == []
+
+
+async def test_expired_lock_with_no_successor_still_refuses_commit(
+    store_factory: StoreFactory,
+) -> None:
+    store = await store_factory(StoreConfig(lock_ttl=0.2, acquire_timeout=5.0))
+    user = new_user()
+    lease = await store.begin_turn(user, "m:1")
+    await asyncio.sleep(0.4)
+    with pytest.raises(LockLost):
+        await store.commit_turn(lease, lease.conversation.copy())
+
+
+async def test_renew_keeps_a_long_turn_alive(store_factory: StoreFactory) -> None:
+    store = await store_factory(StoreConfig(lock_ttl=0.3, acquire_timeout=0.1))
+    user = new_user()
+    lease = await store.begin_turn(user, "m:1")
+    for _ in range(4):
+        await asyncio.sleep(0.15)
+        assert await store.renew(lease)
+    with pytest.raises(UserBusy):
+        await store.begin_turn(user, "m:2")
+    await store.commit_turn(lease, None)
+
+
+async def test_renew_fails_once_the_lock_is_gone(store_factory: StoreFactory) -> None:
+    store = await store_factory(StoreConfig(lock_ttl=0.2, acquire_timeout=5.0))
+    user = new_user()
+    lease = await store.begin_turn(user, "m:1")
+    await asyncio.sleep(0.35)
+    other = await store.begin_turn(user, "m:2")
+    assert not await store.renew(lease)
+    await store.commit_turn(other, None)
+
+
+async def test_fifty_concurrent_turns_of_one_user_lose_nothing(store: ConversationStore) -> None:
+    user = new_user()
+    running = 0
+    overlapped = False
+
+    async def turn(i: int) -> None:
+        nonlocal running, overlapped
+        lease = await store.begin_turn(user, f"m:{i}")
+        running += 1
+        overlapped = overlapped or running > 1
+        conv = lease.conversation.copy()
+        await asyncio.sleep(0)
+        conv.data["count"] = conv.data.get("count", 0) + 1
+        running -= 1
+        await store.commit_turn(lease, conv)
+
+    await asyncio.gather(*(turn(i) for i in range(50)))
+    assert not overlapped
+    assert (await store.load(user)).data["count"] == 50
+
+
+async def test_commit_appends_replies_to_the_outbox_in_order(store: ConversationStore) -> None:
+    user = new_user()
+    lease = await store.begin_turn(user, "m:1")
+    replies = [text(user, f"part {i}") for i in range(3)]
+    await store.commit_turn(lease, None, replies)
+    assert [m.text for m in await drain(store)] == ["part 0", "part 1", "part 2"]
+    assert await store.outbox_size() == 0
+
+
+async def test_unacknowledged_entries_are_claimed_by_another_consumer(
+    store: ConversationStore,
+) -> None:
+    user = new_user()
+    await store.enqueue([text(user, "a"), text(user, "b")])
+    first = await store.outbox_read("dead-instance", 10, 0.05)
+    assert [i.message.text for i in first] == ["a", "b"]
+    assert await store.outbox_claim("live-instance", 10.0, 10) == [], "not idle long enough"
+    await asyncio.sleep(0.15)
+    claimed = await store.outbox_claim("live-instance", 0.1, 10)
+    assert [i.message.text for i in claimed] == ["a", "b"]
+    assert all(i.deliveries >= 2 for i in claimed)
+    await store.outbox_ack([i.id for i in claimed])
+    assert await store.outbox_claim("third", 0.0, 10) == []
+
+
+async def test_delayed_messages_wait_for_their_time(store: ConversationStore) -> None:
+    user = new_user()
+    at = time.time() + 3600
+    await store.enqueue([text(user, "later", not_before=at), text(user, "now")])
+    assert [m.text for m in await drain(store)] == ["now"]
+    assert await store.outbox_release_due(at - 1) == 0
+    assert await store.outbox_size() == 1
+    assert await store.outbox_release_due(at) == 1
+    assert [m.text for m in await drain(store)] == ["later"]
+
+
+async def test_outbox_round_trips_every_field(store: ConversationStore) -> None:
+    from botkit.events import Media
+    from botkit.outbound import Origin, Template
+
+    user = new_user()
+    message = OutboundMessage(
+        user=user,
+        mode=SendMode.MEDIA,
+        text="caption ✓",
+        media=Media("https://example.com/a.png", "image/png", "a.png"),
+        fallback=Template("hello", ["Ann"], language="en", validity=1),
+        origin=Origin.SEND,
+        attempt=2,
+        created_at=123.5,
+    )
+    await store.enqueue([message])
+    assert await drain(store) == [message]
+
+
+async def test_sent_records_are_kept_by_message_id(store: ConversationStore) -> None:
+    user = new_user()
+    await store.enqueue([text(user, "hello")])
+    [item] = await store.outbox_read("c1", 10, 0.05)
+    record = SentRecord(message_id="3482512350952730368", message=item.message, sent_at=1.0)
+    await store.outbox_ack([item.id], [record])
+    assert await store.get_sent("3482512350952730368") == record
+    assert await store.get_sent("unknown") is None
+    moved = SentRecord(
+        message_id=record.message_id, message=record.message, sent_at=1.0, status="delivered"
+    )
+    await store.update_sent(moved)
+    found = await store.get_sent(record.message_id)
+    assert found is not None and found.status == "delivered"
+
+
+async def test_ping(store: ConversationStore) -> None:
+    assert await store.ping() is True
