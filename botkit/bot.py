@@ -80,11 +80,14 @@ class Bot(Router):
         """The flows included in this bot, by name."""
         return {flow.name: flow for flow in self._flows()}
 
-    def reply_policy(self, session_window: float | None = None) -> ReplyPolicy:
-        """The reply policy from this bot's settings (``session_window`` from the environment)."""
+    def reply_policy(
+        self, session_window: float | None = None, safety_margin: float | None = None
+    ) -> ReplyPolicy:
+        """The reply policy: this bot's values, else the environment's, else the defaults."""
         length = self.session_window or session_window or SessionWindow().length
+        margin = self.safety_margin if self.safety_margin is not None else safety_margin
         return ReplyPolicy(
-            window=SessionWindow(length=length, margin=self.safety_margin),
+            window=SessionWindow(length=length, margin=margin),
             default_template=self.default_template,
             split_long_text=self.split_long_text,
         )

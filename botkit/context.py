@@ -132,6 +132,7 @@ class Context:
     __slots__ = (
         "_flow",
         "_handler",
+        "_ignored",
         "_model",
         "_replies",
         "_runtime",
@@ -154,6 +155,7 @@ class Context:
         self._replies: list[OutboundMessage] = []
         self._values: dict[str, Any] = {}
         self._handler: Handler | None = None
+        self._ignored = False
         self.flow = FlowControl(self)
         self._flow: Flow | None = None
         self._model: _Model | None = None

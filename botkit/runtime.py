@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("botkit.turn")
 
-StatusHook = Callable[[Context], Awaitable[None]]
+StatusHook = Callable[[Context], Awaitable[bool]]
+"""Runs in a status turn before the status handlers; False ignores the status."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +43,8 @@ class TurnOutcome:
     """What one turn did: for logs, metrics and the test kit.
 
     ``outcome`` is ``handled``, ``unhandled`` (no handler matched),
-    ``error`` (a handler raised; the error handlers ran) or ``duplicate``.
+    ``error`` (a handler raised; the error handlers ran), ``duplicate``, or
+    ``ignored`` (a status that does not move the message forward).
     """
 
     user: str
@@ -245,6 +247,8 @@ class Runtime:
             handler = ctx._handler.name if ctx._handler is not None else None
             ctx, handled = await self._handle_error(lease, event, now, exc)
             return ctx, "error", handler, exc, handled
+        if ctx._ignored:
+            return ctx, "ignored", None, None, False
         if ctx._handler is None:
             return ctx, "unhandled", None, None, False
         return ctx, "handled", ctx._handler.name, None, False
@@ -261,7 +265,9 @@ class Runtime:
     async def _dispatch(self, ctx: Context) -> None:
         if isinstance(ctx.event, StatusUpdate):
             for hook in self.status_hooks:
-                await hook(ctx)
+                if not await hook(ctx):
+                    ctx._ignored = True
+                    return
         await self.index.dispatch(ctx, ctx.event.kind, ctx.stored_state())
 
     async def _handle_error(
@@ -284,6 +290,29 @@ class Runtime:
             log.exception("the error handler itself failed; the turn is dropped")
             return Context(self, event, lease.conversation.copy(), now), False
         return ctx, True
+
+    async def report_error(self, user: str, exc: BaseException, event: Event) -> bool:
+        """Give ``exc`` to the first matching error handler, in a turn of ``user``.
+
+        For errors outside a handler, such as a message the provider rejected.
+        What the error handler replies and changes is committed. Returns
+        False when no error handler takes the error (it is logged).
+        """
+        handler = self.index.error_handler_for(exc)
+        if handler is None:
+            log.error("%s (no error handler registered)", exc)
+            return False
+        lease = await self.store.begin_turn(user, None)
+        ctx = Context(self, event, lease.conversation.copy(), self.clock.now())
+        try:
+            await handler(ctx, exc)
+        except Exception:
+            log.exception("the error handler failed on %r", exc)
+            await self.store.abort_turn(lease)
+            return False
+        ctx.conversation.state = ctx.stored_state()
+        await self.store.commit_turn(lease, ctx.conversation, ctx._replies)
+        return True
 
     def _report(self, outcome: TurnOutcome) -> None:
         for listener in self.on_turn:

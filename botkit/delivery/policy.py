@@ -8,6 +8,7 @@ outside the window.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -167,11 +168,19 @@ class ReplyPolicy:
             return [message(SendMode.TEMPLATE, template=fallback)]
         do_split = self.split_long_text if split is None else split
         chunks = split_text(text) if text and do_split else ([text] if text else [])
+        if not do_split and text and len(text) > TEXT_LIMIT:
+            raise ValueError(
+                f"text is {len(text)} characters and WhatsApp takes at most {TEXT_LIMIT}; "
+                "shorten it or let botkit split it (split=True)"
+            )
         messages: list[OutboundMessage] = []
         if media is not None:
             caption = chunks.pop(0) if len(chunks) == 1 else None
-            messages.append(message(SendMode.MEDIA, media=media, text=caption, fallback=fallback))
-        messages.extend(message(SendMode.TEXT, text=chunk, fallback=fallback) for chunk in chunks)
+            messages.append(message(SendMode.MEDIA, media=media, text=caption))
+        messages.extend(message(SendMode.TEXT, text=chunk) for chunk in chunks)
+        # One reply falls back as one template: only its first part carries it.
+        if fallback is not None:
+            messages[0] = dataclasses.replace(messages[0], fallback=fallback)
         return messages
 
 

@@ -1,0 +1,459 @@
+"""The web service: the provider's webhooks, the send API, health and metrics.
+
+``create_app(bot, settings)`` returns a Starlette application:
+
+==========================================  =====================================
+``POST /whatsapp/incoming/{token}``          incoming messages (one or an array)
+``POST /whatsapp/status/{token}``            status callbacks (one or an array)
+``POST /api/send``                           send from another system (Bearer token)
+``GET /healthz``, ``/readyz``, ``/metrics``  liveness, readiness, Prometheus
+==========================================  =====================================
+
+The token may also come as ``?token=``. Every answer is 2xx or 4xx, except
+503 when the store is unavailable or the user's lock stays busy: then
+nothing was marked done and the provider retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from botkit import metrics
+from botkit.bot import Bot
+from botkit.clock import Clock, SystemClock
+from botkit.delivery.policy import DeliveryRefused, OutsideSessionWindow
+from botkit.delivery.sender import Sender, SenderConfig
+from botkit.delivery.signing import CallbackSigner
+from botkit.delivery.status import StatusOutcome, StatusTracker
+from botkit.devino.client import DevinoClient
+from botkit.devino.convert import to_event
+from botkit.devino.errors import InvalidPhoneNumber, PayloadError
+from botkit.devino.models import parse_incoming, parse_statuses
+from botkit.events import AnyMessage, Media
+from botkit.logs import log_turn
+from botkit.outbound import Template
+from botkit.runtime import Runtime, TurnOutcome
+from botkit.settings import Settings, SettingsError, load_settings
+from botkit.storage.base import ConversationStore, StorageError, StoreConfig
+from botkit.storage.memory import MemoryStore
+
+log = logging.getLogger("botkit.app")
+
+_EMPTY = Response(status_code=200)
+
+
+class BodyTooLarge(Exception):
+    """The request body is over the configured limit."""
+
+
+def build_store(bot: Bot, settings: Settings) -> ConversationStore:
+    """The conversation store the settings ask for: Redis when ``BOTKIT_REDIS_URL`` is set."""
+    config = StoreConfig(
+        lock_ttl=settings.lock_ttl,
+        acquire_timeout=settings.acquire_timeout,
+        conversation_ttl=max(settings.conversation_ttl_days * 86_400.0, settings.session_window),
+    )
+    url = settings.secret("redis_url")
+    if not url:
+        return MemoryStore(config)
+    from botkit.storage.redis import RedisStore
+
+    return RedisStore(url, bot=bot.name, prefix=settings.key_prefix, config=config)
+
+
+class Service:
+    """A running bot: runtime, store, provider client, sender and status tracking.
+
+    ``create_app`` builds one; tests and ``botkit dev`` may pass their own
+    ``store``, ``client`` or ``clock``.
+    """
+
+    def __init__(
+        self,
+        bot: Bot,
+        settings: Settings,
+        *,
+        store: ConversationStore | None = None,
+        client: DevinoClient | None = None,
+        clock: Clock | None = None,
+        sender_config: SenderConfig | None = None,
+    ) -> None:
+        self.bot = bot
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.store = store or build_store(bot, settings)
+        self.runtime = Runtime(
+            bot,
+            self.store,
+            clock=self.clock,
+            policy=bot.reply_policy(settings.session_window, settings.safety_margin),
+            plugins=settings.plugins,
+        )
+        token = settings.secret("webhook_token")
+        self.webhook_token = token or secrets.token_urlsafe(24)
+        secret = (
+            settings.secret("callback_secret")
+            or hashlib.sha256(b"botkit callback secret:" + self.webhook_token.encode()).hexdigest()
+        )
+        self.signer = CallbackSigner(secret)
+        self.client = client or _build_client(settings)
+        callback_url = None
+        if settings.public_url:
+            callback_url = f"{settings.public_url}/whatsapp/status/{self.webhook_token}"
+        self.tracker = StatusTracker(self.runtime, self.signer)
+        self.sender = Sender(
+            self.store,
+            self.client,
+            sender_name=bot.sender or settings.sender or "botkit",
+            signer=self.signer,
+            callback_url=callback_url,
+            config=sender_config or SenderConfig(batch_size=settings.batch_size),
+            clock=self.clock,
+            on_rejected=self.tracker.report_rejected,
+        )
+        self.runtime.on_turn.append(_count_turn)
+        self.runtime.on_turn.append(log_turn)
+        self.runtime.on_refused.append(lambda r: metrics.REFUSED.labels(r.reason).inc())
+        self.accepting = False
+        self._inflight = 0
+        self._drained = asyncio.Event()
+        self._drained.set()
+
+    async def start(self) -> None:
+        """Open the store, start the bot and the sender."""
+        await self.runtime.start()
+        self.sender.start()
+        self.accepting = True
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking webhooks, finish turns in flight, flush the outbox, close connections."""
+        self.accepting = False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drained.wait(), grace)
+        await self.sender.stop(flush=min(grace, 5.0))
+        await self.runtime.stop()
+        await self.client.aclose()
+
+    @contextlib.asynccontextmanager
+    async def turn_slot(self) -> AsyncIterator[None]:
+        """Count a request that runs turns, so shutdown can wait for it."""
+        self._inflight += 1
+        self._drained.clear()
+        try:
+            yield
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._drained.set()
+
+    async def handle_messages(self, events: Sequence[AnyMessage]) -> list[TurnOutcome]:
+        """Run the turns of a webhook body: users in parallel, each user's messages in order."""
+        by_user: dict[str, list[AnyMessage]] = defaultdict(list)
+        for event in events:
+            by_user[event.user].append(event)
+
+        async def run(user_events: list[AnyMessage]) -> list[TurnOutcome]:
+            return [await self.runtime.handle_message(e) for e in user_events]
+
+        if len(by_user) == 1:
+            return await run(next(iter(by_user.values())))
+        results = await asyncio.gather(*(run(v) for v in by_user.values()), return_exceptions=True)
+        outcomes: list[TurnOutcome] = []
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            outcomes.extend(result)
+        return outcomes
+
+
+def _count_turn(outcome: TurnOutcome) -> None:
+    metrics.TURNS.labels(outcome.kind, outcome.outcome).inc()
+    if outcome.outcome != "duplicate":
+        metrics.TURN_SECONDS.observe(outcome.duration)
+
+
+def _build_client(settings: Settings) -> DevinoClient:
+    api_key = settings.secret("devino_api_key")
+    if settings.devino_login:
+        return DevinoClient(
+            settings.devino_url,
+            login=settings.devino_login,
+            password=settings.secret("devino_password") or "",
+            batch_cap=settings.batch_size,
+        )
+    return DevinoClient(settings.devino_url, api_key=api_key or "", batch_cap=settings.batch_size)
+
+
+# -- request helpers ---------------------------------------------------------
+
+
+def _error(status: int, error: str, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": error, "message": message, **extra}, status_code=status)
+
+
+def _unavailable(message: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": "unavailable", "message": message}, status_code=503, headers={"Retry-After": "5"}
+    )
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _token_ok(request: Request, expected: str) -> bool:
+    given = request.path_params.get("token") or request.query_params.get("token") or ""
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+async def _json_body(request: Request, limit: int) -> Any | Response:
+    """The decoded JSON body, or the 4xx response that says what is wrong with it."""
+    try:
+        body = await _read_body(request, limit)
+    except BodyTooLarge:
+        return _error(413, "body_too_large", f"the body is over {limit} bytes")
+    except ClientDisconnect:
+        return _error(400, "client_disconnected", "the client went away mid-body")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return _error(400, "invalid_json", "the body is not JSON")
+
+
+# -- the API model -----------------------------------------------------------
+
+
+class _ApiTemplate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1)
+    params: dict[str, str] | list[str] | None = None
+    language: str | None = None
+    validity: int | None = Field(default=None, ge=1)
+
+
+class _ApiMedia(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(min_length=1, pattern=r"^https?://")
+    type: str = Field(min_length=1)
+    name: str | None = Field(default=None, max_length=100)
+
+
+class _ApiSend(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    to: str = Field(min_length=1)
+    text: str | None = Field(default=None, min_length=1)
+    media: _ApiMedia | None = None
+    template: _ApiTemplate | None = None
+
+
+def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
+    return [{"loc": ".".join(str(p) for p in e["loc"]), "msg": str(e["msg"])} for e in exc.errors()]
+
+
+# -- the application ---------------------------------------------------------
+
+
+def create_app(
+    bot: Bot,
+    settings: Settings | None = None,
+    *,
+    store: ConversationStore | None = None,
+    client: DevinoClient | None = None,
+    clock: Clock | None = None,
+    sender_config: SenderConfig | None = None,
+    extra_routes: Sequence[BaseRoute] = (),
+) -> Starlette:
+    """The bot's web service; ``app.state.service`` is its :class:`Service`.
+
+    ``settings`` defaults to the environment (:func:`~botkit.settings.load_settings`).
+    """
+    if settings is None:
+        settings = load_settings()
+    if not isinstance(bot, Bot):
+        raise TypeError(f"create_app() needs a botkit.Bot, not {type(bot).__name__}")
+    service = Service(
+        bot, settings, store=store, client=client, clock=clock, sender_config=sender_config
+    )
+    limit = settings.max_body_bytes
+    api_token = settings.secret("api_token")
+
+    async def incoming(request: Request) -> Response:
+        if not _token_ok(request, service.webhook_token):
+            return _error(401, "unauthorized", "wrong or missing webhook token")
+        if not service.accepting:
+            return _unavailable("the service is shutting down; retry")
+        async with service.turn_slot():
+            body = await _json_body(request, limit)
+            if isinstance(body, Response):
+                return body
+            try:
+                messages = parse_incoming(body)
+            except PayloadError as exc:
+                return _error(422, "invalid_payload", "not an incoming message", errors=exc.errors)
+            now = service.clock.now()
+            events = [to_event(m, now) for m in messages]
+            try:
+                await service.handle_messages(events)
+            except StorageError as exc:
+                log.warning("incoming message refused for now: %s", exc)
+                return _unavailable(str(exc))
+        return _EMPTY
+
+    async def status(request: Request) -> Response:
+        if not _token_ok(request, service.webhook_token):
+            return _error(401, "unauthorized", "wrong or missing webhook token")
+        if not service.accepting:
+            return _unavailable("the service is shutting down; retry")
+        async with service.turn_slot():
+            body = await _json_body(request, limit)
+            if isinstance(body, Response):
+                return body
+            try:
+                reports = parse_statuses(body)
+            except PayloadError as exc:
+                return _error(422, "invalid_payload", "not a status report", errors=exc.errors)
+            forged = 0
+            try:
+                for report in reports:
+                    if await service.tracker.handle(report) is StatusOutcome.FORGED:
+                        forged += 1
+            except StorageError as exc:
+                log.warning("status callback refused for now: %s", exc)
+                return _unavailable(str(exc))
+        if forged:
+            return _error(
+                403,
+                "bad_signature",
+                f"{forged} of {len(reports)} status reports carry no valid botkit signature "
+                "in options; they were ignored",
+            )
+        return _EMPTY
+
+    async def api_send(request: Request) -> Response:
+        if api_token is None:
+            return PlainTextResponse("Not Found", status_code=404)
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), api_token.encode()
+        ):
+            return _error(401, "unauthorized", "send 'Authorization: Bearer <BOTKIT_API_TOKEN>'")
+        body = await _json_body(request, limit)
+        if isinstance(body, Response):
+            return body
+        try:
+            payload = _ApiSend.model_validate(body)
+        except ValidationError as exc:
+            return _error(422, "invalid_body", "see errors", errors=_field_errors(exc))
+        if payload.text is None and payload.media is None and payload.template is None:
+            return _error(422, "invalid_body", "give text, media or template")
+        template = None
+        if payload.template is not None:
+            t = payload.template
+            template = Template(t.id, t.params, language=t.language, validity=t.validity)
+        media = None
+        if payload.media is not None:
+            media = Media(payload.media.url, payload.media.type, payload.media.name)
+        try:
+            queued = await service.runtime.send(
+                payload.to, payload.text, media=media, template=template
+            )
+        except InvalidPhoneNumber as exc:
+            return _error(422, "invalid_phone", str(exc))
+        except OutsideSessionWindow as exc:
+            return _error(409, exc.reason, str(exc), user=exc.user, last_inbound=exc.last_inbound)
+        except DeliveryRefused as exc:
+            return _error(409, exc.reason, str(exc), user=exc.user)
+        except ValueError as exc:
+            return _error(422, "invalid_body", str(exc))
+        except StorageError as exc:
+            return _unavailable(str(exc))
+        return JSONResponse(
+            {
+                "status": "queued",
+                "mode": queued[0].mode.value,
+                "messages": [m.ref for m in queued],
+            },
+            status_code=202,
+        )
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        if not service.accepting:
+            return JSONResponse({"status": "stopping"}, status_code=503)
+        if not await service.store.ping():
+            return JSONResponse({"status": "store unavailable"}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    async def metrics_endpoint(request: Request) -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = Starlette(
+        routes=[
+            Route("/whatsapp/incoming/{token}", _observed(incoming, "incoming"), methods=["POST"]),
+            Route("/whatsapp/incoming", _observed(incoming, "incoming"), methods=["POST"]),
+            Route("/whatsapp/status/{token}", _observed(status, "status"), methods=["POST"]),
+            Route("/whatsapp/status", _observed(status, "status"), methods=["POST"]),
+            Route("/api/send", _observed(api_send, "send"), methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+            *extra_routes,
+        ],
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    return app
+
+
+def _observed(endpoint: Any, name: str) -> Any:
+    async def run(request: Request) -> Response:
+        try:
+            response: Response = await endpoint(request)
+        except Exception:
+            # A bug of ours: the provider should retry rather than lose the message.
+            log.exception("unexpected error in %s", request.url.path)
+            response = _unavailable("internal error; retry")
+        metrics.WEBHOOK_REQUESTS.labels(name, str(response.status_code)).inc()
+        return response
+
+    return run
+
+
+__all__ = ["Service", "SettingsError", "create_app"]

@@ -1,0 +1,284 @@
+"""The sender: a background task per process that empties the outbox into the provider.
+
+It reads pending messages, waits a few milliseconds to fill a batch, and
+sends up to 100 in one ``POST /whatsapp/messages``. A batch the provider did
+not answer (transport error, timeout, 5xx after the client's own retries) is
+retried with backoff before anything newer is read, so a user's replies keep
+their order. Entries are acknowledged only after the provider answered;
+entries another instance read and never acknowledged are claimed after
+``claim_idle`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from botkit import metrics
+from botkit.clock import Clock, SystemClock
+from botkit.delivery.signing import CallbackSigner
+from botkit.devino.client import DevinoClient
+from botkit.devino.convert import to_outgoing
+from botkit.devino.errors import DevinoAuthError, DevinoError
+from botkit.devino.models import SendResult
+from botkit.outbound import OutboundMessage, SentRecord
+from botkit.storage.base import ConversationStore, OutboxItem, StorageError
+
+log = logging.getLogger("botkit.sender")
+
+RejectionHandler = Callable[[OutboundMessage, SendResult], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class SenderConfig:
+    """How the sender batches, retries and claims.
+
+    ``linger`` is the longest it waits to fill a batch once one message is
+    there. ``retry_base``/``retry_max`` bound the backoff between attempts
+    at a batch the provider did not answer. ``claim_idle`` is how long an
+    entry read by another (presumably dead) instance stays unacknowledged
+    before this one takes it over.
+    """
+
+    batch_size: int = 100
+    linger: float = 0.005
+    block: float = 0.5
+    retry_base: float = 0.5
+    retry_max: float = 30.0
+    claim_idle: float = 60.0
+    housekeeping_every: float = 1.0
+
+
+def default_consumer_name() -> str:
+    """A name unique to this process: host, pid and a random part."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Sender:
+    """Moves outbox entries to the provider; see the module docstring.
+
+    ``sender_name`` is the provider's ``from``. With ``callback_url`` set,
+    every message asks for status callbacks there and carries a signed
+    ``callbackData``. ``on_rejected`` is called for each message the provider
+    (or local validation) rejected; rejected messages are never retried.
+    """
+
+    def __init__(
+        self,
+        store: ConversationStore,
+        client: DevinoClient,
+        *,
+        sender_name: str,
+        signer: CallbackSigner,
+        callback_url: str | None = None,
+        config: SenderConfig | None = None,
+        consumer: str | None = None,
+        clock: Clock | None = None,
+        on_rejected: RejectionHandler | None = None,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.sender_name = sender_name
+        self.signer = signer
+        self.callback_url = callback_url
+        self.config = config or SenderConfig()
+        self.consumer = consumer or default_consumer_name()
+        self.clock = clock or SystemClock()
+        self.on_rejected = on_rejected
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._draining = asyncio.Event()
+        self._drain_until = 0.0
+        self._last_housekeeping = 0.0
+        self._last_claim = 0.0
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the background task."""
+        if self._task is None or self._task.done():
+            self._stopping.clear()
+            self._draining.clear()
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="botkit-sender")
+
+    async def stop(self, *, flush: float = 5.0) -> None:
+        """Send what is ready for up to ``flush`` seconds, then stop.
+
+        What is still unsent stays in the outbox: another instance claims it
+        (Redis), or it is lost with the process (memory store).
+        """
+        if self._task is None:
+            return
+        self._drain_until = time.monotonic() + flush
+        self._draining.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout=flush + 1.0)
+        except TimeoutError:
+            self._stopping.set()
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._task = None
+
+    def _past_drain(self) -> bool:
+        return self._draining.is_set() and time.monotonic() >= self._drain_until
+
+    # -- the loop ------------------------------------------------------------
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self._stopping.is_set() and not self._past_drain():
+            try:
+                await self._housekeeping()
+                items = await self._next_batch()
+                if items:
+                    await self._deliver(items)
+                elif self._draining.is_set():
+                    return
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                failures += 1
+                delay = self._backoff(failures)
+                log.exception("sender loop failed; retrying in %.1fs", delay)
+                await self._pause(delay)
+
+    async def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if now - self._last_housekeeping < self.config.housekeeping_every:
+            return
+        self._last_housekeeping = now
+        await self.store.outbox_release_due(self.clock.now())
+        metrics.OUTBOX_SIZE.set(await self.store.outbox_size())
+
+    async def _next_batch(self) -> list[OutboxItem]:
+        size = self.config.batch_size
+        claimed = await self._claim(size)
+        if claimed:
+            return claimed
+        block = 0.0 if self._draining.is_set() else self.config.block
+        items = await self.store.outbox_read(self.consumer, size, block)
+        if items and len(items) < size and self.config.linger > 0:
+            await asyncio.sleep(self.config.linger)
+            items += await self.store.outbox_read(self.consumer, size - len(items), 0)
+        return items
+
+    async def _claim(self, size: int) -> list[OutboxItem]:
+        if time.monotonic() - self._last_claim < self.config.claim_idle / 4:
+            return []
+        self._last_claim = time.monotonic()
+        claimed = await self.store.outbox_claim(self.consumer, self.config.claim_idle, size)
+        if claimed:
+            log.warning("claimed %d outbox entries left by another sender", len(claimed))
+        return claimed
+
+    async def _deliver(self, items: Sequence[OutboxItem]) -> None:
+        """Send one batch until the provider answers; then acknowledge and record it."""
+        results = await self._send_until_answered(items)
+        if results is None:
+            return  # stopping: the entries stay pending for a claim or a restart
+        sent: list[SentRecord] = []
+        rejected: list[tuple[OutboundMessage, SendResult]] = []
+        now = self.clock.now()
+        for item, result in zip(items, results, strict=True):
+            if result.ok and result.message_id:
+                sent.append(
+                    SentRecord(message_id=result.message_id, message=item.message, sent_at=now)
+                )
+                metrics.SENT.labels(item.message.mode.value).inc()
+                if item.message.created_at:
+                    metrics.DELIVERY_SECONDS.observe(max(0.0, now - item.message.created_at))
+            else:
+                rejected.append((item.message, result))
+                for reason in result.reasons or []:
+                    metrics.REJECTED.labels(reason.key).inc()
+        await self._acknowledge([item.id for item in items], sent)
+        for message, result in rejected:
+            log.warning(
+                "provider rejected a message to user ...%s: %s",
+                message.user[-4:],
+                "; ".join(str(r) for r in result.reasons) or result.code,
+            )
+            if self.on_rejected is not None:
+                try:
+                    await self.on_rejected(message, result)
+                except Exception:
+                    log.exception("reporting a rejected message failed")
+
+    async def _acknowledge(self, ids: list[str], sent: list[SentRecord]) -> None:
+        """Acknowledge, retrying for a while: an entry left unacknowledged would be sent twice."""
+        failures = 0
+        while True:
+            try:
+                await self.store.outbox_ack(ids, sent)
+                return
+            except StorageError:
+                failures += 1
+                if failures >= 8:
+                    log.error(
+                        "could not acknowledge %d sent messages; they may be sent again", len(ids)
+                    )
+                    raise
+                await asyncio.sleep(self._backoff(failures))
+
+    async def _send_until_answered(self, items: Sequence[OutboxItem]) -> list[SendResult] | None:
+        payloads = [
+            to_outgoing(
+                item.message,
+                sender=self.sender_name,
+                callback_url=self.callback_url,
+                callback_data=self.signer.sign(item.message.user, item.message.ref),
+            )
+            for item in items
+        ]
+        failures = 0
+        while True:
+            started = time.perf_counter()
+            try:
+                results = await self.client.send(payloads)
+                metrics.SEND_SECONDS.observe(time.perf_counter() - started)
+                return results
+            except DevinoAuthError:
+                failures += 1
+                delay = self.config.retry_max
+                log.error(
+                    "the provider refused botkit's credentials; check BOTKIT_DEVINO_API_KEY. "
+                    "Holding %d messages and retrying in %.0fs",
+                    len(items),
+                    delay,
+                )
+            except DevinoError as exc:
+                failures += 1
+                delay = self._backoff(failures)
+                metrics.RETRIED.labels("transport").inc(len(items))
+                log.warning(
+                    "provider did not answer a batch of %d (%s); retrying in %.1fs",
+                    len(items),
+                    exc,
+                    delay,
+                )
+            if not await self._pause(delay):
+                return None
+
+    def _backoff(self, failures: int) -> float:
+        ceiling = min(self.config.retry_max, self.config.retry_base * 2 ** min(failures - 1, 16))
+        return random.uniform(ceiling / 2, ceiling)
+
+    async def _pause(self, delay: float) -> bool:
+        """Sleep ``delay`` seconds; False when it is time to stop instead."""
+        if self._draining.is_set():
+            delay = min(delay, max(0.0, self._drain_until - time.monotonic()))
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+        except TimeoutError:
+            return not self._past_drain()
+        return False

@@ -1,0 +1,110 @@
+"""Configuration from the environment (prefix ``BOTKIT_``) and a ``.env`` file.
+
+Values given in code on the :class:`~botkit.Bot` (``sender``,
+``session_window``, ``plugins``...) win over the environment. A missing or
+invalid value fails at start-up with one line per problem; secrets are never
+printed (they are ``SecretStr``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_DEVINO_URL = "https://api.devino.online"
+
+
+class SettingsError(ValueError):
+    """The configuration is missing or invalid; the message has one line per problem."""
+
+
+class Settings(BaseSettings):
+    """Everything an operator configures, read from ``BOTKIT_*`` variables.
+
+    See the README's configuration table for each variable.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="BOTKIT_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    devino_url: str = DEFAULT_DEVINO_URL
+    devino_api_key: SecretStr | None = None
+    devino_login: str | None = None
+    devino_password: SecretStr | None = None
+    sender: str | None = None
+    redis_url: SecretStr | None = None
+    webhook_token: SecretStr | None = None
+    public_url: str | None = None
+    api_token: SecretStr | None = None
+    callback_secret: SecretStr | None = None
+    session_window: float = Field(default=86_400.0, gt=0)
+    safety_margin: float | None = Field(default=None, ge=0)
+    plugins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    key_prefix: str = Field(default="botkit", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    lock_ttl: float = Field(default=30.0, gt=0)
+    acquire_timeout: float = Field(default=10.0, gt=0)
+    conversation_ttl_days: float = Field(default=30.0, gt=0)
+    batch_size: int = Field(default=100, ge=1, le=1000)
+    log_format: Literal["console", "json"] = "console"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("plugins", mode="before")
+    @classmethod
+    def _split_plugins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @field_validator("devino_url", "public_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("http://", "https://")) or "://" not in value[:9]:
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    # -- derived -------------------------------------------------------------
+
+    def secret(self, name: str) -> str | None:
+        """The plain value of a secret setting (``webhook_token``, ``api_token``...)."""
+        value = getattr(self, name)
+        return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+    def require(self, *names: str) -> None:
+        """Fail with one line per missing setting among ``names``."""
+        missing = [n for n in names if not getattr(self, n)]
+        if missing:
+            raise SettingsError(
+                "\n".join(f"BOTKIT_{n.upper()}: required but not set" for n in missing)
+            )
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings; raise :class:`SettingsError` with one line per problem.
+
+    ``overrides`` (non-None values) win over the environment.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            field = ".".join(str(p) for p in error["loc"])
+            message = str(error["msg"]).removeprefix("Value error, ")
+            lines.append(f"BOTKIT_{field.upper()}: {message}")
+        raise SettingsError("\n".join(lines)) from None

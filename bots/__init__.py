@@ -1,0 +1,1 @@
+"""Example bots: each a small package to copy."""
