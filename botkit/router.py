@@ -142,7 +142,10 @@ class Router:
 
     def status(self, *filters: object) -> Callable[[H], H]:
         """Register a handler for delivery statuses; strings name statuses (``"read"``)."""
-        converted = tuple(StatusIs(f) if isinstance(f, str) else f for f in filters)
+        names = tuple(f for f in filters if isinstance(f, str))
+        others = tuple(f for f in filters if not isinstance(f, str))
+        # Several names mean any of them: ``status("read", "delivered")``.
+        converted = ((StatusIs(*names),) if names else ()) + others
         return self._decorator((EventKind.STATUS,), converted, ANY, caller_location())
 
     def fallback(self, *filters: object, state: Any = ANY) -> Callable[[H], H]:
