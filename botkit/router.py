@@ -428,6 +428,7 @@ class HandlerIndex:
                     assert handler.invoke is not None
                     await handler.invoke(ctx)
                 except SkipHandler:
+                    ctx._handler, ctx._values = None, _NO_VALUES
                     continue
                 return handler
             if kind is EventKind.STATUS:
