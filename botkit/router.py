@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from botkit._where import DefinitionError, caller_location
@@ -350,15 +350,19 @@ class HandlerIndex:
             ordered.extend(router._flatten(tuple(router._middlewares)))
         ordered.extend(root._flatten(()))
         self._keys: dict[tuple[EventKind, bool], dict[str, list[Handler]]] = {}
-        for seq, (handler, chain) in enumerate(ordered):
-            handler.seq = seq
+        compiled: list[Handler] = []
+        for seq, (registered, chain) in enumerate(ordered):
+            # A copy per index: one router (a plugin's, a module-level bot's) may be
+            # compiled into several runtimes, each with its own order.
+            handler = replace(registered, seq=seq)
             handler.invoke = compose(chain, _call_handler(handler))
             self._check_states(handler, flows)
             for kind in handler.kinds:
                 per_state = self._keys.setdefault((kind, handler.fallback), {})
                 for key in handler.states:
                     per_state.setdefault(key, []).append(handler)
-        self.handlers = tuple(h for h, _ in ordered)
+            compiled.append(handler)
+        self.handlers = tuple(compiled)
         self.error_handlers = tuple(
             eh for router in (*front, root) for r in router._walk() for eh in r._error_handlers
         )
