@@ -595,10 +595,12 @@ class Emulator:
                 },
                 status_code=401,
             )
+        # Read first: a delayed request must still be handled once its client gave up,
+        # as the provider would (it got the whole request before the client timed out).
+        raw = await request.body()
         fault = self._faults.popleft() if self._faults else None
         if fault is not None and fault.delay:
             await asyncio.sleep(fault.delay)
-        raw = await request.body()
         try:
             payload = json.loads(raw)
         except ValueError:
