@@ -24,7 +24,7 @@ import json
 import logging
 import secrets
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -287,10 +287,13 @@ def create_app(
     clock: Clock | None = None,
     sender_config: SenderConfig | None = None,
     extra_routes: Sequence[BaseRoute] = (),
+    on_shutdown: Sequence[Callable[[], Awaitable[Any]]] = (),
 ) -> Starlette:
     """The bot's web service; ``app.state.service`` is its :class:`Service`.
 
     ``settings`` defaults to the environment (:func:`~botkit.settings.load_settings`).
+    ``extra_routes`` and ``on_shutdown`` let ``botkit dev`` add its pages
+    and the embedded emulator.
     """
     if settings is None:
         settings = load_settings()
@@ -423,6 +426,8 @@ def create_app(
             yield
         finally:
             await service.stop()
+            for hook in on_shutdown:
+                await hook()
 
     app = Starlette(
         routes=[

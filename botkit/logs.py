@@ -64,6 +64,8 @@ def configure_logging(fmt: str = "console", level: str = "INFO") -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # One line per request to the provider would drown the one line per turn.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
 
 
 def log_turn(outcome: TurnOutcome) -> None:

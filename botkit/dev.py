@@ -1,0 +1,121 @@
+"""``botkit dev``: the bot, the provider emulator and the dev pages in one process.
+
+No credentials and no Redis: the memory store, a generated webhook token,
+the emulator mounted at ``/_provider`` (the bot's provider URL points there),
+and a clock the dev chat page can move forward to show the 24-hour window
+closing.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from dataclasses import dataclass, field
+
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute, Mount
+
+from botkit.app import create_app
+from botkit.bot import Bot
+from botkit.clock import ManualClock
+from botkit.devino.emulator import Emulator
+from botkit.settings import Settings, load_settings
+from botkit.storage.base import StoreConfig
+from botkit.storage.memory import MemoryStore
+
+PROVIDER_PREFIX = "/_provider"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free right now."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class DevServer:
+    """Everything ``botkit dev`` runs, with the URLs it prints."""
+
+    app: Starlette
+    emulator: Emulator
+    clock: ManualClock
+    settings: Settings
+    base_url: str
+    token: str
+    routes: list[BaseRoute] = field(default_factory=list)
+
+    @property
+    def webhook_url(self) -> str:
+        """Where the emulator posts incoming messages."""
+        return f"{self.base_url}/whatsapp/incoming/{self.token}"
+
+    def banner(self) -> str:
+        """The lines printed at start."""
+        return "\n".join(
+            [
+                f"botkit dev: bot {self.app.state.service.bot.name!r} on {self.base_url}",
+                f"  chat page:      {self.base_url}/_dev",
+                f"  webhook:        {self.webhook_url}",
+                f"  status webhook: {self.base_url}/whatsapp/status/{self.token}",
+                f"  emulator:       {self.base_url}{PROVIDER_PREFIX}/_emulator/messages",
+                "  store: memory (nothing is kept after exit); Ctrl-C stops",
+            ]
+        )
+
+
+def create_dev_app(bot: Bot, *, host: str = "127.0.0.1", port: int = 8000) -> DevServer:
+    """Build the dev server for ``bot`` listening on ``host:port`` (0 picks a free port)."""
+    if port == 0:
+        port = free_port(host)
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    base_url = f"http://{shown_host}:{port}"
+    token = secrets.token_urlsafe(16)
+    clock = ManualClock()
+    env = load_settings()
+    settings = load_settings(
+        devino_url=f"{base_url}{PROVIDER_PREFIX}",
+        devino_api_key="dev",
+        webhook_token=token,
+        public_url=base_url,
+        api_token=env.secret("api_token") or "dev",
+    )
+    settings = settings.model_copy(update={"redis_url": None, "devino_login": None})
+    emulator = Emulator(
+        api_key="dev",
+        clock=clock.now,
+        session_window=bot.session_window or settings.session_window,
+        webhook_url=f"{base_url}/whatsapp/incoming/{token}",
+    )
+    store = MemoryStore(
+        StoreConfig(lock_ttl=settings.lock_ttl, acquire_timeout=settings.acquire_timeout),
+        clock=clock,
+    )
+    server = DevServer(
+        app=Starlette(),
+        emulator=emulator,
+        clock=clock,
+        settings=settings,
+        base_url=base_url,
+        token=token,
+    )
+    routes: list[BaseRoute] = [Mount(PROVIDER_PREFIX, app=emulator.app)]
+    routes.extend(_dev_page_routes(server))
+    server.app = create_app(
+        bot,
+        settings,
+        store=store,
+        clock=clock,
+        extra_routes=routes,
+        on_shutdown=[emulator.aclose],
+    )
+    server.app.state.dev = server
+    return server
+
+
+def _dev_page_routes(server: DevServer) -> list[BaseRoute]:
+    try:
+        from botkit.devtools.page import routes
+    except ImportError:
+        return []
+    return list(routes(server))
