@@ -10,8 +10,9 @@
 The rest of botkit imports from here, never the wire format itself.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from botkit.devino.client import DevinoClient, RequestRecord, RetryPolicy
-from botkit.devino.emulator import Emulator
 from botkit.devino.errors import (
     DevinoAuthError,
     DevinoConfigError,
@@ -45,6 +46,20 @@ from botkit.devino.validation import (
     normalize_phone,
     validate_message,
 )
+
+if TYPE_CHECKING:
+    from botkit.devino.emulator import Emulator
+
+
+def __getattr__(name: str) -> Any:
+    # The emulator (Starlette, uvicorn) loads only when asked for: a production
+    # bot never needs it, and `python -m botkit.devino.emulator` stays clean.
+    if name == "Emulator":
+        from botkit.devino.emulator import Emulator
+
+        return Emulator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "MEDIA_TYPES",

@@ -280,7 +280,9 @@ class DevinoClient:
                     delay,
                 )
                 await asyncio.sleep(delay)
-        raise DevinoTransportError(attempts=policy.attempts, cause=cause, status_code=status)
+        raise DevinoTransportError(
+            attempts=policy.attempts, cause=cause, status_code=status
+        ) from cause
 
     def _observe(self, record: RequestRecord) -> None:
         self.requests_sent += 1
