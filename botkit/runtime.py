@@ -277,7 +277,7 @@ class Runtime:
 
         Returns the context to commit and whether an error handler took the error.
         """
-        ctx = Context(self, event, lease.conversation.copy(), now)
+        ctx = self._fresh_context(lease, event, now)
         handler = self.index.error_handler_for(exc)
         if handler is None:
             log.error(
@@ -288,8 +288,24 @@ class Runtime:
             await handler(ctx, exc)
         except Exception:
             log.exception("the error handler itself failed; the turn is dropped")
-            return Context(self, event, lease.conversation.copy(), now), False
+            return self._fresh_context(lease, event, now), False
         return ctx, True
+
+    def _fresh_context(self, lease: TurnLease, event: Event, now: float) -> Context:
+        """A context on the stored conversation, as if the failed handler never ran.
+
+        A flow that timed out stays ended: committing its stored state with a
+        new ``last_active`` would bring it back to life.
+        """
+        ctx = Context(self, event, lease.conversation.copy(), now)
+        flow = ctx._flow
+        if (
+            flow is not None
+            and not isinstance(event, StatusUpdate)
+            and flow.expired(ctx.conversation.last_active, now)
+        ):
+            ctx._flow, ctx._model = None, None
+        return ctx
 
     async def report_error(self, user: str, exc: BaseException, event: Event) -> bool:
         """Give ``exc`` to the first matching error handler, in a turn of ``user``.
