@@ -1,0 +1,807 @@
+"""The Redis conversation store: production, several workers or instances.
+
+One turn costs two round trips, each one Lua script (see
+:mod:`botkit.storage._redis_scripts`): BEGIN (dedupe, take the user's lock,
+move the window, load) and COMMIT (check the lock token, save, mark the
+message done, append the replies to the outbox, unlock, wake the next turn).
+
+Key layout (``P`` = ``<prefix>:<bot>``; the ``{user}`` hash tag keeps every
+per-user key in one cluster slot)::
+
+    P:{79031234567}:conv          hash: state, data (JSON), version, last_inbound,
+                                  last_active, opted_out, not_on_whatsapp; sliding TTL
+    P:{79031234567}:lock          the turn lock: a random token, PX lock_ttl
+    P:{79031234567}:waiting       set while a turn waits: the commit publishes a wake-up
+    P:{79031234567}:seen:<key>    dedupe mark: "in_progress" (PX lock_ttl) or "done"
+    P:outbox                      stream of messages to send (consumer group "senders")
+    P:outbox:delayed              zset of messages waiting for ``not_before`` (score)
+    P:sent:<messageId>            sent-message record (JSON), TTL sent_ttl
+    P:unlock                      pub/sub channel: "<store instance> <user>" wake-ups
+
+Waiting turns queue instead of spinning: the first waiter of a user in this
+process watches the ``unlock`` channel (one subscription per store) and
+retries when the holder commits, aborts or its lock expires; later waiters of
+the same user in this process queue behind it, first come first served.
+Nothing per user stays in the process once no turn of that user waits.
+
+Redis Cluster is not supported: COMMIT writes the user's keys and the shared
+outbox in one script, which Cluster refuses (CROSSSLOT). It would need the
+outbox sharded by hash slot (``P:outbox:{<shard>}`` where the shard is the
+user's slot group, carried in the user's keys too) and senders reading every
+shard, plus one pub/sub channel per shard (or sharded pub/sub).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import random
+import secrets
+import socket
+import time
+from collections import deque
+from collections.abc import Awaitable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import Any, cast
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import redis.asyncio as aioredis
+from redis import exceptions as rerr
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+
+from botkit.clock import Clock, SystemClock
+from botkit.outbound import OutboundMessage, SentRecord
+from botkit.storage import _redis_scripts as scripts
+from botkit.storage.base import (
+    DAY,
+    Conversation,
+    ConversationStore,
+    DuplicateMessage,
+    LockLost,
+    OutboxItem,
+    StorageError,
+    StorageUnavailable,
+    StoreConfig,
+    TurnLease,
+    UserBusy,
+)
+
+log = logging.getLogger("botkit.storage.redis")
+
+# Server answers that mean "not now" rather than "wrong": the store is unavailable.
+_UNAVAILABLE_REPLIES = (
+    "READONLY",
+    "MISCONF",
+    "OOM",
+    "LOADING",
+    "MASTERDOWN",
+    "NOREPLICAS",
+    "BUSY",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+)
+# How many delayed messages one RELEASE_DUE call moves (keeps each script short).
+_RELEASE_BATCH = 500
+# The pub/sub listener's reconnect backoff, in seconds.
+_BACKOFF_MIN, _BACKOFF_MAX = 0.05, 2.0
+# The listener pings the server this often when the channel is quiet ...
+_PUBSUB_PING_EVERY = 5.0
+# ... and reconnects when it heard nothing (not even the pong) for this long.
+_PUBSUB_SILENCE = 15.0
+
+
+class _Keys:
+    """Key names of one bot under one prefix."""
+
+    __slots__ = ("base", "channel", "delayed", "outbox")
+
+    def __init__(self, prefix: str, bot: str) -> None:
+        for name, value in (("prefix", prefix), ("bot", bot)):
+            if not value or any(c in value for c in "{} \t\r\n"):
+                raise ValueError(
+                    f"RedisStore {name} {value!r} must be non-empty, without braces or spaces "
+                    "(braces would break the per-user hash tags)"
+                )
+        self.base = f"{prefix}:{bot}"
+        self.outbox = f"{self.base}:outbox"
+        self.delayed = f"{self.base}:outbox:delayed"
+        self.channel = f"{self.base}:unlock"
+
+    def user(self, user: str) -> str:
+        return f"{self.base}:{{{user}}}"
+
+    def turn(self, user: str, key: str | None) -> list[str]:
+        """conv, lock, waiting[, seen]: the per-user keys of a turn."""
+        base = self.user(user)
+        keys = [f"{base}:conv", f"{base}:lock", f"{base}:waiting"]
+        if key is not None:
+            keys.append(f"{base}:seen:{key}")
+        return keys
+
+    def sent(self, message_id: str) -> str:
+        return f"{self.base}:sent:{message_id}"
+
+
+@dataclass(slots=True, eq=False)
+class _Waiter:
+    """A turn of this process waiting for its user's lock.
+
+    ``busy_for`` (seconds) is how long the lock is known to stay taken unless
+    a wake-up comes first; None means "try now".
+    """
+
+    wake: asyncio.Future[None]
+    busy_for: float | None
+
+
+class RedisStore(ConversationStore):
+    """Conversations, locks, dedupe marks, the outbox and the sent log in Redis.
+
+    ::
+
+        store = RedisStore("redis://127.0.0.1:6379/0", bot="pizza")
+        store = RedisStore("redis+sentinel://sentinel-1:26379,sentinel-2:26379/mymaster/0")
+
+    ``url`` is a ``redis://``, ``rediss://`` or ``unix://`` URL, or a
+    ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]``
+    URL (``?sentinel_password=...`` when the sentinels need one). ``client``
+    replaces the URL with a ready ``redis.asyncio.Redis`` built with
+    ``decode_responses=True``; the store uses it as given and does not close it.
+
+    ``bot`` and ``prefix`` namespace the keys (``<prefix>:<bot>:...``) so
+    several bots share one Redis. ``session_window`` (seconds) is the least a
+    conversation lives: the record outlives ``config.conversation_ttl`` and the
+    window, whichever is longer. ``socket_timeout`` bounds every command and
+    ``connect_timeout`` every connection attempt (default: the same), so an
+    unreachable Redis raises :class:`StorageUnavailable` quickly. ``group``
+    is the outbox's consumer group; ``consumer`` names this process in it
+    (default ``<host>:<pid>``), for the sender to pass to :meth:`outbox_read`.
+    ``clock`` decides which outbox messages are due now and which wait.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        bot: str = "bot",
+        prefix: str = "botkit",
+        config: StoreConfig | None = None,
+        session_window: float = DAY,
+        client: aioredis.Redis | None = None,
+        socket_timeout: float = 2.0,
+        connect_timeout: float | None = None,
+        max_connections: int | None = None,
+        group: str = "senders",
+        consumer: str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.config = config or StoreConfig()
+        self.url = url
+        self.group = group
+        self.consumer = consumer or f"{socket.gethostname()}:{os.getpid()}"
+        self._keys = _Keys(prefix, bot)
+        self._clock = clock or SystemClock()
+        self._socket_timeout = socket_timeout
+        self._connect_timeout = socket_timeout if connect_timeout is None else connect_timeout
+        self._max_connections = max_connections
+        self._lock_ttl_ms = _ms(self.config.lock_ttl)
+        self._conversation_ttl_ms = _ms(max(self.config.conversation_ttl, session_window))
+        self._done_ttl_ms = _ms(self.config.done_ttl)
+        self._sent_ttl_ms = _ms(self.config.sent_ttl)
+        self._given_client = client
+        self._client: aioredis.Redis | None = client
+        self._instance = secrets.token_hex(6)
+        # Turns of this process waiting for a user's lock, first come first
+        # served; an entry exists only while somebody waits.
+        self._queues: dict[str, deque[_Waiter]] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._opened = False
+
+    # -- life cycle ----------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect, load the scripts, create the outbox group and start the wake-up listener.
+
+        Raises :class:`StorageUnavailable` when Redis cannot be reached.
+        """
+        if self._opened:
+            return
+        if self._client is None:
+            self._client = self._build_client()
+        client = self._client
+        with self._guard("open the store"):
+            async with client.pipeline(transaction=False) as pipe:
+                for script in scripts.ALL:
+                    pipe.script_load(script.source)
+                await pipe.execute()
+            await self._ensure_group()
+        self._opened = True
+        self._listener = asyncio.create_task(self._listen(), name="botkit-redis-unlock-listener")
+        # Best effort: a wake-up missed before the subscription only costs latency.
+        with suppress(TimeoutError):
+            async with asyncio.timeout(self._connect_timeout):
+                await self._subscribed.wait()
+
+    async def close(self) -> None:
+        """Stop the listener and close the connections this store opened (idempotent)."""
+        self._opened = False
+        tasks = [t for t in (self._listener, *self._background) if t is not None]
+        self._listener = None
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with suppress(BaseException):
+                await task
+        if self._client is not None and self._given_client is None:
+            with suppress(Exception):
+                await self._client.aclose()
+            self._client = None
+
+    async def ping(self) -> bool:
+        """True when Redis answers a PING within the socket timeout; never raises."""
+        if self._client is None:
+            return False
+        try:
+            async with asyncio.timeout(self._socket_timeout):
+                return bool(await _done(self._client.ping()))
+        except Exception:
+            return False
+
+    # -- turns ---------------------------------------------------------------
+
+    async def begin_turn(
+        self, user: str, key: str | None, *, inbound_at: float | None = None
+    ) -> TurnLease:
+        """Dedupe, lock and load in one script call; see :meth:`ConversationStore.begin_turn`.
+
+        When the user's lock is taken, the turn waits for the holder's wake-up
+        (or the lock's expiry) behind earlier waiters of this process.
+        """
+        await self._ensure_open()
+        deadline = time.monotonic() + self.config.acquire_timeout
+        token = secrets.token_hex(16)
+        if user in self._queues:  # others of this process wait already: queue behind them
+            return await self._wait_turn(user, key, token, inbound_at, deadline, None)
+        got = await self._try_begin(user, key, token, inbound_at)
+        if isinstance(got, TurnLease):
+            return got
+        return await self._wait_turn(user, key, token, inbound_at, deadline, got)
+
+    async def renew(self, lease: TurnLease) -> bool:
+        """Extend the lease's lock (and its in-progress mark) by ``lock_ttl``; False when lost."""
+        keys = [self._keys.turn(lease.user, lease.key)[1]]
+        if lease.key is not None:
+            keys.append(self._keys.turn(lease.user, lease.key)[3])
+        with self._guard("renew a turn's lock"):
+            renewed = await self._eval(scripts.RENEW, keys, [lease.token, self._lock_ttl_ms])
+        return bool(renewed)
+
+    async def commit_turn(
+        self,
+        lease: TurnLease,
+        conversation: Conversation | None,
+        outbox: Sequence[OutboundMessage] = (),
+    ) -> None:
+        """Save, mark done, queue replies and unlock in one script call.
+
+        See :meth:`ConversationStore.commit_turn`. Raises :class:`LockLost`
+        (nothing written, the outbox unchanged) when the lock is not the lease's.
+        """
+        conv, lock, waiting, *seen = self._keys.turn(lease.user, lease.key)
+        keys = [conv, lock, waiting, self._keys.outbox, self._keys.delayed, *seen]
+        args: list[str | int] = [lease.token]
+        if conversation is None:
+            args += ["0", "", "", "", "", "0", "0"]
+        else:
+            args += [
+                "1",
+                "" if conversation.state is None else "s" + conversation.state,
+                _dump_data(lease.user, conversation.data),
+                _num(conversation.last_inbound),
+                _num(conversation.last_active),
+                "1" if conversation.opted_out else "0",
+                "1" if conversation.not_on_whatsapp else "0",
+            ]
+        args += [
+            self._conversation_ttl_ms,
+            self._done_ttl_ms,
+            self._keys.channel,
+            f"{self._instance} {lease.user}",
+        ]
+        now = self._clock.now()
+        for message in outbox:
+            args += [
+                repr(message.not_before) if message.not_before > now else "",
+                message.to_json(),
+            ]
+        with self._guard("commit a turn"):
+            committed = await self._eval(scripts.COMMIT, keys, args)
+        if not committed:
+            raise LockLost(
+                f"the lock of user ...{lease.user[-4:]} expired before the turn committed; "
+                "nothing was saved. Raise StoreConfig.lock_ttl or make the handler faster"
+            )
+        self._wake_head(lease.user)
+
+    async def abort_turn(self, lease: TurnLease) -> None:
+        """Unlock and forget the in-progress mark, if the lock is still the lease's."""
+        _, lock, waiting, *seen = self._keys.turn(lease.user, lease.key)
+        args = [lease.token, self._keys.channel, f"{self._instance} {lease.user}"]
+        with self._guard("abort a turn"):
+            released = await self._eval(scripts.ABORT, [lock, waiting, *seen], args)
+        if released:
+            self._wake_head(lease.user)
+
+    async def load(self, user: str) -> Conversation:
+        """Read the user's conversation without locking (an empty one when unknown)."""
+        client = await self._ensure_open()
+        with self._guard("load a conversation"):
+            fields: list[str | None] = await _done(
+                client.hmget(self._keys.turn(user, None)[0], scripts.FIELDS)
+            )
+        return _conversation(user, fields)
+
+    @property
+    def waiting_users(self) -> int:
+        """How many users have turns of this process waiting for their lock (0 when idle)."""
+        return len(self._queues)
+
+    # -- outbox --------------------------------------------------------------
+
+    async def enqueue(self, messages: Sequence[OutboundMessage]) -> None:
+        """Append to the outbox in one transaction (delayed ones go to the delayed set)."""
+        if not messages:
+            return
+        client = await self._ensure_open()
+        now = self._clock.now()
+        with self._guard("queue messages"):
+            async with client.pipeline(transaction=True) as pipe:
+                for message in messages:
+                    if message.not_before > now:
+                        pipe.zadd(self._keys.delayed, {message.to_json(): message.not_before})
+                    else:
+                        pipe.xadd(self._keys.outbox, {"m": message.to_json()})
+                await pipe.execute()
+
+    async def outbox_read(self, consumer: str, count: int, block: float) -> list[OutboxItem]:
+        """Take up to ``count`` new entries (XREADGROUP), waiting up to ``block`` seconds.
+
+        A long ``block`` is split into waits shorter than the socket timeout,
+        so a dead server is still noticed within it.
+        """
+        client = await self._ensure_open()
+        deadline = time.monotonic() + max(block, 0.0)
+        step = max(self._socket_timeout * 0.75, 0.05)
+        while True:
+            remaining = deadline - time.monotonic()
+            block_ms = _ms(min(remaining, step)) if remaining > 0 else None
+            with self._guard("read the outbox"):
+                try:
+                    found = await _done(
+                        client.xreadgroup(
+                            self.group, consumer, {self._keys.outbox: ">"}, count, block_ms
+                        )
+                    )
+                except rerr.ResponseError as exc:
+                    if not str(exc).startswith("NOGROUP"):
+                        raise
+                    await self._ensure_group()  # the server lost it (restart without data)
+                    continue
+            items = [
+                OutboxItem(entry_id, OutboundMessage.from_json(fields["m"]), 1)
+                for _, entries in found or ()
+                for entry_id, fields in entries
+                if fields and "m" in fields
+            ]
+            if items or block_ms is None or time.monotonic() >= deadline:
+                return items
+
+    async def outbox_claim(self, consumer: str, min_idle: float, count: int) -> list[OutboxItem]:
+        """Take over entries idle for ``min_idle`` seconds (XAUTOCLAIM), with delivery counts."""
+        if count <= 0:
+            return []
+        await self._ensure_open()
+        args: list[str | int] = [self.group, consumer, _ms(min_idle), count]
+        with self._guard("claim outbox entries"):
+            try:
+                claimed = await self._eval(scripts.CLAIM, [self._keys.outbox], args)
+            except rerr.ResponseError as exc:
+                if not str(exc).startswith("NOGROUP"):
+                    raise
+                await self._ensure_group()
+                return []
+        return [
+            OutboxItem(str(entry_id), OutboundMessage.from_json(raw), int(deliveries))
+            for entry_id, raw, deliveries in claimed
+            if raw
+        ]
+
+    async def outbox_ack(self, ids: Sequence[str], sent: Sequence[SentRecord] = ()) -> None:
+        """Acknowledge and delete entries and record the accepted messages, in one transaction."""
+        if not ids and not sent:
+            return
+        client = await self._ensure_open()
+        with self._guard("acknowledge outbox entries"):
+            async with client.pipeline(transaction=True) as pipe:
+                if ids:
+                    pipe.xack(self._keys.outbox, self.group, *ids)
+                    pipe.xdel(self._keys.outbox, *ids)
+                for record in sent:
+                    pipe.set(
+                        self._keys.sent(record.message_id), record.to_json(), px=self._sent_ttl_ms
+                    )
+                try:
+                    await pipe.execute()
+                except rerr.ResponseError as exc:
+                    # XACK without a group: nothing was pending; the rest ran (EXEC does not
+                    # stop at a failed command).
+                    if not str(exc).startswith("NOGROUP"):
+                        raise
+                    await self._ensure_group()
+
+    async def outbox_release_due(self, now: float) -> int:
+        """Move delayed messages due by ``now`` into the outbox, atomically per batch."""
+        await self._ensure_open()
+        moved = 0
+        while True:
+            with self._guard("release delayed messages"):
+                batch = int(
+                    await self._eval(
+                        scripts.RELEASE_DUE,
+                        [self._keys.delayed, self._keys.outbox],
+                        [repr(now), _RELEASE_BATCH],
+                    )
+                )
+            moved += batch
+            if batch < _RELEASE_BATCH:
+                return moved
+
+    async def outbox_size(self) -> int:
+        """Entries in the stream (unread or in flight) plus delayed ones."""
+        client = await self._ensure_open()
+        with self._guard("measure the outbox"):
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.xlen(self._keys.outbox)
+                pipe.zcard(self._keys.delayed)
+                stream, delayed = await pipe.execute()
+        return int(stream) + int(delayed)
+
+    # -- sent-message log ----------------------------------------------------
+
+    async def get_sent(self, message_id: str) -> SentRecord | None:
+        """The record by provider ``messageId``, unless expired."""
+        client = await self._ensure_open()
+        with self._guard("read a sent-message record"):
+            raw: str | None = await _done(client.get(self._keys.sent(message_id)))
+        return None if raw is None else SentRecord.from_json(raw)
+
+    async def update_sent(self, record: SentRecord) -> None:
+        """Replace the record, keeping its remaining TTL (a fresh one if it had expired)."""
+        await self._ensure_open()
+        with self._guard("update a sent-message record"):
+            await self._eval(
+                scripts.UPDATE_SENT,
+                [self._keys.sent(record.message_id)],
+                [record.to_json(), self._sent_ttl_ms],
+            )
+
+    # -- turns: internals ----------------------------------------------------
+
+    async def _try_begin(
+        self, user: str, key: str | None, token: str, inbound_at: float | None
+    ) -> TurnLease | float:
+        """One BEGIN call: the lease, or how long (s) the lock stays taken."""
+        args = [token, self._lock_ttl_ms, _num(inbound_at), self._conversation_ttl_ms]
+        try:
+            with self._guard("begin a turn"):
+                result = await self._eval(scripts.BEGIN, self._keys.turn(user, key), args)
+        except BaseException:
+            # The script may have run with its answer lost: give the lock and the
+            # in-progress mark back now rather than after lock_ttl.
+            self._in_background(self._forget(user, key, token))
+            raise
+        status, value = result
+        if status == "ok":
+            return TurnLease(
+                user=user, key=key, token=token, conversation=_conversation(user, value)
+            )
+        if status == "dup":
+            assert key is not None
+            raise DuplicateMessage(key, str(value))
+        return max(int(value), 0) / 1000
+
+    async def _wait_turn(
+        self,
+        user: str,
+        key: str | None,
+        token: str,
+        inbound_at: float | None,
+        deadline: float,
+        busy_for: float | None,
+    ) -> TurnLease:
+        """Queue behind this process's other waiters of ``user``, then retry BEGIN on wake-ups."""
+        loop = asyncio.get_running_loop()
+        queue = self._queues.get(user)
+        if queue is None:
+            queue = self._queues[user] = deque()
+        me = _Waiter(loop.create_future(), busy_for)
+        queue.append(me)
+        acquired = False
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if queue[0] is not me:
+                    if remaining <= 0:
+                        raise self._busy(user)
+                    await asyncio.wait({me.wake}, timeout=remaining)
+                    continue
+                if me.busy_for is not None:
+                    if remaining <= 0:
+                        raise self._busy(user)
+                    # The holder's commit wakes us; a crashed holder's lock just expires.
+                    await asyncio.wait({me.wake}, timeout=min(remaining, me.busy_for))
+                    me.busy_for = None
+                # A fresh future before the call keeps a wake-up that arrives during it.
+                me.wake = loop.create_future()
+                got = await self._try_begin(user, key, token, inbound_at)
+                if isinstance(got, TurnLease):
+                    acquired = True
+                    return got
+                me.busy_for = got
+        finally:
+            was_head = queue[0] is me
+            queue.remove(me)
+            if not queue:
+                if self._queues.get(user) is queue:
+                    del self._queues[user]
+            elif was_head:
+                successor = queue[0]
+                if acquired:
+                    # We hold the lock now: the successor waits for our commit's wake-up.
+                    successor.busy_for = self.config.lock_ttl
+                else:
+                    successor.busy_for = None
+                    _resolve(successor.wake)
+
+    def _busy(self, user: str) -> UserBusy:
+        return UserBusy(
+            f"user ...{user[-4:]} has a turn running for longer than "
+            f"{self.config.acquire_timeout:g}s; try again later"
+        )
+
+    def _wake_head(self, user: str) -> None:
+        queue = self._queues.get(user)
+        if queue:
+            _resolve(queue[0].wake)
+
+    async def _forget(self, user: str, key: str | None, token: str) -> None:
+        _, lock, waiting, *seen = self._keys.turn(user, key)
+        args = [token, self._keys.channel, f"{self._instance} {user}"]
+        try:
+            await self._eval(scripts.ABORT, [lock, waiting, *seen], args)
+        except Exception:
+            log.debug("could not release a lock after a failed begin; it expires", exc_info=True)
+
+    def _in_background(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- wake-ups ------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """Follow the unlock channel for as long as the store is open, reconnecting with backoff."""
+        assert self._client is not None
+        backoff = _BACKOFF_MIN
+        while True:
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._keys.channel)
+                self._subscribed.set()
+                backoff = _BACKOFF_MIN
+                # Wake-ups may have been missed while away: let every first waiter retry.
+                for queue in list(self._queues.values()):
+                    _resolve(queue[0].wake)
+                heard = pinged = time.monotonic()
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    now = time.monotonic()
+                    if message is not None:
+                        heard = now
+                        if message.get("type") == "message":
+                            self._on_unlock(message["data"])
+                    if now - heard > _PUBSUB_SILENCE:
+                        raise StorageUnavailable("the unlock channel went silent")
+                    if now - pinged > _PUBSUB_PING_EVERY:
+                        pinged = now
+                        await pubsub.ping()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.info("unlock channel lost (%s); reconnecting in %.2fs", exc, backoff)
+            finally:
+                self._subscribed.clear()
+                with suppress(BaseException):
+                    await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+            backoff = min(backoff * 2, _BACKOFF_MAX)
+
+    def _on_unlock(self, payload: str) -> None:
+        instance, _, user = str(payload).partition(" ")
+        if instance != self._instance:  # our own commits wake our waiters directly
+            self._wake_head(user)
+
+    # -- plumbing ------------------------------------------------------------
+
+    def _build_client(self) -> aioredis.Redis:
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_timeout": self._socket_timeout,
+            "socket_connect_timeout": self._connect_timeout,
+            "socket_keepalive": True,
+            # No silent retries: a retried BEGIN whose first answer was lost would
+            # report its own message as a duplicate. The caller (the provider) retries.
+            "retry": Retry(NoBackoff(), 0),
+        }
+        if self._max_connections is not None:
+            options["max_connections"] = self._max_connections
+        scheme = urlsplit(self.url).scheme
+        if scheme == "redis+sentinel":
+            return _sentinel_client(self.url, options)
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(
+                f"unsupported Redis URL scheme {scheme!r}: use redis://, rediss://, unix:// "
+                "or redis+sentinel:// (Redis Cluster is not supported yet)"
+            )
+        return aioredis.Redis.from_url(self.url, **options)
+
+    async def _ensure_open(self) -> aioredis.Redis:
+        if not self._opened:
+            await self.open()
+        assert self._client is not None
+        return self._client
+
+    async def _ensure_group(self) -> None:
+        assert self._client is not None
+        try:
+            await _done(
+                self._client.xgroup_create(self._keys.outbox, self.group, id="0", mkstream=True)
+            )
+        except rerr.ResponseError as exc:
+            if not str(exc).startswith("BUSYGROUP"):
+                raise
+
+    async def _eval(self, script: scripts.Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        assert self._client is not None, "open() the store first"
+        client = self._client
+        try:
+            return await _done(client.evalsha(script.sha, len(keys), *keys, *args))
+        except rerr.NoScriptError:
+            # The server restarted or flushed its scripts: load it again, once.
+            await _done(client.script_load(script.source))
+            return await _done(client.evalsha(script.sha, len(keys), *keys, *args))
+
+    @contextmanager
+    def _guard(self, doing: str) -> Iterator[None]:
+        """Turn Redis failures into the store's named errors."""
+        try:
+            yield
+        except (rerr.ConnectionError, rerr.TimeoutError) as exc:
+            raise StorageUnavailable(
+                f"could not {doing}: Redis at {_safe(self.url)} did not answer ({exc}). "
+                "Check that it runs and that BOTKIT_REDIS_URL points at it; the "
+                "operation was not applied, or applied whole (scripts are atomic)"
+            ) from exc
+        except rerr.ResponseError as exc:
+            if str(exc).split(" ", 1)[0] in _UNAVAILABLE_REPLIES or isinstance(
+                exc, rerr.ReadOnlyError
+            ):
+                raise StorageUnavailable(
+                    f"could not {doing}: Redis at {_safe(self.url)} refused ({exc}). "
+                    "It is read-only, out of memory, loading or failing over; it was "
+                    "not changed. Point the store at the current primary or free memory"
+                ) from exc
+            raise StorageError(
+                f"could not {doing}: Redis answered {exc!r}. Is another application "
+                f"using the key prefix {self._keys.base!r}?"
+            ) from exc
+        except rerr.RedisError as exc:
+            raise StorageError(f"could not {doing}: {exc!r}") from exc
+
+
+# -- helpers -----------------------------------------------------------------
+
+
+async def _done(value: Any) -> Any:
+    """Await a redis-py command (typed as maybe-awaitable, for its sync twin's sake)."""
+    return await cast(Awaitable[Any], value)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))
+
+
+def _num(value: float | None) -> str:
+    # repr() round-trips a float exactly; Lua's tostring would not.
+    return "" if value is None else repr(float(value))
+
+
+def _dump_data(user: str, data: dict[str, Any]) -> str:
+    try:
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"the conversation data of user ...{user[-4:]} cannot be saved in Redis: {exc}. "
+            "Keep only JSON values in ctx.data (str, int, float, bool, None, lists, "
+            "dicts with str keys)"
+        ) from exc
+
+
+def _conversation(user: str, fields: Sequence[str | None]) -> Conversation:
+    state, data, version, last_inbound, last_active, opted_out, not_on_whatsapp = fields
+    return Conversation(
+        user=user,
+        state=state,
+        data=json.loads(data) if data else {},
+        version=int(version or 0),
+        last_inbound=None if not last_inbound else float(last_inbound),
+        last_active=None if not last_active else float(last_active),
+        opted_out=opted_out == "1",
+        not_on_whatsapp=not_on_whatsapp == "1",
+    )
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()
+
+
+def _sentinel_client(url: str, options: dict[str, Any]) -> aioredis.Redis:
+    """The primary's client from ``redis+sentinel://[[user]:pass@]h1[:p],h2[:p]/service[/db]``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    sentinels: list[tuple[str, int]] = []
+    for node in netloc.split(","):
+        host, _, port = node.rpartition(":") if ":" in node else (node, "", "")
+        sentinels.append((host or node, int(port or 26379)))
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise ValueError(
+            "a redis+sentinel:// URL names the service after the hosts: "
+            "redis+sentinel://host1:26379,host2:26379/mymaster[/db]"
+        )
+    query = parse_qs(parts.query)
+    master = dict(options)
+    master["db"] = int(path[1]) if len(path) > 1 else 0
+    if parts.username:
+        master["username"] = unquote(parts.username)
+    if parts.password is not None:
+        master["password"] = unquote(parts.password)
+    sentinel_options = {
+        "socket_timeout": options["socket_timeout"],
+        "socket_connect_timeout": options["socket_connect_timeout"],
+        "decode_responses": True,
+    }
+    if "sentinel_password" in query:
+        sentinel_options["password"] = query["sentinel_password"][0]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinels, sentinel_kwargs=sentinel_options, **master
+    )
+    return cast(aioredis.Redis, sentinel.master_for(unquote(path[0]), redis_class=aioredis.Redis))
