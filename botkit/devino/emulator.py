@@ -947,7 +947,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PHONE",
         help="a number whose messages fail with 2305 (repeatable)",
     )
-    parser.add_argument("--log-level", default="info", help="uvicorn log level (info)")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="log level (info)",
+    )
     return parser
 
 
@@ -971,6 +976,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InvalidPhoneNumber as exc:
         print(f"botkit emulator: --not-on-whatsapp: {exc}", file=sys.stderr)
         return 2
+
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
     def started(base_url: str) -> None:
         keys = "only the configured API key" if args.api_key else "any API key"
