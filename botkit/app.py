@@ -39,7 +39,7 @@ from botkit.clock import Clock, SystemClock
 from botkit.delivery.policy import DeliveryRefused, OutsideSessionWindow
 from botkit.delivery.sender import Sender, SenderConfig
 from botkit.delivery.signing import CallbackSigner
-from botkit.delivery.status import StatusOutcome, StatusTracker
+from botkit.delivery.status import RateRetry, StatusOutcome, StatusTracker
 from botkit.devino.client import DevinoClient
 from botkit.devino.convert import to_event
 from botkit.devino.errors import InvalidPhoneNumber, PayloadError
@@ -92,6 +92,7 @@ class Service:
         client: DevinoClient | None = None,
         clock: Clock | None = None,
         sender_config: SenderConfig | None = None,
+        rate_retry: RateRetry | None = None,
     ) -> None:
         self.bot = bot
         self.settings = settings
@@ -115,7 +116,7 @@ class Service:
         callback_url = None
         if settings.public_url:
             callback_url = f"{settings.public_url}/whatsapp/status/{self.webhook_token}"
-        self.tracker = StatusTracker(self.runtime, self.signer)
+        self.tracker = StatusTracker(self.runtime, self.signer, rate_retry=rate_retry)
         self.sender = Sender(
             self.store,
             self.client,
@@ -286,6 +287,7 @@ def create_app(
     client: DevinoClient | None = None,
     clock: Clock | None = None,
     sender_config: SenderConfig | None = None,
+    rate_retry: RateRetry | None = None,
     extra_routes: Sequence[BaseRoute] = (),
     on_shutdown: Sequence[Callable[[], Awaitable[Any]]] = (),
 ) -> Starlette:
@@ -300,7 +302,13 @@ def create_app(
     if not isinstance(bot, Bot):
         raise TypeError(f"create_app() needs a botkit.Bot, not {type(bot).__name__}")
     service = Service(
-        bot, settings, store=store, client=client, clock=clock, sender_config=sender_config
+        bot,
+        settings,
+        store=store,
+        client=client,
+        clock=clock,
+        sender_config=sender_config,
+        rate_retry=rate_retry,
     )
     limit = settings.max_body_bytes
     api_token = settings.secret("api_token")
