@@ -25,7 +25,7 @@ from botkit.delivery.policy import DeliveryRefused, ReplyPolicy
 from botkit.events import AnyMessage, Event, EventKind, Media, StatusUpdate
 from botkit.outbound import Origin, OutboundMessage, Template
 from botkit.plugins import Plugin, resolve_plugins
-from botkit.router import HandlerIndex, compose
+from botkit.router import HandlerIndex, Router, compose
 from botkit.storage.base import ConversationStore, DuplicateMessage, TurnLease
 
 if TYPE_CHECKING:
@@ -153,13 +153,13 @@ class Runtime:
         for plugin in self.plugins:
             if plugin.on_startup is not None:
                 await plugin.on_startup()
-        for router in self.bot._walk():
+        for router in self._routers():
             for hook in router._startup:
                 await hook()
 
     async def stop(self) -> None:
         """Run shutdown hooks, close the store and the HTTP client."""
-        for router in self.bot._walk():
+        for router in self._routers():
             for hook in router._shutdown:
                 await hook()
         for plugin in self.plugins:
@@ -171,6 +171,10 @@ class Runtime:
             await self._http.aclose()
             self._http = None
         await self.store.close()
+
+    def _routers(self) -> list[Router]:
+        """Every router of the turn: the plugins' (first) and the bot's, nested ones included."""
+        return [r for root in (*(p.router for p in self.plugins), self.bot) for r in root._walk()]
 
     # -- turns ---------------------------------------------------------------
 
