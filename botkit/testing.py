@@ -19,6 +19,7 @@ the memory store, and returns the replies that turn committed.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
@@ -69,6 +70,7 @@ class BotTester:
     The clock is frozen: it moves only with :meth:`advance`. With
     ``raise_errors`` (the default) an exception no error handler took is
     re-raised from ``send_*``, so a failing handler fails the test.
+    ``plugins`` are enabled beside the bot's own and those in ``BOTKIT_PLUGINS``.
     """
 
     def __init__(
@@ -85,7 +87,9 @@ class BotTester:
         self.user = user
         self.clock = clock or ManualClock(frozen=True)
         self.store = MemoryStore(store_config, clock=self.clock)
-        self.runtime = Runtime(bot, self.store, clock=self.clock, plugins=plugins)
+        # As the service does: plugins named in BOTKIT_PLUGINS are enabled too.
+        from_env = os.environ.get("BOTKIT_PLUGINS", "").split(",")
+        self.runtime = Runtime(bot, self.store, clock=self.clock, plugins=[*plugins, *from_env])
         self.last: TurnOutcome | None = None
         self.raise_errors = raise_errors
         self._ids = itertools.count(1)
