@@ -48,11 +48,29 @@ async def download(
 ) -> bytes | Path:
     """Stream ``media.url`` with a timeout and the size cap of its kind.
 
-    Returns the bytes, or writes them to ``path`` and returns the path. A
-    partial file is removed when the download fails.
+    Returns the bytes, or streams them to ``path`` (through a hidden ``.part``
+    file beside it, renamed when complete) and returns the path. A partial
+    file is removed when the download fails.
     """
     cap = MAX_BYTES[media.kind]
     target = Path(path) if path is not None else None
+    part = target.with_name(f".{target.name}.part") if target is not None else None
+    try:
+        body = await _fetch(client, media, cap, part, timeout)
+    except BaseException:
+        if part is not None:
+            part.unlink(missing_ok=True)
+        raise
+    if target is None or part is None:
+        return body
+    part.replace(target)
+    return target
+
+
+async def _fetch(
+    client: httpx.AsyncClient, media: Media, cap: int, part: Path | None, timeout: float
+) -> bytes:
+    """The body as bytes, or b"" after writing it to ``part`` chunk by chunk."""
     chunks: list[bytes] = []
     size = 0
     try:
@@ -70,22 +88,27 @@ async def download(
                 declared = response.headers.get("content-length")
                 if declared is not None and declared.isdigit() and int(declared) > cap:
                     raise _too_large(media, int(declared), cap)
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > cap:
-                        raise _too_large(media, size, cap)
-                    chunks.append(chunk)
+                # Memory stays bounded by a chunk when writing to a file.
+                file = await anyio.open_file(part, "wb") if part is not None else None
+                try:
+                    async for chunk in response.aiter_bytes():
+                        size += len(chunk)
+                        if size > cap:
+                            raise _too_large(media, size, cap)
+                        if file is None:
+                            chunks.append(chunk)
+                        else:
+                            await file.write(chunk)
+                finally:
+                    if file is not None:
+                        await file.aclose()
     except TimeoutError:
         raise MediaDownloadFailed(
             f"downloading {media.url} took longer than {timeout:g}s"
         ) from None
     except httpx.HTTPError as exc:
         raise MediaDownloadFailed(f"downloading {media.url} failed: {exc!r}") from exc
-    body = b"".join(chunks)
-    if target is None:
-        return body
-    await anyio.Path(target).write_bytes(body)
-    return target
+    return b"".join(chunks)
 
 
 def _too_large(media: Media, size: int, cap: int) -> MediaTooLarge:
