@@ -30,7 +30,6 @@ from botkit.testing import BotTester
         ("image/webp", MediaKind.STICKER),
         ("video/mp4", MediaKind.VIDEO),
         ("audio/ogg; codecs=opus", MediaKind.VOICE),
-        ("audio/ogg", MediaKind.VOICE),
         ("audio/mpeg", MediaKind.AUDIO),
         ("audio/aac", MediaKind.AUDIO),
         ("application/pdf", MediaKind.DOCUMENT),

@@ -20,9 +20,10 @@ from botkit import (
     MediaDownloadFailed,
     MediaError,
     MediaExpired,
+    MediaKind,
     MediaTooLarge,
 )
-from botkit.media import MAX_BYTES, MediaKind
+from botkit.media import MAX_BYTES
 from botkit.serving import serve_app
 from botkit.testing import BotTester
 
