@@ -55,12 +55,11 @@ class MediaKind(StrEnum):
 def media_kind_of(mime_type: str | None) -> MediaKind:
     """Derive the media kind from a MIME type.
 
-    ``image/webp`` is a sticker, ``audio/ogg`` with the opus codec is a voice
-    note, other ``image/``, ``video/`` and ``audio/`` types are what they say,
-    and anything else (PDF, office files, unknown) is a document.
+    ``image/webp`` is a sticker, ``audio/ogg; codecs=opus`` a voice note,
+    other ``image/``, ``video/`` and ``audio/`` types are what they say, and
+    anything else (PDF, office files, unknown) is a document.
     """
-    mime = (mime_type or "").strip().lower()
-    base, _, params = mime.partition(";")
+    base, _, params = (mime_type or "").strip().lower().partition(";")
     base = base.strip()
     if base == "image/webp":
         return MediaKind.STICKER
@@ -68,7 +67,7 @@ def media_kind_of(mime_type: str | None) -> MediaKind:
         return MediaKind.IMAGE
     if base.startswith("video/"):
         return MediaKind.VIDEO
-    if base == "audio/ogg" and ("opus" in params or not params):
+    if base == "audio/ogg" and "opus" in params:
         return MediaKind.VOICE
     if base.startswith("audio/"):
         return MediaKind.AUDIO

@@ -1,4 +1,7 @@
-"""Downloading the media users send (their ``contentUrl`` may expire: fetch it promptly)."""
+"""Downloading the media users send (their ``contentUrl`` may expire: fetch it promptly).
+
+The size cap per kind is the provider's table (``botkit.devino.validation.MAX_BYTES``).
+"""
 
 from __future__ import annotations
 
@@ -7,20 +10,18 @@ from pathlib import Path
 import anyio
 import httpx
 
+from botkit.devino.validation import MAX_BYTES
 from botkit.events import Media, MediaKind
 
-MB = 1024 * 1024
-
-#: The size cap per media kind: the provider's table, with the stricter
-#: WhatsApp limits for images and video (see provider notes).
-MAX_BYTES: dict[MediaKind, int] = {
-    MediaKind.AUDIO: 16 * MB,
-    MediaKind.VOICE: 16 * MB,
-    MediaKind.DOCUMENT: 100 * MB,
-    MediaKind.IMAGE: 5 * MB,
-    MediaKind.VIDEO: 5 * MB,
-    MediaKind.STICKER: 1 * MB,
-}
+__all__ = [
+    "MAX_BYTES",
+    "MediaDownloadFailed",
+    "MediaError",
+    "MediaExpired",
+    "MediaKind",
+    "MediaTooLarge",
+    "download",
+]
 
 
 class MediaError(Exception):

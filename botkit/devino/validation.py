@@ -24,7 +24,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
@@ -38,6 +37,7 @@ from botkit.devino.models import (
     OutgoingMessage,
     Reason,
 )
+from botkit.events import MediaKind
 
 __all__ = [
     "MEDIA_TYPES",
@@ -51,17 +51,6 @@ __all__ = [
     "validate_message",
     "with_normalized_phone",
 ]
-
-
-class MediaKind(StrEnum):
-    """What WhatsApp shows a piece of content as."""
-
-    AUDIO = "audio"
-    DOCUMENT = "document"
-    IMAGE = "image"
-    VIDEO = "video"
-    VOICE = "voice"
-    STICKER = "sticker"
 
 
 @dataclass(frozen=True, slots=True)
