@@ -43,8 +43,8 @@ import secrets
 import socket
 import time
 from collections import deque
-from collections.abc import Awaitable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -176,7 +176,7 @@ class RedisStore(ConversationStore):
         client: aioredis.Redis | None = None,
         socket_timeout: float = 2.0,
         connect_timeout: float | None = None,
-        max_connections: int | None = None,
+        max_connections: int = 50,
         group: str = "senders",
         consumer: str | None = None,
         clock: Clock | None = None,
@@ -189,7 +189,12 @@ class RedisStore(ConversationStore):
         self._clock = clock or SystemClock()
         self._socket_timeout = socket_timeout
         self._connect_timeout = socket_timeout if connect_timeout is None else connect_timeout
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
         self._max_connections = max_connections
+        # Commands in flight from this store, at most one per pooled connection:
+        # a burst of turns queues here instead of failing with "Too many connections".
+        self._slots = asyncio.Semaphore(max_connections)
         self._lock_ttl_ms = _ms(self.config.lock_ttl)
         self._conversation_ttl_ms = _ms(max(self.config.conversation_ttl, session_window))
         self._done_ttl_ms = _ms(self.config.done_ttl)
@@ -203,6 +208,7 @@ class RedisStore(ConversationStore):
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
+        self._opening = asyncio.Lock()
         self._opened = False
 
     # -- life cycle ----------------------------------------------------------
@@ -212,18 +218,19 @@ class RedisStore(ConversationStore):
 
         Raises :class:`StorageUnavailable` when Redis cannot be reached.
         """
-        if self._opened:
-            return
-        if self._client is None:
-            self._client = self._build_client()
-        client = self._client
-        with self._guard("open the store"):
-            async with client.pipeline(transaction=False) as pipe:
+        async with self._opening:
+            if self._opened:
+                return
+            if self._client is None:
+                self._client = self._build_client()
+            client = self._client
+            guard = self._guard("open the store")
+            async with guard, client.pipeline(transaction=False) as pipe:
                 for script in scripts.ALL:
                     pipe.script_load(script.source)
                 await pipe.execute()
-            await self._ensure_group()
-        self._opened = True
+                await self._ensure_group()
+            self._opened = True
         self._listener = asyncio.create_task(self._listen(), name="botkit-redis-unlock-listener")
         # Best effort: a wake-up missed before the subscription only costs latency.
         with suppress(TimeoutError):
@@ -247,11 +254,12 @@ class RedisStore(ConversationStore):
 
     async def ping(self) -> bool:
         """True when Redis answers a PING within the socket timeout; never raises."""
-        if self._client is None:
+        client = self._client
+        if client is None:
             return False
         try:
-            async with asyncio.timeout(self._socket_timeout):
-                return bool(await _done(self._client.ping()))
+            async with asyncio.timeout(self._socket_timeout), self._guard("ping"):
+                return bool(await _done(client.ping()))
         except Exception:
             return False
 
@@ -280,7 +288,7 @@ class RedisStore(ConversationStore):
         keys = [self._keys.turn(lease.user, lease.key)[1]]
         if lease.key is not None:
             keys.append(self._keys.turn(lease.user, lease.key)[3])
-        with self._guard("renew a turn's lock"):
+        async with self._guard("renew a turn's lock"):
             renewed = await self._eval(scripts.RENEW, keys, [lease.token, self._lock_ttl_ms])
         return bool(renewed)
 
@@ -322,7 +330,7 @@ class RedisStore(ConversationStore):
                 repr(message.not_before) if message.not_before > now else "",
                 message.to_json(),
             ]
-        with self._guard("commit a turn"):
+        async with self._guard("commit a turn"):
             committed = await self._eval(scripts.COMMIT, keys, args)
         if not committed:
             raise LockLost(
@@ -335,7 +343,7 @@ class RedisStore(ConversationStore):
         """Unlock and forget the in-progress mark, if the lock is still the lease's."""
         _, lock, waiting, *seen = self._keys.turn(lease.user, lease.key)
         args = [lease.token, self._keys.channel, f"{self._instance} {lease.user}"]
-        with self._guard("abort a turn"):
+        async with self._guard("abort a turn"):
             released = await self._eval(scripts.ABORT, [lock, waiting, *seen], args)
         if released:
             self._wake_head(lease.user)
@@ -343,7 +351,7 @@ class RedisStore(ConversationStore):
     async def load(self, user: str) -> Conversation:
         """Read the user's conversation without locking (an empty one when unknown)."""
         client = await self._ensure_open()
-        with self._guard("load a conversation"):
+        async with self._guard("load a conversation"):
             fields: list[str | None] = await _done(
                 client.hmget(self._keys.turn(user, None)[0], scripts.FIELDS)
             )
@@ -362,14 +370,13 @@ class RedisStore(ConversationStore):
             return
         client = await self._ensure_open()
         now = self._clock.now()
-        with self._guard("queue messages"):
-            async with client.pipeline(transaction=True) as pipe:
-                for message in messages:
-                    if message.not_before > now:
-                        pipe.zadd(self._keys.delayed, {message.to_json(): message.not_before})
-                    else:
-                        pipe.xadd(self._keys.outbox, {"m": message.to_json()})
-                await pipe.execute()
+        async with self._guard("queue messages"), client.pipeline(transaction=True) as pipe:
+            for message in messages:
+                if message.not_before > now:
+                    pipe.zadd(self._keys.delayed, {message.to_json(): message.not_before})
+                else:
+                    pipe.xadd(self._keys.outbox, {"m": message.to_json()})
+            await pipe.execute()
 
     async def outbox_read(self, consumer: str, count: int, block: float) -> list[OutboxItem]:
         """Take up to ``count`` new entries (XREADGROUP), waiting up to ``block`` seconds.
@@ -383,7 +390,7 @@ class RedisStore(ConversationStore):
         while True:
             remaining = deadline - time.monotonic()
             block_ms = _ms(min(remaining, step)) if remaining > 0 else None
-            with self._guard("read the outbox"):
+            async with self._guard("read the outbox"):
                 try:
                     found = await _done(
                         client.xreadgroup(
@@ -410,7 +417,7 @@ class RedisStore(ConversationStore):
             return []
         await self._ensure_open()
         args: list[str | int] = [self.group, consumer, _ms(min_idle), count]
-        with self._guard("claim outbox entries"):
+        async with self._guard("claim outbox entries"):
             try:
                 claimed = await self._eval(scripts.CLAIM, [self._keys.outbox], args)
             except rerr.ResponseError as exc:
@@ -429,30 +436,28 @@ class RedisStore(ConversationStore):
         if not ids and not sent:
             return
         client = await self._ensure_open()
-        with self._guard("acknowledge outbox entries"):
-            async with client.pipeline(transaction=True) as pipe:
-                if ids:
-                    pipe.xack(self._keys.outbox, self.group, *ids)
-                    pipe.xdel(self._keys.outbox, *ids)
-                for record in sent:
-                    pipe.set(
-                        self._keys.sent(record.message_id), record.to_json(), px=self._sent_ttl_ms
-                    )
-                try:
-                    await pipe.execute()
-                except rerr.ResponseError as exc:
-                    # XACK without a group: nothing was pending; the rest ran (EXEC does not
-                    # stop at a failed command).
-                    if not str(exc).startswith("NOGROUP"):
-                        raise
-                    await self._ensure_group()
+        guard = self._guard("acknowledge outbox entries")
+        async with guard, client.pipeline(transaction=True) as pipe:
+            if ids:
+                pipe.xack(self._keys.outbox, self.group, *ids)
+                pipe.xdel(self._keys.outbox, *ids)
+            for record in sent:
+                pipe.set(self._keys.sent(record.message_id), record.to_json(), px=self._sent_ttl_ms)
+            try:
+                await pipe.execute()
+            except rerr.ResponseError as exc:
+                # XACK without a group: nothing was pending; the rest ran (EXEC does not
+                # stop at a failed command).
+                if not str(exc).startswith("NOGROUP"):
+                    raise
+                await self._ensure_group()
 
     async def outbox_release_due(self, now: float) -> int:
         """Move delayed messages due by ``now`` into the outbox, atomically per batch."""
         await self._ensure_open()
         moved = 0
         while True:
-            with self._guard("release delayed messages"):
+            async with self._guard("release delayed messages"):
                 batch = int(
                     await self._eval(
                         scripts.RELEASE_DUE,
@@ -467,11 +472,11 @@ class RedisStore(ConversationStore):
     async def outbox_size(self) -> int:
         """Entries in the stream (unread or in flight) plus delayed ones."""
         client = await self._ensure_open()
-        with self._guard("measure the outbox"):
-            async with client.pipeline(transaction=False) as pipe:
-                pipe.xlen(self._keys.outbox)
-                pipe.zcard(self._keys.delayed)
-                stream, delayed = await pipe.execute()
+        guard = self._guard("measure the outbox")
+        async with guard, client.pipeline(transaction=False) as pipe:
+            pipe.xlen(self._keys.outbox)
+            pipe.zcard(self._keys.delayed)
+            stream, delayed = await pipe.execute()
         return int(stream) + int(delayed)
 
     # -- sent-message log ----------------------------------------------------
@@ -479,14 +484,14 @@ class RedisStore(ConversationStore):
     async def get_sent(self, message_id: str) -> SentRecord | None:
         """The record by provider ``messageId``, unless expired."""
         client = await self._ensure_open()
-        with self._guard("read a sent-message record"):
+        async with self._guard("read a sent-message record"):
             raw: str | None = await _done(client.get(self._keys.sent(message_id)))
         return None if raw is None else SentRecord.from_json(raw)
 
     async def update_sent(self, record: SentRecord) -> None:
         """Replace the record, keeping its remaining TTL (a fresh one if it had expired)."""
         await self._ensure_open()
-        with self._guard("update a sent-message record"):
+        async with self._guard("update a sent-message record"):
             await self._eval(
                 scripts.UPDATE_SENT,
                 [self._keys.sent(record.message_id)],
@@ -501,7 +506,7 @@ class RedisStore(ConversationStore):
         """One BEGIN call: the lease, or how long (s) the lock stays taken."""
         args = [token, self._lock_ttl_ms, _num(inbound_at), self._conversation_ttl_ms]
         try:
-            with self._guard("begin a turn"):
+            async with self._guard("begin a turn"):
                 result = await self._eval(scripts.BEGIN, self._keys.turn(user, key), args)
         except BaseException:
             # The script may have run with its answer lost: give the lock and the
@@ -586,7 +591,8 @@ class RedisStore(ConversationStore):
         _, lock, waiting, *seen = self._keys.turn(user, key)
         args = [token, self._keys.channel, f"{self._instance} {user}"]
         try:
-            await self._eval(scripts.ABORT, [lock, waiting, *seen], args)
+            async with self._guard("release a lock after a failed begin"):
+                await self._eval(scripts.ABORT, [lock, waiting, *seen], args)
         except Exception:
             log.debug("could not release a lock after a failed begin; it expires", exc_info=True)
 
@@ -650,9 +656,9 @@ class RedisStore(ConversationStore):
             # No silent retries: a retried BEGIN whose first answer was lost would
             # report its own message as a duplicate. The caller (the provider) retries.
             "retry": Retry(NoBackoff(), 0),
+            # One more for the unlock listener, one spare.
+            "max_connections": self._max_connections + 2,
         }
-        if self._max_connections is not None:
-            options["max_connections"] = self._max_connections
         scheme = urlsplit(self.url).scheme
         if scheme == "redis+sentinel":
             return _sentinel_client(self.url, options)
@@ -689,9 +695,18 @@ class RedisStore(ConversationStore):
             await _done(client.script_load(script.source))
             return await _done(client.evalsha(script.sha, len(keys), *keys, *args))
 
-    @contextmanager
-    def _guard(self, doing: str) -> Iterator[None]:
-        """Turn Redis failures into the store's named errors."""
+    @asynccontextmanager
+    async def _guard(self, doing: str) -> AsyncIterator[None]:
+        """Take a connection slot and turn Redis failures into the store's named errors."""
+        try:
+            async with asyncio.timeout(self._socket_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise StorageUnavailable(
+                f"could not {doing}: all {self._max_connections} Redis connections of this "
+                f"store stayed busy for {self._socket_timeout:g}s. Redis at {_safe(self.url)} "
+                "is slow or hung, or max_connections is too small for the load"
+            ) from None
         try:
             yield
         except (rerr.ConnectionError, rerr.TimeoutError) as exc:
@@ -715,6 +730,8 @@ class RedisStore(ConversationStore):
             ) from exc
         except rerr.RedisError as exc:
             raise StorageError(f"could not {doing}: {exc!r}") from exc
+        finally:
+            self._slots.release()
 
 
 # -- helpers -----------------------------------------------------------------

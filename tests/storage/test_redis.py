@@ -1,0 +1,555 @@
+"""The Redis store against a real Redis: processes, crashes, restarts, slots, round trips.
+
+The shared test Redis (``redis_url``) serves tests that only need a server;
+tests that stop, freeze or re-role a server start a private ``redis-server``
+(:class:`RedisServer`). Waits are on conditions with deadlines, never on
+sleeps that hope something happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from redis.crc import key_slot
+
+from botkit import Bot, Context, StoreConfig, TextMessage
+from botkit.outbound import OutboundMessage, SendMode
+from botkit.runtime import Runtime
+from botkit.storage.base import DuplicateMessage, LockLost, StorageUnavailable, UserBusy
+from botkit.storage.redis import RedisStore
+
+from ._redis_server import RedisServer, free_port
+from ._redis_worker import keys as probe_keys
+
+pytestmark = pytest.mark.redis
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def new_user() -> str:
+    return "7" + str(uuid.uuid4().int)[:10]
+
+
+def text(user: str, body: str, **kw: Any) -> OutboundMessage:
+    return OutboundMessage(user=user, mode=SendMode.TEXT, text=body, **kw)
+
+
+def message(user: str, message_id: str | None = None) -> TextMessage:
+    return TextMessage(
+        id=message_id or uuid.uuid4().hex, user=user, text="+1", timestamp=time.time()
+    )
+
+
+async def until(condition: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
+    """Wait until ``condition()`` holds, checking every few milliseconds; fail after ``within``.
+
+    The conditions live in Redis or another process, so there is no event to await.
+    """
+    async with asyncio.timeout(within):
+        while not await condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+def counting_bot(name: str = "race") -> Bot:
+    """A bot that counts its messages in ``ctx.data`` and replies with the count."""
+    bot = Bot(name)
+
+    @bot.text()
+    async def count(ctx: Context) -> None:
+        ctx.data["count"] = ctx.data.get("count", 0) + 1
+        await ctx.reply(str(ctx.data["count"]))
+
+    return bot
+
+
+@pytest.fixture
+async def make_store(redis_url: str, redis_prefix: str) -> AsyncIterator[Callable[..., Any]]:
+    """Build opened stores on the shared test Redis under this test's prefix."""
+    built: list[RedisStore] = []
+
+    async def make(**kw: Any) -> RedisStore:
+        kw.setdefault("config", StoreConfig(lock_ttl=5.0, acquire_timeout=5.0))
+        kw.setdefault("url", redis_url)
+        store = RedisStore(bot="race", prefix=redis_prefix, **kw)
+        await store.open()
+        built.append(store)
+        return store
+
+    yield make
+    for store in built:
+        await store.close()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server (AOF fsynced on every write) the test may kill and restart."""
+    srv = RedisServer(tmp_path)
+    srv.start()
+    yield srv
+    srv.close()
+
+
+async def spawn(cfg: dict[str, Any]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.storage._redis_worker",
+        json.dumps(cfg),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+    )
+
+
+async def run_two_workers(
+    redis_url: str, prefix: str, user: str, ids: tuple[list[str], list[str]]
+) -> list[dict[str, Any]]:
+    """Start two worker processes, release them together, and collect their reports."""
+    probe = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    shared = probe_keys(prefix)
+    workers = [
+        await spawn({"mode": "turns", "url": redis_url, "prefix": prefix, "user": user, "ids": i})
+        for i in ids
+    ]
+    try:
+        for _ in workers:
+            assert await probe.blpop([shared["ready"]], timeout=30), "a worker did not start"
+        await probe.rpush(shared["go"], *["go"] * len(workers))
+        async with asyncio.timeout(45):
+            outputs = [await w.communicate() for w in workers]
+        assert all(w.returncode == 0 for w in workers)
+        assert await probe.get(shared["overlaps"]) is None, "two handlers of one user overlapped"
+        return [json.loads(out.decode().strip().splitlines()[-1]) for out, _ in outputs]
+    finally:
+        for w in workers:
+            if w.returncode is None:
+                w.kill()
+                await w.wait()
+        await probe.aclose()
+
+
+# -- several processes ---------------------------------------------------------------
+
+
+async def test_two_processes_run_200_turns_of_one_user_one_at_a_time(
+    redis_url: str, redis_prefix: str, make_store: Callable[..., Any]
+) -> None:
+    user = new_user()
+    ids = ([f"a{i}" for i in range(100)], [f"b{i}" for i in range(100)])
+    reports = await run_two_workers(redis_url, redis_prefix, user, ids)
+
+    assert [r["outcomes"] for r in reports] == [{"handled": 100}, {"handled": 100}]
+    assert [r["waiting_users"] for r in reports] == [0, 0]
+    conversation = await (await make_store()).load(user)
+    assert conversation.data["count"] == 200
+    assert sorted(conversation.data["by"].values()) == [100, 100]
+    assert conversation.version == 200
+
+
+async def test_one_message_delivered_to_both_processes_runs_once(
+    redis_url: str, redis_prefix: str, make_store: Callable[..., Any]
+) -> None:
+    user = new_user()
+    ids = [f"m{i}" for i in range(40)]
+    reports = await run_two_workers(redis_url, redis_prefix, user, (ids, list(ids)))
+
+    handled = sum(r["outcomes"].get("handled", 0) for r in reports)
+    duplicates = sum(r["outcomes"].get("duplicate", 0) for r in reports)
+    assert (handled, duplicates) == (40, 40)
+    assert (await (await make_store()).load(user)).data["count"] == 40
+
+
+async def test_stale_holder_in_another_process_cannot_commit_over_a_newer_turn(
+    make_store: Callable[..., Any], redis_url: str, redis_prefix: str
+) -> None:
+    slow = await make_store(config=StoreConfig(lock_ttl=0.3, acquire_timeout=5.0))
+    fast = await make_store(config=StoreConfig(lock_ttl=5.0, acquire_timeout=5.0))
+    user = new_user()
+    stale = await slow.begin_turn(user, "m:1")
+    newer = await fast.begin_turn(user, "m:2")  # waits for the stale lock to expire
+    conv = newer.conversation.copy()
+    conv.data["owner"] = "newer"
+    await fast.commit_turn(newer, conv, [text(user, "from the newer turn")])
+
+    old = stale.conversation.copy()
+    old.data["owner"] = "stale"
+    with pytest.raises(LockLost):
+        await slow.commit_turn(stale, old, [text(user, "from the stale turn")])
+    loaded = await fast.load(user)
+    assert (loaded.data, loaded.version) == ({"owner": "newer"}, 1)
+    items = await fast.outbox_read("c", 10, 0)
+    assert [i.message.text for i in items] == ["from the newer turn"]
+    # The stale turn's message was not marked done: a retry of it runs.
+    again = await fast.begin_turn(user, "m:1")
+    await fast.commit_turn(again, None)
+
+
+async def test_turn_of_a_killed_process_runs_again_once_its_lock_expires(
+    redis_url: str, redis_prefix: str, make_store: Callable[..., Any]
+) -> None:
+    user, message_id = new_user(), "wamid-killed"
+    holder = await spawn(
+        {
+            "mode": "hold",
+            "url": redis_url,
+            "prefix": redis_prefix,
+            "user": user,
+            "key": f"m:{message_id}",
+            "lock_ttl": 2.0,
+        }
+    )
+    try:
+        assert holder.stdout is not None
+        async with asyncio.timeout(30):
+            assert (await holder.stdout.readline()).strip() == b"began"
+    finally:
+        holder.kill()
+        await holder.wait()
+
+    store = await make_store(config=StoreConfig(lock_ttl=5.0, acquire_timeout=0.1))
+    runtime = Runtime(counting_bot(), store)
+    # Before the lock expires: the retry is "in progress", another message is refused.
+    assert (await runtime.handle_message(message(user, message_id))).outcome == "duplicate"
+    with pytest.raises(UserBusy):
+        await runtime.handle_message(message(user))
+
+    probe = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    lock = f"{redis_prefix}:race:{{{user}}}:lock"
+    try:
+        await until(lambda: _gone(probe, lock), within=10)
+    finally:
+        await probe.aclose()
+    outcome = await runtime.handle_message(message(user, message_id))
+    assert outcome.outcome == "handled"
+    assert (await store.load(user)).data == {"count": 1}
+
+
+async def _gone(client: aioredis.Redis, key: str) -> bool:
+    return not await client.exists(key)
+
+
+# -- the server goes away --------------------------------------------------------------
+
+
+async def test_killed_redis_fails_fast_loses_nothing_and_the_store_resumes(
+    server: RedisServer,
+) -> None:
+    store = RedisStore(
+        server.url,
+        bot="race",
+        prefix="t",
+        socket_timeout=1.0,
+        config=StoreConfig(lock_ttl=30.0, acquire_timeout=10.0),
+    )
+    other = RedisStore(server.url, bot="race", prefix="t", socket_timeout=1.0)
+    await store.open()
+    runtime = Runtime(counting_bot(), store)
+    users = [new_user() for _ in range(3)]
+    succeeded = dict.fromkeys(users, 0)
+    killed_at: list[float] = []
+    failed_after: list[float] = []
+
+    async def keep_talking(user: str) -> None:
+        while True:
+            try:
+                await runtime.handle_message(message(user))
+            except StorageUnavailable:
+                failed_after.append(time.monotonic() - killed_at[0])
+                return
+            succeeded[user] += 1
+
+    talkers = [asyncio.create_task(keep_talking(u)) for u in users]
+    try:
+        await until(lambda: _true(sum(succeeded.values()) >= 60), within=20)
+        killed_at.append(time.monotonic())
+        server.kill()
+        async with asyncio.timeout(10):  # bounded: no hang, no endless retries
+            await asyncio.gather(*talkers)
+    finally:
+        for t in talkers:
+            t.cancel()
+    assert len(failed_after) == 3
+    with pytest.raises(StorageUnavailable):
+        await runtime.handle_message(message(users[0]))
+    assert await store.ping() is False
+
+    server.start()  # the AOF brings back everything acknowledged
+    check = server.client()
+    committed = 0
+    for user in users:
+        fields = check.hgetall(f"t:race:{{{user}}}:conv")
+        count = json.loads(fields["data"])["count"]
+        # A turn in flight when the server died may have committed without hearing so.
+        assert succeeded[user] <= count <= succeeded[user] + 1
+        assert int(fields["version"]) == count, "state and version were written together"
+        committed += count
+    assert check.xlen("t:race:outbox") == committed, "each committed turn queued its one reply"
+
+    # The same store object works again: new connections, and the wake-up channel.
+    # (A new user: the turn in flight at the crash left its user's lock for lock_ttl.)
+    outcome = await runtime.handle_message(message(new_user()))
+    assert outcome.outcome == "handled"
+    await until(lambda: _true(store._subscribed.is_set()), within=10)
+    await other.open()
+    user = new_user()
+    held = await other.begin_turn(user, "m:held")
+    waiting = asyncio.create_task(store.begin_turn(user, "m:next"))
+    await until(lambda: _true(check.exists(f"t:race:{{{user}}}:waiting") == 1))
+    await other.commit_turn(held, None)
+    # The lock would stay 30 s; only the published wake-up lets the waiter in this soon.
+    async with asyncio.timeout(5):
+        lease = await waiting
+    await store.commit_turn(lease, None)
+    await other.close()
+    await store.close()
+    check.close()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_frozen_redis_times_out_within_the_socket_timeout(server: RedisServer) -> None:
+    store = RedisStore(server.url, bot="race", prefix="t", socket_timeout=0.3)
+    await store.open()
+    server.freeze()
+    try:
+        async with asyncio.timeout(5):
+            with pytest.raises(StorageUnavailable, match="did not answer"):
+                await store.begin_turn(new_user(), "m:1")
+            assert await store.ping() is False
+    finally:
+        server.thaw()
+    lease = await store.begin_turn(new_user(), "m:2")
+    await store.commit_turn(lease, None)
+    await store.close()
+
+
+async def test_read_only_redis_is_unavailable_and_nothing_is_written(server: RedisServer) -> None:
+    store = RedisStore(server.url, bot="race", prefix="t")
+    await store.open()
+    user = new_user()
+    check = server.client()
+    check.execute_command("REPLICAOF", "127.0.0.1", str(free_port()))
+    try:
+        with pytest.raises(StorageUnavailable, match="read-only"):
+            await store.begin_turn(user, "m:1", inbound_at=1000.0)
+        assert check.keys("t:*{*") == []
+        with pytest.raises(StorageUnavailable):
+            await store.enqueue([text(user, "hi")])
+    finally:
+        check.execute_command("REPLICAOF", "NO", "ONE")
+    lease = await store.begin_turn(user, "m:1", inbound_at=1000.0)
+    await store.commit_turn(lease, None)
+    assert (await store.load(user)).last_inbound == 1000.0
+    await store.close()
+    check.close()
+
+
+async def test_a_server_that_forgot_scripts_and_the_group_is_served_again(
+    server: RedisServer,
+) -> None:
+    store = RedisStore(server.url, bot="race", prefix="t")
+    await store.open()
+    check = server.client()
+    check.script_flush()
+    check.flushall()
+    user = new_user()
+    lease = await store.begin_turn(user, "m:1")  # NOSCRIPT: loaded again
+    await store.commit_turn(lease, None, [text(user, "hi")])
+    [item] = await store.outbox_read("c", 10, 0)  # the stream exists, the group did not
+    assert item.message.text == "hi"
+    await store.outbox_ack([item.id])
+    assert await store.outbox_size() == 0
+    await store.close()
+    check.close()
+
+
+async def test_unreachable_redis_is_reported_at_open_and_ping_is_false() -> None:
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.5)
+    async with asyncio.timeout(5):
+        with pytest.raises(StorageUnavailable, match="BOTKIT_REDIS_URL"):
+            await store.open()
+        assert await store.ping() is False
+    await store.close()
+
+
+# -- layout and cost ---------------------------------------------------------------------
+
+
+async def test_every_key_of_a_user_is_in_one_cluster_slot(
+    make_store: Callable[..., Any], redis_url: str, redis_prefix: str
+) -> None:
+    store = await make_store()
+    check = redis.Redis.from_url(redis_url, decode_responses=True)
+    user = new_user()
+    seen: set[str] = set()
+
+    def snapshot() -> None:
+        seen.update(check.scan_iter(match=f"{redis_prefix}:*", count=1000))
+
+    first = await store.begin_turn(user, "m:1", inbound_at=1000.0)
+    second = asyncio.create_task(store.begin_turn(user, "m:2"))
+    await until(lambda: _true(check.exists(f"{redis_prefix}:race:{{{user}}}:waiting") == 1))
+    snapshot()
+    await store.commit_turn(first, first.conversation.copy(), [text(user, "a")])
+    lease = await second
+    snapshot()
+    await store.commit_turn(lease, None, [text(user, "b", not_before=time.time() + 3600)])
+    snapshot()
+    check.close()
+
+    mine = sorted(k for k in seen if f"{{{user}}}" in k)
+    kinds = {k.split(f"{{{user}}}:", 1)[1] for k in mine}
+    assert kinds == {"conv", "lock", "waiting", "seen:m:1", "seen:m:2"}
+    assert len({key_slot(k.encode()) for k in mine}) == 1, mine
+    assert key_slot(mine[0].encode()) == key_slot(user.encode())
+    shared = sorted(k for k in seen if "{" not in k)
+    base = f"{redis_prefix}:race"
+    assert shared == [f"{base}:outbox", f"{base}:outbox:delayed"]
+
+
+async def test_a_conversation_lives_at_least_the_session_window(
+    make_store: Callable[..., Any], redis_url: str, redis_prefix: str
+) -> None:
+    store = await make_store(config=StoreConfig(conversation_ttl=60.0), session_window=86_400)
+    user = new_user()
+    lease = await store.begin_turn(user, "m:1", inbound_at=time.time())
+    await store.commit_turn(lease, lease.conversation.copy())
+    check = redis.Redis.from_url(redis_url)
+    assert check.pttl(f"{redis_prefix}:race:{{{user}}}:conv") > 86_000_000
+    assert 0 < check.pttl(f"{redis_prefix}:race:{{{user}}}:seen:m:1") <= 2 * 86_400_000
+    check.close()
+
+
+class CountingConnection(aioredis.Connection):
+    """Records every command this connection sends (pub/sub connections excluded)."""
+
+    log: list[str] = []
+
+    async def send_command(self, *args: Any, **kwargs: Any) -> None:
+        name = str(args[0]).upper()
+        if name == "SUBSCRIBE":
+            self._is_pubsub = True
+        if not getattr(self, "_is_pubsub", False):
+            CountingConnection.log.append(name)
+        await super().send_command(*args, **kwargs)
+
+
+async def test_begin_and_commit_are_one_round_trip_each(server: RedisServer) -> None:
+    pool = aioredis.ConnectionPool.from_url(
+        server.url, connection_class=CountingConnection, decode_responses=True
+    )
+    client = aioredis.Redis(connection_pool=pool)
+    store = RedisStore(client=client, bot="race", prefix="t")
+    await store.open()
+    check = server.client()
+    user = new_user()
+    warm = await store.begin_turn(user, "m:0")  # connections made, handshakes done
+    await store.commit_turn(warm, None)
+
+    def evalsha_calls() -> int:
+        return int(check.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+    before = evalsha_calls()
+    CountingConnection.log.clear()
+    lease = await store.begin_turn(user, "m:1", inbound_at=time.time())
+    assert CountingConnection.log == ["EVALSHA"]
+    conv = lease.conversation.copy()
+    conv.data["n"] = 1
+    await store.commit_turn(lease, conv, [text(user, "one"), text(user, "two")])
+    assert CountingConnection.log == ["EVALSHA", "EVALSHA"]
+    assert evalsha_calls() - before == 2
+    await store.close()
+    await client.aclose()
+    check.close()
+
+
+async def test_no_per_user_state_stays_in_the_process(make_store: Callable[..., Any]) -> None:
+    store = await make_store()
+    runtime = Runtime(counting_bot(), store)
+    users = [new_user() for _ in range(40)]
+    await asyncio.gather(*(runtime.handle_message(message(u)) for u in users for _ in range(5)))
+    assert [(await store.load(u)).data["count"] for u in users] == [5] * 40
+    assert store.waiting_users == 0
+    assert store._queues == {}
+    assert not store._background
+
+
+async def test_delayed_replies_of_a_turn_wait_in_the_delayed_set(
+    make_store: Callable[..., Any],
+) -> None:
+    store = await make_store()
+    user = new_user()
+    at = time.time() + 3600
+    lease = await store.begin_turn(user, "m:1")
+    await store.commit_turn(lease, None, [text(user, "later", not_before=at), text(user, "now")])
+    assert [i.message.text for i in await store.outbox_read("c", 10, 0)] == ["now"]
+    assert await store.outbox_size() == 2  # one in flight, one delayed
+    assert await store.outbox_release_due(at) == 1
+    assert [i.message.text for i in await store.outbox_read("c", 10, 0.5)] == ["later"]
+
+
+async def test_non_json_data_is_refused_before_anything_is_written(
+    make_store: Callable[..., Any],
+) -> None:
+    store = await make_store()
+    user = new_user()
+    lease = await store.begin_turn(user, "m:1")
+    conv = lease.conversation.copy()
+    conv.data["when"] = object()
+    with pytest.raises(TypeError, match="JSON values"):
+        await store.commit_turn(lease, conv)
+    await store.commit_turn(lease, None)  # the lock was still ours: nothing was written
+    with pytest.raises(DuplicateMessage):
+        await store.begin_turn(user, "m:1")
+
+
+# -- Sentinel --------------------------------------------------------------------------
+
+
+async def test_sentinel_url_finds_the_primary(server: RedisServer, tmp_path: Path) -> None:
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f"sentinel monitor mymaster 127.0.0.1 {server.port} 1\n"
+    )
+    sentinel = await asyncio.create_subprocess_exec(
+        server.binary,
+        str(conf),
+        "--sentinel",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        probe = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
+        await until(lambda: _true(_answers(probe)))
+        probe.close()
+        store = RedisStore(f"redis+sentinel://127.0.0.1:{port}/mymaster/0", bot="race", prefix="t")
+        await store.open()
+        user = new_user()
+        lease = await store.begin_turn(user, "m:1", inbound_at=1000.0)
+        await store.commit_turn(lease, None)
+        assert (await store.load(user)).last_inbound == 1000.0
+        assert server.client().exists(f"t:race:{{{user}}}:conv") == 1
+        await store.close()
+    finally:
+        sentinel.kill()
+        await sentinel.wait()
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
