@@ -143,6 +143,8 @@ class ReplyPolicy:
             raise TypeError("media must be botkit.Media(url, mime_type, name=None)")
         if template is not None and not isinstance(template, Template):
             raise TypeError("template must be botkit.Template(id, params, language)")
+        if text is not None and not text.strip():
+            text = None  # blank text is no text: nothing to split, nothing to send
         if not text and media is None and template is None:
             raise ValueError("nothing to send: pass text=..., media=... or template=...")
         if conversation.opted_out:
