@@ -226,6 +226,7 @@ class BotTester:
 
     async def sent(self) -> Replies:
         """Messages queued outside turns (``bot.send``) since the last call."""
+        await self._drain()  # sends made since the last turn are still in the outbox
         out = Replies(self._proactive)
         self._proactive.clear()
         return out
