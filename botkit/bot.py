@@ -105,7 +105,9 @@ class Bot(Router):
         It follows the reply policy: free text inside the user's 24-hour
         window, ``template`` outside it, :class:`~botkit.OutsideSessionWindow`
         with none. Returns the queued messages. Needs the bot running in
-        this process (``botkit run``/``dev`` or ``BotTester``).
+        this process (``botkit run``/``dev`` or ``BotTester``). Called from a
+        handler, the message leaves when that turn commits, and not at all
+        if the handler fails.
         """
         if self.runtime is None:
             raise BotNotRunning(

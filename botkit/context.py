@@ -136,6 +136,7 @@ class Context:
         "_model",
         "_replies",
         "_runtime",
+        "_sends",
         "_values",
         "conversation",
         "event",
@@ -153,6 +154,8 @@ class Context:
         self.now = now
         self.refused: list[DeliveryRefused] = []
         self._replies: list[OutboundMessage] = []
+        # bot.send() calls made during the turn: they leave with its commit (None once over).
+        self._sends: list[OutboundMessage] | None = []
         self._values: dict[str, Any] = {}
         self._handler: Handler | None = None
         self._ignored = False

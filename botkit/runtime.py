@@ -11,6 +11,7 @@ The web service, the test kit and the dev tools all run turns through here.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -33,6 +34,11 @@ if TYPE_CHECKING:
     from botkit.flow import Flow
 
 log = logging.getLogger("botkit.turn")
+
+# The turn running in this task, so bot.send() during it joins its transaction.
+_current_turn: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
+    "botkit_current_turn", default=None
+)
 
 StatusHook = Callable[[Context], Awaitable[bool]]
 """Runs in a status turn before the status handlers; False ignores the status."""
@@ -215,7 +221,8 @@ class Runtime:
             conversation.state = ctx.stored_state()
             if event.kind is not EventKind.STATUS:
                 conversation.last_active = ctx.now
-            await self.store.commit_turn(lease, conversation, ctx._replies)
+            await self.store.commit_turn(lease, conversation, [*ctx._replies, *(ctx._sends or ())])
+            ctx._sends = None
         except BaseException:
             renewal.cancel()
             try:
@@ -244,13 +251,17 @@ class Runtime:
     ) -> tuple[Context, str, str | None, BaseException | None, bool]:
         now = self.clock.now()
         ctx = Context(self, event, lease.conversation.copy(), now)
+        token = _current_turn.set(ctx)
         try:
             await self._expire_flow(ctx)
             await self._entry(ctx)
         except Exception as exc:
+            ctx._sends = None  # what the failed handler sent is dropped with its replies
             handler = ctx._handler.name if ctx._handler is not None else None
             ctx, handled = await self._handle_error(lease, event, now, exc)
             return ctx, "error", handler, exc, handled
+        finally:
+            _current_turn.reset(token)
         if ctx._ignored:
             return ctx, "ignored", None, None, False
         if ctx._handler is None:
@@ -288,6 +299,7 @@ class Runtime:
                 "unhandled error in a turn of user ...%s: %r", lease.user[-4:], exc, exc_info=exc
             )
             return ctx, False
+        _current_turn.set(ctx)  # reset when _run returns
         try:
             await handler(ctx, exc)
         except Exception:
@@ -358,7 +370,8 @@ class Runtime:
 
         Raises :class:`~botkit.OutsideSessionWindow` (no template outside the
         window), :class:`~botkit.OptedOut`, :class:`~botkit.NotOnWhatsApp`, or
-        ``InvalidPhoneNumber``; nothing is queued then.
+        ``InvalidPhoneNumber``; nothing is queued then. During a turn (from a
+        handler) the message is queued by that turn's commit.
         """
         from botkit.devino.validation import normalize_phone
 
@@ -376,6 +389,10 @@ class Runtime:
         except DeliveryRefused as refused:
             self.report_refused(refused)
             raise
+        turn = _current_turn.get()
+        if turn is not None and turn._runtime is self and turn._sends is not None:
+            turn._sends.extend(planned)  # a turn is a transaction: this leaves with its commit
+            return planned
         await self.store.enqueue(planned)
         return planned
 
