@@ -71,6 +71,38 @@ async def test_a_handler_that_raises_changes_nothing_and_sends_nothing() -> None
     assert isinstance(exc, KeyError)
 
 
+async def test_a_send_to_another_user_leaves_only_when_the_turn_commits() -> None:
+    bot = Bot("tx-send")
+    bob = "79990000002"
+    outbox_during_turn: list[int] = []
+    tester: BotTester
+
+    @bot.text("hi")
+    async def greet(ctx: Context) -> None:
+        await ctx.reply("hello")
+
+    @bot.text()
+    async def forward(ctx: Context) -> None:
+        await ctx.bot.send(bob, f"Ann says: {ctx.text}")
+        outbox_during_turn.append(await tester.store.outbox_size())
+        if ctx.text == "fail":
+            raise RuntimeError("after the send")
+        await ctx.reply("forwarded")
+
+    @bot.error()
+    async def on_error(ctx: Context, exc: BaseException) -> None:
+        await ctx.bot.send(bob, "Ann had a problem")
+
+    tester = BotTester(bot, user="79990000001")
+    async with tester as chat:
+        await chat.send_text("hi", user=bob)  # opens Bob's window
+        assert (await chat.send_text("hello")).texts == ["forwarded"]
+        assert [m.text for m in await chat.sent()] == ["Ann says: hello"]
+        assert await chat.send_text("fail") == []
+        assert [m.text for m in await chat.sent()] == ["Ann had a problem"]
+    assert outbox_during_turn == [0, 0]
+
+
 async def test_an_error_nobody_handles_reaches_the_test_and_the_message_is_done() -> None:
     bot = Bot("unhandled-error")
     runs = 0
