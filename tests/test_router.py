@@ -519,35 +519,6 @@ async def test_state_any_none_and_flow_state_on_a_plain_router() -> None:
         assert (await chat.send_text("b")).texts == ["answer to q2"]
 
 
-async def test_two_runtimes_of_one_bot_with_different_plugins_keep_their_own_order() -> None:
-    """Compiling the same handlers into a second index must not disturb the first."""
-    bot = Bot("shared-handlers")
-    front = Router("front")
-
-    @front.text("a")
-    async def front_a(ctx: Context) -> None:
-        await ctx.reply("front")
-
-    @bot.text("a")
-    async def bot_a(ctx: Context) -> None:
-        await ctx.reply("bot a")
-
-    @bot.text("b")
-    async def bot_b(ctx: Context) -> None:
-        await ctx.reply("bot b")
-
-    from botkit.router import HandlerIndex
-
-    with_front = HandlerIndex(bot, {}, [front])
-    HandlerIndex(bot, {}, [])  # a second runtime of the same bot, without the plugin
-    names = [h.name for h in with_front.candidates(EventKind.TEXT, None)]
-    assert names == [
-        front_a.__qualname__,
-        bot_a.__qualname__,
-        bot_b.__qualname__,
-    ]
-
-
 # -- definition-time errors -----------------------------------------------------
 
 
