@@ -87,29 +87,27 @@ local conv, lock, waiting, stream, delayed, seen =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 if redis.call('GET', lock) ~= ARGV[1] then return 0 end
 if ARGV[2] == '1' then
-  local stored = redis.call('HMGET', conv, 'version', 'last_inbound')
-  local version = (tonumber(stored[1]) or 0) + 1
+  local stored = redis.call('HMGET', conv, 'version', 'last_inbound', 'state', 'last_active')
   local inbound = ARGV[5]
   if stored[2] and (inbound == '' or tonumber(stored[2]) > tonumber(inbound)) then
     inbound = stored[2]
   end
-  redis.call('HSET', conv, 'version', version, 'data', ARGV[4],
-             'opted_out', ARGV[7], 'not_on_whatsapp', ARGV[8])
-  if ARGV[3] == '' then
-    redis.call('HDEL', conv, 'state')
-  else
-    redis.call('HSET', conv, 'state', string.sub(ARGV[3], 2))
+  local set = {'version', (tonumber(stored[1]) or 0) + 1, 'data', ARGV[4],
+               'opted_out', ARGV[7], 'not_on_whatsapp', ARGV[8]}
+  local unset = {}
+  local function put(name, value, was)
+    if value then
+      set[#set + 1] = name
+      set[#set + 1] = value
+    elseif was then
+      unset[#unset + 1] = name
+    end
   end
-  if inbound == '' then
-    redis.call('HDEL', conv, 'last_inbound')
-  else
-    redis.call('HSET', conv, 'last_inbound', inbound)
-  end
-  if ARGV[6] == '' then
-    redis.call('HDEL', conv, 'last_active')
-  else
-    redis.call('HSET', conv, 'last_active', ARGV[6])
-  end
+  put('state', ARGV[3] ~= '' and string.sub(ARGV[3], 2) or nil, stored[3])
+  put('last_inbound', inbound ~= '' and inbound or nil, stored[2])
+  put('last_active', ARGV[6] ~= '' and ARGV[6] or nil, stored[4])
+  redis.call('HSET', conv, unpack(set))
+  if #unset > 0 then redis.call('HDEL', conv, unpack(unset)) end
 end
 redis.call('PEXPIRE', conv, ARGV[9])
 if seen then redis.call('SET', seen, 'done', 'PX', ARGV[10]) end
