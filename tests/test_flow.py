@@ -285,6 +285,78 @@ async def test_callbacks_run_in_order_and_receive_the_trigger_arguments() -> Non
         assert await chat.state() is None
 
 
+async def test_async_callbacks_run_one_after_another_in_declared_order() -> None:
+    bot = Bot("sequential")
+
+    async def slow_first(ctx: Context) -> None:
+        for _ in range(3):
+            await asyncio.sleep(0)
+        await ctx.reply("first")
+
+    async def quick_second(ctx: Context) -> None:
+        await ctx.reply("second")
+
+    flow_with_callbacks = Flow(
+        "g",
+        states=["a", "b"],
+        transitions=[
+            {"trigger": "go", "source": "a", "dest": "b", "after": [slow_first, quick_second]}
+        ],
+    )
+    bot.include_router(flow_with_callbacks)
+
+    @bot.text("start", state=None)
+    async def start(ctx: Context) -> None:
+        await ctx.flow.start(flow_with_callbacks)
+
+    @flow_with_callbacks.text(state="a")
+    async def go(ctx: Context) -> None:
+        await ctx.flow.go()
+
+    async with BotTester(bot) as chat:
+        await chat.send_text("start")
+        assert (await chat.send_text("go")).texts == ["first", "second"]
+
+
+async def test_conditions_stop_at_the_first_that_says_no() -> None:
+    bot = Bot("short-circuit")
+    checked: list[str] = []
+
+    def has_size(ctx: Context) -> bool:
+        checked.append("has_size")
+        return "size" in ctx.data
+
+    async def in_stock(ctx: Context) -> bool:
+        checked.append("in_stock")
+        return ctx.data["size"] != "XXL"  # safe: only asked once a size is known
+
+    flow = Flow(
+        "order",
+        states=["size", "pay"],
+        transitions=[
+            {"trigger": "pay", "source": "size", "dest": "pay", "conditions": [has_size, in_stock]}
+        ],
+    )
+    bot.include_router(flow)
+
+    @bot.text("start", state=None)
+    async def start(ctx: Context) -> None:
+        await ctx.flow.start(flow)
+
+    @flow.text(state="size")
+    async def size(ctx: Context) -> None:
+        if ctx.text != "pay":
+            ctx.data["size"] = ctx.text
+        await ctx.reply("paying" if await ctx.flow.pay() else "no size yet")
+
+    async with BotTester(bot) as chat:
+        await chat.send_text("start")
+        assert (await chat.send_text("pay")).texts == ["no size yet"]
+        assert checked == ["has_size"]
+        assert (await chat.send_text("M")).texts == ["paying"]
+        assert checked == ["has_size", "has_size", "in_stock"]
+
+
 async def test_starting_a_flow_enters_its_initial_state_or_the_one_given() -> None:
     bot = Bot("start")
     entered: list[str] = []
