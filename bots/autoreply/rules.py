@@ -182,7 +182,9 @@ class _Checker:
         default_reply = self.reply(("service", "default_reply"), service.get("default_reply"))
         hours, out_of_hours = self.business_hours(zone)
         rules = self.rules()
-        if not rules and default_reply is None and hours is None:
+        if not (
+            self.document.get("rules") or "default_reply" in service or "hours" in self.document
+        ):
             self.problem((), "no [[rules]], no default_reply and no [hours]: nothing to answer")
         if self.problems:
             lines = [
