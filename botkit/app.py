@@ -366,7 +366,9 @@ def create_app(
         return _EMPTY
 
     async def api_send(request: Request) -> Response:
-        if api_token is None:
+        # An empty BOTKIT_API_TOKEN (``BOTKIT_API_TOKEN=`` in an env file) disables the
+        # API like an unset one: it must not accept an empty bearer token.
+        if not api_token:
             return PlainTextResponse("Not Found", status_code=404)
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
