@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from botkit.delivery.policy import DeliveryRefused, OutsideSessionWindow
 from botkit.events import Event, Media, MediaMessage, Message, StatusUpdate
-from botkit.flow import Flow, NotInFlow, _Model
+from botkit.flow import Flow, FlowError, NotInFlow, _Model
 from botkit.outbound import Origin, OutboundMessage, Template
 from botkit.storage.base import Conversation
 
@@ -88,6 +88,12 @@ class FlowControl:
         """Enter ``flow`` (leaving any other) at ``state`` or its initial state."""
         ctx = self._ctx
         target = ctx._runtime.flow(flow) if isinstance(flow, str) else flow
+        if ctx._runtime.flows.get(target.name) is not target:
+            # Its handlers are not in the index and its state would be dropped next turn.
+            raise FlowError(
+                f"flow {target.name!r} is not part of this bot: add it with "
+                f"bot.include_router({target.name}) before the bot starts"
+            )
         if state is not None and state not in target.state_names:
             raise ValueError(f"flow {target.name!r} has no state {state!r}: {target.state_names}")
         if ctx._flow is not None:
