@@ -14,6 +14,7 @@ from botkit import (
     Context,
     DefinitionError,
     Flow,
+    FlowError,
     InvalidTrigger,
     NotInFlow,
     State,
@@ -387,6 +388,26 @@ async def test_starting_a_flow_enters_its_initial_state_or_the_one_given() -> No
         assert entered == ["one"]
         with pytest.raises(ValueError, match="no state 'nowhere'"):
             await chat.send_text("bad")
+
+
+async def test_starting_a_flow_the_bot_does_not_include_fails_at_once() -> None:
+    bot = Bot("forgotten")
+    forgotten = Flow("survey", states=["q1", "q2"])  # never passed to include_router
+
+    @bot.text("survey")
+    async def by_object(ctx: Context) -> None:
+        await ctx.flow.start(forgotten)
+
+    @bot.text("quiz")
+    async def by_name(ctx: Context) -> None:
+        await ctx.flow.start("quiz")
+
+    async with BotTester(bot) as chat:
+        with pytest.raises(FlowError, match=r"bot.include_router\(survey\)"):
+            await chat.send_text("survey")
+        with pytest.raises(KeyError, match="no flow 'quiz'"):
+            await chat.send_text("quiz")
+        assert await chat.state() is None
 
 
 async def test_a_user_is_in_at_most_one_flow_at_a_time() -> None:
