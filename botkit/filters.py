@@ -307,7 +307,13 @@ class F(Filter):
         self.is_async = inspect.iscoroutinefunction(predicate) or inspect.iscoroutinefunction(
             getattr(predicate, "__call__", None)  # noqa: B004 - callable objects
         )
-        self._with_ctx = _positional_arity(predicate) >= 2
+        arity = _positional_arity(predicate)
+        if arity == 0:
+            raise TypeError(
+                f"F(...) takes a function of (message) or (message, ctx); "
+                f"{getattr(predicate, '__qualname__', predicate)!r} takes no arguments"
+            )
+        self._with_ctx = arity >= 2
 
     def _call(self, ctx: Context) -> Any:
         if self._with_ctx:
