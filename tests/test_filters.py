@@ -7,6 +7,7 @@ import itertools
 import re
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from botkit import (
     Bot,
     Context,
+    DefinitionError,
     F,
     Filter,
     Keywords,
@@ -136,6 +138,7 @@ async def test_text_filters_read_a_media_caption() -> None:
         (lambda: MediaType("gif"), ValueError),
         (lambda: Mime(), TypeError),
         (lambda: F(1), TypeError),
+        (lambda: F(lambda: True), TypeError),
     ],
 )
 def test_built_in_filters_reject_wrong_arguments(
@@ -292,3 +295,18 @@ async def test_callable_objects_with_async_call_are_awaited() -> None:
     async with BotTester(bot) as chat:
         assert (await chat.send_media("https://x/a.jpg", "image/jpeg")).texts == ["attachment"]
         assert await chat.send_text("no attachment") == []
+
+
+def test_a_predicate_that_takes_no_message_fails_where_it_is_registered() -> None:
+    bot = Bot("no-args")
+    with pytest.raises(DefinitionError, match="takes no arguments") as caught:
+
+        @bot.text(lambda: True)  # mark: no-args
+        async def handler(ctx: Context) -> None: ...
+
+    line = next(
+        n
+        for n, text in enumerate(Path(__file__).read_text().splitlines(), start=1)
+        if text.rstrip().endswith("# mark: no-args")
+    )
+    assert f"{Path(__file__).name}:{line}" in str(caught.value)
