@@ -39,6 +39,7 @@ __all__ = [
     "Rule",
     "Rules",
     "RulesError",
+    "active_rules",
     "bot",
     "build_bot",
     "load_rules",
@@ -111,4 +112,6 @@ async def send_once(ctx: Context, text: str, cooldown: float, forget_after: floa
     return True
 
 
-bot = build_bot(load_rules(rules_path()))
+#: The rules in use, checked: importing this module fails on a bad file.
+active_rules = load_rules(rules_path())
+bot = build_bot(active_rules)
