@@ -485,6 +485,52 @@ async def test_no_per_user_state_stays_in_the_process(make_store: Callable[..., 
     assert not store._background
 
 
+async def test_waiters_of_one_process_take_the_lock_in_arrival_order(
+    make_store: Callable[..., Any],
+) -> None:
+    store = await make_store()
+    user = new_user()
+    holder = await store.begin_turn(user, "m:0")
+    order: list[int] = []
+
+    async def turn(i: int) -> None:
+        lease = await store.begin_turn(user, f"m:{i}")
+        order.append(i)
+        await store.commit_turn(lease, None)
+
+    waiters = []
+    for i in range(1, 6):
+        waiters.append(asyncio.create_task(turn(i)))
+        await until(lambda i=i: _true(len(store._queues.get(user, ())) == i))
+    await store.commit_turn(holder, None)
+    async with asyncio.timeout(5):
+        await asyncio.gather(*waiters)
+    assert order == [1, 2, 3, 4, 5]
+    assert store._queues == {}
+
+
+async def test_a_cancelled_waiter_leaves_nothing_behind_and_blocks_nobody(
+    make_store: Callable[..., Any],
+) -> None:
+    store = await make_store()
+    user = new_user()
+    holder = await store.begin_turn(user, "m:1")
+    first = asyncio.create_task(store.begin_turn(user, "m:2"))
+    await until(lambda: _true(len(store._queues.get(user, ())) == 1))
+    second = asyncio.create_task(store.begin_turn(user, "m:3"))
+    await until(lambda: _true(len(store._queues.get(user, ())) == 2))
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await store.commit_turn(holder, None)
+    async with asyncio.timeout(5):
+        lease = await second
+    await store.commit_turn(lease, None)
+    assert store._queues == {}
+    lease = await store.begin_turn(user, "m:2")  # the cancelled turn's message can still run
+    await store.commit_turn(lease, None)
+
+
 async def test_delayed_replies_of_a_turn_wait_in_the_delayed_set(
     make_store: Callable[..., Any],
 ) -> None:
