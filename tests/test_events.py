@@ -30,6 +30,7 @@ from botkit.testing import BotTester
         ("image/webp", MediaKind.STICKER),
         ("video/mp4", MediaKind.VIDEO),
         ("audio/ogg; codecs=opus", MediaKind.VOICE),
+        ("audio/ogg", MediaKind.AUDIO),
         ("audio/mpeg", MediaKind.AUDIO),
         ("audio/aac", MediaKind.AUDIO),
         ("application/pdf", MediaKind.DOCUMENT),
