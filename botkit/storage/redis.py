@@ -132,12 +132,23 @@ class _Keys:
 class _Waiter:
     """A turn of this process waiting for its user's lock.
 
-    ``busy_for`` (seconds) is how long the lock is known to stay taken unless
-    a wake-up comes first; None means "try now".
+    The flags say what is known; ``wake`` only interrupts the wait, so a
+    wake-up that comes while the waiter is busy elsewhere is not lost.
+    ``released``: the lock was let go since this waiter last tried.
+    ``busy_until`` (monotonic): the lock stays taken until then at the latest,
+    unless released first; None: unknown, try now.
     """
 
     wake: asyncio.Future[None]
-    busy_for: float | None
+    busy_until: float | None
+    released: bool = False
+
+    def notify(self, *, released: bool = False, busy_until: float | None = None) -> None:
+        self.released = self.released or released
+        if busy_until is not None:
+            self.busy_until = busy_until
+        if not self.wake.done():
+            self.wake.set_result(None)
 
 
 class RedisStore(ConversationStore):
@@ -521,7 +532,8 @@ class RedisStore(ConversationStore):
         if status == "dup":
             assert key is not None
             raise DuplicateMessage(key, str(value))
-        return max(int(value), 0) / 1000
+        pttl = int(value)  # -1: a lock without expiry, which the store never sets
+        return max(pttl, 1) / 1000 if pttl >= 0 else self.config.lock_ttl
 
     async def _wait_turn(
         self,
@@ -532,35 +544,39 @@ class RedisStore(ConversationStore):
         deadline: float,
         busy_for: float | None,
     ) -> TurnLease:
-        """Queue behind this process's other waiters of ``user``, then retry BEGIN on wake-ups."""
+        """Queue behind this process's other waiters of ``user``, then retry BEGIN on wake-ups.
+
+        Only the first waiter of the queue calls Redis: when the holder lets go
+        (its commit or abort wakes it, locally or over pub/sub) or when the
+        lock's known expiry has passed (a crashed holder).
+        """
         loop = asyncio.get_running_loop()
         queue = self._queues.get(user)
         if queue is None:
             queue = self._queues[user] = deque()
-        me = _Waiter(loop.create_future(), busy_for)
+        busy_until = None if busy_for is None else time.monotonic() + busy_for
+        me = _Waiter(loop.create_future(), busy_until)
         queue.append(me)
         acquired = False
         try:
             while True:
-                remaining = deadline - time.monotonic()
-                if queue[0] is not me:
-                    if remaining <= 0:
-                        raise self._busy(user)
-                    await asyncio.wait({me.wake}, timeout=remaining)
-                    continue
-                if me.busy_for is not None:
-                    if remaining <= 0:
-                        raise self._busy(user)
-                    # The holder's commit wakes us; a crashed holder's lock just expires.
-                    await asyncio.wait({me.wake}, timeout=min(remaining, me.busy_for))
-                    me.busy_for = None
-                # A fresh future before the call keeps a wake-up that arrives during it.
+                now = time.monotonic()
+                head = queue[0] is me
+                if head and (me.released or me.busy_until is None or now >= me.busy_until):
+                    me.released = False
+                    got = await self._try_begin(user, key, token, inbound_at)
+                    if isinstance(got, TurnLease):
+                        acquired = True
+                        return got
+                    me.busy_until = time.monotonic() + got
+                    continue  # a release during the call set ``released``: try again at once
+                remaining = deadline - now
+                if remaining <= 0:
+                    raise self._busy(user)
+                if head and me.busy_until is not None:
+                    remaining = min(remaining, me.busy_until - now)
                 me.wake = loop.create_future()
-                got = await self._try_begin(user, key, token, inbound_at)
-                if isinstance(got, TurnLease):
-                    acquired = True
-                    return got
-                me.busy_for = got
+                await asyncio.wait({me.wake}, timeout=remaining)
         finally:
             was_head = queue[0] is me
             queue.remove(me)
@@ -568,13 +584,12 @@ class RedisStore(ConversationStore):
                 if self._queues.get(user) is queue:
                     del self._queues[user]
             elif was_head:
-                successor = queue[0]
                 if acquired:
-                    # We hold the lock now: the successor waits for our commit's wake-up.
-                    successor.busy_for = self.config.lock_ttl
+                    # Ours now: the next waits for our commit (or the lock's expiry).
+                    queue[0].notify(busy_until=time.monotonic() + self.config.lock_ttl)
                 else:
-                    successor.busy_for = None
-                    _resolve(successor.wake)
+                    queue[0].busy_until = None
+                    queue[0].notify()
 
     def _busy(self, user: str) -> UserBusy:
         return UserBusy(
@@ -585,7 +600,7 @@ class RedisStore(ConversationStore):
     def _wake_head(self, user: str) -> None:
         queue = self._queues.get(user)
         if queue:
-            _resolve(queue[0].wake)
+            queue[0].notify(released=True)
 
     async def _forget(self, user: str, key: str | None, token: str) -> None:
         _, lock, waiting, *seen = self._keys.turn(user, key)
@@ -615,7 +630,7 @@ class RedisStore(ConversationStore):
                 backoff = _BACKOFF_MIN
                 # Wake-ups may have been missed while away: let every first waiter retry.
                 for queue in list(self._queues.values()):
-                    _resolve(queue[0].wake)
+                    queue[0].notify(released=True)
                 heard = pinged = time.monotonic()
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
@@ -740,11 +755,6 @@ class RedisStore(ConversationStore):
 async def _done(value: Any) -> Any:
     """Await a redis-py command (typed as maybe-awaitable, for its sync twin's sake)."""
     return await cast(Awaitable[Any], value)
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def _ms(seconds: float) -> int:

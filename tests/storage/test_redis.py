@@ -531,6 +531,26 @@ async def test_a_cancelled_waiter_leaves_nothing_behind_and_blocks_nobody(
     await store.commit_turn(lease, None)
 
 
+async def test_next_waiter_takes_over_when_the_turn_before_it_never_commits(
+    make_store: Callable[..., Any],
+) -> None:
+    store = await make_store(config=StoreConfig(lock_ttl=0.3, acquire_timeout=5.0))
+    user = new_user()
+    holder = await store.begin_turn(user, "m:1")
+    first = asyncio.create_task(store.begin_turn(user, "m:2"))
+    await until(lambda: _true(len(store._queues.get(user, ())) == 1))
+    second = asyncio.create_task(store.begin_turn(user, "m:3"))
+    await until(lambda: _true(len(store._queues.get(user, ())) == 2))
+    await store.commit_turn(holder, None)
+    abandoned = await first  # its process hangs: no commit, no abort
+    async with asyncio.timeout(4):
+        lease = await second  # once the abandoned lock expires
+    with pytest.raises(LockLost):
+        await store.commit_turn(abandoned, None)
+    await store.commit_turn(lease, None)
+    assert store._queues == {}
+
+
 async def test_delayed_replies_of_a_turn_wait_in_the_delayed_set(
     make_store: Callable[..., Any],
 ) -> None:
