@@ -623,7 +623,9 @@ class RedisStore(ConversationStore):
         assert self._client is not None
         backoff = _BACKOFF_MIN
         while True:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            # Every reply counts as a sign of life (the pong too, whatever shape
+            # redis-py gives it), so no reply is filtered out here.
+            pubsub = self._client.pubsub(ignore_subscribe_messages=False)
             try:
                 await pubsub.subscribe(self._keys.channel)
                 self._subscribed.set()
