@@ -635,7 +635,7 @@ class RedisStore(ConversationStore):
                     queue[0].notify(released=True)
                 heard = pinged = time.monotonic()
                 while True:
-                    message = await pubsub.get_message(timeout=1.0)
+                    message = await pubsub.get_message(timeout=_PUBSUB_PING_EVERY)
                     now = time.monotonic()
                     if message is not None:
                         heard = now
@@ -643,7 +643,7 @@ class RedisStore(ConversationStore):
                             self._on_unlock(message["data"])
                     if now - heard > _PUBSUB_SILENCE:
                         raise StorageUnavailable("the unlock channel went silent")
-                    if now - pinged > _PUBSUB_PING_EVERY:
+                    if now - pinged >= _PUBSUB_PING_EVERY:
                         pinged = now
                         await pubsub.ping()
             except asyncio.CancelledError:

@@ -374,6 +374,27 @@ async def test_a_server_that_forgot_scripts_and_the_group_is_served_again(
     check.close()
 
 
+async def test_a_quiet_unlock_channel_stays_subscribed(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import botkit.storage.redis as module
+
+    monkeypatch.setattr(module, "_PUBSUB_PING_EVERY", 0.1)
+    monkeypatch.setattr(module, "_PUBSUB_SILENCE", 0.25)
+    store = RedisStore(server.url, bot="race", prefix="t")
+    await store.open()
+    check = server.client()
+
+    def pings() -> int:
+        return int(check.info("commandstats").get("cmdstat_ping", {}).get("calls", 0))
+
+    await until(lambda: _true(pings() >= 5))  # silence would have been declared 3 times
+    assert "unlock channel lost" not in caplog.text
+    assert check.pubsub_numsub("t:race:unlock") == [("t:race:unlock", 1)]
+    await store.close()
+    check.close()
+
+
 async def test_unreachable_redis_is_reported_at_open_and_ping_is_false() -> None:
     store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.5)
     async with asyncio.timeout(5):
