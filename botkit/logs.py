@@ -61,9 +61,14 @@ def configure_logging(fmt: str = "console", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # No access lines: the turn line says what happened, and a webhook's path
+    # carries the secret token.
+    access = logging.getLogger("uvicorn.access")
+    access.handlers[:] = []
+    access.propagate = False
     # One line per request to the provider would drown the one line per turn.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
 
