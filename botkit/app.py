@@ -329,10 +329,12 @@ def create_app(
             now = service.clock.now()
             events = [to_event(m, now) for m in messages]
             try:
-                await service.handle_messages(events)
+                outcomes = await service.handle_messages(events)
             except StorageError as exc:
                 log.warning("incoming message refused for now: %s", exc)
                 return _unavailable(str(exc))
+        if any(o.outcome == "in_progress" for o in outcomes):
+            return _unavailable("a message in this body is still being processed; retry")
         return _EMPTY
 
     async def status(request: Request) -> Response:
@@ -348,14 +350,14 @@ def create_app(
                 reports = parse_statuses(body)
             except PayloadError as exc:
                 return _error(422, "invalid_payload", "not a status report", errors=exc.errors)
-            forged = 0
             try:
-                for report in reports:
-                    if await service.tracker.handle(report) is StatusOutcome.FORGED:
-                        forged += 1
+                results = [await service.tracker.handle(report) for report in reports]
             except StorageError as exc:
                 log.warning("status callback refused for now: %s", exc)
                 return _unavailable(str(exc))
+        forged = results.count(StatusOutcome.FORGED)
+        if StatusOutcome.IN_PROGRESS in results:
+            return _unavailable("a status in this body is still being processed; retry")
         if forged:
             return _error(
                 403,

@@ -49,8 +49,9 @@ class TurnOutcome:
     """What one turn did: for logs, metrics and the test kit.
 
     ``outcome`` is ``handled``, ``unhandled`` (no handler matched),
-    ``error`` (a handler raised; the error handlers ran), ``duplicate``, or
-    ``ignored`` (a status that does not move the message forward).
+    ``error`` (a handler raised; the error handlers ran), ``duplicate``
+    (already done), ``in_progress`` (the same message is running elsewhere
+    right now), or ``ignored`` (a status that does not move the message forward).
     """
 
     user: str
@@ -210,8 +211,11 @@ class Runtime:
             self._compile()
         try:
             lease = await self.store.begin_turn(user, key, inbound_at=inbound_at)
-        except DuplicateMessage:
-            outcome = TurnOutcome(user=user, kind=event.kind.value, outcome="duplicate")
+        except DuplicateMessage as duplicate:
+            # A copy still in progress is not known to be done: the caller should
+            # have the provider retry it rather than acknowledge it.
+            name = "in_progress" if duplicate.state == "in_progress" else "duplicate"
+            outcome = TurnOutcome(user=user, kind=event.kind.value, outcome=name)
             self._report(outcome)
             return outcome
         renewal = _LockRenewal(self.store, lease)

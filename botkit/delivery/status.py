@@ -58,6 +58,7 @@ class StatusOutcome(StrEnum):
 
     HANDLED = "handled"
     DUPLICATE = "duplicate"
+    IN_PROGRESS = "in_progress"
     STALE = "stale"
     FORGED = "forged"
 
@@ -133,6 +134,8 @@ class StatusTracker:
         outcome = await self.runtime.handle_status(update)
         if outcome.outcome == "duplicate":
             return StatusOutcome.DUPLICATE
+        if outcome.outcome == "in_progress":
+            return StatusOutcome.IN_PROGRESS
         if outcome.outcome == "ignored":
             return StatusOutcome.STALE
         metrics.STATUSES.labels(update.status).inc()
