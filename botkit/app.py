@@ -242,8 +242,8 @@ async def _json_body(request: Request, limit: int) -> Any | Response:
         return _error(400, "client_disconnected", "the client went away mid-body")
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return _error(400, "invalid_json", "the body is not JSON")
+    except (ValueError, RecursionError):
+        return _error(400, "invalid_json", "the body is not JSON (or is nested too deeply)")
 
 
 # -- the API model -----------------------------------------------------------
