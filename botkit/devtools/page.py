@@ -21,6 +21,7 @@ JSON and statuses.
 ``GET /_dev/api/conversation/{user}``  state, data, last inbound, window
 ``POST /_dev/api/clock``               ``{"hours": 25}`` moves the dev clock
 ``GET /_dev/api/events``               server-sent events: the :class:`DevFeed`
+``GET /_dev/api/feed?after=N``         the same entries as one JSON list
 =====================================  =============================================
 """
 
@@ -71,6 +72,7 @@ POLL = 0.2
 """How often an idle stream checks whether the server is stopping."""
 
 HEARTBEAT = 10.0
+"""Seconds of silence after which a stream sends a comment, so proxies keep it open."""
 
 
 class DevFeed:
@@ -93,7 +95,6 @@ class DevFeed:
         self._ids = itertools.count(1)
         self.epoch = secrets.token_hex(4)
         """Names this feed in event ids, so a page open across a restart starts over."""
-        self._last = 0
         self._changed = asyncio.Event()
         self._users_of: dict[str, str] = {}  # provider messageId -> user, for statuses
         self._skip_incoming: set[str] = set()
@@ -115,8 +116,7 @@ class DevFeed:
         return self._add(kind, data)
 
     def _add(self, kind: str, data: dict[str, Any]) -> dict[str, Any]:
-        self._last = next(self._ids)
-        entry = {"id": self._last, "kind": kind, "at": self._emulator.now(), **data}
+        entry = {"id": next(self._ids), "kind": kind, "at": self._emulator.now(), **data}
         self._entries.append(entry)
         self._changed.set()
         self._changed = asyncio.Event()
@@ -185,12 +185,6 @@ class DevFeed:
         self.add("refused", user=refused.user, reason=refused.reason, message=str(refused))
 
     # -- reading -------------------------------------------------------------
-
-    @property
-    def last_id(self) -> int:
-        """The newest entry's id (0 when empty)."""
-        self._pull()
-        return self._last
 
     def since(self, after: int) -> list[dict[str, Any]]:
         """The entries newer than ``after``, oldest first (as many as are still kept)."""
