@@ -51,6 +51,7 @@ from botkit.runtime import Runtime, TurnOutcome
 from botkit.settings import Settings, SettingsError, load_settings
 from botkit.storage.base import ConversationStore, StorageError, StoreConfig
 from botkit.storage.memory import MemoryStore
+from botkit.storage.redis import RedisStore
 
 log = logging.getLogger("botkit.app")
 
@@ -61,7 +62,7 @@ class BodyTooLarge(Exception):
     """The request body is over the configured limit."""
 
 
-def build_store(bot: Bot, settings: Settings) -> ConversationStore:
+def build_store(bot: Bot, settings: Settings, clock: Clock | None = None) -> ConversationStore:
     """The conversation store the settings ask for: Redis when ``BOTKIT_REDIS_URL`` is set."""
     config = StoreConfig(
         lock_ttl=settings.lock_ttl,
@@ -70,10 +71,15 @@ def build_store(bot: Bot, settings: Settings) -> ConversationStore:
     )
     url = settings.secret("redis_url")
     if not url:
-        return MemoryStore(config)
-    from botkit.storage.redis import RedisStore
-
-    return RedisStore(url, bot=bot.name, prefix=settings.key_prefix, config=config)
+        return MemoryStore(config, clock=clock)
+    return RedisStore(
+        url,
+        bot=bot.name,
+        prefix=settings.key_prefix,
+        config=config,
+        session_window=settings.session_window,
+        clock=clock,
+    )
 
 
 class Service:
@@ -97,7 +103,7 @@ class Service:
         self.bot = bot
         self.settings = settings
         self.clock = clock or SystemClock()
-        self.store = store or build_store(bot, settings)
+        self.store = store or build_store(bot, settings, self.clock)
         self.runtime = Runtime(
             bot,
             self.store,
@@ -465,7 +471,8 @@ def _observed(endpoint: Any, name: str) -> Any:
             response: Response = await endpoint(request)
         except Exception:
             # A bug of ours: the provider should retry rather than lose the message.
-            log.exception("unexpected error in %s", request.url.path)
+            # The endpoint's name, not the path: a webhook's path carries the secret token.
+            log.exception("unexpected error in the %s endpoint", name)
             response = _unavailable("internal error; retry")
         metrics.WEBHOOK_REQUESTS.labels(name, str(response.status_code)).inc()
         return response
