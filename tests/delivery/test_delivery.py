@@ -18,6 +18,8 @@ from botkit.devino.client import RetryPolicy
 from botkit.devino.emulator import Emulator, RateLimit
 from botkit.testing import LiveBot
 
+from .conftest import StoreMaker
+
 USER = "79031234567"
 FAST = SenderConfig(retry_base=0.02, retry_max=0.1, block=0.2, housekeeping_every=0.05)
 
@@ -57,8 +59,11 @@ def templates(live: LiveBot) -> list[str]:
     ]
 
 
-async def test_reply_inside_the_window_goes_as_text() -> None:
-    async with LiveBot(make_bot(), sender_config=FAST) as live:
+async def test_reply_inside_the_window_goes_as_text(make_store: StoreMaker) -> None:
+    clock = ManualClock()
+    async with LiveBot(
+        make_bot(), clock=clock, store=make_store(clock), sender_config=FAST
+    ) as live:
         await live.say(USER, "hello")
         [sent] = await live.replies(1)
         assert sent.received["text"] == "hello"
@@ -67,8 +72,13 @@ async def test_reply_inside_the_window_goes_as_text() -> None:
         assert sent.received["callbackUrl"] == f"{live.url}/whatsapp/status/{live.token}"
 
 
-async def test_outside_the_window_a_template_goes_instead_and_text_is_refused() -> None:
-    async with LiveBot(make_bot(), sender_config=FAST) as live:
+async def test_outside_the_window_a_template_goes_instead_and_text_is_refused(
+    make_store: StoreMaker,
+) -> None:
+    clock = ManualClock()
+    async with LiveBot(
+        make_bot(), clock=clock, store=make_store(clock), sender_config=FAST
+    ) as live:
         await live.say(USER, "hello")
         await live.replies(1)
         live.clock.advance(hours=25)
@@ -88,12 +98,14 @@ async def test_outside_the_window_a_template_goes_instead_and_text_is_refused() 
         assert len(live.emulator.messages) == 2, "the refused text was never sent"
 
 
-async def test_a_2312_is_resent_once_as_the_fallback_template() -> None:
+async def test_a_2312_is_resent_once_as_the_fallback_template(make_store: StoreMaker) -> None:
     # The platform's window (60 s) is shorter than the bot believes (24 h): the
     # free text goes out, the platform answers 2312, the template follows once.
     clock = ManualClock()
     emulator = Emulator(api_key="live-test", session_window=60, clock=clock.now)
-    async with LiveBot(make_bot(), emulator=emulator, clock=clock, sender_config=FAST) as live:
+    async with LiveBot(
+        make_bot(), emulator=emulator, clock=clock, store=make_store(clock), sender_config=FAST
+    ) as live:
         await live.say(USER, "first")
         await live.replies(1)
         live.clock.advance(seconds=120)
@@ -127,7 +139,7 @@ async def test_a_2312_is_resent_once_as_the_fallback_template() -> None:
         assert templates(live) == ["come_back"], "exactly one template resend"
 
 
-async def test_a_2301_is_retried_later() -> None:
+async def test_a_2301_is_retried_later(make_store: StoreMaker) -> None:
     clock = ManualClock()
     emulator = Emulator(
         api_key="live-test", rate_limit=RateLimit(messages=1, per=30), clock=clock.now
@@ -136,6 +148,7 @@ async def test_a_2301_is_retried_later() -> None:
         make_bot(),
         emulator=emulator,
         clock=clock,
+        store=make_store(clock),
         sender_config=FAST,
         rate_retry=RateRetry(delays=(40,)),
     ) as live:
@@ -155,10 +168,13 @@ async def test_a_2301_is_retried_later() -> None:
         assert retried.status is not None and retried.status.value == "SENT"
 
 
-async def test_five_hundreds_then_ok_is_delivered_exactly_once() -> None:
-    emulator = Emulator(api_key="live-test")
+async def test_five_hundreds_then_ok_is_delivered_exactly_once(make_store: StoreMaker) -> None:
+    clock = ManualClock()
+    emulator = Emulator(api_key="live-test", clock=clock.now)
     client_retry = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02)
-    async with LiveBot(make_bot(), emulator=emulator, sender_config=FAST) as live:
+    async with LiveBot(
+        make_bot(), emulator=emulator, clock=clock, store=make_store(clock), sender_config=FAST
+    ) as live:
         live.service.client.retry = client_retry
         emulator.fail_next(4, status=500)
         await live.say(USER, "persist")
@@ -169,16 +185,24 @@ async def test_five_hundreds_then_ok_is_delivered_exactly_once() -> None:
         assert texts(live) == ["persist"]
 
 
-async def test_three_hundred_replies_go_out_in_at_most_five_requests() -> None:
-    async with LiveBot(make_bot(), sender_config=FAST) as live:
+async def test_three_hundred_replies_go_out_in_at_most_five_requests(
+    make_store: StoreMaker,
+) -> None:
+    clock = ManualClock()
+    async with LiveBot(
+        make_bot(), clock=clock, store=make_store(clock), sender_config=FAST
+    ) as live:
         await live.say(USER, "many")
         messages = await live.replies(300, within=15)
         assert [m.received["text"] for m in messages] == [f"reply {i}" for i in range(300)]
         assert len(live.emulator.requests) <= 5
 
 
-async def test_long_text_is_split_in_order() -> None:
-    async with LiveBot(make_bot(), sender_config=FAST) as live:
+async def test_long_text_is_split_in_order(make_store: StoreMaker) -> None:
+    clock = ManualClock()
+    async with LiveBot(
+        make_bot(), clock=clock, store=make_store(clock), sender_config=FAST
+    ) as live:
         await live.say(USER, "long")
         await live.emulator.wait_until(lambda: len(live.emulator.messages) >= 2)
         await _settle(live)
@@ -190,8 +214,15 @@ async def test_long_text_is_split_in_order() -> None:
         ]
 
 
-async def test_an_opted_out_user_gets_nothing() -> None:
-    async with LiveBot(make_bot(), sender_config=FAST, api_token="api-secret-token") as live:
+async def test_an_opted_out_user_gets_nothing(make_store: StoreMaker) -> None:
+    clock = ManualClock()
+    async with LiveBot(
+        make_bot(),
+        clock=clock,
+        store=make_store(clock),
+        sender_config=FAST,
+        api_token="api-secret-token",
+    ) as live:
         await live.say(USER, "stop")
         await live.replies(1)
         await live.say(USER, "hello?")

@@ -1,0 +1,48 @@
+"""A sender that reads outbox entries and then hangs on a provider that never answers.
+
+Run by test_claim.py, which kills it with SIGKILL once it has read:
+``python -m tests.delivery._dying_sender REDIS_URL PREFIX PROVIDER_URL``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import httpx
+
+from botkit.delivery.sender import Sender, SenderConfig
+from botkit.delivery.signing import CallbackSigner
+from botkit.devino.client import DevinoClient, RetryPolicy
+from botkit.storage import OutboxItem, RedisStore
+
+
+async def main(url: str, prefix: str, provider: str) -> None:
+    store = RedisStore(url, bot="claim", prefix=prefix, consumer="doomed")
+    await store.open()
+    read = store.outbox_read
+
+    async def reporting_read(consumer: str, count: int, block: float) -> list[OutboxItem]:
+        items = await read(consumer, count, block)
+        if items:
+            print(f"READ {len(items)}", flush=True)
+        return items
+
+    store.outbox_read = reporting_read  # type: ignore[method-assign]
+    client = DevinoClient(
+        provider, api_key="k", timeout=httpx.Timeout(3600.0), retry=RetryPolicy(attempts=1)
+    )
+    sender = Sender(
+        store,
+        client,
+        sender_name="Claim",
+        signer=CallbackSigner("claim-test-secret-0123"),
+        consumer="doomed",
+        config=SenderConfig(linger=0.05),
+    )
+    sender.start()
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(*sys.argv[1:4]))

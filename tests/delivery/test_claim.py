@@ -1,0 +1,101 @@
+"""A sender that dies between reading its outbox entries and sending them.
+
+Another instance claims what the dead one left pending: every reply is
+delivered, and none twice, because the dead one never reached the provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import uuid
+from pathlib import Path
+
+from botkit.delivery.sender import Sender, SenderConfig
+from botkit.delivery.signing import CallbackSigner
+from botkit.devino.client import DevinoClient
+from botkit.devino.emulator import Emulator
+from botkit.outbound import OutboundMessage, SendMode
+from botkit.storage import RedisStore
+from tests.conftest import delete_prefix, require_redis
+
+ROOT = Path(__file__).resolve().parents[2]
+REPLIES = 30
+
+
+async def _never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.read()  # read the request and sit on it until the client is gone
+    writer.close()
+
+
+async def test_a_dead_senders_entries_are_claimed_and_sent_once() -> None:
+    url = require_redis()
+    prefix = f"botkit-test-{uuid.uuid4().hex[:12]}"
+    store = RedisStore(url, bot="claim", prefix=prefix, consumer="survivor")
+    black_hole = await asyncio.start_server(_never_answer, "127.0.0.1", 0)
+    hole_port = black_hole.sockets[0].getsockname()[1]
+    dying: asyncio.subprocess.Process | None = None
+    try:
+        await store.open()
+        for turn in range(3):
+            user = f"7903000000{turn}"
+            lease = await store.begin_turn(user, f"m:{turn}")
+            replies = [
+                OutboundMessage(user=user, mode=SendMode.TEXT, text=f"{turn}-{i}")
+                for i in range(REPLIES // 3)
+            ]
+            await store.commit_turn(lease, None, replies)
+
+        dying = await asyncio.create_subprocess_exec(
+            *[
+                sys.executable,
+                "-m",
+                "tests.delivery._dying_sender",
+                url,
+                prefix,
+                f"http://127.0.0.1:{hole_port}",
+            ],
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert dying.stdout is not None
+        line = (await asyncio.wait_for(dying.stdout.readline(), 20)).decode()
+        assert line.startswith("READ "), line
+        dying.send_signal(signal.SIGKILL)
+        await asyncio.wait_for(dying.wait(), 10)
+        assert await store.outbox_size() == REPLIES, "the dead sender acknowledged nothing"
+
+        emulator = Emulator(api_key="k")
+        async with emulator.serve() as provider:
+            client = DevinoClient(provider, api_key="k")
+            sender = Sender(
+                store,
+                client,
+                sender_name="Claim",
+                signer=CallbackSigner("claim-test-secret-0123"),
+                consumer="survivor",
+                config=SenderConfig(claim_idle=0.5, block=0.1),
+            )
+            sender.start()
+            try:
+                await emulator.wait_for_messages(REPLIES, within=15)
+                for _ in range(500):  # the survivor acknowledges once the provider answered
+                    if await store.outbox_size() == 0:
+                        break
+                    await asyncio.sleep(0.02)
+                assert await store.outbox_size() == 0
+            finally:
+                await sender.stop(flush=1)
+                await client.aclose()
+            texts = sorted(m.received["text"] for m in emulator.messages)
+        assert texts == sorted(f"{t}-{i}" for t in range(3) for i in range(REPLIES // 3))
+    finally:
+        if dying is not None and dying.returncode is None:
+            dying.kill()
+            await dying.wait()
+        black_hole.close()
+        await store.close()
+        delete_prefix(url, prefix)
