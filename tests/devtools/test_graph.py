@@ -191,3 +191,18 @@ def test_images_show_every_state_and_trigger(tmp_path: Path, fmt: str) -> None:
     texts = set(re.findall(r"<text[^>]*>([^<]*)</text>", svg))
     assert set(pizza.order.state_names) <= texts
     assert set(pizza.order.triggers) <= texts
+
+
+def test_the_readme_shows_the_pizza_flow_as_it_is_defined() -> None:
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```mermaid\n(.*?)```", readme, re.S)
+    [shown] = [b for b in blocks if "stateDiagram" in b and "--> menu" in b]
+    # The README may write state ids bare (no "state ... as" lines): name each by itself.
+    ids = {name: name for name in pizza.order.state_names}
+    text = "\n".join(f'state "{n}" as {n}' for n in ids) + "\n" + shown
+
+    _, edges, initial, finals = diagram_of(text)
+
+    assert strip_labels(edges) == expected_edges(pizza.order)
+    assert initial == pizza.order.initial
+    assert finals == set(pizza.order.final)
