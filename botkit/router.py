@@ -439,8 +439,21 @@ class HandlerIndex:
                 break
         return None
 
-    def error_handler_for(self, exc: BaseException) -> ErrorHandlerFn | None:
-        """The first error handler whose types match ``exc``."""
+    def error_handler_for(
+        self, exc: BaseException, origin: Router | None = None
+    ) -> ErrorHandlerFn | None:
+        """The error handler for ``exc`` raised in a handler of ``origin``.
+
+        The failing handler's own router is asked first, then its parents up
+        to the bot, so a router's specific handler is not hidden by a
+        catch-all on the bot; then every error handler in registration order.
+        """
+        node = origin
+        while node is not None:
+            for types, fn in node._error_handlers:
+                if isinstance(exc, types):
+                    return fn
+            node = node.parent
         for types, fn in self.error_handlers:
             if isinstance(exc, types):
                 return fn

@@ -261,8 +261,10 @@ class Runtime:
             await self._entry(ctx)
         except Exception as exc:
             ctx._sends = None  # what the failed handler sent is dropped with its replies
-            handler = ctx._handler.name if ctx._handler is not None else None
-            ctx, handled = await self._handle_error(lease, event, now, exc)
+            failed = ctx._handler
+            handler = failed.name if failed is not None else None
+            origin = failed.router if failed is not None else None
+            ctx, handled = await self._handle_error(lease, event, now, exc, origin)
             return ctx, "error", handler, exc, handled
         finally:
             _current_turn.reset(token)
@@ -290,14 +292,19 @@ class Runtime:
         await self.index.dispatch(ctx, ctx.event.kind, ctx.stored_state())
 
     async def _handle_error(
-        self, lease: TurnLease, event: Event, now: float, exc: BaseException
+        self,
+        lease: TurnLease,
+        event: Event,
+        now: float,
+        exc: BaseException,
+        origin: Router | None = None,
     ) -> tuple[Context, bool]:
         """Drop the failed turn's changes; the first matching error handler gets a fresh context.
 
         Returns the context to commit and whether an error handler took the error.
         """
         ctx = self._fresh_context(lease, event, now)
-        handler = self.index.error_handler_for(exc)
+        handler = self.index.error_handler_for(exc, origin)
         if handler is None:
             log.error(
                 "unhandled error in a turn of user ...%s: %r", lease.user[-4:], exc, exc_info=exc

@@ -365,3 +365,29 @@ async def test_every_turn_is_reported_to_listeners() -> None:
     ]
     assert [m.text for m in outcomes[0].replies] == ["hello"]
     assert all(o.duration >= 0 for o in outcomes)
+
+
+async def test_a_routers_own_error_handler_wins_over_the_bots_catch_all() -> None:
+    bot = Bot("errors")
+    shop = Router("shop")
+
+    @bot.error()
+    async def catch_all(ctx: Context, exc: BaseException) -> None:
+        await ctx.reply("the bot caught it")
+
+    @shop.error(ValueError)
+    async def shop_errors(ctx: Context, exc: BaseException) -> None:
+        await ctx.reply(f"the shop caught {exc}")
+
+    @shop.text("buy")
+    async def buy(ctx: Context) -> None:
+        raise ValueError("out of stock")
+
+    @bot.text("hello")
+    async def hello(ctx: Context) -> None:
+        raise ValueError("not the shop's")
+
+    bot.include_router(shop)
+    async with BotTester(bot) as chat:
+        assert (await chat.send_text("buy")).texts == ["the shop caught out of stock"]
+        assert (await chat.send_text("hello")).texts == ["the bot caught it"]
