@@ -335,7 +335,8 @@ def run_chat(bot: Bot, user: str = DEFAULT_NUMBER, *, color: bool | None = None)
     if color is None:
         color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     prompt = "\x1b[1myou: \x1b[0m" if color else "you: "
-    if sys.stdin.isatty():
+    interactive = sys.stdin.isatty()
+    if interactive:
         try:
             import readline  # noqa: F401  (line editing and history for input())
         except ImportError:
@@ -352,6 +353,8 @@ def run_chat(bot: Bot, user: str = DEFAULT_NUMBER, *, color: bool | None = None)
                 except EOFError:
                     print(file=sys.stdout)
                     break
+                if not interactive:  # piped in: show what was "typed", for a readable log
+                    print(line, flush=True)
                 if not runner.run(chat.handle(line)):
                     break
         except KeyboardInterrupt:

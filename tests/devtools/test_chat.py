@@ -173,3 +173,26 @@ def test_help_lists_the_commands() -> None:
     assert run.returncode == 0
     for word in ("--as NUMBER", "/media", "/location", "/contact", "/state", "/wait"):
         assert word in run.stdout
+
+
+def test_piped_input_gives_a_readable_transcript() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "botkit", "chat", "tests.devtools.shop_bot"],
+        cwd=ROOT,
+        input="hi\n2\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+    assert run.returncode == 0, run.stderr
+    assert "\x1b" not in run.stdout  # not a terminal: no colours
+    assert run.stdout.splitlines()[2:] == [
+        "you: hi",
+        "bot: Menu: 1) Margherita 2) Pepperoni",
+        "  · entered flow order at menu",
+        "you: 2",
+        "bot: Which size: S, M or L?",
+        "  · flow order: menu → size",
+        "you: ",
+    ]
