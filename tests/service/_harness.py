@@ -1,0 +1,217 @@
+"""Helpers for the service tests: the real ``botkit`` command as a subprocess,
+waiting on conditions with deadlines, and the provider's example payloads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Sentinel secrets: each is searched for in every output a test can see.
+API_KEY = "svc-devino-key-Q7f3xK"
+WEBHOOK_TOKEN = "svc-webhook-token-9sLw2M"
+API_TOKEN = "svc-api-token-Zr81Pd"
+REDIS_PASSWORD = "svc-redis-pw-Hq4nT0"
+SECRETS = (API_KEY, WEBHOOK_TOKEN, API_TOKEN, REDIS_PASSWORD)
+
+# The provider's own examples ("Response example for incoming message" and
+# "Response example for getting status" on the Devino WhatsApp page), verbatim.
+PROVIDER_INCOMING_EXAMPLE: dict[str, Any] = {
+    "incomingMessageId": 0,
+    "to": "str",
+    "from": "str",
+    "text": "str",
+    "contentUrl": "str",
+    "contentType": "str",
+    "contentName": "str",
+    "profileName": "str",
+    "ts": 0,
+}
+PROVIDER_STATUS_EXAMPLE: list[dict[str, Any]] = [
+    {
+        "messageId": 1,
+        "ts": 0,
+        "status": "DELIVERED",
+        "errorCode": 0,
+        "ip": "127.0.0.1",
+        "browser": "string",
+        "os": "string",
+        "userAgent": "string",
+        "options": "string",
+    }
+]
+
+_ids = itertools.count(int(time.time() * 1000) * 1000)
+
+
+def incoming(sender: str, text: str | None = None, **fields: Any) -> dict[str, Any]:
+    """An incoming message as the provider posts it, with a fresh ``incomingMessageId``."""
+    payload: dict[str, Any] = {
+        "incomingMessageId": next(_ids),
+        "to": "79000000000",
+        "from": sender,
+        "ts": int(time.time()),
+        **fields,
+    }
+    if text is not None:
+        payload["text"] = text
+    return payload
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def port_refuses(port: int) -> bool:
+    """True when nothing accepts TCP connections on 127.0.0.1:``port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return False
+    except OSError:
+        return True
+
+
+async def wait_for(
+    condition: Callable[[], bool | Awaitable[bool]],
+    *,
+    within: float = 10.0,
+    what: str = "the condition",
+    every: float = 0.02,
+) -> None:
+    """Re-check ``condition`` until it holds; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {within}s")
+        await asyncio.sleep(every)
+
+
+def clean_env(**botkit: str) -> dict[str, str]:
+    """The test process's environment without any BOTKIT_ variable, plus ``botkit``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOTKIT_")}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(botkit)
+    return env
+
+
+def run_cli(
+    args: Sequence[str], env: Mapping[str, str], *, cwd: Path = ROOT, timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
+    """Run ``botkit ARGS`` to completion (for commands that should exit)."""
+    return subprocess.run(
+        [sys.executable, "-m", "botkit.cli", *args],
+        env=dict(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+class BotProcess:
+    """A long-running ``botkit`` command (``run``, ``dev``...) in a subprocess.
+
+    Its output (stdout and stderr together) goes to ``log_path``.
+    """
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        env: Mapping[str, str],
+        log_path: Path,
+        *,
+        cwd: Path = ROOT,
+    ) -> None:
+        self.args = list(args)
+        self.env = dict(env)
+        self.log_path = log_path
+        self.cwd = cwd
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "botkit.cli", *self.args],
+                env=self.env,
+                cwd=self.cwd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    async def wait_for_log(self, text: str, *, count: int = 1, within: float = 20.0) -> None:
+        """Wait until ``text`` appears ``count`` times in the output."""
+
+        def seen() -> bool:
+            if self.log().count(text) >= count:
+                return True
+            if not self.running:
+                raise AssertionError(f"botkit exited early:\n{self.log()}")
+            return False
+
+        await wait_for(seen, within=within, what=f"{text!r} x{count} in the output")
+
+    async def wait_healthy(self, base_url: str, *, workers: int = 1, within: float = 20.0) -> None:
+        """Wait until every worker finished start-up and ``/healthz`` answers 200."""
+        await self.wait_for_log("Application startup complete", count=workers, within=within)
+        async with httpx.AsyncClient(base_url=base_url, timeout=2) as http:
+
+            async def healthy() -> bool:
+                if not self.running:
+                    raise AssertionError(f"botkit exited early:\n{self.log()}")
+                try:
+                    return (await http.get("/healthz")).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            await wait_for(healthy, within=within, what="GET /healthz 200")
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    async def wait_exit(self, within: float = 20.0) -> int:
+        """Wait for the process to end; return its exit code."""
+        await wait_for(lambda: not self.running, within=within, what="botkit to exit")
+        assert self.process is not None
+        return int(self.process.returncode)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it lingers (cleanup; never fails)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
