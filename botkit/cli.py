@@ -155,6 +155,26 @@ def _dev(args: argparse.Namespace) -> int:
 # -- the parser --------------------------------------------------------------
 
 
+def _workers(value: str) -> int:
+    try:
+        workers = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if workers < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return workers
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError("must be between 0 and 65535")
+    return port
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="botkit", description="WhatsApp chatbots on the Devino WhatsApp API."
@@ -164,8 +184,10 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a bot as a production service under uvicorn")
     run.add_argument("target", metavar="MODULE[:ATTR]", help="where the Bot is (ATTR: bot)")
     run.add_argument("--host", default="0.0.0.0", help="address to listen on (0.0.0.0)")
-    run.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
-    run.add_argument("--workers", type=int, default=1, help="worker processes (1; >1 needs Redis)")
+    run.add_argument("--port", type=_port, default=8000, help="port to listen on (8000)")
+    run.add_argument(
+        "--workers", type=_workers, default=1, help="worker processes (1; >1 needs Redis)"
+    )
     run.set_defaults(handler=_run)
 
     dev = sub.add_parser(
@@ -173,7 +195,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     dev.add_argument("target", metavar="MODULE[:ATTR]", help="where the Bot is (ATTR: bot)")
     dev.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    dev.add_argument("--port", type=int, default=8000, help="port to listen on (8000; 0 = free)")
+    dev.add_argument("--port", type=_port, default=8000, help="port to listen on (8000; 0 = free)")
     dev.set_defaults(handler=_dev)
 
     emulator = sub.add_parser("emulator", help="run a standalone Devino emulator", add_help=False)
