@@ -6,13 +6,13 @@ skipped locally without a Redis, a failure in CI).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import pytest
 
 from botkit.devino.emulator import Emulator
-from tests.service._harness import API_KEY
+from tests.service._harness import API_KEY, BotProcess
 
 
 @dataclass
@@ -29,3 +29,13 @@ async def provider() -> AsyncIterator[Provider]:
     emulator = Emulator(api_key=API_KEY)
     async with emulator.serve() as url:
         yield Provider(emulator, url)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[BotProcess]]:
+    """``botkit`` subprocesses a test starts: stopped afterwards, their output shown on failure."""
+    started: list[BotProcess] = []
+    yield started
+    for process in started:
+        process.stop()
+        print(f"--- output of botkit {' '.join(process.args)}:\n{process.log()}")

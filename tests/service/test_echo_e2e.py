@@ -9,7 +9,6 @@ back to the service through ``BOTKIT_PUBLIC_URL``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -51,14 +50,6 @@ def service_env(provider: Provider, redis_url: str, redis_prefix: str) -> dict[s
         BOTKIT_REDIS_URL=redis_url,
         BOTKIT_KEY_PREFIX=redis_prefix,
     )
-
-
-@pytest.fixture
-def processes() -> Iterator[list[BotProcess]]:
-    started: list[BotProcess] = []
-    yield started
-    for process in started:
-        process.stop()
 
 
 async def start_service(
@@ -207,7 +198,7 @@ async def test_two_workers_share_the_count(
     # One user writes; each message on a new connection, until both workers took some.
     sent = 0
     for sent in range(1, 61):
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncClient(timeout=30) as http:
             answer = await http.post(webhook, json=incoming(ANNA, f"m{sent}"))
         assert answer.status_code == 200
         if sent >= 4 and len(_incoming_requests_by_worker(metrics_dir)) == 2:

@@ -1,0 +1,245 @@
+"""The ``botkit`` command: run, dev, emulator, --help, and the start-up refusals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from botkit.cli import main
+from tests.service._harness import (
+    API_KEY,
+    REDIS_PASSWORD,
+    SECRETS,
+    WEBHOOK_TOKEN,
+    BotProcess,
+    clean_env,
+    run_cli,
+    wait_for,
+)
+
+READY = {
+    "BOTKIT_WEBHOOK_TOKEN": WEBHOOK_TOKEN,
+    "BOTKIT_DEVINO_API_KEY": API_KEY,
+    "BOTKIT_SENDER": "EchoCo",
+}
+
+
+@pytest.fixture
+def bots_dir(tmp_path: Path) -> Path:
+    """A directory with bot modules of a user's own, the way they lay them out."""
+    (tmp_path / "mybot.py").write_text(
+        textwrap.dedent(
+            """
+            from botkit import Bot, Context
+
+            bot = Bot("mine")
+            other = Bot("other")
+            not_a_bot = "just a string"
+
+
+            @bot.text()
+            async def shout(ctx: Context) -> None:
+                await ctx.reply(ctx.text.upper())
+            """
+        )
+    )
+    (tmp_path / "broken.py").write_text("import botkit\nraise RuntimeError('the bot is broken')\n")
+    (tmp_path / "typo.py").write_text("def oops(:\n")
+    return tmp_path
+
+
+@pytest.fixture
+def in_process(bots_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Run ``botkit.cli.main`` in this process from ``bots_dir``, leaving no trace behind."""
+    monkeypatch.chdir(bots_dir)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in list(os.environ):
+        if name.startswith("BOTKIT_"):
+            monkeypatch.delenv(name)
+    for name, value in READY.items():
+        monkeypatch.setenv(name, value)
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        del sys.modules[name]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--help"], ["run", "--help"], ["dev", "--help"], ["emulator", "--help"]],
+    ids=["botkit", "run", "dev", "emulator"],
+)
+def test_help_everywhere(
+    in_process: None, capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: botkit")
+    if args[0] in ("run", "dev"):
+        assert "--host" in out and "--port" in out
+        assert "MODULE[:ATTR]" in out
+    if args[0] == "run":
+        assert "--workers" in out
+
+
+def test_the_command_exits_with_the_code_main_returns(bots_dir: Path) -> None:
+    done = run_cli(["run", "nosuchmodule"], clean_env(**READY), cwd=bots_dir)
+    assert done.returncode == 2
+    assert done.stderr == (
+        "botkit run: cannot import 'nosuchmodule': ModuleNotFoundError: "
+        "No module named 'nosuchmodule'\n"
+    )
+    assert run_cli(["--help"], clean_env()).returncode == 0
+
+
+@pytest.mark.parametrize("command", ["run", "dev"])
+@pytest.mark.parametrize(
+    ("target", "says"),
+    [
+        ("nosuchmodule", "cannot import 'nosuchmodule': ModuleNotFoundError"),
+        ("broken", "cannot import 'broken': RuntimeError: the bot is broken"),
+        ("typo", "cannot import 'typo': SyntaxError"),
+        ("mybot:nothing", "module 'mybot' has no attribute 'nothing'"),
+        ("mybot:not_a_bot", "mybot:not_a_bot is a str, not a botkit.Bot"),
+        (":bot", "':bot' is not MODULE[:ATTR]"),
+    ],
+)
+def test_a_target_that_is_not_a_bot_is_one_clear_line_and_exit_2(
+    in_process: None, capsys: pytest.CaptureFixture[str], command: str, target: str, says: str
+) -> None:
+    assert main([command, target]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    [line] = err.splitlines()
+    assert line.startswith(f"botkit {command}: ")
+    assert says in line
+
+
+def test_run_refuses_without_a_webhook_token(
+    in_process: None, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("BOTKIT_WEBHOOK_TOKEN")
+    assert main(["run", "mybot"]) == 2
+    err = capsys.readouterr().err
+    [line] = err.splitlines()
+    assert line.startswith("botkit run: BOTKIT_WEBHOOK_TOKEN: required")
+    assert API_KEY not in err
+
+
+def test_run_refuses_several_workers_without_redis(
+    in_process: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", "mybot", "--workers", "2"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert "--workers 2 needs BOTKIT_REDIS_URL" in line
+    assert "one worker" in line
+
+
+def test_run_lists_every_problem_and_prints_no_secret(bots_dir: Path) -> None:
+    env = clean_env(
+        BOTKIT_DEVINO_API_KEY=API_KEY,
+        BOTKIT_WEBHOOK_TOKEN=WEBHOOK_TOKEN,
+        BOTKIT_REDIS_URL=f"http://:{REDIS_PASSWORD}@redis:6379",
+        BOTKIT_SESSION_WINDOW="forever",
+    )
+    done = run_cli(["run", "mybot"], env, cwd=bots_dir)
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("botkit run: BOTKIT_REDIS_URL: must be a redis://")
+    assert lines[1].startswith("botkit run: BOTKIT_SESSION_WINDOW: ")
+    for secret in SECRETS:
+        assert secret not in done.stderr + done.stdout
+
+    env = clean_env(BOTKIT_DEVINO_API_KEY=API_KEY)
+    done = run_cli(["run", "mybot", "--workers", "3"], env, cwd=bots_dir)
+    assert done.returncode == 2
+    assert [line.split(":")[1].strip() for line in done.stderr.splitlines()] == [
+        "BOTKIT_WEBHOOK_TOKEN",
+        "BOTKIT_SENDER",
+        "--workers 3 needs BOTKIT_REDIS_URL",
+    ]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--workers", "0"], ["--workers", "two"], ["--port", "70000"], ["--port", "http"]],
+)
+def test_run_refuses_bad_arguments(
+    in_process: None, capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    assert main(["run", "mybot", *args]) == 2
+    assert f"argument {args[0]}" in capsys.readouterr().err
+
+
+def test_no_command_prints_the_help_and_exits_2(
+    in_process: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([]) == 2
+    out = capsys.readouterr().out
+    assert "run" in out and "dev" in out and "emulator" in out
+
+
+async def test_dev_serves_the_bot_with_its_emulator_and_prints_the_urls(
+    bots_dir: Path, processes: list[BotProcess]
+) -> None:
+    # The module is found in the current directory; ATTR defaults to "bot".
+    dev = BotProcess(
+        ["dev", "mybot", "--port", "0"], clean_env(), bots_dir / "dev.log", cwd=bots_dir
+    )
+    processes.append(dev)
+    dev.start()
+    await dev.wait_for_log("Ctrl-C stops")
+    banner = dev.log()
+    assert "bot 'mine' on http://127.0.0.1:" in banner
+    base = banner.split(" on ", 1)[1].split()[0]
+    webhook = next(
+        line for line in banner.splitlines() if "webhook:" in line and "status" not in line
+    )
+    assert webhook.split()[-1].startswith(f"{base}/whatsapp/incoming/")
+    assert f"{base}/_provider/_emulator/messages" in banner
+
+    async with httpx.AsyncClient(base_url=base) as http:
+        injected = await http.post(
+            "/_provider/_emulator/incoming", json={"from": "79031234567", "text": "hi there"}
+        )
+        assert injected.status_code == 200
+        assert injected.json()["webhookStatus"] == 200
+
+        async def replied() -> bool:
+            messages = (await http.get("/_provider/_emulator/messages")).json()
+            return [m["message"].get("text") for m in messages] == ["HI THERE"]
+
+        await wait_for(replied, what="the bot's reply at the embedded emulator")
+
+    dev.signal(signal.SIGINT)
+    assert await dev.wait_exit() == 0
+
+
+async def test_emulator_command_serves_the_provider(
+    processes: list[BotProcess], tmp_path: Path
+) -> None:
+    emulator = BotProcess(
+        ["emulator", "--port", "0", "--api-key", API_KEY], clean_env(), tmp_path / "emulator.log"
+    )
+    processes.append(emulator)
+    emulator.start()
+    await emulator.wait_for_log("listening on")
+    base = emulator.log().split(" listening on ", 1)[1].split()[0]
+    async with httpx.AsyncClient(base_url=base) as http:
+        body = {"messages": [{"from": "EchoCo", "to": "79031234567", "text": "hi"}]}
+        refused = await http.post("/whatsapp/messages", json=body)
+        assert refused.status_code == 401
+        sent = await http.post(
+            "/whatsapp/messages", json=body, headers={"Authorization": f"Key {API_KEY}"}
+        )
+        assert sent.json()["result"][0]["code"] == "OK"
+    emulator.signal(signal.SIGINT)
+    assert await emulator.wait_exit() == 0

@@ -1,0 +1,169 @@
+"""Settings: the BOTKIT_ variables, a .env file, the Bot's own values, and the errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from botkit import Bot
+from botkit.app import Service
+from botkit.settings import DEFAULT_DEVINO_URL, Settings, SettingsError, load_settings
+from tests.service._harness import API_KEY, API_TOKEN, REDIS_PASSWORD, SECRETS, WEBHOOK_TOKEN
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No BOTKIT_ variable from outside, and a working directory without a .env file."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("BOTKIT_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_the_defaults_are_the_documented_ones() -> None:
+    settings = load_settings()
+    assert settings.devino_url == DEFAULT_DEVINO_URL == "https://api.devino.online"
+    assert settings.session_window == 86_400
+    assert settings.max_body_bytes == 1024 * 1024
+    assert settings.redis_url is None
+    assert settings.webhook_token is None
+    assert settings.public_url is None
+    assert settings.api_token is None
+    assert settings.log_format == "console"
+
+
+def test_every_documented_variable_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = {
+        "BOTKIT_DEVINO_URL": "http://127.0.0.1:9000/",
+        "BOTKIT_DEVINO_API_KEY": API_KEY,
+        "BOTKIT_SENDER": "PizzaCo",
+        "BOTKIT_REDIS_URL": f"redis://:{REDIS_PASSWORD}@redis:6379/0",
+        "BOTKIT_WEBHOOK_TOKEN": WEBHOOK_TOKEN,
+        "BOTKIT_PUBLIC_URL": "https://bot.example.com/",
+        "BOTKIT_API_TOKEN": API_TOKEN,
+        "BOTKIT_SESSION_WINDOW": "3600",
+        "BOTKIT_MAX_BODY_BYTES": "2048",
+        "BOTKIT_LOG_FORMAT": "json",
+        "BOTKIT_LOG_LEVEL": "debug",
+        "BOTKIT_PLUGINS": "optout, other ,",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert settings.devino_url == "http://127.0.0.1:9000"
+    assert settings.secret("devino_api_key") == API_KEY
+    assert settings.sender == "PizzaCo"
+    assert settings.secret("redis_url") == f"redis://:{REDIS_PASSWORD}@redis:6379/0"
+    assert settings.secret("webhook_token") == WEBHOOK_TOKEN
+    assert settings.public_url == "https://bot.example.com"
+    assert settings.secret("api_token") == API_TOKEN
+    assert settings.session_window == 3600
+    assert settings.max_body_bytes == 2048
+    assert (settings.log_format, settings.log_level) == ("json", "DEBUG")
+    assert settings.plugins == ["optout", "other"]
+
+
+def test_a_dotenv_file_is_read_and_the_environment_wins_over_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_text(
+        f"BOTKIT_WEBHOOK_TOKEN={WEBHOOK_TOKEN}\nBOTKIT_SENDER=FromFile\n# a comment\nUNRELATED=1\n"
+    )
+    settings = load_settings()
+    assert settings.secret("webhook_token") == WEBHOOK_TOKEN
+    assert settings.sender == "FromFile"
+    monkeypatch.setenv("BOTKIT_SENDER", "FromEnv")
+    assert load_settings().sender == "FromEnv"
+
+
+def test_values_given_in_code_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOTKIT_SENDER", "EnvSender")
+    monkeypatch.setenv("BOTKIT_SESSION_WINDOW", "7200")
+    monkeypatch.setenv("BOTKIT_SAFETY_MARGIN", "60")
+    monkeypatch.setenv("BOTKIT_DEVINO_API_KEY", API_KEY)
+    settings = load_settings()
+
+    on_bot = Service(
+        Bot("coded", sender="CodeSender", session_window=600, safety_margin=5), settings
+    )
+    assert on_bot.sender.sender_name == "CodeSender"
+    window = on_bot.runtime.policy.window
+    assert (window.length, window.safety_margin) == (600, 5)
+
+    from_env = Service(Bot("plain"), settings)
+    assert from_env.sender.sender_name == "EnvSender"
+    window = from_env.runtime.policy.window
+    assert (window.length, window.safety_margin) == (7200, 60)
+
+
+def test_overrides_given_to_load_settings_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOTKIT_SENDER", "EnvSender")
+    assert load_settings(sender="Given").sender == "Given"
+    assert load_settings(sender=None).sender == "EnvSender"
+
+
+def test_invalid_values_fail_with_one_line_per_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOTKIT_SESSION_WINDOW", "a day")
+    monkeypatch.setenv("BOTKIT_MAX_BODY_BYTES", "-1")
+    monkeypatch.setenv("BOTKIT_DEVINO_URL", "ftp://devino")
+    monkeypatch.setenv("BOTKIT_LOG_FORMAT", "xml")
+    monkeypatch.setenv("BOTKIT_REDIS_URL", f"http://:{REDIS_PASSWORD}@redis")
+    with pytest.raises(SettingsError) as failed:
+        load_settings()
+    lines = str(failed.value).splitlines()
+    assert sorted(line.split(":")[0] for line in lines) == [
+        "BOTKIT_DEVINO_URL",
+        "BOTKIT_LOG_FORMAT",
+        "BOTKIT_MAX_BODY_BYTES",
+        "BOTKIT_REDIS_URL",
+        "BOTKIT_SESSION_WINDOW",
+    ]
+    assert REDIS_PASSWORD not in str(failed.value)
+
+
+def test_require_names_each_missing_setting() -> None:
+    with pytest.raises(SettingsError) as failed:
+        load_settings().require("webhook_token", "devino_api_key")
+    assert str(failed.value).splitlines() == [
+        "BOTKIT_WEBHOOK_TOKEN: required but not set",
+        "BOTKIT_DEVINO_API_KEY: required but not set",
+    ]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0",
+        "rediss://:pw@redis.example:6380/1",
+        "unix:///run/redis.sock",
+        "redis+sentinel://s1:26379,s2:26379/mymaster/0",
+    ],
+)
+def test_redis_urls_of_every_supported_kind_are_accepted(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("BOTKIT_REDIS_URL", url)
+    assert load_settings().secret("redis_url") == url
+
+
+def test_secrets_are_never_printed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOTKIT_DEVINO_API_KEY", API_KEY)
+    monkeypatch.setenv("BOTKIT_WEBHOOK_TOKEN", WEBHOOK_TOKEN)
+    monkeypatch.setenv("BOTKIT_API_TOKEN", API_TOKEN)
+    monkeypatch.setenv("BOTKIT_REDIS_URL", f"redis://:{REDIS_PASSWORD}@redis:6379/0")
+    settings = load_settings()
+    shown = "\n".join(
+        [
+            str(settings),
+            repr(settings),
+            settings.model_dump_json(),
+            str(settings.model_dump()),
+            repr(Service(Bot("shown"), settings).client),
+        ]
+    )
+    for secret in SECRETS:
+        assert secret not in shown
+    assert isinstance(settings, Settings)
