@@ -439,6 +439,10 @@ class HandlerIndex:
                 break
         return None
 
+    def handles(self, kind: EventKind) -> bool:
+        """True when any handler (in any state) takes events of ``kind``."""
+        return any(k == kind and per_state for (k, _), per_state in self._keys.items())
+
     def error_handler_for(
         self, exc: BaseException, origin: Router | None = None
     ) -> ErrorHandlerFn | None:

@@ -1,7 +1,9 @@
 """Status callbacks: move each sent message's status forward and act on errors.
 
 A status callback runs as a turn of the user the message went to (known
-from the signed ``callbackData``), deduplicated on ``(messageId, status)``:
+from the signed ``callbackData``), deduplicated on ``(messageId, status)``.
+(A plain progress status, with no error code, when the bot has no status
+handlers, only moves the sent record forward: no lock, no turn.)
 
 * statuses only move forward (sent < delivered < read; failed, undelivered,
   expired and cancelled are final); an older or repeated status is ignored;
@@ -28,7 +30,7 @@ from botkit.delivery.signing import CallbackSigner
 from botkit.devino.convert import to_status
 from botkit.devino.errors import StatusErrorCode
 from botkit.devino.models import MessageStatus, SendResult, StatusReport
-from botkit.events import StatusUpdate
+from botkit.events import EventKind, StatusUpdate
 from botkit.outbound import OutboundMessage, SendMode
 
 if TYPE_CHECKING:
@@ -131,6 +133,10 @@ class StatusTracker:
         update = to_status(
             report, user=reference.user, reference=reference.ref, now=self.runtime.clock.now()
         )
+        if update.error_code is None and not self.runtime.index.handles(EventKind.STATUS):
+            # Nothing to resend and no handler to run: the user's lock and a
+            # turn are not needed, only the forward-only status record.
+            return await self._advance(update)
         outcome = await self.runtime.handle_status(update)
         if outcome.outcome == "duplicate":
             return StatusOutcome.DUPLICATE
@@ -138,6 +144,17 @@ class StatusTracker:
             return StatusOutcome.IN_PROGRESS
         if outcome.outcome == "ignored":
             return StatusOutcome.STALE
+        metrics.STATUSES.labels(update.status).inc()
+        return StatusOutcome.HANDLED
+
+    async def _advance(self, update: StatusUpdate) -> StatusOutcome:
+        store = self.runtime.store
+        record = await store.get_sent(update.message_id)
+        if record is not None and record.message.ref == update.reference:
+            if not moves_forward(record.status, update.status):
+                return StatusOutcome.STALE
+            if record.status != update.status:
+                await store.update_sent(dataclasses.replace(record, status=update.status))
         metrics.STATUSES.labels(update.status).inc()
         return StatusOutcome.HANDLED
 

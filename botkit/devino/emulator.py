@@ -738,7 +738,12 @@ class Emulator:
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None or self._http.is_closed:
-            self._http = httpx.AsyncClient(timeout=httpx.Timeout(5.0))
+            # Callbacks queue for a connection instead of failing with a pool
+            # timeout when hundreds are due at once (the provider spreads them).
+            self._http = httpx.AsyncClient(
+                timeout=httpx.Timeout(5.0, pool=None),
+                limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
+            )
         return self._http
 
     async def aclose(self) -> None:

@@ -189,8 +189,17 @@ async def test_three_hundred_replies_go_out_in_at_most_five_requests(
     make_store: StoreMaker,
 ) -> None:
     clock = ManualClock()
+    # A platform that lets the burst through (the default limits one recipient to 20 per 10 s).
+    emulator = Emulator(
+        api_key="live-test", clock=clock.now, rate_limit=RateLimit(messages=1000, per=1)
+    )
     async with LiveBot(
-        make_bot(), clock=clock, store=make_store(clock), sender_config=FAST
+        make_bot(),
+        emulator=emulator,
+        clock=clock,
+        store=make_store(clock),
+        sender_config=FAST,
+        public_url="",  # no status callbacks: 900 of them are beside the point here
     ) as live:
         await live.say(USER, "many")
         messages = await live.replies(300, within=15)
@@ -247,3 +256,28 @@ async def _settle(live: LiveBot) -> None:
         await asyncio.sleep(0.01)
     # One more sender cycle: anything read but not yet posted is posted by now.
     await asyncio.sleep(FAST.block + 0.05)
+
+
+async def test_statuses_only_move_forward(make_store: StoreMaker) -> None:
+    clock = ManualClock()
+    async with LiveBot(
+        make_bot(), clock=clock, store=make_store(clock), sender_config=FAST
+    ) as live:
+        await live.say(USER, "hello")
+        [sent] = await live.replies(1)
+        await live.emulator.wait_until(
+            lambda: sum(c.delivered for c in sent.callbacks) == 3, what="sent, delivered, read"
+        )
+        record = await live.service.store.get_sent(sent.message_id)
+        assert record is not None and record.status == "read"
+
+        late = {
+            "messageId": sent.message_id,
+            "status": "DELIVERED",  # arrives after READ: ignored
+            "options": sent.received["callbackData"],
+        }
+        async with httpx.AsyncClient() as http:
+            answer = await http.post(f"{live.url}/whatsapp/status/{live.token}", json=late)
+        assert answer.status_code == 200
+        record = await live.service.store.get_sent(sent.message_id)
+        assert record is not None and record.status == "read"
