@@ -12,12 +12,14 @@ import secrets
 import socket
 from dataclasses import dataclass, field
 
+import httpx
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount
 
 from botkit.app import create_app
 from botkit.bot import Bot
 from botkit.clock import ManualClock
+from botkit.devino.client import DevinoClient
 from botkit.devino.emulator import Emulator
 from botkit.settings import Settings, load_settings
 from botkit.storage.base import StoreConfig
@@ -101,11 +103,19 @@ def create_dev_app(bot: Bot, *, host: str = "127.0.0.1", port: int = 8000) -> De
     )
     routes: list[BaseRoute] = [Mount(PROVIDER_PREFIX, app=emulator.app)]
     routes.extend(_dev_page_routes(server))
+    # The bot reaches the emulator in-process, so replies still leave while the
+    # server shuts down and no longer accepts connections (the flush at Ctrl-C).
+    client = DevinoClient(
+        f"http://dev-provider{PROVIDER_PREFIX}",
+        api_key="dev",
+        transport=httpx.ASGITransport(app=Starlette(routes=[Mount(PROVIDER_PREFIX, emulator.app)])),
+    )
     server.app = create_app(
         bot,
         settings,
         store=store,
         clock=clock,
+        client=client,
         extra_routes=routes,
         on_shutdown=[emulator.aclose],
     )
