@@ -83,6 +83,13 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis://, rediss://, unix:// or redis+sentinel:// URL")
         return value
 
+    @field_validator("callback_secret")
+    @classmethod
+    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters long (a long random string)")
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
