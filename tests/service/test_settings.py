@@ -167,3 +167,16 @@ def test_secrets_are_never_printed(monkeypatch: pytest.MonkeyPatch) -> None:
     for secret in SECRETS:
         assert secret not in shown
     assert isinstance(settings, Settings)
+
+
+def test_a_short_callback_secret_fails_at_start_up_not_in_the_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BOTKIT_CALLBACK_SECRET", "short-pw")
+    with pytest.raises(SettingsError) as failed:
+        load_settings()
+    assert str(failed.value) == (
+        "BOTKIT_CALLBACK_SECRET: must be at least 16 characters long (a long random string)"
+    )
+    monkeypatch.setenv("BOTKIT_CALLBACK_SECRET", "a-long-enough-callback-secret")
+    assert load_settings().callback_secret is not None
