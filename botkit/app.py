@@ -221,7 +221,7 @@ def _unavailable(message: str) -> JSONResponse:
 
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isdecimal() and int(declared) > limit:
         raise BodyTooLarge
     chunks: list[bytes] = []
     size = 0

@@ -87,7 +87,7 @@ async def _fetch(
                         f"downloading {media.url} failed with HTTP {response.status_code}"
                     )
                 declared = response.headers.get("content-length")
-                if declared is not None and declared.isdigit() and int(declared) > cap:
+                if declared is not None and declared.isdecimal() and int(declared) > cap:
                     raise _too_large(media, int(declared), cap)
                 # Memory stays bounded by a chunk when writing to a file.
                 file = await anyio.open_file(part, "wb") if part is not None else None

@@ -259,7 +259,7 @@ def status_error(code: object) -> StatusErrorCode | None:
         return None
     if isinstance(code, str):
         code = code.strip()
-        if not code.isdigit():
+        if not code.isdecimal():
             return None
         code = int(code)
     if not isinstance(code, int):

@@ -125,7 +125,7 @@ def _wire_id(value: object, what: str) -> str:
 
 def _id_to_wire(value: str) -> int | str:
     # The page types ids as `long`: give a number back when it is one.
-    if value.isdigit() and (value == "0" or not value.startswith("0")):
+    if value.isascii() and value.isdigit() and (value == "0" or not value.startswith("0")):
         return int(value)
     return value
 
@@ -137,7 +137,7 @@ def _unix_time(value: object) -> object:
         if not math.isfinite(value):
             raise ValueError("ts must be a finite number")
         return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isdecimal():
         return int(value.strip())
     raise ValueError("ts must be a UNIX time in seconds (a number)")
 
@@ -386,7 +386,7 @@ class StatusReport(WireModel):
             text = value.strip()
             if not text:
                 return None
-            return int(text) if text.lstrip("-").isdigit() else value
+            return int(text) if text.lstrip("-").isdecimal() else value
         raise ValueError("errorCode must be a number, a string or null")
 
     @field_serializer("message_id")

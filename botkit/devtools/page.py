@@ -241,10 +241,10 @@ def _resume_point(last_event_id: str | None, after: str | None, feed: DevFeed) -
     """Where a stream starts, and whether the page must forget what it has (another feed)."""
     if last_event_id:
         epoch, _, number = last_event_id.partition(":")
-        if epoch != feed.epoch or not number.isdigit():
+        if epoch != feed.epoch or not number.isdecimal():
             return 0, True  # the server restarted since: replay this feed from the start
         return int(number), False
-    return (int(after), False) if after and after.isdigit() else (0, False)
+    return (int(after), False) if after and after.isdecimal() else (0, False)
 
 
 async def _stream(
@@ -328,7 +328,7 @@ def _incoming_fields(body: dict[str, Any]) -> dict[str, Any]:
         who, number = _text(card.get("name")), _text(card.get("phone"))
         if who is None or number is None:
             raise ValueError("contact needs name and phone")
-        digits = "".join(c for c in number if c.isdigit())
+        digits = "".join(c for c in number if c.isascii() and c.isdigit())
         contact = {
             "contactName": [{"formattedName": who, "firstName": who.split()[0]}],
             "phones": [{"phone": number, "waId": digits, "type": "CELL"}],
@@ -504,7 +504,7 @@ def routes(server: DevServer) -> list[BaseRoute]:
     async def feed_json(request: Request) -> Response:
         service()
         given = request.query_params.get("after") or "0"
-        return _json(feed.since(int(given) if given.isdigit() else 0))
+        return _json(feed.since(int(given) if given.isdecimal() else 0))
 
     return [
         Route(PREFIX, page, methods=["GET"]),

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from botkit.app import create_app
@@ -227,24 +227,7 @@ def no_bug_logged(caplog: pytest.LogCaptureFixture) -> None:
     assert not bugs, bugs
 
 
-def hits_the_known_id_bug(body: Any) -> bool:
-    """An id made of non-ASCII digits ("²"): devino.models._id_to_wire crashes on it.
-
-    ``"²".isdigit()`` is true but ``int("²")`` fails, so turning the message
-    into an event raises and the webhook answers 503 ("unexpected error").
-    Reported; :func:`test_an_id_of_non_ascii_digits_is_taken` pins it until fixed.
-    """
-    for item in body if isinstance(body, list) else [body]:
-        if isinstance(item, dict):
-            for key in ("incomingMessageId", "messageId"):
-                value = item.get(key)
-                if isinstance(value, str) and value.strip().isdigit() and not value.isascii():
-                    return True
-    return False
-
-
 async def post(http: httpx.AsyncClient, path: str, body: Any) -> httpx.Response:
-    assume(not hits_the_known_id_bug(body))
     content = body if isinstance(body, bytes) else json.dumps(body, allow_nan=True).encode()
     return await http.post(path, content=content, headers={"content-type": "application/json"})
 
@@ -358,10 +341,6 @@ async def test_the_providers_examples_are_taken(
     no_bug_logged(caplog)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug in botkit/devino/models.py _id_to_wire: '²'.isdigit() but int('²') fails",
-)
 async def test_an_id_of_non_ascii_digits_is_taken(
     http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
