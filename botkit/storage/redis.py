@@ -287,12 +287,9 @@ class RedisStore(ConversationStore):
         await self._ensure_open()
         deadline = time.monotonic() + self.config.acquire_timeout
         token = secrets.token_hex(16)
-        if user in self._queues:  # others of this process wait already: queue behind them
-            return await self._wait_turn(user, key, token, inbound_at, deadline, None)
-        got = await self._try_begin(user, key, token, inbound_at)
-        if isinstance(got, TurnLease):
-            return got
-        return await self._wait_turn(user, key, token, inbound_at, deadline, got)
+        # Even the first attempt goes through the queue: a release that arrives
+        # while it is in flight then marks it, instead of being lost.
+        return await self._wait_turn(user, key, token, inbound_at, deadline, None)
 
     async def renew(self, lease: TurnLease) -> bool:
         """Extend the lease's lock (and its in-progress mark) by ``lock_ttl``; False when lost."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import sys
 import time
 import uuid
@@ -644,3 +645,29 @@ def _answers(client: redis.Redis) -> bool:
         return bool(client.ping())
     except redis.RedisError:
         return False
+
+
+async def test_a_release_during_the_first_attempt_is_not_lost(
+    make_store: Callable[..., Any],
+) -> None:
+    # Many short turns of a few users from two stores (two processes' worth): a
+    # release that lands while another turn's first BEGIN is in flight must wake
+    # that turn, not leave it waiting until the acquire timeout (UserBusy).
+    config = StoreConfig(lock_ttl=30.0, acquire_timeout=5.0)
+    stores = [await make_store(config=config), await make_store(config=config)]
+    users = [new_user() for _ in range(20)]
+    rng = random.Random(7)
+    waits: list[float] = []
+
+    async def connection() -> None:
+        for _ in range(60):
+            store, user = rng.choice(stores), rng.choice(users)
+            started = time.monotonic()
+            lease = await store.begin_turn(user, f"m:{uuid.uuid4().hex}")
+            waits.append(time.monotonic() - started)
+            await asyncio.sleep(rng.random() * 0.01)
+            await store.commit_turn(lease, lease.conversation)
+
+    await asyncio.gather(*(connection() for _ in range(32)))
+    assert len(waits) == 32 * 60
+    assert max(waits) < 2.0, f"a turn waited {max(waits):.2f}s for a lock released long before"
