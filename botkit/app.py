@@ -49,7 +49,7 @@ from botkit.logs import log_turn
 from botkit.outbound import Template
 from botkit.runtime import Runtime, TurnOutcome
 from botkit.settings import Settings, SettingsError, load_settings
-from botkit.storage.base import ConversationStore, StorageError, StoreConfig
+from botkit.storage.base import ConversationStore, StorageError, StoreConfig, UserBusy
 from botkit.storage.memory import MemoryStore
 from botkit.storage.redis import RedisStore
 
@@ -219,6 +219,23 @@ def _unavailable(message: str) -> JSONResponse:
     )
 
 
+def _store_failed(what: str, exc: StorageError) -> JSONResponse:
+    """503 for a store failure; the details (hosts, users) go to the log, not the caller."""
+    log.warning("%s refused for now: %s", what, exc)
+    if isinstance(exc, UserBusy):
+        return _unavailable("the user's previous message is still being handled; retry")
+    return _unavailable("the conversation store is unavailable; retry")
+
+
+def _payload_errors(body: Any, errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Field errors; for a single object, named as fields of it (``from``, not ``0.from``)."""
+    if isinstance(body, list):
+        return errors
+    return [
+        {**e, "loc": str(e.get("loc", "")).removeprefix("0.").removeprefix("0")} for e in errors
+    ]
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdecimal() and int(declared) > limit:
@@ -331,14 +348,14 @@ def create_app(
             try:
                 messages = parse_incoming(body)
             except PayloadError as exc:
-                return _error(422, "invalid_payload", "not an incoming message", errors=exc.errors)
+                errors = _payload_errors(body, exc.errors)
+                return _error(422, "invalid_payload", "not an incoming message", errors=errors)
             now = service.clock.now()
             events = [to_event(m, now) for m in messages]
             try:
                 outcomes = await service.handle_messages(events)
             except StorageError as exc:
-                log.warning("incoming message refused for now: %s", exc)
-                return _unavailable(str(exc))
+                return _store_failed("incoming message", exc)
         if any(o.outcome == "in_progress" for o in outcomes):
             return _unavailable("a message in this body is still being processed; retry")
         return _EMPTY
@@ -355,22 +372,16 @@ def create_app(
             try:
                 reports = parse_statuses(body)
             except PayloadError as exc:
-                return _error(422, "invalid_payload", "not a status report", errors=exc.errors)
+                errors = _payload_errors(body, exc.errors)
+                return _error(422, "invalid_payload", "not a status report", errors=errors)
             try:
                 results = [await service.tracker.handle(report) for report in reports]
             except StorageError as exc:
-                log.warning("status callback refused for now: %s", exc)
-                return _unavailable(str(exc))
-        forged = results.count(StatusOutcome.FORGED)
+                return _store_failed("status callback", exc)
         if StatusOutcome.IN_PROGRESS in results:
             return _unavailable("a status in this body is still being processed; retry")
-        if forged:
-            return _error(
-                403,
-                "bad_signature",
-                f"{forged} of {len(reports)} status reports carry no valid botkit signature "
-                "in options; they were ignored",
-            )
+        # A report without botkit's signature was ignored (logged and counted);
+        # the answer is still 200, or the provider would retry it for 24 hours.
         return _EMPTY
 
     async def api_send(request: Request) -> Response:
@@ -413,7 +424,7 @@ def create_app(
         except ValueError as exc:
             return _error(422, "invalid_body", str(exc))
         except StorageError as exc:
-            return _unavailable(str(exc))
+            return _store_failed("send", exc)
         return JSONResponse(
             {
                 "status": "queued",

@@ -27,7 +27,12 @@ from botkit.events import AnyMessage, Event, EventKind, Media, StatusUpdate
 from botkit.outbound import Origin, OutboundMessage, Template
 from botkit.plugins import Plugin, resolve_plugins
 from botkit.router import HandlerIndex, Router, compose
-from botkit.storage.base import ConversationStore, DuplicateMessage, TurnLease
+from botkit.storage.base import (
+    ConversationStore,
+    DuplicateMessage,
+    StorageUnavailable,
+    TurnLease,
+)
 
 if TYPE_CHECKING:
     from botkit.bot import Bot
@@ -154,8 +159,16 @@ class Runtime:
         return self._http
 
     async def start(self) -> None:
-        """Open the store, bind the bot and run start-up hooks (plugins first)."""
-        await self.store.open()
+        """Open the store, bind the bot and run start-up hooks (plugins first).
+
+        A store that cannot be reached yet does not stop the start: turns are
+        refused as unavailable (503, the provider retries) and the readiness
+        probe says so until it answers.
+        """
+        try:
+            await self.store.open()
+        except StorageUnavailable as exc:
+            log.warning("the conversation store is unavailable at start-up (%s); retrying", exc)
         self.bot.runtime = self
         for plugin in self.plugins:
             if plugin.on_startup is not None:
