@@ -351,7 +351,8 @@ def create_app(
                 errors = _payload_errors(body, exc.errors)
                 return _error(422, "invalid_payload", "not an incoming message", errors=errors)
             now = service.clock.now()
-            events = [to_event(m, now) for m in messages]
+            items = body if isinstance(body, list) else [body]
+            events = [to_event(m, now, raw) for m, raw in zip(messages, items, strict=True)]
             try:
                 outcomes = await service.handle_messages(events)
             except StorageError as exc:

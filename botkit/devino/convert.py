@@ -6,6 +6,7 @@ provider-neutral :mod:`botkit.events` and :mod:`botkit.outbound` types.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -49,13 +50,18 @@ def user_id(sender: str) -> str:
         return "".join(ch for ch in sender.strip() if ch not in "{}") or "unknown"
 
 
-def to_event(message: IncomingMessage, now: float) -> AnyMessage:
+def to_event(
+    message: IncomingMessage, now: float, raw: Mapping[str, Any] | None = None
+) -> AnyMessage:
     """The event a handler receives for an incoming message.
+
+    ``raw`` is the payload exactly as the provider posted it (the parsed
+    model's own rendering when not given).
 
     Media wins over location, which wins over contacts, which win over text
     (a media message's text is its caption).
     """
-    raw = MappingProxyType(message.to_wire())
+    raw = MappingProxyType(dict(raw) if raw is not None else message.to_wire())
     common: dict[str, Any] = {
         "id": message.incoming_message_id,
         "user": user_id(message.sender),

@@ -45,21 +45,22 @@ class Script:
 
 # KEYS: conv, lock, waiting, [seen]
 # ARGV: token, lock_ttl_ms, inbound_at or "", conversation_ttl_ms
-# -> {"dup", "in_progress"|"done"} | {"busy", pttl_ms} | {"ok", {fields...}}
+# -> one string (one bulk reply is cheaper to parse than a nested array):
+#    "d" .. ("in_progress"|"done") | "b" .. pttl_ms | "o" .. JSON array of FIELDS
 BEGIN = Script(
     "begin",
     """
 local conv, lock, waiting, seen = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 if seen then
   local mark = redis.call('GET', seen)
-  if mark then return {'dup', mark} end
+  if mark then return 'd' .. mark end
 end
 if not redis.call('SET', lock, ARGV[1], 'NX', 'PX', ARGV[2]) then
   local pttl = redis.call('PTTL', lock)
   -- Ask the holder's commit to publish a wake-up (it lives at least as long
   -- as the lock plus one renewal; a waiter that outlives it re-arms it).
   redis.call('SET', waiting, '1', 'PX', math.max(pttl, 1) + tonumber(ARGV[2]))
-  return {'busy', pttl}
+  return 'b' .. pttl
 end
 if seen then redis.call('SET', seen, 'in_progress', 'PX', ARGV[2]) end
 if ARGV[3] ~= '' then
@@ -69,16 +70,18 @@ if ARGV[3] ~= '' then
   end
 end
 redis.call('PEXPIRE', conv, ARGV[4])
-return {'ok', redis.call('HMGET', conv, 'state', 'data', 'version', 'last_inbound',
-                         'last_active', 'opted_out', 'not_on_whatsapp')}
+return 'o' .. cjson.encode(redis.call('HMGET', conv, 'state', 'data', 'version',
+                                      'last_inbound', 'last_active', 'opted_out',
+                                      'not_on_whatsapp'))
 """,
 )
 
 # KEYS: conv, lock, waiting, outbox stream, delayed zset, [seen]
-# ARGV: 1 token, 2 save "1"|"0", 3 state ("" = none, else "s" .. state), 4 data JSON,
-#       5 last_inbound or "", 6 last_active or "", 7 opted_out, 8 not_on_whatsapp,
-#       9 conversation_ttl_ms, 10 done_ttl_ms, 11 unlock channel, 12 wake-up payload,
-#       13.. pairs of (not_before or "" for now, message JSON)
+# ARGV: 1 token, 2 a JSON array (one argument packs and parses far cheaper than
+#       a dozen): [save 1|0, state ("" = none, else "s" .. state), data JSON,
+#       last_inbound or "", last_active or "", opted_out, not_on_whatsapp,
+#       conversation_ttl_ms, done_ttl_ms, unlock channel, wake-up payload,
+#       [[not_before or "" for now, message JSON], ...]]
 # -> 1 committed | 0 the lock is not ours (nothing written)
 COMMIT = Script(
     "commit",
@@ -86,14 +89,15 @@ COMMIT = Script(
 local conv, lock, waiting, stream, delayed, seen =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 if redis.call('GET', lock) ~= ARGV[1] then return 0 end
-if ARGV[2] == '1' then
+local a = cjson.decode(ARGV[2])
+if a[1] == 1 then
   local stored = redis.call('HMGET', conv, 'version', 'last_inbound', 'state', 'last_active')
-  local inbound = ARGV[5]
+  local inbound = a[4]
   if stored[2] and (inbound == '' or tonumber(stored[2]) > tonumber(inbound)) then
     inbound = stored[2]
   end
-  local set = {'version', (tonumber(stored[1]) or 0) + 1, 'data', ARGV[4],
-               'opted_out', ARGV[7], 'not_on_whatsapp', ARGV[8]}
+  local set = {'version', (tonumber(stored[1]) or 0) + 1, 'data', a[3],
+               'opted_out', a[6], 'not_on_whatsapp', a[7]}
   local unset = {}
   local function put(name, value, was)
     if value then
@@ -103,23 +107,23 @@ if ARGV[2] == '1' then
       unset[#unset + 1] = name
     end
   end
-  put('state', ARGV[3] ~= '' and string.sub(ARGV[3], 2) or nil, stored[3])
+  put('state', a[2] ~= '' and string.sub(a[2], 2) or nil, stored[3])
   put('last_inbound', inbound ~= '' and inbound or nil, stored[2])
-  put('last_active', ARGV[6] ~= '' and ARGV[6] or nil, stored[4])
+  put('last_active', a[5] ~= '' and a[5] or nil, stored[4])
   redis.call('HSET', conv, unpack(set))
   if #unset > 0 then redis.call('HDEL', conv, unpack(unset)) end
 end
-redis.call('PEXPIRE', conv, ARGV[9])
-if seen then redis.call('SET', seen, 'done', 'PX', ARGV[10]) end
-for i = 13, #ARGV, 2 do
-  if ARGV[i] == '' then
-    redis.call('XADD', stream, '*', 'm', ARGV[i + 1])
+redis.call('PEXPIRE', conv, a[8])
+if seen then redis.call('SET', seen, 'done', 'PX', a[9]) end
+for _, entry in ipairs(a[12]) do
+  if entry[1] == '' then
+    redis.call('XADD', stream, '*', 'm', entry[2])
   else
-    redis.call('ZADD', delayed, ARGV[i], ARGV[i + 1])
+    redis.call('ZADD', delayed, entry[1], entry[2])
   end
 end
 redis.call('DEL', lock)
-if redis.call('DEL', waiting) == 1 then redis.call('PUBLISH', ARGV[11], ARGV[12]) end
+if redis.call('DEL', waiting) == 1 then redis.call('PUBLISH', a[10], a[11]) end
 return 1
 """,
 )
@@ -216,4 +220,47 @@ return 0
 """,
 )
 
-ALL = (BEGIN, COMMIT, RENEW, ABORT, CLAIM, RELEASE_DUE, UPDATE_SENT)
+# KEYS: outbox stream
+# ARGV: group, consumer, count
+# -> JSON array of [entry id, message JSON] (one bulk reply: cheap to parse);
+#    "[]"... cjson encodes an empty table as "{}", which reads as nothing new.
+READ = Script(
+    "read",
+    """
+local found = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3],
+                         'STREAMS', KEYS[1], '>')
+local out = {}
+if found then
+  for _, entry in ipairs(found[1][2]) do
+    local fields = entry[2]
+    for i = 1, #fields, 2 do
+      if fields[i] == 'm' then out[#out + 1] = {entry[1], fields[i + 1]} end
+    end
+  end
+end
+return cjson.encode(out)
+""",
+)
+
+# KEYS: outbox stream
+# ARGV: group, sent-record key prefix, sent_ttl_ms,
+#       JSON [[entry id, ...], [[messageId, record JSON], ...]]
+# The sent-record keys are built here from the prefix (one argument instead of
+# one per record); like the outbox itself they are shared, not per-user, keys.
+# -> 1 | 0 when the group was gone (the records were still written)
+ACK = Script(
+    "ack",
+    """
+local a = cjson.decode(ARGV[4])
+for _, record in ipairs(a[2]) do
+  redis.call('SET', ARGV[2] .. record[1], record[2], 'PX', ARGV[3])
+end
+if #a[1] == 0 then return 1 end
+local ok = pcall(redis.call, 'XACK', KEYS[1], ARGV[1], unpack(a[1]))
+redis.call('XDEL', KEYS[1], unpack(a[1]))
+if ok then return 1 end
+return 0
+""",
+)
+
+ALL = (BEGIN, COMMIT, RENEW, ABORT, CLAIM, RELEASE_DUE, UPDATE_SENT, READ, ACK)
