@@ -336,20 +336,29 @@ def create_app(
     limit = settings.max_body_bytes
     api_token = settings.secret("api_token")
 
-    async def incoming(request: Request) -> Response:
+    async def provider_payload(
+        request: Request, parse: Callable[[Any], list[Any]], what: str
+    ) -> tuple[Any, list[Any]] | Response:
+        """The webhook body and what it parses into, or the 4xx/503 that says why not."""
         if not _token_ok(request, service.webhook_token):
             return _error(401, "unauthorized", "wrong or missing webhook token")
         if not service.accepting:
             return _unavailable("the service is shutting down; retry")
+        body = await _json_body(request, limit)
+        if isinstance(body, Response):
+            return body
+        try:
+            return body, parse(body)
+        except PayloadError as exc:
+            errors = _payload_errors(body, exc.errors)
+            return _error(422, "invalid_payload", f"not {what}", errors=errors)
+
+    async def incoming(request: Request) -> Response:
         async with service.turn_slot():
-            body = await _json_body(request, limit)
-            if isinstance(body, Response):
-                return body
-            try:
-                messages = parse_incoming(body)
-            except PayloadError as exc:
-                errors = _payload_errors(body, exc.errors)
-                return _error(422, "invalid_payload", "not an incoming message", errors=errors)
+            got = await provider_payload(request, parse_incoming, "an incoming message")
+            if isinstance(got, Response):
+                return got
+            body, messages = got
             now = service.clock.now()
             items = body if isinstance(body, list) else [body]
             events = [to_event(m, now, raw) for m, raw in zip(messages, items, strict=True)]
@@ -362,21 +371,12 @@ def create_app(
         return _EMPTY
 
     async def status(request: Request) -> Response:
-        if not _token_ok(request, service.webhook_token):
-            return _error(401, "unauthorized", "wrong or missing webhook token")
-        if not service.accepting:
-            return _unavailable("the service is shutting down; retry")
         async with service.turn_slot():
-            body = await _json_body(request, limit)
-            if isinstance(body, Response):
-                return body
+            got = await provider_payload(request, parse_statuses, "a status report")
+            if isinstance(got, Response):
+                return got
             try:
-                reports = parse_statuses(body)
-            except PayloadError as exc:
-                errors = _payload_errors(body, exc.errors)
-                return _error(422, "invalid_payload", "not a status report", errors=errors)
-            try:
-                results = [await service.tracker.handle(report) for report in reports]
+                results = [await service.tracker.handle(report) for report in got[1]]
             except StorageError as exc:
                 return _store_failed("status callback", exc)
         if StatusOutcome.IN_PROGRESS in results:
