@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 
+from tests.devino.test_models import PAGE_INCOMING, PAGE_STATUS
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # Sentinel secrets: each is searched for in every output a test can see.
@@ -29,30 +31,9 @@ SECRETS = (API_KEY, WEBHOOK_TOKEN, API_TOKEN, REDIS_PASSWORD)
 
 # The provider's own examples ("Response example for incoming message" and
 # "Response example for getting status" on the Devino WhatsApp page), verbatim.
-PROVIDER_INCOMING_EXAMPLE: dict[str, Any] = {
-    "incomingMessageId": 0,
-    "to": "str",
-    "from": "str",
-    "text": "str",
-    "contentUrl": "str",
-    "contentType": "str",
-    "contentName": "str",
-    "profileName": "str",
-    "ts": 0,
-}
-PROVIDER_STATUS_EXAMPLE: list[dict[str, Any]] = [
-    {
-        "messageId": 1,
-        "ts": 0,
-        "status": "DELIVERED",
-        "errorCode": 0,
-        "ip": "127.0.0.1",
-        "browser": "string",
-        "os": "string",
-        "userAgent": "string",
-        "options": "string",
-    }
-]
+# The provider page's own examples, defined once beside the wire-model tests.
+PROVIDER_INCOMING_EXAMPLE: dict[str, Any] = PAGE_INCOMING
+PROVIDER_STATUS_EXAMPLE: list[dict[str, Any]] = PAGE_STATUS
 
 _ids = itertools.count(int(time.time() * 1000) * 1000)
 
