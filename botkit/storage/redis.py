@@ -51,6 +51,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis import exceptions as rerr
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
@@ -58,6 +59,7 @@ from redis.backoff import NoBackoff
 from botkit.clock import Clock, SystemClock
 from botkit.outbound import OutboundMessage, SentRecord
 from botkit.storage import _redis_scripts as scripts
+from botkit.storage import _resp
 from botkit.storage.base import (
     DAY,
     Conversation,
@@ -230,6 +232,9 @@ class RedisStore(ConversationStore):
         self._subscribed = asyncio.Event()
         self._background: set[asyncio.Task[Any]] = set()
         self._batch: list[_Call] = []
+        # The connections script batches go out on (see ``_exchange``).
+        self._connections: set[AbstractConnection] = set()
+        self._idle: list[AbstractConnection] = []
         self._opening = asyncio.Lock()
         self._opened = False
 
@@ -269,10 +274,14 @@ class RedisStore(ConversationStore):
         for task in tasks:
             with suppress(BaseException):
                 await task
+        connections, self._connections, self._idle = self._connections, set(), []
+        for connection in connections:
+            with suppress(Exception):
+                await connection.disconnect()
         if self._client is not None and self._given_client is None:
             with suppress(Exception):
                 await self._client.aclose()
-            self._client = None
+        self._client = self._given_client
 
     async def ping(self) -> bool:
         """True when Redis answers a PING within the socket timeout; never raises."""
@@ -751,22 +760,9 @@ class RedisStore(ConversationStore):
             self._in_background(self._run_batch(batch))
 
     async def _run_batch(self, batch: list[_Call]) -> None:
-        client = self._client
         try:
-            if client is None:
-                raise StorageUnavailable("the store is closed")
-            if len(batch) == 1:
-                call = batch[0]
-                results: list[Any] = [
-                    await _done(
-                        client.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-                    )
-                ]
-            else:
-                async with client.pipeline(transaction=False) as pipe:
-                    for call in batch:
-                        pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-                    results = await pipe.execute(raise_on_error=False)
+            payload = b"".join(_resp.pack_evalsha(c.script.sha, c.keys, c.args) for c in batch)
+            results = await self._exchange(payload, len(batch))
         except BaseException as exc:
             for call in batch:
                 if not call.result.done():
@@ -781,6 +777,35 @@ class RedisStore(ConversationStore):
                 call.result.set_exception(result)
             else:
                 call.result.set_result(result)
+
+    async def _exchange(self, payload: bytes, count: int) -> list[Any]:
+        """Send a packed batch on a connection of the store's own and read its replies.
+
+        The batch connections come from the client's pool settings but are
+        kept here, idle ones on a stack: taking one costs a list pop, not the
+        pool's lock. At most ``max_connections`` are busy at once (``_guard``).
+        """
+        client = self._client
+        if client is None:
+            raise StorageUnavailable("the store is closed")
+        if self._idle:
+            connection = self._idle.pop()
+        else:
+            connection = client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+            self._connections.add(connection)
+        try:
+            if not connection.is_connected:
+                await connection.connect()  # type: ignore[no-untyped-call]
+            results = await _resp.exchange_within(connection, payload, count, self._socket_timeout)
+        except BaseException:
+            # A reply may still be on its way: this connection cannot be trusted again.
+            with suppress(Exception):
+                await connection.disconnect(nowait=True)
+            raise
+        finally:
+            if connection in self._connections:  # not closed meanwhile
+                self._idle.append(connection)
+        return results
 
     @asynccontextmanager
     async def _guard(self, doing: str) -> AsyncIterator[None]:

@@ -20,22 +20,31 @@ from tests.conftest import delete_prefix, require_redis
 
 StoreFactory = Callable[..., Awaitable[ConversationStore]]
 
-BACKENDS = ["memory", "redis"]
+# "redis-resp3": the same server spoken to in RESP3 (``?protocol=3``), whose
+# replies the store's own reply parser must read as well as RESP2's.
+BACKENDS = ["memory", "redis", "redis-resp3"]
 
 
 @pytest.fixture(params=BACKENDS)
 async def store_factory(request: pytest.FixtureRequest) -> AsyncIterator[StoreFactory]:
     built: list[ConversationStore] = []
-    url = require_redis() if request.param == "redis" else ""
+    redis = request.param.startswith("redis")
+    url = require_redis() if redis else ""
     prefix = f"botkit-test-{uuid.uuid4().hex[:12]}"
 
     async def make(config: StoreConfig | None = None) -> ConversationStore:
         config = config or StoreConfig(lock_ttl=5.0, acquire_timeout=5.0)
         if request.param == "memory":
             store: ConversationStore = MemoryStore(config)
-        elif request.param == "redis":
+        elif redis:
             # A prefix of its own per test: no test sees another's keys.
-            store = RedisStore(url, bot="contract", prefix=prefix, config=config)
+            resp3 = ("&" if "?" in url else "?") + "protocol=3"
+            store = RedisStore(
+                url + (resp3 if request.param == "redis-resp3" else ""),
+                bot="contract",
+                prefix=prefix,
+                config=config,
+            )
         else:  # pragma: no cover
             raise AssertionError(request.param)
         await store.open()
@@ -45,7 +54,7 @@ async def store_factory(request: pytest.FixtureRequest) -> AsyncIterator[StoreFa
     yield make
     for store in built:
         await store.close()
-    if request.param == "redis":
+    if redis:
         delete_prefix(url, prefix)
 
 

@@ -26,7 +26,13 @@ from redis.crc import key_slot
 from botkit import Bot, Context, StoreConfig, TextMessage
 from botkit.outbound import OutboundMessage, SendMode
 from botkit.runtime import Runtime
-from botkit.storage.base import DuplicateMessage, LockLost, StorageUnavailable, UserBusy
+from botkit.storage.base import (
+    DuplicateMessage,
+    LockLost,
+    StorageUnavailable,
+    TurnLease,
+    UserBusy,
+)
 from botkit.storage.redis import RedisStore
 
 from ._redis_server import RedisServer, free_port
@@ -457,47 +463,43 @@ async def test_a_conversation_lives_at_least_the_session_window(
     check.close()
 
 
-class CountingConnection(aioredis.Connection):
-    """Records every command this connection sends (pub/sub connections excluded)."""
-
-    log: list[str] = []
-
-    async def send_command(self, *args: Any, **kwargs: Any) -> None:
-        name = str(args[0]).upper()
-        if name == "SUBSCRIBE":
-            self._is_pubsub = True
-        if not getattr(self, "_is_pubsub", False):
-            CountingConnection.log.append(name)
-        await super().send_command(*args, **kwargs)
-
-
 async def test_begin_and_commit_are_one_round_trip_each(server: RedisServer) -> None:
-    pool = aioredis.ConnectionPool.from_url(
-        server.url, connection_class=CountingConnection, decode_responses=True
-    )
-    client = aioredis.Redis(connection_pool=pool)
-    store = RedisStore(client=client, bot="race", prefix="t")
+    store = RedisStore(server.url, bot="race", prefix="t")
     await store.open()
-    check = server.client()
+    watcher = aioredis.Redis.from_url(server.url, decode_responses=True)
+    marker = aioredis.Redis.from_url(server.url, decode_responses=True)
+    await marker.ping()  # its handshake done before watching
     user = new_user()
     warm = await store.begin_turn(user, "m:0")  # connections made, handshakes done
     await store.commit_turn(warm, None)
 
-    def evalsha_calls() -> int:
-        return int(check.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+    async def commands_sent(turn: Callable[[], Awaitable[Any]]) -> list[str]:
+        """The commands clients sent while ``turn`` ran (not those run inside scripts)."""
+        sent: list[str] = []
+        async with watcher.monitor() as monitor:
+            await turn()
+            await marker.echo("monitor-end")
+            while True:
+                command = await monitor.next_command()
+                if "monitor-end" in command["command"]:
+                    return sent
+                if command["client_type"] != "lua" and not command["command"].startswith("PING"):
+                    sent.append(command["command"].split()[0])
 
-    before = evalsha_calls()
-    CountingConnection.log.clear()
-    lease = await store.begin_turn(user, "m:1", inbound_at=time.time())
-    assert CountingConnection.log == ["EVALSHA"]
-    conv = lease.conversation.copy()
+    leases: list[TurnLease] = []
+
+    async def begin() -> None:
+        leases.append(await store.begin_turn(user, "m:1", inbound_at=time.time()))
+
+    assert await commands_sent(begin) == ["EVALSHA"]
+    conv = leases[0].conversation.copy()
     conv.data["n"] = 1
-    await store.commit_turn(lease, conv, [text(user, "one"), text(user, "two")])
-    assert CountingConnection.log == ["EVALSHA", "EVALSHA"]
-    assert evalsha_calls() - before == 2
+    outbox = [text(user, "one"), text(user, "two")]
+    assert await commands_sent(lambda: store.commit_turn(leases[0], conv, outbox)) == ["EVALSHA"]
+    assert (await store.load(user)).data == {"n": 1}
     await store.close()
-    await client.aclose()
-    check.close()
+    await watcher.aclose()
+    await marker.aclose()
 
 
 async def test_no_per_user_state_stays_in_the_process(make_store: Callable[..., Any]) -> None:
