@@ -47,6 +47,7 @@ class Script:
 # ARGV: token, lock_ttl_ms, inbound_at or "", conversation_ttl_ms
 # -> one string (one bulk reply is cheaper to parse than a nested array):
 #    "d" .. ("in_progress"|"done") | "b" .. pttl_ms | "o" .. JSON array of FIELDS
+#    (as stored, after this call; false for a missing field)
 BEGIN = Script(
     "begin",
     """
@@ -63,25 +64,24 @@ if not redis.call('SET', lock, ARGV[1], 'NX', 'PX', ARGV[2]) then
   return 'b' .. pttl
 end
 if seen then redis.call('SET', seen, 'in_progress', 'PX', ARGV[2]) end
-if ARGV[3] ~= '' then
-  local last = redis.call('HGET', conv, 'last_inbound')
-  if not last or tonumber(ARGV[3]) > tonumber(last) then
-    redis.call('HSET', conv, 'last_inbound', ARGV[3])
-  end
+local f = redis.call('HMGET', conv, 'state', 'data', 'version', 'last_inbound',
+                     'last_active', 'opted_out', 'not_on_whatsapp')
+if ARGV[3] ~= '' and (not f[4] or tonumber(ARGV[3]) > tonumber(f[4])) then
+  redis.call('HSET', conv, 'last_inbound', ARGV[3])
+  redis.call('PEXPIRE', conv, ARGV[4])
+  f[4] = ARGV[3]
 end
-redis.call('PEXPIRE', conv, ARGV[4])
-return 'o' .. cjson.encode(redis.call('HMGET', conv, 'state', 'data', 'version',
-                                      'last_inbound', 'last_active', 'opted_out',
-                                      'not_on_whatsapp'))
+return 'o' .. cjson.encode(f)
 """,
 )
 
 # KEYS: conv, lock, waiting, outbox stream, delayed zset, [seen]
-# ARGV: 1 token, 2 a JSON array (one argument packs and parses far cheaper than
-#       a dozen): [save 1|0, state ("" = none, else "s" .. state), data JSON,
-#       last_inbound or "", last_active or "", opted_out, not_on_whatsapp,
-#       conversation_ttl_ms, done_ttl_ms, unlock channel, wake-up payload,
-#       [[not_before or "" for now, message JSON], ...]]
+# ARGV: 1 token, 2 conversation_ttl_ms, 3 done_ttl_ms, 4 unlock channel,
+#       5 wake-up payload, 6 nset, 7 ndel, 8 nout, then nset field/value pairs
+#       to set in the conversation, ndel fields to delete from it, and nout
+#       (not_before or "" for now, message JSON) pairs for the outbox.
+# The caller computes the conversation's changes against what BEGIN read: the
+# lock (checked first) means nobody else wrote it since.
 # -> 1 committed | 0 the lock is not ours (nothing written)
 COMMIT = Script(
     "commit",
@@ -89,41 +89,23 @@ COMMIT = Script(
 local conv, lock, waiting, stream, delayed, seen =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 if redis.call('GET', lock) ~= ARGV[1] then return 0 end
-local a = cjson.decode(ARGV[2])
-if a[1] == 1 then
-  local stored = redis.call('HMGET', conv, 'version', 'last_inbound', 'state', 'last_active')
-  local inbound = a[4]
-  if stored[2] and (inbound == '' or tonumber(stored[2]) > tonumber(inbound)) then
-    inbound = stored[2]
-  end
-  local set = {'version', (tonumber(stored[1]) or 0) + 1, 'data', a[3],
-               'opted_out', a[6], 'not_on_whatsapp', a[7]}
-  local unset = {}
-  local function put(name, value, was)
-    if value then
-      set[#set + 1] = name
-      set[#set + 1] = value
-    elseif was then
-      unset[#unset + 1] = name
-    end
-  end
-  put('state', a[2] ~= '' and string.sub(a[2], 2) or nil, stored[3])
-  put('last_inbound', inbound ~= '' and inbound or nil, stored[2])
-  put('last_active', a[5] ~= '' and a[5] or nil, stored[4])
-  redis.call('HSET', conv, unpack(set))
-  if #unset > 0 then redis.call('HDEL', conv, unpack(unset)) end
-end
-redis.call('PEXPIRE', conv, a[8])
-if seen then redis.call('SET', seen, 'done', 'PX', a[9]) end
-for _, entry in ipairs(a[12]) do
-  if entry[1] == '' then
-    redis.call('XADD', stream, '*', 'm', entry[2])
+local nset, ndel, nout = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local i = 9
+if nset > 0 then redis.call('HSET', conv, unpack(ARGV, i, i + 2 * nset - 1)) end
+i = i + 2 * nset
+if ndel > 0 then redis.call('HDEL', conv, unpack(ARGV, i, i + ndel - 1)) end
+i = i + ndel
+redis.call('PEXPIRE', conv, ARGV[2])
+if seen then redis.call('SET', seen, 'done', 'PX', ARGV[3]) end
+for j = i, i + 2 * nout - 1, 2 do
+  if ARGV[j] == '' then
+    redis.call('XADD', stream, '*', 'm', ARGV[j + 1])
   else
-    redis.call('ZADD', delayed, entry[1], entry[2])
+    redis.call('ZADD', delayed, ARGV[j], ARGV[j + 1])
   end
 end
 redis.call('DEL', lock)
-if redis.call('DEL', waiting) == 1 then redis.call('PUBLISH', a[10], a[11]) end
+if redis.call('DEL', waiting) == 1 then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 return 1
 """,
 )
@@ -222,8 +204,7 @@ return 0
 
 # KEYS: outbox stream
 # ARGV: group, consumer, count
-# -> JSON array of [entry id, message JSON] (one bulk reply: cheap to parse);
-#    "[]"... cjson encodes an empty table as "{}", which reads as nothing new.
+# -> flat array: entry id, message JSON, entry id, message JSON, ...
 READ = Script(
     "read",
     """
@@ -234,30 +215,33 @@ if found then
   for _, entry in ipairs(found[1][2]) do
     local fields = entry[2]
     for i = 1, #fields, 2 do
-      if fields[i] == 'm' then out[#out + 1] = {entry[1], fields[i + 1]} end
+      if fields[i] == 'm' then
+        out[#out + 1] = entry[1]
+        out[#out + 1] = fields[i + 1]
+      end
     end
   end
 end
-return cjson.encode(out)
+return out
 """,
 )
 
 # KEYS: outbox stream
-# ARGV: group, sent-record key prefix, sent_ttl_ms,
-#       JSON [[entry id, ...], [[messageId, record JSON], ...]]
-# The sent-record keys are built here from the prefix (one argument instead of
-# one per record); like the outbox itself they are shared, not per-user, keys.
+# ARGV: group, sent-record key prefix, sent_ttl_ms, n, then n entry ids to
+#       acknowledge and delete, then (messageId, record JSON) pairs
+# The sent-record keys are built here from the prefix; like the outbox itself
+# they are shared, not per-user, keys.
 # -> 1 | 0 when the group was gone (the records were still written)
 ACK = Script(
     "ack",
     """
-local a = cjson.decode(ARGV[4])
-for _, record in ipairs(a[2]) do
-  redis.call('SET', ARGV[2] .. record[1], record[2], 'PX', ARGV[3])
+local n = tonumber(ARGV[4])
+for j = 5 + n, #ARGV, 2 do
+  redis.call('SET', ARGV[2] .. ARGV[j], ARGV[j + 1], 'PX', ARGV[3])
 end
-if #a[1] == 0 then return 1 end
-local ok = pcall(redis.call, 'XACK', KEYS[1], ARGV[1], unpack(a[1]))
-redis.call('XDEL', KEYS[1], unpack(a[1]))
+if n == 0 then return 1 end
+local ok = pcall(redis.call, 'XACK', KEYS[1], ARGV[1], unpack(ARGV, 5, 4 + n))
+redis.call('XDEL', KEYS[1], unpack(ARGV, 5, 4 + n))
 if ok then return 1 end
 return 0
 """,

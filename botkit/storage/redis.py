@@ -153,6 +153,17 @@ class _Waiter:
             self.wake.set_result(None)
 
 
+@dataclass(frozen=True, slots=True)
+class _Lease(TurnLease):
+    """A lease with the conversation's fields as BEGIN read them (see :data:`scripts.FIELDS`).
+
+    The commit writes only what differs from them: the lock means nobody
+    else wrote the conversation since, whatever the turn did to its copy.
+    """
+
+    stored: tuple[str | None, ...] = ()
+
+
 @dataclass(slots=True)
 class _Call:
     """A script call waiting for the next pipeline."""
@@ -331,30 +342,34 @@ class RedisStore(ConversationStore):
         See :meth:`ConversationStore.commit_turn`. Raises :class:`LockLost`
         (nothing written, the outbox unchanged) when the lock is not the lease's.
         """
+        if not isinstance(lease, _Lease):
+            raise TypeError("commit_turn() needs a lease this store's begin_turn() gave")
         conv, lock, waiting, *seen = self._keys.turn(lease.user, lease.key)
         keys = [conv, lock, waiting, self._keys.outbox, self._keys.delayed, *seen]
+        put: list[str] = []
+        drop: list[str] = []
+        if conversation is not None:
+            put, drop = _changes(lease.stored, conversation)
         now = self._clock.now()
-        packed: list[Any]
-        if conversation is None:
-            packed = [0, "", "", "", "", "0", "0"]
-        else:
-            packed = [
-                1,
-                "" if conversation.state is None else "s" + conversation.state,
-                _dump_data(lease.user, conversation.data),
-                _num(conversation.last_inbound),
-                _num(conversation.last_active),
-                "1" if conversation.opted_out else "0",
-                "1" if conversation.not_on_whatsapp else "0",
+        entries: list[str] = []
+        for message in outbox:
+            entries += [
+                repr(message.not_before) if message.not_before > now else "",
+                message.to_json(),
             ]
-        packed += [
+        args = [
+            lease.token,
             self._conversation_ttl_ms,
             self._done_ttl_ms,
             self._keys.channel,
             f"{self._instance} {lease.user}",
-            [[repr(m.not_before) if m.not_before > now else "", m.to_json()] for m in outbox],
+            len(put) // 2,
+            len(drop),
+            len(outbox),
+            *put,
+            *drop,
+            *entries,
         ]
-        args = [lease.token, json.dumps(packed, ensure_ascii=False, separators=(",", ":"))]
         async with self._guard("commit a turn"):
             committed = await self._eval(scripts.COMMIT, keys, args)
         if not committed:
@@ -410,13 +425,13 @@ class RedisStore(ConversationStore):
         so a dead server is still noticed within it.
         """
         client = await self._ensure_open()
-        # Under load there is usually something to read: one script call whose
-        # answer is a single string (XREADGROUP's nested reply costs more to parse).
-        packed = "[]"
+        # Under load there is usually something to read: one script call (on the
+        # lean pipeline) whose answer is flat, with no wait.
+        flat: list[str] = []
         for _ in range(2):
             async with self._guard("read the outbox"):
                 try:
-                    packed = await self._eval(
+                    flat = await self._eval(
                         scripts.READ, [self._keys.outbox], [self.group, consumer, count]
                     )
                     break
@@ -424,10 +439,10 @@ class RedisStore(ConversationStore):
                     if "NOGROUP" not in str(exc):
                         raise
             await self._ensure_group()  # the server lost it (restart without data)
-        if packed not in ("[]", "{}"):
+        if flat:
             return [
                 OutboxItem(entry_id, OutboundMessage.from_json(message), 1)
-                for entry_id, message in json.loads(packed)
+                for entry_id, message in zip(flat[::2], flat[1::2], strict=True)
             ]
         deadline = time.monotonic() + max(block, 0.0)
         step = max(self._socket_timeout * 0.75, 0.05)
@@ -481,12 +496,10 @@ class RedisStore(ConversationStore):
         if not ids and not sent:
             return
         await self._ensure_open()
-        packed = json.dumps(
-            [list(ids), [[r.message_id, r.to_json()] for r in sent]],
-            ensure_ascii=False,
-            separators=(",", ":"),
-        )
-        args = [self.group, self._keys.sent(""), self._sent_ttl_ms, packed]
+        args: list[str | int] = [self.group, self._keys.sent(""), self._sent_ttl_ms, len(ids)]
+        args += ids
+        for record in sent:
+            args += (record.message_id, record.to_json())
         async with self._guard("acknowledge outbox entries"):
             acked = await self._eval(scripts.ACK, [self._keys.outbox], args)
         if not acked:  # the server lost the group (restart without data): nothing was pending
@@ -555,9 +568,13 @@ class RedisStore(ConversationStore):
             raise
         status, value = result[0], result[1:]
         if status == "o":
-            fields = [v if isinstance(v, str) else None for v in json.loads(value)]
-            return TurnLease(
-                user=user, key=key, token=token, conversation=_conversation(user, fields)
+            fields = tuple(v if isinstance(v, str) else None for v in json.loads(value))
+            return _Lease(
+                user=user,
+                key=key,
+                token=token,
+                conversation=_conversation(user, fields),
+                stored=fields,
             )
         if status == "d":
             assert key is not None
@@ -875,6 +892,34 @@ def _dump_data(user: str, data: dict[str, Any]) -> str:
             "Keep only JSON values in ctx.data (str, int, float, bool, None, lists, "
             "dicts with str keys)"
         ) from exc
+
+
+def _changes(stored: Sequence[str | None], new: Conversation) -> tuple[list[str], list[str]]:
+    """The conversation's fields to set (name, value, ...) and to delete, against ``stored``.
+
+    ``last_inbound`` never moves back: the later of the stored and the new
+    one is kept.
+    """
+    state, data, version, last_inbound, last_active, opted_out, not_on_whatsapp = stored
+    put = ["version", str(int(version or 0) + 1)]
+    drop: list[str] = []
+
+    def update(name: str, was: str | None, now: str | None) -> None:
+        if now is None:
+            if was is not None:
+                drop.append(name)
+        elif now != was:
+            put.extend((name, now))
+
+    update("state", state, new.state)
+    update("data", data, _dump_data(new.user, new.data))
+    inbound = new.last_inbound
+    if inbound is not None and (last_inbound is None or inbound > float(last_inbound)):
+        update("last_inbound", last_inbound, _num(inbound))
+    update("last_active", last_active, None if new.last_active is None else _num(new.last_active))
+    update("opted_out", opted_out or "0", "1" if new.opted_out else "0")
+    update("not_on_whatsapp", not_on_whatsapp or "0", "1" if new.not_on_whatsapp else "0")
+    return put, drop
 
 
 def _conversation(user: str, fields: Sequence[str | None]) -> Conversation:

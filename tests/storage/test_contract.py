@@ -65,6 +65,39 @@ async def test_commit_saves_state_data_and_bumps_version(store: ConversationStor
     assert (await store.load(user)).version == 2
 
 
+async def test_commit_clears_what_the_turn_cleared(store: ConversationStore) -> None:
+    user = new_user()
+    lease = await store.begin_turn(user, "m:1", inbound_at=1000.0)
+    conv = lease.conversation.copy()
+    conv.state, conv.data, conv.last_active = "order:size", {"a": 1, "b": 2}, 1000.0
+    conv.opted_out = conv.not_on_whatsapp = True
+    await store.commit_turn(lease, conv)
+
+    lease = await store.begin_turn(user, "m:2", inbound_at=1001.0)
+    conv = lease.conversation.copy()
+    conv.state, conv.data, conv.last_active = None, {"b": 3}, None
+    conv.opted_out = conv.not_on_whatsapp = False
+    await store.commit_turn(lease, conv)
+
+    loaded = await store.load(user)
+    assert (loaded.state, loaded.data, loaded.last_active) == (None, {"b": 3}, None)
+    assert (loaded.opted_out, loaded.not_on_whatsapp) == (False, False)
+    assert (loaded.version, loaded.last_inbound) == (2, 1001.0)
+
+
+async def test_commit_saves_the_conversation_given_even_the_leases_own(
+    store: ConversationStore,
+) -> None:
+    user = new_user()
+    lease = await store.begin_turn(user, "m:1")
+    lease.conversation.state = "quiz:q1"  # changed in place, not on a copy
+    lease.conversation.data["score"] = 1
+    lease.conversation.opted_out = True
+    await store.commit_turn(lease, lease.conversation)
+    loaded = await store.load(user)
+    assert (loaded.state, loaded.data, loaded.opted_out) == ("quiz:q1", {"score": 1}, True)
+
+
 async def test_inbound_time_only_moves_forward(store: ConversationStore) -> None:
     user = new_user()
     lease = await store.begin_turn(user, "m:1", inbound_at=2000.0)
