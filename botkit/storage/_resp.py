@@ -42,23 +42,25 @@ _error = cast(Callable[[str], Exception], BaseParser.parse_error)
 
 
 def _arg(value: Any) -> bytes:
-    if isinstance(value, str):
-        return value.encode()
     if isinstance(value, bytes):
         return value
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise TypeError(f"a script argument must be str, bytes, int or float, not {value!r}")
-    return repr(value).encode()
+    return str(value).encode() if isinstance(value, str) else repr(value).encode()
 
 
 def pack_evalsha(sha: str, keys: Sequence[str], args: Sequence[Any]) -> bytes:
     """``EVALSHA sha numkeys *keys *args`` as one RESP command."""
-    parts = [_arg(a) for a in (*keys, *args)]
-    out = [b"*%d\r\n$7\r\nEVALSHA\r\n$%d\r\n%s\r\n" % (len(parts) + 3, len(sha), sha.encode())]
     numkeys = b"%d" % len(keys)
-    out.append(b"$%d\r\n%s\r\n" % (len(numkeys), numkeys))
-    for part in parts:
-        out.append(b"$%d\r\n%s\r\n" % (len(part), part))
+    out = [
+        b"*%d\r\n$7\r\nEVALSHA\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"
+        % (len(keys) + len(args) + 3, len(sha), sha.encode(), len(numkeys), numkeys)
+    ]
+    for item in (*keys, *args):
+        # str and int are nearly every argument: handled inline, the rest by _arg.
+        kind = type(item)
+        data = item.encode() if kind is str else b"%d" % item if kind is int else _arg(item)
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(out)
 
 
