@@ -156,20 +156,23 @@ class Service:
         await self.runtime.stop()
         await self.client.aclose()
 
-    @contextlib.asynccontextmanager
-    async def turn_slot(self) -> AsyncIterator[None]:
-        """Count a request that runs turns, so shutdown can wait for it."""
+    def turn_slot(self) -> _TurnSlot:
+        """``async with``: count a request that runs turns, so shutdown can wait for it."""
+        return _TurnSlot(self)
+
+    def _enter_slot(self) -> None:
         self._inflight += 1
         self._drained.clear()
-        try:
-            yield
-        finally:
-            self._inflight -= 1
-            if self._inflight == 0:
-                self._drained.set()
+
+    def _leave_slot(self) -> None:
+        self._inflight -= 1
+        if self._inflight == 0:
+            self._drained.set()
 
     async def handle_messages(self, events: Sequence[AnyMessage]) -> list[TurnOutcome]:
         """Run the turns of a webhook body: users in parallel, each user's messages in order."""
+        if len(events) == 1:  # the usual body
+            return [await self.runtime.handle_message(events[0])]
         by_user: dict[str, list[AnyMessage]] = defaultdict(list)
         for event in events:
             by_user[event.user].append(event)
@@ -186,6 +189,21 @@ class Service:
                 raise result
             outcomes.extend(result)
         return outcomes
+
+
+class _TurnSlot:
+    """What :meth:`Service.turn_slot` returns (a class: cheaper than a generator per request)."""
+
+    __slots__ = ("_service",)
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+
+    async def __aenter__(self) -> None:
+        self._service._enter_slot()
+
+    async def __aexit__(self, *_: object) -> None:
+        self._service._leave_slot()
 
 
 def _count_turn(outcome: TurnOutcome) -> None:

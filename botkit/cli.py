@@ -65,11 +65,14 @@ def service_app() -> object:
     """The application factory uvicorn's workers call (``botkit run``)."""
     from botkit.app import create_app
     from botkit.logs import configure_logging
+    from botkit.serving import tune_gc
     from botkit.settings import load_settings
 
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
-    return create_app(load_bot(os.environ[TARGET_ENV]), settings)
+    app = create_app(load_bot(os.environ[TARGET_ENV]), settings)
+    tune_gc()
+    return app
 
 
 def _run(args: argparse.Namespace) -> int:

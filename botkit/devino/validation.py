@@ -189,7 +189,8 @@ def with_normalized_phone(message: OutgoingMessage) -> OutgoingMessage:
     """`message` with `to` reduced to digits; give it a message that passed validation."""
     if message.to is None:
         return message
-    return message.model_copy(update={"to": normalize_phone(message.to)})
+    to = normalize_phone(message.to)
+    return message if to == message.to else message.model_copy(update={"to": to})
 
 
 # ---------------------------------------------------------------- messages

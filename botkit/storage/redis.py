@@ -43,8 +43,8 @@ import secrets
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Sequence
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Awaitable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -824,46 +824,68 @@ class RedisStore(ConversationStore):
                 self._idle.append(connection)
         return results
 
-    @asynccontextmanager
-    async def _guard(self, doing: str) -> AsyncIterator[None]:
+    def _guard(self, doing: str) -> _Guard:
         """Take a connection slot and turn Redis failures into the store's named errors."""
-        try:
-            if self._slots.locked():  # only then is there anything to wait for
-                async with asyncio.timeout(self._socket_timeout):
-                    await self._slots.acquire()
-            else:
-                await self._slots.acquire()
-        except TimeoutError:
-            raise StorageUnavailable(
-                f"could not {doing}: all {self._max_connections} Redis connections of this "
-                f"store stayed busy for {self._socket_timeout:g}s. Redis at {_safe(self.url)} "
-                "is slow or hung, or max_connections is too small for the load"
-            ) from None
-        try:
-            yield
-        except (rerr.ConnectionError, rerr.TimeoutError) as exc:
-            raise StorageUnavailable(
+        return _Guard(self, doing)
+
+    def _unavailable(self, doing: str, exc: BaseException) -> StorageError:
+        """The store's named error for a Redis failure while ``doing``."""
+        if isinstance(exc, rerr.ConnectionError | rerr.TimeoutError):
+            return StorageUnavailable(
                 f"could not {doing}: Redis at {_safe(self.url)} did not answer ({exc}). "
                 "Check that it runs and that BOTKIT_REDIS_URL points at it; the "
                 "operation was not applied, or applied whole (scripts are atomic)"
-            ) from exc
-        except rerr.ResponseError as exc:
+            )
+        if isinstance(exc, rerr.ResponseError):
             if str(exc).split(" ", 1)[0] in _UNAVAILABLE_REPLIES or isinstance(
                 exc, rerr.ReadOnlyError
             ):
-                raise StorageUnavailable(
+                return StorageUnavailable(
                     f"could not {doing}: Redis at {_safe(self.url)} refused ({exc}). "
                     "It is read-only, out of memory, loading or failing over; it was "
                     "not changed. Point the store at the current primary or free memory"
-                ) from exc
-            raise StorageError(
+                )
+            return StorageError(
                 f"could not {doing}: Redis answered {exc!r}. Is another application "
                 f"using the key prefix {self._keys.base!r}?"
-            ) from exc
-        except rerr.RedisError as exc:
-            raise StorageError(f"could not {doing}: {exc!r}") from exc
-        finally:
-            self._slots.release()
+            )
+        return StorageError(f"could not {doing}: {exc!r}")
+
+
+class _Guard:
+    """``async with store._guard(doing)``: a connection slot, and Redis errors named.
+
+    A class rather than a generator-based context manager: it is entered
+    twice per turn, and this costs a fraction of what a generator does.
+    """
+
+    __slots__ = ("_doing", "_store")
+
+    def __init__(self, store: RedisStore, doing: str) -> None:
+        self._store, self._doing = store, doing
+
+    async def __aenter__(self) -> None:
+        store = self._store
+        slots = store._slots
+        if not slots.locked():  # the usual case: nothing to wait for
+            await slots.acquire()
+            return
+        try:
+            async with asyncio.timeout(store._socket_timeout):
+                await slots.acquire()
+        except TimeoutError:
+            raise StorageUnavailable(
+                f"could not {self._doing}: all {store._max_connections} Redis connections of "
+                f"this store stayed busy for {store._socket_timeout:g}s. Redis at "
+                f"{_safe(store.url)} is slow or hung, or max_connections is too small for the load"
+            ) from None
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, _: Any
+    ) -> None:
+        self._store._slots.release()
+        if isinstance(exc, rerr.RedisError):
+            raise self._store._unavailable(self._doing, exc) from exc
 
 
 # -- helpers -----------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -177,6 +178,24 @@ def test_run_refuses_bad_arguments(
 ) -> None:
     assert main(["run", "mybot", *args]) == 2
     assert f"argument {args[0]}" in capsys.readouterr().err
+
+
+def test_a_run_worker_builds_the_bots_app_and_tunes_the_collector_for_serving(
+    in_process: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from botkit.cli import TARGET_ENV, service_app
+    from botkit.serving import SERVER_GC_YOUNG
+
+    monkeypatch.setenv(TARGET_ENV, "mybot")
+    threshold = gc.get_threshold()
+    try:
+        app = service_app()
+        assert app.state.service.bot.name == "mine"  # type: ignore[attr-defined]
+        assert gc.get_threshold() == (SERVER_GC_YOUNG, *threshold[1:])
+        assert gc.get_freeze_count() > 0  # start-up objects are out of the collector's way
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
 
 
 def test_no_command_prints_the_help_and_exits_2(

@@ -48,7 +48,10 @@ def test_resp3_replies() -> None:
         b"_\r\n#t\r\n#f\r\n,1.5\r\n(12345678901234567890\r\n=8\r\ntxt:abcd\r\n"
         b"%1\r\n+k\r\n:1\r\n~2\r\n:1\r\n:2\r\n"
     )
-    assert parse_all(data) == [None, True, False, 1.5, 12345678901234567890, "abcd", {"k": 1}, [1, 2]]
+    assert parse_all(data) == [
+        *(None, True, False, 1.5, 12345678901234567890),
+        *("abcd", {"k": 1}, [1, 2]),
+    ]
 
 
 def test_an_attribute_is_skipped_and_a_push_is_not_a_reply() -> None:
