@@ -8,8 +8,10 @@ sender turns into a provider request.
 
 from __future__ import annotations
 
+import itertools
 import json
-import uuid
+import os
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -95,9 +97,31 @@ class Origin(StrEnum):
     RETRY = "retry"
 
 
+class _Refs:
+    """Unique references without a system call each: 80 random bits per process, then a count.
+
+    32 hex digits, like a UUID's. A forked child draws new random bits, so
+    it never repeats its parent's references.
+    """
+
+    def __init__(self) -> None:
+        self.reseed()
+
+    def reseed(self) -> None:
+        self.prefix = secrets.token_hex(10)
+        self.count = itertools.count()
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self.count):012x}"
+
+
+_refs = _Refs()
+os.register_at_fork(after_in_child=_refs.reseed)
+
+
 def new_ref() -> str:
-    """A fresh botkit message reference."""
-    return uuid.uuid4().hex
+    """A fresh botkit message reference (32 hex digits, unique across processes)."""
+    return _refs.next()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

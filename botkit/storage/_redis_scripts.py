@@ -45,9 +45,8 @@ class Script:
 
 # KEYS: conv, lock, waiting, [seen]
 # ARGV: token, lock_ttl_ms, inbound_at or "", conversation_ttl_ms
-# -> one string (one bulk reply is cheaper to parse than a nested array):
-#    "d" .. ("in_progress"|"done") | "b" .. pttl_ms | "o" .. JSON array of FIELDS
-#    (as stored, after this call; false for a missing field)
+# -> "d" .. ("in_progress"|"done") | "b" .. pttl_ms | the FIELDS as stored after
+#    this call (an array; nil for a missing field)
 BEGIN = Script(
     "begin",
     """
@@ -71,7 +70,7 @@ if ARGV[3] ~= '' and (not f[4] or tonumber(ARGV[3]) > tonumber(f[4])) then
   redis.call('PEXPIRE', conv, ARGV[4])
   f[4] = ARGV[3]
 end
-return 'o' .. cjson.encode(f)
+return f
 """,
 )
 
@@ -104,8 +103,8 @@ for j = i, i + 2 * nout - 1, 2 do
     redis.call('ZADD', delayed, ARGV[j], ARGV[j + 1])
   end
 end
-redis.call('DEL', lock)
-if redis.call('DEL', waiting) == 1 then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+-- The lock is there (checked above): 2 deleted means a turn was waiting.
+if redis.call('DEL', lock, waiting) == 2 then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 return 1
 """,
 )
@@ -135,8 +134,7 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if KEYS[3] and redis.call('GET', KEYS[3]) == 'in_progress' then
   redis.call('DEL', KEYS[3])
 end
-redis.call('DEL', KEYS[1])
-if redis.call('DEL', KEYS[2]) == 1 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+if redis.call('DEL', KEYS[1], KEYS[2]) == 2 then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
 return 1
 """,
 )

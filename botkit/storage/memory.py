@@ -12,13 +12,12 @@ import asyncio
 import heapq
 import itertools
 import time
-import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from botkit.clock import Clock, SystemClock
-from botkit.outbound import OutboundMessage, SentRecord
+from botkit.outbound import OutboundMessage, SentRecord, new_ref
 from botkit.storage.base import (
     Conversation,
     ConversationStore,
@@ -94,7 +93,7 @@ class MemoryStore(ConversationStore):
         """Dedupe, lock and load; see :meth:`ConversationStore.begin_turn`."""
         if key is not None:
             self._check_mark(key)
-        token = uuid.uuid4().hex
+        token = new_ref()
         await self._acquire(user, token)
         if key is not None:
             try:

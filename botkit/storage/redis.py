@@ -57,7 +57,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
 from botkit.clock import Clock, SystemClock
-from botkit.outbound import OutboundMessage, SentRecord
+from botkit.outbound import OutboundMessage, SentRecord, new_ref
 from botkit.storage import _redis_scripts as scripts
 from botkit.storage import _resp
 from botkit.storage.base import (
@@ -317,7 +317,7 @@ class RedisStore(ConversationStore):
         """
         await self._ensure_open()
         deadline = time.monotonic() + self.config.acquire_timeout
-        token = secrets.token_hex(16)
+        token = new_ref()
         # Even the first attempt goes through the queue: a release that arrives
         # while it is in flight then marks it, instead of being lost.
         return await self._wait_turn(user, key, token, inbound_at, deadline, None)
@@ -566,9 +566,8 @@ class RedisStore(ConversationStore):
             # in-progress mark back now rather than after lock_ttl.
             self._in_background(self._forget(user, key, token))
             raise
-        status, value = result[0], result[1:]
-        if status == "o":
-            fields = tuple(v if isinstance(v, str) else None for v in json.loads(value))
+        if isinstance(result, list):
+            fields = tuple(v if isinstance(v, str) else None for v in result)
             return _Lease(
                 user=user,
                 key=key,
@@ -576,6 +575,7 @@ class RedisStore(ConversationStore):
                 conversation=_conversation(user, fields),
                 stored=fields,
             )
+        status, value = result[0], result[1:]
         if status == "d":
             assert key is not None
             raise DuplicateMessage(key, value)
