@@ -32,10 +32,12 @@ _DRAIN_ABOVE = 1 << 16
 
 
 class _Incomplete(Exception):
-    """The buffer ends inside a reply: read more."""
+    """The buffer ends inside a reply: read more.
 
+    Raised as a fresh instance each time: re-raising one shared instance would
+    chain every traceback onto it and keep their frames (and buffers) alive.
+    """
 
-_INCOMPLETE = _Incomplete()
 
 # redis-py's own naming of error replies (NOSCRIPT -> NoScriptError, ...).
 _error = cast(Callable[[str], Exception], BaseParser.parse_error)
@@ -72,14 +74,14 @@ _PUSH = _Push()
 
 
 def _parse(buf: bytes, pos: int) -> tuple[Any, int]:
-    """The reply that starts at ``pos`` and where the next one starts; raises ``_INCOMPLETE``.
+    """The reply that starts at ``pos`` and where the next one starts; raises ``_Incomplete``.
 
     Bulk strings come back decoded (UTF-8), error replies as the exception
     redis-py would raise for them (returned, not raised, as in a pipeline).
     """
     end = buf.find(_CRLF, pos)
     if end < 0:
-        raise _INCOMPLETE
+        raise _Incomplete
     kind = buf[pos]
     head = buf[pos + 1 : end]
     pos = end + 2
@@ -89,7 +91,7 @@ def _parse(buf: bytes, pos: int) -> tuple[Any, int]:
             return None, pos
         stop = pos + size
         if len(buf) < stop + 2:
-            raise _INCOMPLETE
+            raise _Incomplete
         text = buf[pos:stop].decode()
         if kind == 61:  # "=": "txt:" or "mkd:" before the text
             text = text[4:]

@@ -79,3 +79,25 @@ def test_a_reply_cut_anywhere_is_incomplete_until_its_last_byte() -> None:
 def test_an_unknown_reply_type_is_an_invalid_response() -> None:
     with pytest.raises(rerr.InvalidResponse):
         _parse(b"?what\r\n", 0)
+
+
+def test_waiting_for_the_rest_of_a_reply_keeps_nothing_alive() -> None:
+    """Each incomplete parse raises a fresh exception, its traceback as short as the first's.
+
+    (One shared exception instance, raised again and again, chains every
+    traceback onto itself and keeps each frame's buffer alive: memory grew
+    with every message.)
+    """
+
+    def depth(exc: BaseException) -> int:
+        tb, n = exc.__traceback__, 0
+        while tb is not None:
+            tb, n = tb.tb_next, n + 1
+        return n
+
+    depths = []
+    for _ in range(5):
+        with pytest.raises(_Incomplete) as caught:
+            _parse(b"*2\r\n$5\r\nhel", 0)
+        depths.append(depth(caught.value))
+    assert depths == [depths[0]] * 5
