@@ -130,12 +130,17 @@ def _parse(buf: bytes, pos: int) -> tuple[Any, int]:
     raise rerr.InvalidResponse(f"unexpected reply type {chr(kind)!r} from Redis")
 
 
-async def exchange(connection: AbstractConnection, payload: bytes, count: int) -> list[Any]:
+async def exchange(
+    connection: AbstractConnection, payload: bytes, count: int
+) -> tuple[list[Any], bool]:
     """Send ``count`` packed commands and read their ``count`` replies, in order.
 
-    The caller bounds the time (a timeout leaves the connection unusable:
-    disconnect it). Raises :class:`redis.exceptions.ConnectionError` when the
-    server closes the connection.
+    Returns the replies and whether the connection may be used again: False
+    when more arrived after them (an out-of-band RESP3 push, say), which the
+    next exchange must not read as its own. The caller bounds the time (a
+    timeout leaves the connection unusable: disconnect it). Raises
+    :class:`redis.exceptions.ConnectionError` when the server closes the
+    connection.
     """
     reader, writer = connection._reader, connection._writer
     if reader is None or writer is None:
@@ -158,16 +163,14 @@ async def exchange(connection: AbstractConnection, payload: bytes, count: int) -
                 if reply is not _PUSH:
                     replies.append(reply)
                     if len(replies) == count:
-                        if pos != len(buf):
-                            raise rerr.InvalidResponse("Redis sent more replies than asked for")
-                        return replies
+                        return replies, pos == len(buf)
         except _Incomplete:
             continue
 
 
 async def exchange_within(
     connection: AbstractConnection, payload: bytes, count: int, timeout: float
-) -> list[Any]:
+) -> tuple[list[Any], bool]:
     """:func:`exchange` bounded by ``timeout`` seconds (:class:`redis.exceptions.TimeoutError`)."""
     try:
         async with asyncio.timeout(timeout):

@@ -813,7 +813,11 @@ class RedisStore(ConversationStore):
         try:
             if not connection.is_connected:
                 await connection.connect()  # type: ignore[no-untyped-call]
-            results = await _resp.exchange_within(connection, payload, count, self._socket_timeout)
+            results, reusable = await _resp.exchange_within(
+                connection, payload, count, self._socket_timeout
+            )
+            if not reusable:
+                await connection.disconnect(nowait=True)
         except BaseException:
             # A reply may still be on its way: this connection cannot be trusted again.
             with suppress(Exception):

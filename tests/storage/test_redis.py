@@ -673,3 +673,30 @@ async def test_a_release_during_the_first_attempt_is_not_lost(
     await asyncio.gather(*(connection() for _ in range(32)))
     assert len(waits) == 32 * 60
     assert max(waits) < 2.0, f"a turn waited {max(waits):.2f}s for a lock released long before"
+
+
+async def test_out_of_band_pushes_on_a_resp3_connection_do_not_confuse_turns(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Client tracking makes Redis push invalidations between (and after) replies."""
+    store = RedisStore(redis_url + "?protocol=3", bot="push", prefix=redis_prefix)
+    await store.open()
+    user = new_user()
+    lease = await store.begin_turn(user, "m:0")
+    await store.commit_turn(lease, None)
+    [connection] = store._idle  # the connection every turn of this test goes out on
+    await connection.send_command("CLIENT", "TRACKING", "ON")
+    assert str(await connection.read_response()) == "OK"
+    other = aioredis.Redis.from_url(redis_url)
+    conv_key = f"{redis_prefix}:push:{{{user}}}:conv"
+    for n in range(1, 30):
+        lease = await store.begin_turn(user, f"m:{n}")  # reads the conversation: tracked
+        assert lease.conversation.data.get("n", 0) == n - 1
+        conv = lease.conversation.copy()
+        conv.data["n"] = n
+        await store.commit_turn(lease, conv, [text(user, f"#{n}")])
+        await other.hset(conv_key, "touched", n)  # an invalidation push to the store's connection
+    assert (await store.load(user)).data == {"n": 29}
+    assert await store.outbox_size() == 29
+    await other.aclose()
+    await store.close()
