@@ -171,9 +171,16 @@ async def exchange(
 async def exchange_within(
     connection: AbstractConnection, payload: bytes, count: int, timeout: float
 ) -> tuple[list[Any], bool]:
-    """:func:`exchange` bounded by ``timeout`` seconds (:class:`redis.exceptions.TimeoutError`)."""
+    """:func:`exchange` bounded by ``timeout`` seconds, its failures as redis-py names them.
+
+    :class:`redis.exceptions.TimeoutError` when the time runs out and
+    :class:`redis.exceptions.ConnectionError` when the socket fails (a reset,
+    say), as redis-py's own commands would raise.
+    """
     try:
         async with asyncio.timeout(timeout):
             return await exchange(connection, payload, count)
     except TimeoutError:
         raise rerr.TimeoutError(f"Redis did not answer within {timeout:g}s") from None
+    except OSError as exc:
+        raise rerr.ConnectionError(f"the connection to Redis failed: {exc}") from exc

@@ -9,8 +9,11 @@ sleeps that hope something happened.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
+import socket
+import struct
 import sys
 import time
 import uuid
@@ -700,3 +703,66 @@ async def test_out_of_band_pushes_on_a_resp3_connection_do_not_confuse_turns(
     assert await store.outbox_size() == 29
     await other.aclose()
     await store.close()
+
+
+class ResettingProxy:
+    """A TCP proxy to Redis that can reset every connection through it (RST, not FIN)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.clients: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(
+            "127.0.0.1", self.target_port
+        )
+        self.clients.append(writer)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(pump(reader, upstream_writer), pump(upstream_reader, writer))
+
+    def reset_all(self) -> None:
+        for writer in self.clients:
+            if writer.transport.is_closing():
+                continue
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+        self.clients.clear()
+
+    async def close(self) -> None:
+        self.reset_all()
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_a_reset_connection_is_storage_unavailable_and_the_next_turn_reconnects(
+    server: RedisServer,
+) -> None:
+    proxy = ResettingProxy(server.port)
+    port = await proxy.start()
+    store = RedisStore(f"redis://127.0.0.1:{port}/0", bot="reset", prefix="t")
+    await store.open()
+    user = new_user()
+    lease = await store.begin_turn(user, "m:1")
+    proxy.reset_all()  # the store's connections now get RST
+    with pytest.raises(StorageUnavailable, match="did not answer"):
+        await store.commit_turn(lease, None)
+    await store.abort_turn(lease)  # on a new connection, as the runtime does after a failure
+    lease = await store.begin_turn(user, "m:2", inbound_at=time.time())
+    await store.commit_turn(lease, None)
+    assert (await store.load(user)).last_inbound is not None
+    await store.close()
+    await proxy.close()
