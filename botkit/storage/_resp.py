@@ -130,6 +130,16 @@ def _parse(buf: bytes, pos: int) -> tuple[Any, int]:
     raise rerr.InvalidResponse(f"unexpected reply type {chr(kind)!r} from Redis")
 
 
+def stale(connection: AbstractConnection) -> bool:
+    """True when an idle connection can no longer be used: the server closed it (EOF) or it failed.
+
+    An idle connection notices a server going away only as an end of stream
+    on its reader; sending on it would fail the next batch for nothing.
+    """
+    reader = connection._reader
+    return reader is None or reader.at_eof() or reader.exception() is not None
+
+
 async def exchange(
     connection: AbstractConnection, payload: bytes, count: int
 ) -> tuple[list[Any], bool]:

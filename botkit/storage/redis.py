@@ -811,7 +811,9 @@ class RedisStore(ConversationStore):
             connection = client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
             self._connections.add(connection)
         try:
-            if not connection.is_connected:
+            if not connection.is_connected or _resp.stale(connection):
+                # Never connected, failed, or closed by the server while idle (a restart).
+                await connection.disconnect(nowait=True)
                 await connection.connect()  # type: ignore[no-untyped-call]
             results, reusable = await _resp.exchange_within(
                 connection, payload, count, self._socket_timeout

@@ -766,3 +766,33 @@ async def test_a_reset_connection_is_storage_unavailable_and_the_next_turn_recon
     assert (await store.load(user)).last_inbound is not None
     await store.close()
     await proxy.close()
+
+
+async def test_idle_connections_closed_by_a_restart_are_replaced_before_use(
+    server: RedisServer,
+) -> None:
+    store = RedisStore(server.url, bot="restart", prefix="t")
+    await store.open()
+    users = [new_user() for _ in range(6)]
+
+    async def turn(user: str, key: str) -> None:
+        lease = await store.begin_turn(user, key)
+        await store.commit_turn(lease, None)
+
+    async def overlapping_turns(key: str) -> None:
+        """Turns that start one event-loop step apart: several batches in flight at once."""
+        tasks = []
+        for user in users:
+            tasks.append(asyncio.create_task(turn(user, key)))
+            await asyncio.sleep(0)
+        await asyncio.gather(*tasks)
+
+    await overlapping_turns("m:1")
+    idle = len(store._idle)
+    assert idle >= 2, "the test needs several idle batch connections"
+    server.kill()
+    server.start()
+    await asyncio.sleep(0.1)  # the loop sees every idle connection's end of stream
+    # No turn pays for a connection the restart closed: all run at once.
+    await overlapping_turns("m:2")
+    await store.close()
