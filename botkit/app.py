@@ -140,11 +140,13 @@ class Service:
         self._inflight = 0
         self._drained = asyncio.Event()
         self._drained.set()
+        self._metrics: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Open the store, start the bot and the sender."""
         await self.runtime.start()
         self.sender.start()
+        self._metrics = asyncio.create_task(_flush_metrics_forever(), name="botkit-metrics")
         self.accepting = True
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -155,6 +157,12 @@ class Service:
         await self.sender.stop(flush=min(grace, 5.0))
         await self.runtime.stop()
         await self.client.aclose()
+        if self._metrics is not None:
+            self._metrics.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._metrics
+            self._metrics = None
+        metrics.flush()
 
     def turn_slot(self) -> _TurnSlot:
         """``async with``: count a request that runs turns, so shutdown can wait for it."""
@@ -191,6 +199,12 @@ class Service:
         return outcomes
 
 
+async def _flush_metrics_forever() -> None:
+    while True:
+        await asyncio.sleep(metrics.FLUSH_EVERY)
+        metrics.flush()
+
+
 class _TurnSlot:
     """What :meth:`Service.turn_slot` returns (a class: cheaper than a generator per request)."""
 
@@ -207,9 +221,9 @@ class _TurnSlot:
 
 
 def _count_turn(outcome: TurnOutcome) -> None:
-    metrics.TURNS.labels(outcome.kind, outcome.outcome).inc()
+    metrics.count(metrics.TURNS, outcome.kind, outcome.outcome)
     if outcome.outcome != "duplicate":
-        metrics.TURN_SECONDS.observe(outcome.duration)
+        metrics.observe(metrics.TURN_SECONDS, outcome.duration)
 
 
 def _build_client(settings: Settings) -> DevinoClient:
@@ -504,7 +518,7 @@ def _observed(endpoint: Any, name: str) -> Any:
             # The endpoint's name, not the path: a webhook's path carries the secret token.
             log.exception("unexpected error in the %s endpoint", name)
             response = _unavailable("internal error; retry")
-        metrics.WEBHOOK_REQUESTS.labels(name, str(response.status_code)).inc()
+        metrics.count(metrics.WEBHOOK_REQUESTS, name, str(response.status_code))
         return response
 
     return run

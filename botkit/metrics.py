@@ -2,11 +2,19 @@
 
 With several uvicorn workers, set ``PROMETHEUS_MULTIPROC_DIR`` (``botkit run``
 does it for you) so every worker's numbers are added up.
+
+The updates made on every turn go through :func:`count` and :func:`observe`,
+which keep them in this process until :func:`flush` adds them to the
+Prometheus values: with several workers each Prometheus update is a locked
+write to a shared memory-mapped file (about 1.5 us), and a turn makes
+several. The service flushes four times a second, before ``/metrics``
+answers and at shutdown, so another worker's numbers lag by at most 0.25 s.
 """
 
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -68,8 +76,50 @@ OUTBOX_SIZE = Gauge(
 )
 
 
+# How often the service adds the held updates to the Prometheus values (seconds).
+FLUSH_EVERY = 0.25
+
+_counts: dict[tuple[Counter, tuple[str, ...]], float] = {}
+# Per histogram: [sum of the values, count per bucket (Prometheus's own bucket order)].
+_observed: dict[Histogram, list[float]] = {}
+
+
+def count(counter: Counter, *labels: str, amount: float = 1.0) -> None:
+    """Add ``amount`` to ``counter`` (with these label values) at the next :func:`flush`."""
+    key = (counter, labels)
+    _counts[key] = _counts.get(key, 0.0) + amount
+
+
+def observe(histogram: Histogram, value: float) -> None:
+    """Observe ``value`` in ``histogram`` at the next :func:`flush`."""
+    bounds: list[float] | None = getattr(histogram, "_upper_bounds", None)
+    if bounds is None or not hasattr(histogram, "_buckets") or not hasattr(histogram, "_sum"):
+        histogram.observe(value)  # a prometheus_client whose internals differ: no holding
+        return
+    held = _observed.get(histogram)
+    if held is None:
+        held = _observed[histogram] = [0.0] * (len(bounds) + 1)
+    held[0] += value
+    held[1 + bisect_left(bounds, value)] += 1  # the first bucket whose bound is >= value
+
+
+def flush() -> None:
+    """Add the updates held since the last flush to the Prometheus values."""
+    global _counts, _observed
+    counts, _counts = _counts, {}
+    observed, _observed = _observed, {}
+    for (counter, labels), amount in counts.items():
+        (counter.labels(*labels) if labels else counter).inc(amount)
+    for histogram, held in observed.items():
+        histogram._sum.inc(held[0])
+        for bucket, n in zip(histogram._buckets, held[1:], strict=True):
+            if n:
+                bucket.inc(n)
+
+
 def render() -> tuple[bytes, str]:
-    """The metrics in Prometheus text format, and its content type."""
+    """The metrics in Prometheus text format (held updates first flushed), and its content type."""
+    flush()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

@@ -194,9 +194,11 @@ class Sender:
                 sent.append(
                     SentRecord(message_id=result.message_id, message=item.message, sent_at=now)
                 )
-                metrics.SENT.labels(item.message.mode.value).inc()
+                metrics.count(metrics.SENT, item.message.mode.value)
                 if item.message.created_at:
-                    metrics.DELIVERY_SECONDS.observe(max(0.0, now - item.message.created_at))
+                    metrics.observe(
+                        metrics.DELIVERY_SECONDS, max(0.0, now - item.message.created_at)
+                    )
             else:
                 rejected.append((item.message, result))
                 for reason in result.reasons or []:
@@ -245,7 +247,7 @@ class Sender:
             started = time.perf_counter()
             try:
                 results = await self.client.send(payloads)
-                metrics.SEND_SECONDS.observe(time.perf_counter() - started)
+                metrics.observe(metrics.SEND_SECONDS, time.perf_counter() - started)
                 return results
             except DevinoAuthError:
                 failures += 1

@@ -144,7 +144,7 @@ class StatusTracker:
             return StatusOutcome.IN_PROGRESS
         if outcome.outcome == "ignored":
             return StatusOutcome.STALE
-        metrics.STATUSES.labels(update.status).inc()
+        metrics.count(metrics.STATUSES, update.status)
         return StatusOutcome.HANDLED
 
     async def _advance(self, update: StatusUpdate) -> StatusOutcome:
@@ -155,7 +155,7 @@ class StatusTracker:
                 return StatusOutcome.STALE
             if record.status != update.status:
                 await store.update_sent(dataclasses.replace(record, status=update.status))
-        metrics.STATUSES.labels(update.status).inc()
+        metrics.count(metrics.STATUSES, update.status)
         return StatusOutcome.HANDLED
 
     async def _on_status(self, ctx: Context) -> bool:

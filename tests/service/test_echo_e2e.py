@@ -205,8 +205,12 @@ async def test_two_workers_share_the_count(
         assert answer.status_code == 200, answer.text
         if sent >= 4 and len(_incoming_requests_by_worker(metrics_dir)) == 2:
             break
-    by_worker = _incoming_requests_by_worker(metrics_dir)
-    assert len(by_worker) == 2, f"one worker took every connection: {by_worker}"
+    # Each worker writes its counts within a flush interval (metrics.FLUSH_EVERY).
+    await wait_for(
+        lambda: len(_incoming_requests_by_worker(metrics_dir)) == 2,
+        within=2,
+        what=f"both workers to take requests ({_incoming_requests_by_worker(metrics_dir)})",
+    )
 
     await provider.emulator.wait_for_messages(sent)
     # Each worker's sender posts what it read from the shared outbox: two replies
@@ -216,9 +220,15 @@ async def test_two_workers_share_the_count(
         f"echo #{n}: m{n}" for n in range(1, sent + 1)
     ]
 
+    # /metrics adds up both workers' numbers; the other worker's reach it within
+    # a flush interval (metrics.FLUSH_EVERY).
+    total = f'botkit_turns_total{{kind="text",outcome="handled"}} {float(sent)}'
     async with httpx.AsyncClient(base_url=url) as http:
-        metrics = (await http.get("/metrics")).text
-    assert f'botkit_turns_total{{kind="text",outcome="handled"}} {float(sent)}' in metrics
+
+        async def counted() -> bool:
+            return total in (await http.get("/metrics")).text
+
+        await wait_for(counted, within=5, what=f"/metrics to count {sent} turns", every=0.1)
 
 
 async def test_redis_stopped_answers_503_and_recovers_after_restart(tmp_path: Path) -> None:
