@@ -17,7 +17,7 @@ for ``--rounds`` rounds and the best round of each is reported (the
 machine is shared: the best round is the least disturbed one). After each
 round the replies are counted at the emulator. Run::
 
-    python tests/bench/bench_webhook.py [--seconds 10] [--connections 32] [--rounds 2]
+    python tests/bench/bench_webhook.py [--seconds 10] [--connections 32] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -354,7 +354,7 @@ async def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per round")
     parser.add_argument("--connections", type=int, default=32, help="concurrent connections")
     parser.add_argument("--users", type=int, default=1000, help="distinct users")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds per app (alternating)")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds per app (alternating)")
     parser.add_argument(
         "--quiet", action="store_true", help="botkit at BOTKIT_LOG_LEVEL=WARNING (no turn lines)"
     )
