@@ -249,7 +249,7 @@ class BotTester:
             items = await self.store.outbox_read("tester", 1000, 0)
             if not items:
                 break
-            await self.store.outbox_ack([i.id for i in items])
+            await self.store.outbox_ack([i.id for i in items], answered=items)
             self._proactive.extend(i.message for i in items if i.message.ref not in turn_refs)
 
 

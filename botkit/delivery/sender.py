@@ -3,10 +3,13 @@
 It reads pending messages, waits a few milliseconds to fill a batch, and
 sends up to 100 in one ``POST /whatsapp/messages``. A batch the provider did
 not answer (transport error, timeout, 5xx after the client's own retries) is
-retried with backoff before anything newer is read, so a user's replies keep
-their order. Entries are acknowledged only after the provider answered;
-entries another instance read and never acknowledged are claimed after
-``claim_idle`` seconds.
+retried with backoff before anything newer is read. Entries are acknowledged
+only after the provider answered; entries another instance read and never
+acknowledged are claimed after ``claim_idle`` seconds.
+
+A user's replies keep their order across senders: each is numbered when its
+turn commits, and a sender holds a message back until the provider answered
+the one before it, whichever sender had it (``order_wait`` bounds the wait).
 """
 
 from __future__ import annotations
@@ -45,7 +48,9 @@ class SenderConfig:
     there. ``retry_base``/``retry_max`` bound the backoff between attempts
     at a batch the provider did not answer. ``claim_idle`` is how long an
     entry read by another (presumably dead) instance stays unacknowledged
-    before this one takes it over.
+    before this one takes it over. ``order_wait`` is the longest a message
+    waits for the one before it to the same user (sent by another process)
+    to be answered; after that it goes anyway, and a warning says so.
     """
 
     batch_size: int = 100
@@ -55,6 +60,17 @@ class SenderConfig:
     retry_max: float = 30.0
     claim_idle: float = 60.0
     housekeeping_every: float = 1.0
+    order_wait: float = 10.0
+
+
+# How often a sender that holds only messages waiting for earlier ones looks again.
+_ORDER_POLL = 0.005
+
+
+def _outbox_order(item: OutboxItem) -> tuple[int, int]:
+    """An entry's place in the outbox: stream ids (``<ms>-<n>``) or counters."""
+    first, _, second = item.id.partition("-")
+    return int(first), int(second or 0)
 
 
 def default_consumer_name() -> str:
@@ -99,6 +115,9 @@ class Sender:
         self._drain_until = 0.0
         self._last_housekeeping = 0.0
         self._last_claim = 0.0
+        # Read, but an earlier message to the same user has no answer yet.
+        self._waiting: list[OutboxItem] = []
+        self._waiting_since: dict[str, float] = {}
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -140,7 +159,11 @@ class Sender:
                 await self._housekeeping()
                 items = await self._next_batch()
                 if items:
-                    await self._deliver(items)
+                    ready = await self._in_order(items)
+                    if ready:
+                        await self._deliver(ready)
+                    elif not await self._pause(_ORDER_POLL):
+                        return
                 elif self._draining.is_set():
                     return
                 failures = 0
@@ -161,16 +184,47 @@ class Sender:
         metrics.OUTBOX_SIZE.set(await self.store.outbox_size())
 
     async def _next_batch(self) -> list[OutboxItem]:
-        size = self.config.batch_size
+        """Messages still waiting for earlier ones, then claimed or new ones, in outbox order."""
+        waiting, self._waiting = self._waiting, []
+        size = self.config.batch_size - len(waiting)
+        if size <= 0:
+            return waiting
         claimed = await self._claim(size)
         if claimed:
-            return claimed
-        block = 0.0 if self._draining.is_set() else self.config.block
+            return sorted([*waiting, *claimed], key=_outbox_order)
+        block = 0.0 if self._draining.is_set() or waiting else self.config.block
         items = await self.store.outbox_read(self.consumer, size, block)
         if items and len(items) < size and self.config.linger > 0:
             await asyncio.sleep(self.config.linger)
             items += await self.store.outbox_read(self.consumer, size - len(items), 0)
-        return items
+        return [*waiting, *items]
+
+    async def _in_order(self, items: list[OutboxItem]) -> list[OutboxItem]:
+        """The items that may go now; the others wait for the messages before them.
+
+        Each user's replies are numbered at commit, and the provider must
+        have answered a user's message before the next one goes, whichever
+        process sends it: with several senders, that keeps every user's
+        replies in order.
+        """
+        flags = await self.store.outbox_ready(items)
+        ready: list[OutboxItem] = []
+        now = time.monotonic()
+        for item, go in zip(items, flags, strict=True):
+            if not go:
+                since = self._waiting_since.setdefault(item.id, now)
+                if now - since < self.config.order_wait:
+                    self._waiting.append(item)
+                    continue
+                log.warning(
+                    "sending a message to user ...%s out of order: the one before it had no "
+                    "answer from the provider after %.0fs",
+                    item.message.user[-4:],
+                    self.config.order_wait,
+                )
+            self._waiting_since.pop(item.id, None)
+            ready.append(item)
+        return ready
 
     async def _claim(self, size: int) -> list[OutboxItem]:
         if time.monotonic() - self._last_claim < self.config.claim_idle / 4:
@@ -203,7 +257,7 @@ class Sender:
                 rejected.append((item.message, result))
                 for reason in result.reasons or []:
                     metrics.REJECTED.labels(reason.key).inc()
-        await self._acknowledge([item.id for item in items], sent)
+        await self._acknowledge([item.id for item in items], sent, items)
         for message, result in rejected:
             log.warning(
                 "provider rejected a message to user ...%s: %s",
@@ -216,12 +270,14 @@ class Sender:
                 except Exception:
                     log.exception("reporting a rejected message failed")
 
-    async def _acknowledge(self, ids: list[str], sent: list[SentRecord]) -> None:
+    async def _acknowledge(
+        self, ids: list[str], sent: list[SentRecord], answered: Sequence[OutboxItem]
+    ) -> None:
         """Acknowledge, retrying for a while: an entry left unacknowledged would be sent twice."""
         failures = 0
         while True:
             try:
-                await self.store.outbox_ack(ids, sent)
+                await self.store.outbox_ack(ids, sent, answered=answered)
                 return
             except StorageError:
                 failures += 1

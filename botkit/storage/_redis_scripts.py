@@ -43,6 +43,30 @@ class Script:
         object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
 
+# Lua for COMMIT and ENQUEUE: append the (not_before or "", message JSON)
+# pairs ARGV[first..last] to the outbox. Messages for now go to the stream,
+# numbered in the user's send sequence (the order hash, which lives ``ttl``
+# ms); later ones wait in the delayed set, unnumbered.
+_APPEND = """
+local count = 0
+for j = first, last, 2 do
+  if ARGV[j] == '' then count = count + 1 end
+end
+local seq = 0
+if count > 0 then
+  seq = redis.call('HINCRBY', order, 'next', count) - count
+  redis.call('PEXPIRE', order, ttl)
+end
+for j = first, last, 2 do
+  if ARGV[j] == '' then
+    seq = seq + 1
+    redis.call('XADD', stream, '*', 'm', ARGV[j + 1], 's', seq)
+  else
+    redis.call('ZADD', delayed, ARGV[j], ARGV[j + 1])
+  end
+end
+"""
+
 # KEYS: conv, lock, waiting, [seen]
 # ARGV: token, lock_ttl_ms, inbound_at or "", conversation_ttl_ms
 # -> "d" .. ("in_progress"|"done") | "b" .. pttl_ms | the FIELDS as stored after
@@ -74,19 +98,20 @@ return f
 """,
 )
 
-# KEYS: conv, lock, waiting, outbox stream, delayed zset, [seen]
+# KEYS: conv, lock, waiting, outbox stream, delayed zset, order hash, [seen]
 # ARGV: 1 token, 2 conversation_ttl_ms, 3 done_ttl_ms, 4 unlock channel,
 #       5 wake-up payload, 6 nset, 7 ndel, 8 nout, then nset field/value pairs
 #       to set in the conversation, ndel fields to delete from it, and nout
 #       (not_before or "" for now, message JSON) pairs for the outbox.
 # The caller computes the conversation's changes against what BEGIN read: the
-# lock (checked first) means nobody else wrote it since.
+# lock (checked first) means nobody else wrote it since. Each message for now
+# gets the user's next send sequence number (stream field "s"; see READY).
 # -> 1 committed | 0 the lock is not ours (nothing written)
 COMMIT = Script(
     "commit",
     """
-local conv, lock, waiting, stream, delayed, seen =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local conv, lock, waiting, stream, delayed, order, seen =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 if redis.call('GET', lock) ~= ARGV[1] then return 0 end
 local nset, ndel, nout = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local i = 9
@@ -96,15 +121,26 @@ if ndel > 0 then redis.call('HDEL', conv, unpack(ARGV, i, i + ndel - 1)) end
 i = i + ndel
 redis.call('PEXPIRE', conv, ARGV[2])
 if seen then redis.call('SET', seen, 'done', 'PX', ARGV[3]) end
-for j = i, i + 2 * nout - 1, 2 do
-  if ARGV[j] == '' then
-    redis.call('XADD', stream, '*', 'm', ARGV[j + 1])
-  else
-    redis.call('ZADD', delayed, ARGV[j], ARGV[j + 1])
-  end
-end
+local first, last, ttl = i, i + 2 * nout - 1, ARGV[2]
+"""
+    + _APPEND
+    + """
 -- The lock is there (checked above): 2 deleted means a turn was waiting.
 if redis.call('DEL', lock, waiting) == 2 then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+return 1
+""",
+)
+
+# KEYS: outbox stream, delayed zset, order hash (of the one user the messages go to)
+# ARGV: conversation_ttl_ms, then (not_before or "", message JSON) pairs
+ENQUEUE = Script(
+    "enqueue",
+    """
+local stream, delayed, order = KEYS[1], KEYS[2], KEYS[3]
+local first, last, ttl = 2, #ARGV, ARGV[1]
+"""
+    + _APPEND
+    + """
 return 1
 """,
 )
@@ -141,7 +177,7 @@ return 1
 
 # KEYS: outbox stream
 # ARGV: group, consumer, min_idle_ms, count
-# -> {{id, message JSON, deliveries}, ...}
+# -> {{id, message JSON, deliveries, send sequence number or ""}, ...}
 CLAIM = Script(
     "claim",
     """
@@ -158,12 +194,13 @@ for _ = 1, 10 do
   for _, entry in ipairs(found[2]) do
     local fields = entry[2]
     if fields then
-      local message
+      local message, seq
       for i = 1, #fields, 2 do
         if fields[i] == 'm' then message = fields[i + 1] end
+        if fields[i] == 's' then seq = fields[i + 1] end
       end
       local pending = redis.call('XPENDING', stream, group, entry[1], entry[1], 1)
-      claimed[#claimed + 1] = {entry[1], message or '', pending[1][4]}
+      claimed[#claimed + 1] = {entry[1], message or '', pending[1][4], seq or ''}
     else
       redis.call('XACK', stream, group, entry[1])
     end
@@ -202,7 +239,7 @@ return 0
 
 # KEYS: outbox stream
 # ARGV: group, consumer, count
-# -> flat array: entry id, message JSON, entry id, message JSON, ...
+# -> flat array: entry id, message JSON, send sequence number or "", entry id, ...
 READ = Script(
     "read",
     """
@@ -211,12 +248,15 @@ local found = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[
 local out = {}
 if found then
   for _, entry in ipairs(found[1][2]) do
-    local fields = entry[2]
+    local fields, message, seq = entry[2], nil, ''
     for i = 1, #fields, 2 do
-      if fields[i] == 'm' then
-        out[#out + 1] = entry[1]
-        out[#out + 1] = fields[i + 1]
-      end
+      if fields[i] == 'm' then message = fields[i + 1] end
+      if fields[i] == 's' then seq = fields[i + 1] end
+    end
+    if message then
+      out[#out + 1] = entry[1]
+      out[#out + 1] = message
+      out[#out + 1] = seq
     end
   end
 end
@@ -226,15 +266,24 @@ return out
 
 # KEYS: outbox stream
 # ARGV: group, sent-record key prefix, sent_ttl_ms, n, then n entry ids to
-#       acknowledge and delete, then (messageId, record JSON) pairs
-# The sent-record keys are built here from the prefix; like the outbox itself
-# they are shared, not per-user, keys.
+#       acknowledge and delete, m, then m (order hash key, send sequence
+#       number) pairs the provider answered, then (messageId, record JSON) pairs
+# The sent-record and order keys are passed or built here, not declared: like
+# the outbox itself the sent records are shared, not per-user, keys.
 # -> 1 | 0 when the group was gone (the records were still written)
 ACK = Script(
     "ack",
     """
 local n = tonumber(ARGV[4])
-for j = 5 + n, #ARGV, 2 do
+local m = tonumber(ARGV[5 + n])
+for j = 6 + n, 5 + n + 2 * m, 2 do
+  -- An order hash that expired stays gone: its user's next messages go as they come.
+  local done = redis.call('HMGET', ARGV[j], 'next', 'done')
+  if done[1] and tonumber(ARGV[j + 1]) > (tonumber(done[2]) or 0) then
+    redis.call('HSET', ARGV[j], 'done', ARGV[j + 1])
+  end
+end
+for j = 6 + n + 2 * m, #ARGV, 2 do
   redis.call('SET', ARGV[2] .. ARGV[j], ARGV[j + 1], 'PX', ARGV[3])
 end
 if n == 0 then return 1 end
@@ -245,4 +294,39 @@ return 0
 """,
 )
 
-ALL = (BEGIN, COMMIT, RENEW, ABORT, CLAIM, RELEASE_DUE, UPDATE_SENT, READ, ACK)
+# ARGV: (order hash key, send sequence number or "") pairs, in outbox order
+# -> one 1 (send it now) or 0 (an earlier message to the same user is not
+#    answered yet) per pair. Messages to one user are numbered at commit
+#    (COMMIT); the sender that reads number k sends it only once the provider
+#    answered k - 1, whichever process sent that. A user whose order hash is
+#    gone (expired) and messages without a number (retries) go at once.
+READY = Script(
+    "ready",
+    """
+local verdicts, expect, blocked = {}, {}, {}
+for j = 1, #ARGV, 2 do
+  local key, seq, verdict = ARGV[j], tonumber(ARGV[j + 1]), 1
+  if seq then
+    if blocked[key] then
+      verdict = 0
+    else
+      local want = expect[key]
+      if want == nil then
+        local state = redis.call('HMGET', key, 'next', 'done')
+        if state[1] then want = (tonumber(state[2]) or 0) + 1 end
+      end
+      if want ~= nil and seq > want then
+        verdict = 0
+        blocked[key] = true
+      else
+        expect[key] = seq + 1
+      end
+    end
+  end
+  verdicts[#verdicts + 1] = verdict
+end
+return verdicts
+""",
+)
+
+ALL = (BEGIN, COMMIT, RENEW, ABORT, CLAIM, RELEASE_DUE, UPDATE_SENT, READ, ACK, READY, ENQUEUE)

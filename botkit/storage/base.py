@@ -131,6 +131,8 @@ class OutboxItem:
     id: str
     message: OutboundMessage
     deliveries: int = 1
+    seq: int | None = None
+    """The message's place in its user's send order (None: sent as it comes)."""
 
 
 class ConversationStore(ABC):
@@ -209,8 +211,26 @@ class ConversationStore(ABC):
         """Take over entries another consumer read but did not acknowledge for ``min_idle`` s."""
 
     @abstractmethod
-    async def outbox_ack(self, ids: Sequence[str], sent: Sequence[SentRecord] = ()) -> None:
-        """Acknowledge entries the provider answered, and record the accepted ones."""
+    async def outbox_ack(
+        self,
+        ids: Sequence[str],
+        sent: Sequence[SentRecord] = (),
+        *,
+        answered: Sequence[OutboxItem] = (),
+    ) -> None:
+        """Acknowledge entries, record the accepted messages, and move their users' send order.
+
+        ``answered`` are the items the provider answered (accepted or
+        rejected): the next message to each of their users may go now.
+        """
+
+    async def outbox_ready(self, items: Sequence[OutboxItem]) -> list[bool]:
+        """For each item: may it be sent now, or is an earlier one to its user still unanswered?
+
+        A store whose outbox has one reader (the memory store) keeps each
+        user's order by itself: everything is ready.
+        """
+        return [True] * len(items)
 
     @abstractmethod
     async def outbox_release_due(self, now: float) -> int:

@@ -194,8 +194,14 @@ class MemoryStore(ConversationStore):
                 items.append(OutboxItem(entry_id, pending.message, pending.deliveries))
         return items
 
-    async def outbox_ack(self, ids: Sequence[str], sent: Sequence[SentRecord] = ()) -> None:
-        """Drop acknowledged entries and record the accepted messages."""
+    async def outbox_ack(
+        self,
+        ids: Sequence[str],
+        sent: Sequence[SentRecord] = (),
+        *,
+        answered: Sequence[OutboxItem] = (),
+    ) -> None:
+        """Drop acknowledged entries and record the accepted messages (one reader: in order)."""
         for entry_id in ids:
             self._pending.pop(entry_id, None)
         expires = self._clock.now() + self.config.sent_ttl

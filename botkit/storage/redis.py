@@ -13,6 +13,8 @@ per-user key in one cluster slot)::
     P:{79031234567}:lock          the turn lock: a random token, PX lock_ttl
     P:{79031234567}:waiting       set while a turn waits: the commit publishes a wake-up
     P:{79031234567}:seen:<key>    dedupe mark: "in_progress" (PX lock_ttl) or "done"
+    P:{79031234567}:order         hash: next, done: the user's send order (the last number
+                                  a queued reply got, the last one the provider answered)
     P:outbox                      stream of messages to send (consumer group "senders")
     P:outbox:delayed              zset of messages waiting for ``not_before`` (score)
     P:sent:<messageId>            sent-message record (JSON), TTL sent_ttl
@@ -117,6 +119,10 @@ class _Keys:
 
     def user(self, user: str) -> str:
         return f"{self.base}:{{{user}}}"
+
+    def order(self, user: str) -> str:
+        """The user's send order: the last number given and the last one answered."""
+        return f"{self.user(user)}:order"
 
     def turn(self, user: str, key: str | None) -> list[str]:
         """conv, lock, waiting[, seen]: the per-user keys of a turn."""
@@ -345,7 +351,8 @@ class RedisStore(ConversationStore):
         if not isinstance(lease, _Lease):
             raise TypeError("commit_turn() needs a lease this store's begin_turn() gave")
         conv, lock, waiting, *seen = self._keys.turn(lease.user, lease.key)
-        keys = [conv, lock, waiting, self._keys.outbox, self._keys.delayed, *seen]
+        outbox_keys = [self._keys.outbox, self._keys.delayed, self._keys.order(lease.user)]
+        keys = [conv, lock, waiting, *outbox_keys, *seen]
         put: list[str] = []
         drop: list[str] = []
         if conversation is not None:
@@ -405,18 +412,24 @@ class RedisStore(ConversationStore):
     # -- outbox --------------------------------------------------------------
 
     async def enqueue(self, messages: Sequence[OutboundMessage]) -> None:
-        """Append to the outbox in one transaction (delayed ones go to the delayed set)."""
+        """Append to the outbox, atomically per user (delayed ones go to the delayed set)."""
         if not messages:
             return
-        client = await self._ensure_open()
+        await self._ensure_open()
         now = self._clock.now()
-        async with self._guard("queue messages"), client.pipeline(transaction=True) as pipe:
-            for message in messages:
-                if message.not_before > now:
-                    pipe.zadd(self._keys.delayed, {message.to_json(): message.not_before})
-                else:
-                    pipe.xadd(self._keys.outbox, {"m": message.to_json()})
-            await pipe.execute()
+        by_user: dict[str, list[str]] = {}
+        for message in messages:
+            by_user.setdefault(message.user, []).extend(
+                (repr(message.not_before) if message.not_before > now else "", message.to_json())
+            )
+        keys = [self._keys.outbox, self._keys.delayed]
+
+        async def append(user: str, entries: list[str]) -> None:
+            async with self._guard("queue messages"):
+                args = [self._conversation_ttl_ms, *entries]
+                await self._eval(scripts.ENQUEUE, [*keys, self._keys.order(user)], args)
+
+        await asyncio.gather(*(append(user, entries) for user, entries in by_user.items()))
 
     async def outbox_read(self, consumer: str, count: int, block: float) -> list[OutboxItem]:
         """Take up to ``count`` new entries (XREADGROUP), waiting up to ``block`` seconds.
@@ -441,8 +454,8 @@ class RedisStore(ConversationStore):
             await self._ensure_group()  # the server lost it (restart without data)
         if flat:
             return [
-                OutboxItem(entry_id, OutboundMessage.from_json(message), 1)
-                for entry_id, message in zip(flat[::2], flat[1::2], strict=True)
+                OutboxItem(entry_id, OutboundMessage.from_json(message), 1, _seq(seq))
+                for entry_id, message, seq in zip(flat[::3], flat[1::3], flat[2::3], strict=True)
             ]
         deadline = time.monotonic() + max(block, 0.0)
         step = max(self._socket_timeout * 0.75, 0.05)
@@ -462,7 +475,9 @@ class RedisStore(ConversationStore):
                     await self._ensure_group()  # the server lost it (restart without data)
                     continue
             items = [
-                OutboxItem(entry_id, OutboundMessage.from_json(fields["m"]), 1)
+                OutboxItem(
+                    entry_id, OutboundMessage.from_json(fields["m"]), 1, _seq(fields.get("s"))
+                )
                 for _, entries in found or ()
                 for entry_id, fields in entries
                 if fields and "m" in fields
@@ -486,24 +501,53 @@ class RedisStore(ConversationStore):
                 await self._ensure_group()
                 return []
         return [
-            OutboxItem(str(entry_id), OutboundMessage.from_json(raw), int(deliveries))
-            for entry_id, raw, deliveries in claimed
+            OutboxItem(str(entry_id), OutboundMessage.from_json(raw), int(deliveries), _seq(seq))
+            for entry_id, raw, deliveries, seq in claimed
             if raw
         ]
 
-    async def outbox_ack(self, ids: Sequence[str], sent: Sequence[SentRecord] = ()) -> None:
-        """Acknowledge and delete entries and record the accepted messages, in one transaction."""
-        if not ids and not sent:
+    async def outbox_ack(
+        self,
+        ids: Sequence[str],
+        sent: Sequence[SentRecord] = (),
+        *,
+        answered: Sequence[OutboxItem] = (),
+    ) -> None:
+        """Acknowledge and delete entries, record the accepted messages and move the send order.
+
+        One script call: it also records, per user, the last message the
+        provider answered, which lets the next one go (:meth:`outbox_ready`).
+        """
+        numbered = [item for item in answered if item.seq is not None]
+        if not ids and not sent and not numbered:
             return
         await self._ensure_open()
         args: list[str | int] = [self.group, self._keys.sent(""), self._sent_ttl_ms, len(ids)]
         args += ids
+        args.append(len(numbered))
+        for item in numbered:
+            args += (self._keys.order(item.message.user), cast(int, item.seq))
         for record in sent:
             args += (record.message_id, record.to_json())
         async with self._guard("acknowledge outbox entries"):
             acked = await self._eval(scripts.ACK, [self._keys.outbox], args)
         if not acked:  # the server lost the group (restart without data): nothing was pending
             await self._ensure_group()
+
+    async def outbox_ready(self, items: Sequence[OutboxItem]) -> list[bool]:
+        """Which items may go now: each user's numbered messages go in their order.
+
+        An item waits while an earlier message to its user (read by this
+        sender or another) has no answer from the provider yet.
+        """
+        if all(item.seq is None for item in items):
+            return [True] * len(items)
+        args: list[str | int] = []
+        for item in items:
+            args += (self._keys.order(item.message.user), "" if item.seq is None else item.seq)
+        async with self._guard("check the send order"):
+            verdicts = await self._eval(scripts.READY, [], args)
+        return [bool(v) for v in verdicts]
 
     async def outbox_release_due(self, now: float) -> int:
         """Move delayed messages due by ``now`` into the outbox, atomically per batch."""
@@ -920,6 +964,11 @@ def _dump_data(user: str, data: dict[str, Any]) -> str:
             "Keep only JSON values in ctx.data (str, int, float, bool, None, lists, "
             "dicts with str keys)"
         ) from exc
+
+
+def _seq(value: str | None) -> int | None:
+    """A stream entry's send sequence number ("" or absent: none)."""
+    return int(value) if value else None
 
 
 def _changes(stored: Sequence[str | None], new: Conversation) -> tuple[list[str], list[str]]:

@@ -445,7 +445,7 @@ async def test_every_key_of_a_user_is_in_one_cluster_slot(
 
     mine = sorted(k for k in seen if f"{{{user}}}" in k)
     kinds = {k.split(f"{{{user}}}:", 1)[1] for k in mine}
-    assert kinds == {"conv", "lock", "waiting", "seen:m:1", "seen:m:2"}
+    assert kinds == {"conv", "lock", "waiting", "order", "seen:m:1", "seen:m:2"}
     assert len({key_slot(k.encode()) for k in mine}) == 1, mine
     assert key_slot(mine[0].encode()) == key_slot(user.encode())
     shared = sorted(k for k in seen if "{" not in k)

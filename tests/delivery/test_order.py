@@ -1,0 +1,129 @@
+"""Two senders (two processes, in production) keep each user's replies in order.
+
+Every reply a commit queues gets its user's next send number; a sender
+posts number k only once the provider answered k - 1, whichever sender had it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from botkit.delivery.sender import Sender, SenderConfig
+from botkit.delivery.signing import CallbackSigner
+from botkit.devino.client import DevinoClient
+from botkit.devino.emulator import Emulator
+from botkit.outbound import OutboundMessage, SendMode
+from botkit.storage import RedisStore
+from botkit.storage.base import OutboxItem
+from tests.conftest import delete_prefix, require_redis
+
+USER = "79031110000"
+OTHER = "79032220000"
+
+
+@pytest.fixture
+async def stores() -> AsyncIterator[tuple[RedisStore, RedisStore, str, str]]:
+    """Two stores on one Redis and one prefix, as two worker processes have."""
+    url = require_redis()
+    prefix = f"botkit-test-{uuid.uuid4().hex[:12]}"
+    first = RedisStore(url, bot="order", prefix=prefix, consumer="first")
+    second = RedisStore(url, bot="order", prefix=prefix, consumer="second")
+    await first.open()
+    await second.open()
+    yield first, second, url, prefix
+    await first.close()
+    await second.close()
+    delete_prefix(url, prefix)
+
+
+async def reply(store: RedisStore, user: str, key: str, *texts: str) -> None:
+    lease = await store.begin_turn(user, key)
+    messages = [OutboundMessage(user=user, mode=SendMode.TEXT, text=t) for t in texts]
+    await store.commit_turn(lease, None, messages)
+
+
+async def test_a_message_waits_until_the_one_before_it_to_its_user_is_answered(
+    stores: tuple[RedisStore, RedisStore, str, str],
+) -> None:
+    first, second, _, _ = stores
+    await reply(first, USER, "m:1", "one")
+    await reply(first, USER, "m:2", "two", "three")
+    await reply(first, OTHER, "m:3", "elsewhere")
+    [one] = await first.outbox_read("first", 1, 0)
+    later = await second.outbox_read("second", 10, 0)
+    assert [i.message.text for i in later] == ["two", "three", "elsewhere"]
+    assert [i.seq for i in [one, *later]] == [1, 2, 3, 1]
+
+    # "one" is read by the other sender and not answered yet: only the other user's goes.
+    assert await second.outbox_ready(later) == [False, False, True]
+    await first.outbox_ack([one.id], answered=[one])
+    assert await second.outbox_ready(later) == [True, True, True]
+
+
+async def test_messages_queued_outside_turns_take_their_place_in_the_order(
+    stores: tuple[RedisStore, RedisStore, str, str],
+) -> None:
+    first, second, _, _ = stores
+    await reply(first, USER, "m:1", "reply")
+    await first.enqueue([OutboundMessage(user=USER, mode=SendMode.TEXT, text="proactive")])
+    items = await second.outbox_read("second", 10, 0)
+    assert [(i.message.text, i.seq) for i in items] == [("reply", 1), ("proactive", 2)]
+    assert await second.outbox_ready(items[1:]) == [False]
+    assert await second.outbox_ready(items) == [True, True]  # in one batch, in order
+
+
+async def test_a_user_whose_order_expired_is_not_held_back(
+    stores: tuple[RedisStore, RedisStore, str, str],
+) -> None:
+    first, second, url, prefix = stores
+    await reply(first, USER, "m:1", "one", "two")
+    [one] = await first.outbox_read("first", 1, 0)
+    [two] = await second.outbox_read("second", 1, 0)
+    assert await second.outbox_ready([two]) == [False]
+    check = aioredis.Redis.from_url(url)
+    await check.delete(f"{prefix}:order:{{{USER}}}:order")
+    await check.aclose()
+    assert await second.outbox_ready([two]) == [True]
+    assert isinstance(one, OutboxItem)
+
+
+async def test_two_senders_post_one_users_replies_in_commit_order(
+    stores: tuple[RedisStore, RedisStore, str, str],
+) -> None:
+    first, second, url, prefix = stores
+    emulator = Emulator(api_key="k")
+    signer = CallbackSigner("order-test-secret-0123")
+    config = SenderConfig(block=0.05, linger=0.0)
+    check = aioredis.Redis.from_url(url, decode_responses=True)
+    async with emulator.serve() as provider:
+        clients = [DevinoClient(provider, api_key="k") for _ in range(2)]
+        senders = [
+            Sender(store, client, sender_name="Order", signer=signer, config=config)
+            for store, client in zip((first, second), clients, strict=True)
+        ]
+        try:
+            # The first sender takes "1" and the provider sits on that request.
+            emulator.delay_next(1, seconds=0.5)
+            await reply(first, USER, "m:1", "1")
+            senders[0].start()
+            stream = f"{prefix}:order:outbox"
+            for _ in range(500):
+                if (await check.xpending(stream, "senders"))["pending"] == 1:
+                    break
+                await asyncio.sleep(0.01)
+            # Meanwhile "2" and "3" are committed and the second sender reads them.
+            await reply(first, USER, "m:2", "2", "3")
+            senders[1].start()
+            await emulator.wait_for_messages(3, within=10)
+            assert [m.received["text"] for m in emulator.messages] == ["1", "2", "3"]
+        finally:
+            for sender in senders:
+                await sender.stop(flush=1)
+            for client in clients:
+                await client.aclose()
+            await check.aclose()
