@@ -168,15 +168,6 @@ class Service:
         """``async with``: count a request that runs turns, so shutdown can wait for it."""
         return _TurnSlot(self)
 
-    def _enter_slot(self) -> None:
-        self._inflight += 1
-        self._drained.clear()
-
-    def _leave_slot(self) -> None:
-        self._inflight -= 1
-        if self._inflight == 0:
-            self._drained.set()
-
     async def handle_messages(self, events: Sequence[AnyMessage]) -> list[TurnOutcome]:
         """Run the turns of a webhook body: users in parallel, each user's messages in order."""
         if len(events) == 1:  # the usual body
@@ -214,10 +205,14 @@ class _TurnSlot:
         self._service = service
 
     async def __aenter__(self) -> None:
-        self._service._enter_slot()
+        self._service._inflight += 1
+        self._service._drained.clear()
 
     async def __aexit__(self, *_: object) -> None:
-        self._service._leave_slot()
+        service = self._service
+        service._inflight -= 1
+        if service._inflight == 0:
+            service._drained.set()
 
 
 def _count_turn(outcome: TurnOutcome) -> None:

@@ -80,8 +80,8 @@ OUTBOX_SIZE = Gauge(
 FLUSH_EVERY = 0.25
 
 _counts: dict[tuple[Counter, tuple[str, ...]], float] = {}
-# Per histogram: [sum of the values, count per bucket (Prometheus's own bucket order)].
-_observed: dict[Histogram, list[float]] = {}
+# Per histogram: its bucket bounds, and [sum of the values, count per bucket].
+_observed: dict[Histogram, tuple[list[float], list[float]]] = {}
 
 
 def count(counter: Counter, *labels: str, amount: float = 1.0) -> None:
@@ -92,15 +92,16 @@ def count(counter: Counter, *labels: str, amount: float = 1.0) -> None:
 
 def observe(histogram: Histogram, value: float) -> None:
     """Observe ``value`` in ``histogram`` at the next :func:`flush`."""
-    bounds: list[float] | None = getattr(histogram, "_upper_bounds", None)
-    if bounds is None or not hasattr(histogram, "_buckets") or not hasattr(histogram, "_sum"):
-        histogram.observe(value)  # a prometheus_client whose internals differ: no holding
-        return
     held = _observed.get(histogram)
     if held is None:
-        held = _observed[histogram] = [0.0] * (len(bounds) + 1)
-    held[0] += value
-    held[1 + bisect_left(bounds, value)] += 1  # the first bucket whose bound is >= value
+        bounds: list[float] | None = getattr(histogram, "_upper_bounds", None)
+        if bounds is None or not hasattr(histogram, "_buckets") or not hasattr(histogram, "_sum"):
+            histogram.observe(value)  # a prometheus_client whose internals differ: no holding
+            return
+        held = _observed[histogram] = (bounds, [0.0] * (len(bounds) + 1))
+    bounds, totals = held
+    totals[0] += value
+    totals[1 + bisect_left(bounds, value)] += 1  # the first bucket whose bound is >= value
 
 
 def flush() -> None:
@@ -110,9 +111,9 @@ def flush() -> None:
     observed, _observed = _observed, {}
     for (counter, labels), amount in counts.items():
         (counter.labels(*labels) if labels else counter).inc(amount)
-    for histogram, held in observed.items():
-        histogram._sum.inc(held[0])
-        for bucket, n in zip(histogram._buckets, held[1:], strict=True):
+    for histogram, (_, totals) in observed.items():
+        histogram._sum.inc(totals[0])
+        for bucket, n in zip(histogram._buckets, totals[1:], strict=True):
             if n:
                 bucket.inc(n)
 

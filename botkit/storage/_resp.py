@@ -44,11 +44,12 @@ _error = cast(Callable[[str], Exception], BaseParser.parse_error)
 
 
 def _arg(value: Any) -> bytes:
+    """An argument that is neither str nor int (those are packed inline)."""
     if isinstance(value, bytes):
         return value
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise TypeError(f"a script argument must be str, bytes, int or float, not {value!r}")
-    return str(value).encode() if isinstance(value, str) else repr(value).encode()
+    if isinstance(value, float):
+        return repr(value).encode()
+    raise TypeError(f"a script argument must be str, bytes, int or float, not {value!r}")
 
 
 def pack_evalsha(sha: str, keys: Sequence[str], args: Sequence[Any]) -> bytes:
@@ -141,17 +142,30 @@ def stale(connection: AbstractConnection) -> bool:
 
 
 async def exchange(
-    connection: AbstractConnection, payload: bytes, count: int
+    connection: AbstractConnection, payload: bytes, count: int, timeout: float
 ) -> tuple[list[Any], bool]:
     """Send ``count`` packed commands and read their ``count`` replies, in order.
 
     Returns the replies and whether the connection may be used again: False
     when more arrived after them (an out-of-band RESP3 push, say), which the
-    next exchange must not read as its own. The caller bounds the time (a
-    timeout leaves the connection unusable: disconnect it). Raises
-    :class:`redis.exceptions.ConnectionError` when the server closes the
-    connection.
+    next exchange must not read as its own. Failures are named as redis-py
+    names them: :class:`redis.exceptions.TimeoutError` after ``timeout``
+    seconds, :class:`redis.exceptions.ConnectionError` when the server closes
+    the connection or the socket fails (a reset, say). After a failure the
+    connection is unusable: disconnect it.
     """
+    try:
+        async with asyncio.timeout(timeout):
+            return await _exchange(connection, payload, count)
+    except TimeoutError:
+        raise rerr.TimeoutError(f"Redis did not answer within {timeout:g}s") from None
+    except OSError as exc:
+        raise rerr.ConnectionError(f"the connection to Redis failed: {exc}") from exc
+
+
+async def _exchange(
+    connection: AbstractConnection, payload: bytes, count: int
+) -> tuple[list[Any], bool]:
     reader, writer = connection._reader, connection._writer
     if reader is None or writer is None:
         raise rerr.ConnectionError("the connection is closed")
@@ -176,21 +190,3 @@ async def exchange(
                         return replies, pos == len(buf)
         except _Incomplete:
             continue
-
-
-async def exchange_within(
-    connection: AbstractConnection, payload: bytes, count: int, timeout: float
-) -> tuple[list[Any], bool]:
-    """:func:`exchange` bounded by ``timeout`` seconds, its failures as redis-py names them.
-
-    :class:`redis.exceptions.TimeoutError` when the time runs out and
-    :class:`redis.exceptions.ConnectionError` when the socket fails (a reset,
-    say), as redis-py's own commands would raise.
-    """
-    try:
-        async with asyncio.timeout(timeout):
-            return await exchange(connection, payload, count)
-    except TimeoutError:
-        raise rerr.TimeoutError(f"Redis did not answer within {timeout:g}s") from None
-    except OSError as exc:
-        raise rerr.ConnectionError(f"the connection to Redis failed: {exc}") from exc

@@ -351,8 +351,8 @@ class RedisStore(ConversationStore):
         if not isinstance(lease, _Lease):
             raise TypeError("commit_turn() needs a lease this store's begin_turn() gave")
         conv, lock, waiting, *seen = self._keys.turn(lease.user, lease.key)
-        outbox_keys = [self._keys.outbox, self._keys.delayed, self._keys.order(lease.user)]
-        keys = [conv, lock, waiting, *outbox_keys, *seen]
+        order = self._keys.order(lease.user)
+        keys = [conv, lock, waiting, self._keys.outbox, self._keys.delayed, order, *seen]
         put: list[str] = []
         drop: list[str] = []
         if conversation is not None:
@@ -859,7 +859,7 @@ class RedisStore(ConversationStore):
                 # Never connected, failed, or closed by the server while idle (a restart).
                 await connection.disconnect(nowait=True)
                 await connection.connect()  # type: ignore[no-untyped-call]
-            results, reusable = await _resp.exchange_within(
+            results, reusable = await _resp.exchange(
                 connection, payload, count, self._socket_timeout
             )
             if not reusable:
