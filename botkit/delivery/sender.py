@@ -207,7 +207,13 @@ class Sender:
         process sends it: with several senders, that keeps every user's
         replies in order.
         """
-        flags = await self.store.outbox_ready(items)
+        try:
+            flags = await self.store.outbox_ready(items)
+        except BaseException:
+            # Read but not sent: keep them for the next round rather than leave
+            # them to a claim after claim_idle.
+            self._waiting = items
+            raise
         ready: list[OutboxItem] = []
         now = time.monotonic()
         for item, go in zip(items, flags, strict=True):

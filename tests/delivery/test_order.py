@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 import redis.asyncio as aioredis
@@ -18,8 +18,8 @@ from botkit.delivery.signing import CallbackSigner
 from botkit.devino.client import DevinoClient
 from botkit.devino.emulator import Emulator
 from botkit.outbound import OutboundMessage, SendMode
-from botkit.storage import RedisStore
-from botkit.storage.base import OutboxItem
+from botkit.storage import MemoryStore, RedisStore
+from botkit.storage.base import OutboxItem, StorageUnavailable
 from tests.conftest import delete_prefix, require_redis
 
 USER = "79031110000"
@@ -127,3 +127,39 @@ async def test_two_senders_post_one_users_replies_in_commit_order(
             for client in clients:
                 await client.aclose()
             await check.aclose()
+
+
+class FlakyOrderStore(MemoryStore):
+    """A store whose send-order check fails once, as a Redis blip would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 1
+
+    async def outbox_ready(self, items: Sequence[OutboxItem]) -> list[bool]:
+        if self.failures:
+            self.failures -= 1
+            raise StorageUnavailable("the order check failed")
+        return await super().outbox_ready(items)
+
+
+async def test_messages_read_before_a_failed_order_check_go_out_next_round() -> None:
+    store = FlakyOrderStore()
+    emulator = Emulator(api_key="k")
+    async with emulator.serve() as provider:
+        client = DevinoClient(provider, api_key="k")
+        # A long claim_idle: only the sender's own memory brings the message back soon.
+        config = SenderConfig(block=0.05, linger=0.0, retry_base=0.05, claim_idle=600)
+        signer = CallbackSigner("order-test-secret-0123")
+        sender = Sender(store, client, sender_name="Order", signer=signer, config=config)
+        lease = await store.begin_turn(USER, "m:1")
+        await store.commit_turn(
+            lease, None, [OutboundMessage(user=USER, mode=SendMode.TEXT, text="hi")]
+        )
+        sender.start()
+        try:
+            await emulator.wait_for_messages(1, within=5)
+            assert store.failures == 0
+        finally:
+            await sender.stop(flush=1)
+            await client.aclose()
