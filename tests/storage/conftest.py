@@ -2,14 +2,19 @@
 
 ``store_factory(config)`` builds an opened store of the parametrised backend;
 the factory closes (and for Redis, cleans up) what it built. The Redis
-backend skips when no Redis answers locally and fails in CI (see
-``tests/conftest.py``).
+backends skip when no Redis answers (or no ``redis-server`` binary is there
+to start a Sentinel group) locally, and fail in CI (see ``tests/conftest.py``).
+
+``redis_sentinel`` and ``redis_cluster`` are session-scoped: one Sentinel
+group and one 6-node cluster serve every test that asks for them, and are
+stopped when the session ends. A test that kills a node heals the topology
+before it returns (``heal()``), so the next test finds it whole.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
@@ -17,36 +22,66 @@ from botkit.storage.base import ConversationStore, StoreConfig
 from botkit.storage.memory import MemoryStore
 from botkit.storage.redis import RedisStore
 from tests.conftest import delete_prefix, require_redis
+from tests.storage._redis_topologies import RedisClusterNodes, SentinelGroup
 
 StoreFactory = Callable[..., Awaitable[ConversationStore]]
 
 # "redis-resp3": the same server spoken to in RESP3 (``?protocol=3``), whose
 # replies the store's own reply parser must read as well as RESP2's.
-BACKENDS = ["memory", "redis", "redis-resp3"]
+# "redis-sentinel": a primary, a replica and three sentinels of the test's own.
+BACKENDS = ["memory", "redis", "redis-resp3", "redis-sentinel"]
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
+    """One primary, one replica and three sentinels on free ports, for the whole session."""
+    group = SentinelGroup(tmp_path_factory.mktemp("sentinel"))
+    try:
+        group.start()
+        yield group
+    finally:
+        group.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    """A 6-node Redis Cluster (3 primaries, 3 replicas) on free ports, for the whole session."""
+    cluster = RedisClusterNodes(tmp_path_factory.mktemp("cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
 
 
 @pytest.fixture(params=BACKENDS)
 async def store_factory(request: pytest.FixtureRequest) -> AsyncIterator[StoreFactory]:
     built: list[ConversationStore] = []
-    redis = request.param.startswith("redis")
-    url = require_redis() if redis else ""
+    backend = request.param
+    redis = backend.startswith("redis")
+    # The topologies are the session's own: their keys go with them at the end.
+    url = ""
+    if backend == "redis-sentinel":
+        url = request.getfixturevalue("redis_sentinel").url
+    elif redis:
+        url = require_redis()
     prefix = f"botkit-test-{uuid.uuid4().hex[:12]}"
 
     async def make(config: StoreConfig | None = None) -> ConversationStore:
         config = config or StoreConfig(lock_ttl=5.0, acquire_timeout=5.0)
-        if request.param == "memory":
+        if backend == "memory":
             store: ConversationStore = MemoryStore(config)
         elif redis:
             # A prefix of its own per test: no test sees another's keys.
             resp3 = ("&" if "?" in url else "?") + "protocol=3"
             store = RedisStore(
-                url + (resp3 if request.param == "redis-resp3" else ""),
+                url + (resp3 if backend == "redis-resp3" else ""),
                 bot="contract",
                 prefix=prefix,
                 config=config,
             )
         else:  # pragma: no cover
-            raise AssertionError(request.param)
+            raise AssertionError(backend)
         await store.open()
         built.append(store)
         return store
@@ -54,7 +89,7 @@ async def store_factory(request: pytest.FixtureRequest) -> AsyncIterator[StoreFa
     yield make
     for store in built:
         await store.close()
-    if redis:
+    if backend in ("redis", "redis-resp3"):
         delete_prefix(url, prefix)
 
 
