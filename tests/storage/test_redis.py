@@ -312,7 +312,7 @@ async def test_killed_redis_fails_fast_loses_nothing_and_the_store_resumes(
     # (A new user: the turn in flight at the crash left its user's lock for lock_ttl.)
     outcome = await runtime.handle_message(message(new_user()))
     assert outcome.outcome == "handled"
-    await until(lambda: _true(store._subscribed.is_set()), within=10)
+    await until(lambda: _true(store._listener.subscribed.is_set()), within=10)
     await other.open()
     user = new_user()
     held = await other.begin_turn(user, "m:held")
@@ -391,7 +391,7 @@ async def test_a_server_that_forgot_scripts_and_the_group_is_served_again(
 async def test_a_quiet_unlock_channel_stays_subscribed(
     server: RedisServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import botkit.storage.redis as module
+    import botkit.storage.redis.waiters as module
 
     monkeypatch.setattr(module, "_PUBSUB_PING_EVERY", 0.1)
     monkeypatch.setattr(module, "_PUBSUB_SILENCE", 0.25)
@@ -512,7 +512,7 @@ async def test_no_per_user_state_stays_in_the_process(make_store: Callable[..., 
     await asyncio.gather(*(runtime.handle_message(message(u)) for u in users for _ in range(5)))
     assert [(await store.load(u)).data["count"] for u in users] == [5] * 40
     assert store.waiting_users == 0
-    assert store._queues == {}
+    assert store.waiting_users == 0
     assert not store._background
 
 
@@ -532,12 +532,12 @@ async def test_waiters_of_one_process_take_the_lock_in_arrival_order(
     waiters = []
     for i in range(1, 6):
         waiters.append(asyncio.create_task(turn(i)))
-        await until(lambda i=i: _true(len(store._queues.get(user, ())) == i))
+        await until(lambda i=i: _true(store._waiters.count(user) == i))
     await store.commit_turn(holder, None)
     async with asyncio.timeout(5):
         await asyncio.gather(*waiters)
     assert order == [1, 2, 3, 4, 5]
-    assert store._queues == {}
+    assert store.waiting_users == 0
 
 
 async def test_a_cancelled_waiter_leaves_nothing_behind_and_blocks_nobody(
@@ -547,9 +547,9 @@ async def test_a_cancelled_waiter_leaves_nothing_behind_and_blocks_nobody(
     user = new_user()
     holder = await store.begin_turn(user, "m:1")
     first = asyncio.create_task(store.begin_turn(user, "m:2"))
-    await until(lambda: _true(len(store._queues.get(user, ())) == 1))
+    await until(lambda: _true(store._waiters.count(user) == 1))
     second = asyncio.create_task(store.begin_turn(user, "m:3"))
-    await until(lambda: _true(len(store._queues.get(user, ())) == 2))
+    await until(lambda: _true(store._waiters.count(user) == 2))
     first.cancel()
     with pytest.raises(asyncio.CancelledError):
         await first
@@ -557,7 +557,7 @@ async def test_a_cancelled_waiter_leaves_nothing_behind_and_blocks_nobody(
     async with asyncio.timeout(5):
         lease = await second
     await store.commit_turn(lease, None)
-    assert store._queues == {}
+    assert store.waiting_users == 0
     lease = await store.begin_turn(user, "m:2")  # the cancelled turn's message can still run
     await store.commit_turn(lease, None)
 
@@ -569,9 +569,9 @@ async def test_next_waiter_takes_over_when_the_turn_before_it_never_commits(
     user = new_user()
     holder = await store.begin_turn(user, "m:1")
     first = asyncio.create_task(store.begin_turn(user, "m:2"))
-    await until(lambda: _true(len(store._queues.get(user, ())) == 1))
+    await until(lambda: _true(store._waiters.count(user) == 1))
     second = asyncio.create_task(store.begin_turn(user, "m:3"))
-    await until(lambda: _true(len(store._queues.get(user, ())) == 2))
+    await until(lambda: _true(store._waiters.count(user) == 2))
     await store.commit_turn(holder, None)
     abandoned = await first  # its process hangs: no commit, no abort
     async with asyncio.timeout(4):
@@ -579,7 +579,7 @@ async def test_next_waiter_takes_over_when_the_turn_before_it_never_commits(
     with pytest.raises(LockLost):
         await store.commit_turn(abandoned, None)
     await store.commit_turn(lease, None)
-    assert store._queues == {}
+    assert store.waiting_users == 0
 
 
 async def test_delayed_replies_of_a_turn_wait_in_the_delayed_set(
@@ -687,7 +687,7 @@ async def test_out_of_band_pushes_on_a_resp3_connection_do_not_confuse_turns(
     user = new_user()
     lease = await store.begin_turn(user, "m:0")
     await store.commit_turn(lease, None)
-    [connection] = store._idle  # the connection every turn of this test goes out on
+    [connection] = store._runner._idle  # the connection every turn of this test goes out on
     await connection.send_command("CLIENT", "TRACKING", "ON")
     assert str(await connection.read_response()) == "OK"
     other = aioredis.Redis.from_url(redis_url)
@@ -788,7 +788,7 @@ async def test_idle_connections_closed_by_a_restart_are_replaced_before_use(
         await asyncio.gather(*tasks)
 
     await overlapping_turns("m:1")
-    idle = len(store._idle)
+    idle = store._runner.idle_connections
     assert idle >= 2, "the test needs several idle batch connections"
     server.kill()
     server.start()

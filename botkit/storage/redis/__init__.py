@@ -1,0 +1,14 @@
+"""The Redis conversation store, split by job.
+
+- :mod:`~botkit.storage.redis.store`: :class:`RedisStore` itself;
+- :mod:`~botkit.storage.redis.keys`: the key layout;
+- :mod:`~botkit.storage.redis.fields`: the conversation's field list and codec;
+- :mod:`~botkit.storage.redis.scripts` and ``lua/``: the Lua scripts;
+- :mod:`~botkit.storage.redis.runner`: the batched script runner;
+- :mod:`~botkit.storage.redis.waiters`: per-user waiters and the wake-up listener;
+- :mod:`~botkit.storage.redis.connection`: URLs, Sentinel, TLS, password masking.
+"""
+
+from botkit.storage.redis.store import RedisStore
+
+__all__ = ["RedisStore"]

@@ -1,0 +1,71 @@
+"""The Lua scripts of the Redis store, read from the ``lua/`` files next to this module.
+
+Each script is one atomic round trip: either all of its writes happen or none
+do. They are loaded once (``SCRIPT LOAD``) and called by SHA (``EVALSHA``),
+loaded again when the server answers ``NOSCRIPT`` (after a restart, a
+``SCRIPT FLUSH`` or a failover to a replica with an empty script cache).
+
+Every script is sent as: a generated line defining ``FIELDS`` (the
+conversation fields of :mod:`botkit.storage.redis.fields`) and
+``FIELD_INDEX``, then ``lua/prelude.lua`` (helpers shared by the scripts),
+then the script's own file. Each file starts with what its KEYS and ARGV are
+and what it returns.
+
+Numbers that must keep their precision (unix timestamps) are compared with
+``tonumber`` but stored as the string the caller sent, because Lua's
+``tostring`` keeps only 14 significant digits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from importlib import resources
+
+from botkit.storage.redis.fields import FIELDS
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """A Lua script and its SHA1 (what ``EVALSHA`` calls it by)."""
+
+    name: str
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+
+
+def _read(name: str) -> str:
+    return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text("utf-8")
+
+
+_HEADER = (
+    "local FIELDS = {" + ", ".join(f"'{name}'" for name in FIELDS) + "}\n"
+    "local FIELD_INDEX = {"
+    + ", ".join(f"{name} = {i}" for i, name in enumerate(FIELDS, start=1))
+    + "}\n"
+)
+_PRELUDE = _HEADER + _read("prelude")
+
+
+def load(name: str) -> Script:
+    """The script ``lua/<name>.lua`` with the generated header and the prelude."""
+    return Script(name, _PRELUDE + _read(name))
+
+
+BEGIN = load("begin")
+COMMIT = load("commit")
+ENQUEUE = load("enqueue")
+RENEW = load("renew")
+ABORT = load("abort")
+CLAIM = load("claim")
+RELEASE_DUE = load("release_due")
+UPDATE_SENT = load("update_sent")
+READ = load("read")
+ACK = load("ack")
+READY = load("ready")
+
+ALL = (BEGIN, COMMIT, RENEW, ABORT, CLAIM, RELEASE_DUE, UPDATE_SENT, READ, ACK, READY, ENQUEUE)
+"""Every script the store loads at open."""
