@@ -64,6 +64,14 @@ def _info(port: int, section: str) -> dict[str, str]:
         client.close()
 
 
+def _flags(described: dict[str, object]) -> list[str]:
+    """A sentinel's flags of a node (redis-py gives a list, or a comma-separated string)."""
+    flags = described.get("flags", "")
+    if isinstance(flags, list | tuple | set):
+        return [str(f) for f in flags]
+    return str(flags).split(",")
+
+
 class _Node:
     """One ``redis-server`` process; ``args`` are its options after the port."""
 
@@ -391,16 +399,25 @@ class SentinelGroup:
             )
             try:
                 master = client.sentinel_master(self.SERVICE)
+                replicas = client.sentinel_slaves(self.SERVICE)
             except redis.RedisError:
                 return False
             finally:
                 client.close()
+            # The replica must be one the sentinels would promote: seen up, linked.
+            if not any(
+                int(r.get("port", 0)) == other
+                and not ({"s_down", "o_down", "disconnected"} & set(_flags(r)))
+                and r.get("master-link-status") == "ok"
+                for r in replicas
+            ):
+                return False
             if (
                 int(master.get("num-slaves", 0)) < 1
                 or int(master.get("num-other-sentinels", 0)) < 2
             ):
                 return False
-            if "s_down" in str(master.get("flags", "")) or "o_down" in str(master.get("flags", "")):
+            if {"s_down", "o_down", "disconnected"} & set(_flags(master)):
                 return False
         return True
 
