@@ -2,11 +2,11 @@
 
 Where things are:
 
-- a webhook enters in :mod:`botkit.app` (``POST /whatsapp/incoming/{token}``),
-  is parsed by :mod:`botkit.devino.models` into :mod:`botkit.events`, and runs
-  as one turn in :mod:`botkit.runtime`;
-- the handler is picked by :mod:`botkit.router` (flows: :mod:`botkit.flow`) and
-  holds a :class:`Context` (:mod:`botkit.context`);
+- a webhook enters in :mod:`botkit.service` (``POST /whatsapp/incoming/{token}``),
+  is parsed by :mod:`botkit.devino.models` into events (``botkit._events``), and
+  runs as one turn (``botkit._runtime``);
+- the handler is picked by the router (``botkit._router``; flows: ``botkit._flow``)
+  and holds a :class:`Context` (``botkit._context``);
 - state lives in a conversation store (:mod:`botkit.storage`: memory or Redis);
 - replies are shaped by the reply policy and leave through the outbox and the
   sender (:mod:`botkit.delivery`) to the provider (:mod:`botkit.devino.client`).
@@ -14,19 +14,10 @@ Where things are:
 A bot imports everything it needs from ``botkit``.
 """
 
-from botkit._where import DefinitionError
-from botkit.bot import Bot, BotNotRunning
-from botkit.clock import Clock, ManualClock, SystemClock
-from botkit.context import Context, FlowControl
-from botkit.delivery.policy import (
-    DeliveryRefused,
-    NotOnWhatsApp,
-    OptedOut,
-    OutsideSessionWindow,
-    ReplyPolicy,
-    SessionWindow,
-)
-from botkit.events import (
+from botkit._bot import Bot, BotNotRunning
+from botkit._clock import Clock, ManualClock, SystemClock
+from botkit._context import Context, FlowControl
+from botkit._events import (
     Contact,
     ContactsMessage,
     DeliveryStatus,
@@ -40,7 +31,7 @@ from botkit.events import (
     StatusUpdate,
     TextMessage,
 )
-from botkit.filters import (
+from botkit._filters import (
     ErrorCode,
     F,
     Filter,
@@ -51,11 +42,20 @@ from botkit.filters import (
     StatusIs,
     Text,
 )
-from botkit.flow import Flow, FlowError, InvalidTrigger, NotInFlow, State
-from botkit.media import MediaDownloadFailed, MediaError, MediaExpired, MediaTooLarge
-from botkit.outbound import OutboundMessage, SendMode, Template
-from botkit.plugins import Plugin, UnknownPlugin
-from botkit.router import ANY, Router, SkipHandler
+from botkit._flow import Flow, FlowError, InvalidTrigger, NotInFlow, State
+from botkit._media import MediaDownloadFailed, MediaError, MediaExpired, MediaTooLarge
+from botkit._outbound import OutboundMessage, SendMode, Template
+from botkit._plugins import Plugin, UnknownPlugin
+from botkit._router import ANY, Router, SkipHandler
+from botkit._where import DefinitionError
+from botkit.delivery._policy import (
+    DeliveryRefused,
+    NotOnWhatsApp,
+    OptedOut,
+    OutsideSessionWindow,
+    ReplyPolicy,
+    SessionWindow,
+)
 from botkit.storage.base import (
     DuplicateMessage,
     LockLost,

@@ -2,6 +2,6 @@
 
 import sys
 
-from botkit.cli import main
+from botkit.service._cli import main
 
 sys.exit(main())

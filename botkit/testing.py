@@ -24,9 +24,9 @@ from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
-from botkit.bot import Bot
-from botkit.clock import ManualClock
-from botkit.events import (
+from botkit._bot import Bot
+from botkit._clock import ManualClock
+from botkit._events import (
     AnyMessage,
     Contact,
     ContactsMessage,
@@ -36,8 +36,8 @@ from botkit.events import (
     StatusUpdate,
     TextMessage,
 )
-from botkit.outbound import OutboundMessage, SendMode, Template
-from botkit.runtime import Runtime, TurnOutcome
+from botkit._outbound import OutboundMessage, SendMode, Template
+from botkit._runtime import Runtime, TurnOutcome
 from botkit.storage.base import Conversation, StoreConfig
 from botkit.storage.memory import MemoryStore
 
@@ -295,7 +295,7 @@ class LiveBot:
         rate_retry: Any = None,
         **settings: Any,
     ) -> None:
-        from botkit.devino.emulator import Emulator
+        from botkit.devtools.emulator import Emulator
 
         self.bot = bot
         self.clock = clock or ManualClock()
@@ -313,10 +313,10 @@ class LiveBot:
     async def __aenter__(self) -> LiveBot:
         import contextlib
 
-        from botkit.app import create_app
-        from botkit.dev import free_port
-        from botkit.serving import serve_app
-        from botkit.settings import load_settings
+        from botkit.devtools._server import free_port
+        from botkit.service._app import create_app
+        from botkit.service._serving import serve_app
+        from botkit.service._settings import load_settings
 
         stack = contextlib.AsyncExitStack()
         await stack.__aenter__()
@@ -355,7 +355,7 @@ class LiveBot:
 
     @property
     def service(self) -> Any:
-        """The running :class:`botkit.app.Service`."""
+        """The running :class:`botkit.service.Service`."""
         return self.app.state.service
 
     async def say(self, user: str, text: str | None = None, **content: Any) -> Any:

@@ -23,8 +23,8 @@ from botkit import (
     MediaKind,
     MediaTooLarge,
 )
-from botkit.media import MAX_BYTES
-from botkit.serving import serve_app
+from botkit._media import MAX_BYTES
+from botkit.service._serving import serve_app
 from botkit.testing import BotTester
 
 STICKER_CAP = MAX_BYTES[MediaKind.STICKER]

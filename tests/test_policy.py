@@ -19,7 +19,7 @@ from botkit import (
     SendMode,
     Template,
 )
-from botkit.delivery.policy import TEXT_LIMIT, split_text
+from botkit.delivery._policy import TEXT_LIMIT, split_text
 from botkit.testing import BotTester
 
 USER = "79990000001"

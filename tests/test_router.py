@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-import botkit.router
+import botkit._router
 from botkit import (
     ANY,
     Bot,
@@ -22,7 +22,7 @@ from botkit import (
     Router,
     SkipHandler,
 )
-from botkit.events import EventKind
+from botkit._events import EventKind
 from botkit.testing import BotTester
 
 THIS_FILE = Path(__file__).name
@@ -404,7 +404,7 @@ async def test_middleware_chains_are_built_once_not_per_event(
 
     bot.include_router(inner)
     wraps = 0
-    real_wrap = botkit.router._wrap
+    real_wrap = botkit._router._wrap
 
     def counting_wrap(*args: Any) -> Any:
         nonlocal wraps
@@ -413,7 +413,7 @@ async def test_middleware_chains_are_built_once_not_per_event(
 
     async with BotTester(bot) as chat:
         await chat.send_text("warm up")
-        monkeypatch.setattr(botkit.router, "_wrap", counting_wrap)
+        monkeypatch.setattr(botkit._router, "_wrap", counting_wrap)
         for i in range(20):
             assert (await chat.send_text(str(i))).texts == ["ok"]
     assert wraps == 0

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from botkit import Bot, BotNotRunning, Context, Flow, Router, StoreConfig, TextMessage
-from botkit.runtime import Runtime, TurnOutcome
+from botkit._runtime import Runtime, TurnOutcome
 from botkit.storage.memory import MemoryStore
 from botkit.testing import BotTester
 

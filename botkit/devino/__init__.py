@@ -4,13 +4,13 @@
   results, status reports, incoming messages) and their parsers;
 * :mod:`~botkit.devino.errors` — reason keys, status error codes, exceptions;
 * :mod:`~botkit.devino.validation` — the provider's rules, checked locally;
-* :mod:`~botkit.devino.client` — :class:`DevinoClient`, which sends;
-* :mod:`~botkit.devino.emulator` — a local stand-in for the provider.
+* :mod:`~botkit.devino.client` — :class:`DevinoClient`, which sends.
+
+The local stand-in for the provider is a dev tool:
+:class:`botkit.devtools.emulator.Emulator`.
 
 The rest of botkit imports from here, never the wire format itself.
 """
-
-from typing import TYPE_CHECKING, Any
 
 from botkit.devino.client import DevinoClient, RequestRecord, RetryPolicy
 from botkit.devino.errors import (
@@ -47,20 +47,6 @@ from botkit.devino.validation import (
     validate_message,
 )
 
-if TYPE_CHECKING:
-    from botkit.devino.emulator import Emulator
-
-
-def __getattr__(name: str) -> Any:
-    # The emulator (Starlette, uvicorn) loads only when asked for: a production
-    # bot never needs it, and `python -m botkit.devino.emulator` stays clean.
-    if name == "Emulator":
-        from botkit.devino.emulator import Emulator
-
-        return Emulator
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
     "MEDIA_TYPES",
     "Contact",
@@ -70,7 +56,6 @@ __all__ = [
     "DevinoError",
     "DevinoResponseError",
     "DevinoTransportError",
-    "Emulator",
     "GeoLocation",
     "IncomingMessage",
     "InvalidPhoneNumber",

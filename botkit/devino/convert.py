@@ -10,15 +10,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from botkit.devino.errors import InvalidPhoneNumber
-from botkit.devino.models import (
-    IncomingMessage,
-    MessageStatus,
-    OutgoingMessage,
-    StatusReport,
-)
-from botkit.devino.validation import normalize_phone
-from botkit.events import (
+from botkit._events import (
     AnyMessage,
     Contact,
     ContactsMessage,
@@ -28,7 +20,15 @@ from botkit.events import (
     StatusUpdate,
     TextMessage,
 )
-from botkit.outbound import OutboundMessage, SendMode
+from botkit._outbound import OutboundMessage, SendMode
+from botkit.devino.errors import InvalidPhoneNumber
+from botkit.devino.models import (
+    IncomingMessage,
+    MessageStatus,
+    OutgoingMessage,
+    StatusReport,
+)
+from botkit.devino.validation import normalize_phone
 
 # A ts above this is in milliseconds (year 5138 in seconds): the page only says "UNIX time".
 _MS_THRESHOLD = 100_000_000_000

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
+from botkit._events import MediaKind
 from botkit.devino.errors import InvalidPhoneNumber, ReasonKey
 from botkit.devino.models import (
     DEFAULT_BATCH_CAP,
@@ -37,7 +38,6 @@ from botkit.devino.models import (
     OutgoingMessage,
     Reason,
 )
-from botkit.events import MediaKind
 
 __all__ = [
     "MEDIA_TYPES",

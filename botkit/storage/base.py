@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from botkit.outbound import OutboundMessage, SentRecord
+from botkit._outbound import OutboundMessage, SentRecord
 
 DAY = 86_400.0
 

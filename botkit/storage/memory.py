@@ -16,8 +16,8 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from botkit.clock import Clock, SystemClock
-from botkit.outbound import OutboundMessage, SentRecord, new_ref
+from botkit._clock import Clock, SystemClock
+from botkit._outbound import OutboundMessage, SentRecord, new_ref
 from botkit.storage.base import (
     Conversation,
     ConversationStore,

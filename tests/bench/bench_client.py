@@ -30,7 +30,7 @@ API_KEY = "bench-key"
 def start_emulator() -> tuple[subprocess.Popen[str], str]:
     env = {**os.environ, "BOTKIT_DEVINO_API_KEY": API_KEY, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "botkit.devino.emulator", "--port", "0", "--log-level", "warning"],
+        [sys.executable, "-m", "botkit.devtools.emulator", "--port", "0", "--log-level", "warning"],
         stdout=subprocess.PIPE,
         text=True,
         env=env,

@@ -24,10 +24,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench_client import API_KEY, start_emulator  # noqa: E402
 
-from botkit.delivery.sender import Sender, SenderConfig  # noqa: E402
-from botkit.delivery.signing import CallbackSigner  # noqa: E402
+from botkit._outbound import OutboundMessage, SendMode, Template  # noqa: E402
+from botkit.delivery._sender import Sender, SenderConfig  # noqa: E402
+from botkit.delivery._signing import CallbackSigner  # noqa: E402
 from botkit.devino import DevinoClient  # noqa: E402
-from botkit.outbound import OutboundMessage, SendMode, Template  # noqa: E402
 from botkit.storage.base import ConversationStore  # noqa: E402
 from botkit.storage.memory import MemoryStore  # noqa: E402
 

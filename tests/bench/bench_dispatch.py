@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from transitions.extensions.asyncio import AsyncMachine  # noqa: E402
 
 from botkit import Bot, Context, Flow, TextMessage  # noqa: E402
-from botkit.events import EventKind  # noqa: E402
+from botkit._events import EventKind  # noqa: E402
 from botkit.storage.base import Conversation  # noqa: E402
 from botkit.testing import BotTester  # noqa: E402
 

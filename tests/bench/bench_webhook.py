@@ -115,7 +115,7 @@ def start_emulator() -> tuple[subprocess.Popen[str], str]:
         [
             sys.executable,
             "-m",
-            "botkit.cli",
+            "botkit",
             "emulator",
             "--port",
             "0",
@@ -148,7 +148,7 @@ def start_botkit(redis_url: str, prefix: str, emulator_url: str, quiet: bool) ->
         BOTKIT_KEY_PREFIX=prefix,
         BOTKIT_LOG_LEVEL="WARNING" if quiet else "INFO",
     )
-    argv = [sys.executable, "-m", "botkit.cli", "run", "bots.echo:bot"]
+    argv = [sys.executable, "-m", "botkit", "run", "bots.echo:bot"]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
     return Server("botkit", argv, env, port, quiet=quiet)
 

@@ -300,7 +300,7 @@ def test_botkit_run_fails_before_serving_when_the_rules_file_is_bad(tmp_path: Pa
     env = {k: v for k, v in os.environ.items() if not k.startswith("BOTKIT_")}
     env |= {RULES_ENV: str(path), "BOTKIT_WEBHOOK_TOKEN": "t" * 24, "BOTKIT_SENDER": "x"}
     done = subprocess.run(
-        [sys.executable, "-m", "botkit.cli", "run", "bots.autoreply:bot", "--port", "1"],
+        [sys.executable, "-m", "botkit", "run", "bots.autoreply:bot", "--port", "1"],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -20,9 +20,9 @@ import pytest
 import yaml
 
 from botkit import Bot
-from botkit.app import create_app
-from botkit.cli import load_bot
-from botkit.settings import Settings, load_settings
+from botkit.service._app import create_app
+from botkit.service._cli import load_bot
+from botkit.service._settings import Settings, load_settings
 from botkit.testing import LiveBot
 from bots.autoreply import RULES_ENV, parse_rules
 
@@ -108,6 +108,12 @@ def test_the_image_is_slim_python_311_and_runs_as_a_non_root_user() -> None:
 def test_the_image_command_runs_a_bot_that_imports_on_the_exposed_port() -> None:
     [cmd] = [exec_form(rest) for k, rest in final_stage() if k == "CMD"]
     assert check_target(cmd, "CMD") == image_port()
+    # bots/ is not installed with botkit: the image copies it into the working
+    # directory, which `botkit run` puts on the import path.
+    [workdir] = [rest for k, rest in final_stage() if k == "WORKDIR"]
+    package = cmd[cmd.index("run") + 1].split(".")[0]
+    copied = [rest.split() for k, rest in final_stage() if k == "COPY" and "--from" not in rest]
+    assert [f"{package}/", f"{workdir}/{package}/"] in copied
 
 
 def test_the_healthcheck_probes_a_served_path_on_the_exposed_port() -> None:

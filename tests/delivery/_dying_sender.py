@@ -11,8 +11,8 @@ import sys
 
 import httpx
 
-from botkit.delivery.sender import Sender, SenderConfig
-from botkit.delivery.signing import CallbackSigner
+from botkit.delivery._sender import Sender, SenderConfig
+from botkit.delivery._signing import CallbackSigner
 from botkit.devino.client import DevinoClient, RetryPolicy
 from botkit.storage import OutboxItem, RedisStore
 

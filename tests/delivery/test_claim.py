@@ -13,11 +13,11 @@ import sys
 import uuid
 from pathlib import Path
 
-from botkit.delivery.sender import Sender, SenderConfig
-from botkit.delivery.signing import CallbackSigner
+from botkit._outbound import OutboundMessage, SendMode
+from botkit.delivery._sender import Sender, SenderConfig
+from botkit.delivery._signing import CallbackSigner
 from botkit.devino.client import DevinoClient
-from botkit.devino.emulator import Emulator
-from botkit.outbound import OutboundMessage, SendMode
+from botkit.devtools.emulator import Emulator
 from botkit.storage import RedisStore
 from tests.conftest import delete_prefix, require_redis
 

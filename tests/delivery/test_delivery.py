@@ -12,10 +12,10 @@ import httpx
 import pytest
 
 from botkit import Bot, Context, ManualClock, OutsideSessionWindow, Template
-from botkit.delivery.sender import SenderConfig
-from botkit.delivery.status import RateRetry
+from botkit.delivery._sender import SenderConfig
+from botkit.delivery._status import RateRetry
 from botkit.devino.client import RetryPolicy
-from botkit.devino.emulator import Emulator, RateLimit
+from botkit.devtools.emulator import Emulator, RateLimit
 from botkit.testing import LiveBot
 
 from .conftest import StoreMaker

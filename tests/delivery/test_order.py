@@ -13,11 +13,11 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 import redis.asyncio as aioredis
 
-from botkit.delivery.sender import Sender, SenderConfig
-from botkit.delivery.signing import CallbackSigner
+from botkit._outbound import OutboundMessage, SendMode
+from botkit.delivery._sender import Sender, SenderConfig
+from botkit.delivery._signing import CallbackSigner
 from botkit.devino.client import DevinoClient
-from botkit.devino.emulator import Emulator
-from botkit.outbound import OutboundMessage, SendMode
+from botkit.devtools.emulator import Emulator
 from botkit.storage import MemoryStore, RedisStore
 from botkit.storage.base import OutboxItem, StorageUnavailable
 from tests.conftest import delete_prefix, require_redis

@@ -13,8 +13,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from botkit.devino import DevinoClient, Emulator, RetryPolicy
-from botkit.serving import serve_app
+from botkit.devino import DevinoClient, RetryPolicy
+from botkit.devtools.emulator import Emulator
+from botkit.service._serving import serve_app
 
 API_KEY = "test-key-Zq81xW"
 """Distinctive, so a test can search any output for it."""

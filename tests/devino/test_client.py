@@ -13,13 +13,13 @@ from botkit.devino import (
     DevinoConfigError,
     DevinoResponseError,
     DevinoTransportError,
-    Emulator,
     OutgoingMessage,
     Reason,
     RequestRecord,
     RetryPolicy,
 )
-from botkit.serving import serve_app
+from botkit.devtools.emulator import Emulator
+from botkit.service._serving import serve_app
 
 from .conftest import API_KEY, FAST_RETRY, SENDER
 

@@ -14,14 +14,13 @@ import pytest
 from botkit.devino import (
     DevinoClient,
     DevinoConfigError,
-    Emulator,
     MessageStatus,
     OutgoingMessage,
     StatusErrorCode,
     parse_incoming,
     parse_statuses,
 )
-from botkit.devino.emulator import RateLimit, main
+from botkit.devtools.emulator import Emulator, RateLimit, main
 
 from .conftest import API_KEY, SENDER, Receiver
 
@@ -327,7 +326,7 @@ def test_the_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
 async def test_the_command_serves_until_interrupted() -> None:
     env = {**os.environ, "BOTKIT_DEVINO_API_KEY": API_KEY}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "botkit.devino.emulator", "--port", "0", "--log-level", "warning",
+        sys.executable, "-m", "botkit.devtools.emulator", "--port", "0", "--log-level", "warning",
         stdout=asyncio.subprocess.PIPE, env=env,
     )  # fmt: skip
     try:

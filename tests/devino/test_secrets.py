@@ -15,10 +15,10 @@ from botkit.devino import (
     DevinoError,
     DevinoResponseError,
     DevinoTransportError,
-    Emulator,
     OutgoingMessage,
     RetryPolicy,
 )
+from botkit.devtools.emulator import Emulator
 
 SECRET = "sk-live-9c1f4e7a2b"
 PASSWORD = "pw-6d3e8f0a"

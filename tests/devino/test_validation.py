@@ -10,7 +10,6 @@ import pytest
 from botkit.devino import (
     MEDIA_TYPES,
     DevinoClient,
-    Emulator,
     InvalidPhoneNumber,
     MediaKind,
     OutgoingMessage,
@@ -23,6 +22,7 @@ from botkit.devino import (
 )
 from botkit.devino.errors import REASON_TABLE
 from botkit.devino.validation import batch_reasons
+from botkit.devtools.emulator import Emulator
 
 from .conftest import API_KEY, SENDER
 

@@ -20,9 +20,9 @@ import httpx
 import pytest
 
 from botkit import Bot, Context
-from botkit.dev import DevServer, create_dev_app, free_port
-from botkit.devtools.page import STATIC
-from botkit.serving import serve_app
+from botkit.devtools._page import STATIC
+from botkit.devtools._server import DevServer, create_dev_app, free_port
+from botkit.service._serving import serve_app
 from tests.devtools import shop_bot
 
 USER = "79031234567"

@@ -102,7 +102,7 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``botkit ARGS`` to completion (for commands that should exit)."""
     return subprocess.run(
-        [sys.executable, "-m", "botkit.cli", *args],
+        [sys.executable, "-m", "botkit", *args],
         env=dict(env),
         cwd=cwd,
         capture_output=True,
@@ -135,7 +135,7 @@ class BotProcess:
     def start(self) -> None:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "botkit.cli", *self.args],
+                [sys.executable, "-m", "botkit", *self.args],
                 env=self.env,
                 cwd=self.cwd,
                 stdout=log,

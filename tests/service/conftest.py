@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from botkit.devino.emulator import Emulator
+from botkit.devtools.emulator import Emulator
 from tests.service._harness import API_KEY, BotProcess
 
 

@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from botkit import Bot, Context, StoreConfig
-from botkit.delivery.sender import SenderConfig
-from botkit.devino.emulator import AcceptedMessage
+from botkit.delivery._sender import SenderConfig
 from botkit.devino.models import MessageStatus
+from botkit.devtools.emulator import AcceptedMessage
 from botkit.storage.memory import MemoryStore
 from botkit.testing import LiveBot
 from bots import echo
@@ -536,7 +536,7 @@ async def test_health_readiness_and_metrics(stack: Stack) -> None:
 
 
 async def test_a_store_down_at_start_up_makes_the_service_unready_not_dead() -> None:
-    from botkit.dev import free_port
+    from botkit.devtools._server import free_port
     from botkit.storage.redis import RedisStore
 
     nowhere = RedisStore(f"redis://127.0.0.1:{free_port()}/0", bot="echo", socket_timeout=0.3)

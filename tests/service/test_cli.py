@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from botkit.cli import main
+from botkit.service._cli import main
 from tests.service._harness import (
     API_KEY,
     REDIS_PASSWORD,
@@ -58,7 +58,7 @@ def bots_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def in_process(bots_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Run ``botkit.cli.main`` in this process from ``bots_dir``, leaving no trace behind."""
+    """Run the ``botkit`` command in this process from ``bots_dir``, leaving no trace behind."""
     monkeypatch.chdir(bots_dir)
     monkeypatch.setattr(sys, "path", list(sys.path))
     for name in list(os.environ):
@@ -183,8 +183,8 @@ def test_run_refuses_bad_arguments(
 def test_a_run_worker_builds_the_bots_app_and_tunes_the_collector_for_serving(
     in_process: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from botkit.cli import TARGET_ENV, service_app
-    from botkit.serving import SERVER_GC_YOUNG
+    from botkit.service._cli import TARGET_ENV, service_app
+    from botkit.service._serving import SERVER_GC_YOUNG
 
     monkeypatch.setenv(TARGET_ENV, "mybot")
     threshold = gc.get_threshold()

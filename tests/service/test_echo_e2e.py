@@ -15,7 +15,7 @@ import httpx
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from botkit.delivery.sender import SenderConfig
+from botkit.delivery._sender import SenderConfig
 from botkit.testing import LiveBot
 from bots import echo
 from tests.service._harness import (

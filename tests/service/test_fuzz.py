@@ -22,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from botkit.app import create_app
-from botkit.delivery.signing import CallbackSigner
-from botkit.settings import load_settings
+from botkit.delivery._signing import CallbackSigner
+from botkit.service._app import create_app
+from botkit.service._settings import load_settings
 from bots import echo
 from tests.conftest import delete_prefix, require_redis
 from tests.service._harness import (

@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from botkit import Bot, Context, ManualClock
-from botkit.devino.emulator import Emulator
-from botkit.logs import ConsoleFormatter, JsonFormatter
+from botkit.devtools.emulator import Emulator
+from botkit.service._logs import ConsoleFormatter, JsonFormatter
 from botkit.storage.memory import MemoryStore
 from botkit.testing import LiveBot
 from bots import echo

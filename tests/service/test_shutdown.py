@@ -21,10 +21,10 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from botkit import Bot, Context
-from botkit.app import create_app
-from botkit.delivery.sender import SenderConfig
-from botkit.serving import serve_app
-from botkit.settings import load_settings
+from botkit.delivery._sender import SenderConfig
+from botkit.service._app import create_app
+from botkit.service._serving import serve_app
+from botkit.service._settings import load_settings
 from bots import echo
 from tests.service._harness import (
     API_KEY,

@@ -23,7 +23,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from botkit import Bot, Context, StoreConfig, TextMessage
-from botkit.runtime import Runtime
+from botkit._runtime import Runtime
 from botkit.storage.base import StorageError
 from botkit.storage.redis import RedisStore
 

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from botkit.outbound import OutboundMessage, SendMode, SentRecord
+from botkit._outbound import OutboundMessage, SendMode, SentRecord
 from botkit.storage.base import (
     ConversationStore,
     DuplicateMessage,
@@ -287,8 +287,8 @@ async def test_delayed_messages_wait_for_their_time(store: ConversationStore) ->
 
 
 async def test_outbox_round_trips_every_field(store: ConversationStore) -> None:
-    from botkit.events import Media
-    from botkit.outbound import Origin, Template
+    from botkit._events import Media
+    from botkit._outbound import Origin, Template
 
     user = new_user()
     message = OutboundMessage(

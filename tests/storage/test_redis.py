@@ -27,8 +27,8 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from botkit import Bot, Context, StoreConfig, TextMessage
-from botkit.outbound import OutboundMessage, SendMode
-from botkit.runtime import Runtime
+from botkit._outbound import OutboundMessage, SendMode
+from botkit._runtime import Runtime
 from botkit.storage.base import (
     DuplicateMessage,
     LockLost,

@@ -27,8 +27,8 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from redis import exceptions as rerr
 
-from botkit.clock import Clock, SystemClock
-from botkit.outbound import OutboundMessage, SentRecord, new_ref
+from botkit._clock import Clock, SystemClock
+from botkit._outbound import OutboundMessage, SentRecord, new_ref
 from botkit.storage.base import (
     DAY,
     Conversation,

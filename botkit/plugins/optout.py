@@ -1,7 +1,7 @@
 """The opt-out plugin: "STOP" unsubscribes a user from the bot, "START" brings them back.
 
 Enable it by name; it is installed through the ``botkit.plugins`` entry point
-(``optout = "bots.optout:plugin"`` in ``pyproject.toml``)::
+(``optout = "botkit.plugins.optout:plugin"`` in ``pyproject.toml``)::
 
     bot = Bot("pizza", plugins=["optout"])      # or BOTKIT_PLUGINS=optout
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-from botkit.router import Router
+from botkit._router import Router
 
 GROUP = "botkit.plugins"
 

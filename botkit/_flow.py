@@ -43,11 +43,11 @@ from transitions.extensions.asyncio import (
     AsyncTransition,
 )
 
+from botkit._router import ANY, Router, flow_wide_key
 from botkit._where import DefinitionError, caller_location
-from botkit.router import ANY, Router, flow_wide_key
 
 if TYPE_CHECKING:
-    from botkit.context import Context
+    from botkit._context import Context
 
 Callback = Callable[..., Any]
 _CALLBACK_KEYS = ("conditions", "unless", "before", "after", "prepare")

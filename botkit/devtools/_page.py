@@ -42,16 +42,16 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from botkit.delivery.policy import DeliveryRefused
-from botkit.devino.emulator import Emulator, EmulatorEvent
+from botkit._outbound import Template
+from botkit._runtime import Runtime, TurnOutcome
+from botkit.delivery._policy import DeliveryRefused
 from botkit.devino.errors import InvalidPhoneNumber
 from botkit.devino.validation import normalize_phone
-from botkit.outbound import Template
-from botkit.runtime import Runtime, TurnOutcome
+from botkit.devtools.emulator import Emulator, EmulatorEvent
 
 if TYPE_CHECKING:
-    from botkit.app import Service
-    from botkit.dev import DevServer
+    from botkit.devtools._server import DevServer
+    from botkit.service._app import Service
 
 __all__ = ["DevFeed", "routes"]
 

@@ -16,12 +16,12 @@ import httpx
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Mount
 
-from botkit.app import create_app
-from botkit.bot import Bot
-from botkit.clock import ManualClock
+from botkit._bot import Bot
+from botkit._clock import ManualClock
 from botkit.devino.client import DevinoClient
-from botkit.devino.emulator import Emulator
-from botkit.settings import Settings, load_settings
+from botkit.devtools.emulator import Emulator
+from botkit.service._app import create_app
+from botkit.service._settings import Settings, load_settings
 from botkit.storage.base import StoreConfig
 from botkit.storage.memory import MemoryStore
 
@@ -125,7 +125,7 @@ def create_dev_app(bot: Bot, *, host: str = "127.0.0.1", port: int = 8000) -> De
 
 def _dev_page_routes(server: DevServer) -> list[BaseRoute]:
     try:
-        from botkit.devtools.page import routes
+        from botkit.devtools._page import routes
     except ImportError:
         return []
     return list(routes(server))

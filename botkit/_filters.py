@@ -21,10 +21,10 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from botkit.events import MediaKind, MediaMessage, StatusUpdate, TextMessage
+from botkit._events import MediaKind, MediaMessage, StatusUpdate, TextMessage
 
 if TYPE_CHECKING:
-    from botkit.context import Context
+    from botkit._context import Context
 
 FilterResult: TypeAlias = bool | Mapping[str, Any]
 

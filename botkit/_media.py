@@ -10,8 +10,8 @@ from pathlib import Path
 import anyio
 import httpx
 
+from botkit._events import Media, MediaKind
 from botkit.devino.validation import MAX_BYTES
-from botkit.events import Media, MediaKind
 
 __all__ = [
     "MAX_BYTES",

@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from botkit.clock import Clock, SystemClock
-from botkit.context import Context
-from botkit.delivery.policy import DeliveryRefused, ReplyPolicy
-from botkit.events import AnyMessage, Event, EventKind, Media, StatusUpdate
-from botkit.outbound import Origin, OutboundMessage, Template
-from botkit.plugins import Plugin, resolve_plugins
-from botkit.router import HandlerIndex, Router, compose
+from botkit._clock import Clock, SystemClock
+from botkit._context import Context
+from botkit._events import AnyMessage, Event, EventKind, Media, StatusUpdate
+from botkit._outbound import Origin, OutboundMessage, Template
+from botkit._plugins import Plugin, resolve_plugins
+from botkit._router import HandlerIndex, Router, compose
+from botkit.delivery._policy import DeliveryRefused, ReplyPolicy
 from botkit.storage.base import (
     ConversationStore,
     DuplicateMessage,
@@ -35,8 +35,8 @@ from botkit.storage.base import (
 )
 
 if TYPE_CHECKING:
-    from botkit.bot import Bot
-    from botkit.flow import Flow
+    from botkit._bot import Bot
+    from botkit._flow import Flow
 
 log = logging.getLogger("botkit.turn")
 

@@ -22,7 +22,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
-from botkit.bot import Bot
+from botkit._bot import Bot
 
 TARGET_ENV = "BOTKIT_TARGET"
 
@@ -63,10 +63,10 @@ def _fail(command: str, message: str) -> int:
 
 def service_app() -> object:
     """The application factory uvicorn's workers call (``botkit run``)."""
-    from botkit.app import create_app
-    from botkit.logs import configure_logging
-    from botkit.serving import tune_gc
-    from botkit.settings import load_settings
+    from botkit.service._app import create_app
+    from botkit.service._logs import configure_logging
+    from botkit.service._serving import tune_gc
+    from botkit.service._settings import load_settings
 
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
@@ -76,7 +76,7 @@ def service_app() -> object:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from botkit.settings import SettingsError, load_settings
+    from botkit.service._settings import SettingsError, load_settings
 
     try:
         bot = load_bot(args.target)
@@ -107,7 +107,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="botkit-metrics-")
     uvicorn.run(
-        "botkit.cli:service_app",
+        "botkit.service._cli:service_app",
         factory=True,
         host=args.host,
         port=args.port,
@@ -127,10 +127,10 @@ def _dev(args: argparse.Namespace) -> int:
     import asyncio
     import contextlib
 
-    from botkit.dev import create_dev_app
-    from botkit.logs import configure_logging
-    from botkit.serving import run_app
-    from botkit.settings import SettingsError
+    from botkit.devtools._server import create_dev_app
+    from botkit.service._logs import configure_logging
+    from botkit.service._serving import run_app
+    from botkit.service._settings import SettingsError
 
     try:
         bot = load_bot(args.target)
@@ -211,7 +211,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_devtools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     try:
-        from botkit.devtools import commands
+        from botkit.devtools import _commands as commands
     except ImportError:
         return
     commands.register(sub, load_bot, _fail)
@@ -221,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``botkit`` command; return its exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["emulator"]:
-        from botkit.devino.emulator import main as emulator_main
+        from botkit.devtools.emulator import main as emulator_main
 
         return emulator_main(args_list[1:])
     parser = _parser()

@@ -8,10 +8,10 @@ import httpx
 import pytest
 
 from botkit import Bot, Context, Flow, OptedOut
-from botkit.plugins import installed
+from botkit._plugins import installed
+from botkit._plugins.optout import STARTED, STOPPED
 from botkit.testing import BotTester, LiveBot
 from bots import pizza
-from bots.optout import STARTED, STOPPED
 
 USER = "79031234567"
 
@@ -62,7 +62,7 @@ def busy_bot(calls: list[str]) -> Bot:
 
 
 def test_the_plugin_is_installed_through_the_entry_point() -> None:
-    assert installed()["optout"].value == "bots.optout:plugin"
+    assert installed()["optout"].value == "botkit.plugins.optout:plugin"
     assert "optout" in pizza.bot.plugins
 
 

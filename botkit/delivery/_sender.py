@@ -25,14 +25,14 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from botkit import metrics
-from botkit.clock import Clock, SystemClock
-from botkit.delivery.signing import CallbackSigner
+from botkit import _metrics as metrics
+from botkit._clock import Clock, SystemClock
+from botkit._outbound import OutboundMessage, SentRecord
+from botkit.delivery._signing import CallbackSigner
 from botkit.devino.client import DevinoClient
 from botkit.devino.convert import to_outgoing
 from botkit.devino.errors import DevinoAuthError, DevinoError
 from botkit.devino.models import SendResult
-from botkit.outbound import OutboundMessage, SentRecord
 from botkit.storage.base import ConversationStore, OutboxItem, StorageError
 
 log = logging.getLogger("botkit.sender")

@@ -6,15 +6,15 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from botkit._events import Media
+from botkit._outbound import OutboundMessage, Template
+from botkit._router import Router
 from botkit._where import DefinitionError, caller_location
-from botkit.delivery.policy import ReplyPolicy, SessionWindow
-from botkit.events import Media
-from botkit.outbound import OutboundMessage, Template
-from botkit.router import Router
+from botkit.delivery._policy import ReplyPolicy, SessionWindow
 
 if TYPE_CHECKING:
-    from botkit.flow import Flow
-    from botkit.runtime import Runtime
+    from botkit._flow import Flow
+    from botkit._runtime import Runtime
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from botkit.events import Media
-from botkit.outbound import Origin, OutboundMessage, SendMode, Template
+from botkit._events import Media
+from botkit._outbound import Origin, OutboundMessage, SendMode, Template
 from botkit.storage.base import Conversation
 
 TEXT_LIMIT = 1000

@@ -18,7 +18,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
-from botkit.events import Media
+from botkit._events import Media
 
 
 def _positional(params: Mapping[str, Any] | Sequence[Any] | None) -> Mapping[str, str]:

@@ -35,11 +35,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TextIO
 
-from botkit.bot import Bot
-from botkit.clock import ManualClock
-from botkit.delivery.policy import DeliveryRefused
-from botkit.outbound import OutboundMessage, SendMode
-from botkit.runtime import TurnOutcome
+from botkit._bot import Bot
+from botkit._clock import ManualClock
+from botkit._outbound import OutboundMessage, SendMode
+from botkit._runtime import TurnOutcome
+from botkit.delivery._policy import DeliveryRefused
 from botkit.testing import BotTester, Replies
 
 __all__ = ["HELP", "TerminalChat", "run_chat"]

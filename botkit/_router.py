@@ -22,13 +22,13 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
+from botkit._events import MESSAGE_KINDS, EventKind
+from botkit._filters import Filter, StatusIs, all_of, as_filter
 from botkit._where import DefinitionError, caller_location
-from botkit.events import MESSAGE_KINDS, EventKind
-from botkit.filters import Filter, StatusIs, all_of, as_filter
 
 if TYPE_CHECKING:
-    from botkit.context import Context
-    from botkit.flow import Flow
+    from botkit._context import Context
+    from botkit._flow import Flow
 
 HandlerFn: TypeAlias = Callable[..., Awaitable[Any]]
 ErrorHandlerFn: TypeAlias = Callable[["Context", BaseException], Awaitable[Any]]
@@ -293,7 +293,7 @@ class Router:
                 yield item, chain
 
     def _flows(self) -> Iterable[Flow]:
-        from botkit.flow import Flow
+        from botkit._flow import Flow
 
         for router in self._walk():
             if isinstance(router, Flow):

@@ -5,7 +5,7 @@ handed to ``transitions``' own diagram support (a ``GraphMachine`` with no
 callbacks: the diagram needs names, not behaviour), so the picture cannot
 drift from the machine the bot runs::
 
-    from botkit.devtools.graph import mermaid
+    from botkit.devtools._graph import mermaid
     print(mermaid(order))          # Mermaid text, no extra dependency
 
     render(order, "svg")           # bytes; needs ``pip install 'botkit[graph]'``
@@ -25,8 +25,8 @@ from typing import Any, Literal, cast
 from transitions import State as _MachineState
 from transitions.extensions.diagrams import GraphMachine
 
-from botkit.bot import Bot
-from botkit.flow import Flow
+from botkit._bot import Bot
+from botkit._flow import Flow
 
 __all__ = ["FORMATS", "GraphUnavailable", "bot_flows", "mermaid", "render"]
 
@@ -70,7 +70,7 @@ class _FlowGraphMachine(GraphMachine):
 
 def bot_flows(bot: Bot) -> list[Flow]:
     """The flows of ``bot``: its own and those of the plugins it enables, by name order kept."""
-    from botkit.plugins import UnknownPlugin, resolve_plugins
+    from botkit._plugins import UnknownPlugin, resolve_plugins
 
     flows: dict[str, Flow] = {}
     try:

@@ -86,7 +86,7 @@ from botkit.devino.models import (
     StatusReport,
 )
 from botkit.devino.validation import batch_reasons, normalize_phone, validate_message
-from botkit.serving import run_app, serve_app
+from botkit.service._serving import run_app, serve_app
 
 __all__ = [
     "AcceptedMessage",

@@ -25,17 +25,17 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from botkit import metrics
-from botkit.delivery.signing import CallbackSigner
+from botkit import _metrics as metrics
+from botkit._events import EventKind, StatusUpdate
+from botkit._outbound import OutboundMessage, SendMode
+from botkit.delivery._signing import CallbackSigner
 from botkit.devino.convert import to_status
 from botkit.devino.errors import StatusErrorCode
 from botkit.devino.models import MessageStatus, SendResult, StatusReport
-from botkit.events import EventKind, StatusUpdate
-from botkit.outbound import OutboundMessage, SendMode
 
 if TYPE_CHECKING:
-    from botkit.context import Context
-    from botkit.runtime import Runtime
+    from botkit._context import Context
+    from botkit._runtime import Runtime
 
 log = logging.getLogger("botkit.status")
 

@@ -13,16 +13,16 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from botkit.delivery.policy import DeliveryRefused, OutsideSessionWindow
-from botkit.events import Event, Media, MediaMessage, Message, StatusUpdate
-from botkit.flow import Flow, FlowError, NotInFlow, _Model
-from botkit.outbound import Origin, OutboundMessage, Template
+from botkit._events import Event, Media, MediaMessage, Message, StatusUpdate
+from botkit._flow import Flow, FlowError, NotInFlow, _Model
+from botkit._outbound import Origin, OutboundMessage, Template
+from botkit.delivery._policy import DeliveryRefused, OutsideSessionWindow
 from botkit.storage.base import Conversation
 
 if TYPE_CHECKING:
-    from botkit.bot import Bot
-    from botkit.router import Handler
-    from botkit.runtime import Runtime
+    from botkit._bot import Bot
+    from botkit._router import Handler
+    from botkit._runtime import Runtime
 
 log = logging.getLogger("botkit.turn")
 
@@ -68,9 +68,9 @@ class FlowControl:
     async def trigger(self, trigger: str, /, **kwargs: Any) -> bool:
         """Fire ``trigger``; True when a transition happened (False when a condition said no).
 
-        Raises :class:`~botkit.flow.InvalidTrigger` naming the allowed
+        Raises :class:`~botkit.InvalidTrigger` naming the allowed
         triggers when the current state does not allow it, and
-        :class:`~botkit.flow.NotInFlow` when the user is in no flow.
+        :class:`~botkit.NotInFlow` when the user is in no flow.
         """
         ctx = self._ctx
         flow, model = ctx._flow, ctx._model
@@ -132,7 +132,7 @@ class Context:
 
     ``ctx.data`` is a per-user dict (JSON-able values) that persists between
     turns. ``ctx.flow`` moves the user through flows. ``ctx.match`` is the
-    regex match when a :class:`~botkit.filters.Regex` filter took the event.
+    regex match when a :class:`~botkit.Regex` filter took the event.
     """
 
     __slots__ = (
@@ -291,10 +291,10 @@ class Context:
         """Download the message's media: bytes, or written to ``path`` (returned).
 
         Streams with a timeout and the size cap of the media kind; raises
-        :class:`~botkit.media.MediaExpired` when the URL no longer works and
-        :class:`~botkit.media.MediaTooLarge` past the cap.
+        :class:`~botkit.MediaExpired` when the URL no longer works and
+        :class:`~botkit.MediaTooLarge` past the cap.
         """
-        from botkit.media import download
+        from botkit._media import download
 
         event = self.event
         if not isinstance(event, MediaMessage):

@@ -1,6 +1,6 @@
 """The developer commands of ``botkit``: ``chat`` and ``graph``.
 
-``botkit.cli`` calls :func:`register` to add them; each loads the bot the way
+``botkit.service._cli`` calls :func:`register` to add them; each loads the bot the way
 ``botkit run`` does (``MODULE[:ATTR]``, ``ATTR`` defaults to ``bot``) and
 exits 2 with one line per problem when it cannot start.
 """
@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from botkit.bot import Bot
+from botkit._bot import Bot
 
 __all__ = ["register"]
 
@@ -77,11 +77,11 @@ def register(
 
 
 def _chat(args: argparse.Namespace, load_bot: LoadBot, fail: Fail) -> int:
-    from botkit.cli import BotLoadError
+    from botkit._plugins import UnknownPlugin
     from botkit.devino.errors import InvalidPhoneNumber
     from botkit.devino.validation import normalize_phone
-    from botkit.devtools.chat import run_chat
-    from botkit.plugins import UnknownPlugin
+    from botkit.devtools._chat import run_chat
+    from botkit.service._cli import BotLoadError
 
     try:
         user = normalize_phone(args.number)
@@ -98,8 +98,8 @@ def _chat(args: argparse.Namespace, load_bot: LoadBot, fail: Fail) -> int:
 
 
 def _graph(args: argparse.Namespace, load_bot: LoadBot, fail: Fail) -> int:
-    from botkit.cli import BotLoadError
-    from botkit.devtools.graph import GraphUnavailable, bot_flows, mermaid, render
+    from botkit.devtools._graph import GraphUnavailable, bot_flows, mermaid, render
+    from botkit.service._cli import BotLoadError
 
     try:
         bot = load_bot(args.target)

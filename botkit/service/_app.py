@@ -33,22 +33,22 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from botkit import metrics
-from botkit.bot import Bot
-from botkit.clock import Clock, SystemClock
-from botkit.delivery.policy import DeliveryRefused, OutsideSessionWindow
-from botkit.delivery.sender import Sender, SenderConfig
-from botkit.delivery.signing import CallbackSigner
-from botkit.delivery.status import RateRetry, StatusOutcome, StatusTracker
+from botkit import _metrics as metrics
+from botkit._bot import Bot
+from botkit._clock import Clock, SystemClock
+from botkit._events import AnyMessage, Media
+from botkit._outbound import Template
+from botkit._runtime import Runtime, TurnOutcome
+from botkit.delivery._policy import DeliveryRefused, OutsideSessionWindow
+from botkit.delivery._sender import Sender, SenderConfig
+from botkit.delivery._signing import CallbackSigner
+from botkit.delivery._status import RateRetry, StatusOutcome, StatusTracker
 from botkit.devino.client import DevinoClient
 from botkit.devino.convert import to_event
 from botkit.devino.errors import InvalidPhoneNumber, PayloadError
 from botkit.devino.models import parse_incoming, parse_statuses
-from botkit.events import AnyMessage, Media
-from botkit.logs import log_turn
-from botkit.outbound import Template
-from botkit.runtime import Runtime, TurnOutcome
-from botkit.settings import Settings, SettingsError, load_settings
+from botkit.service._logs import log_turn
+from botkit.service._settings import Settings, SettingsError, load_settings
 from botkit.storage.base import ConversationStore, StorageError, StoreConfig, UserBusy
 from botkit.storage.memory import MemoryStore
 from botkit.storage.redis import RedisStore
@@ -343,7 +343,7 @@ def create_app(
 ) -> Starlette:
     """The bot's web service; ``app.state.service`` is its :class:`Service`.
 
-    ``settings`` defaults to the environment (:func:`~botkit.settings.load_settings`).
+    ``settings`` defaults to the environment (:func:`~botkit.service.load_settings`).
     ``extra_routes`` and ``on_shutdown`` let ``botkit dev`` add its pages
     and the embedded emulator.
     """

@@ -1,0 +1,32 @@
+"""The service tier: what runs a bot as a web service.
+
+- :mod:`botkit.service._settings`: :class:`Settings` from the environment;
+- :mod:`botkit.service._app`: the composition root (:class:`Service`) and the
+  Starlette application (:func:`create_app`): webhooks, ``/api/send``, health,
+  ``/metrics``;
+- :mod:`botkit.service._logs`: one structured line per turn;
+- :mod:`botkit.service._serving`: uvicorn, embedded or as the main loop;
+- :mod:`botkit.service._cli`: the ``botkit`` command.
+"""
+
+from botkit.service._app import Service, build_store, create_app
+from botkit.service._cli import BotLoadError, load_bot, main
+from botkit.service._logs import configure_logging
+from botkit.service._serving import ServingError, run_app, serve_app
+from botkit.service._settings import Settings, SettingsError, load_settings
+
+__all__ = [
+    "BotLoadError",
+    "Service",
+    "ServingError",
+    "Settings",
+    "SettingsError",
+    "build_store",
+    "configure_logging",
+    "create_app",
+    "load_bot",
+    "load_settings",
+    "main",
+    "run_app",
+    "serve_app",
+]
