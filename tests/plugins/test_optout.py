@@ -9,7 +9,7 @@ import pytest
 
 from botkit import Bot, Context, Flow, OptedOut
 from botkit._plugins import installed
-from botkit._plugins.optout import STARTED, STOPPED
+from botkit.plugins.optout import STARTED, STOPPED
 from botkit.testing import BotTester, LiveBot
 from bots import pizza
 
