@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from botkit import Bot, Context, StoreConfig, TextMessage
-from botkit.runtime import Runtime
+from botkit._runtime import Runtime
 from botkit.storage.base import StorageError, UserBusy
 from botkit.storage.redis import RedisStore
 
