@@ -27,7 +27,7 @@ from tests.storage._redis_topologies import RedisClusterNodes, SentinelGroup
 StoreFactory = Callable[..., Awaitable[ConversationStore]]
 
 # "redis-resp3": the same server spoken to in RESP3 (``?protocol=3``), whose
-# replies the store's own reply parser must read as well as RESP2's.
+# replies the store must read as well as RESP2's (through redis-py's parser).
 # "redis-sentinel": a primary, a replica and three sentinels of the test's own.
 BACKENDS = ["memory", "redis", "redis-resp3", "redis-sentinel"]
 

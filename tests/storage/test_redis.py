@@ -32,6 +32,7 @@ from botkit._runtime import Runtime
 from botkit.storage.base import (
     DuplicateMessage,
     LockLost,
+    StorageError,
     StorageUnavailable,
     TurnLease,
     UserBusy,
@@ -678,31 +679,47 @@ async def test_a_release_during_the_first_attempt_is_not_lost(
     assert max(waits) < 2.0, f"a turn waited {max(waits):.2f}s for a lock released long before"
 
 
-async def test_out_of_band_pushes_on_a_resp3_connection_do_not_confuse_turns(
-    redis_url: str, redis_prefix: str
+async def test_a_failing_call_never_fails_the_other_calls_of_its_batch(
+    make_store: Callable[..., Any], redis_url: str, redis_prefix: str
 ) -> None:
-    """Client tracking makes Redis push invalidations between (and after) replies."""
-    store = RedisStore(redis_url + "?protocol=3", bot="push", prefix=redis_prefix)
-    await store.open()
-    user = new_user()
-    lease = await store.begin_turn(user, "m:0")
-    await store.commit_turn(lease, None)
-    [connection] = store._runner._idle  # the connection every turn of this test goes out on
-    await connection.send_command("CLIENT", "TRACKING", "ON")
-    assert str(await connection.read_response()) == "OK"
-    other = aioredis.Redis.from_url(redis_url)
-    conv_key = f"{redis_prefix}:push:{{{user}}}:conv"
-    for n in range(1, 30):
-        lease = await store.begin_turn(user, f"m:{n}")  # reads the conversation: tracked
-        assert lease.conversation.data.get("n", 0) == n - 1
+    """Calls of one event-loop step share a pipeline; each call's error is its own."""
+    store = await make_store()
+    users = [new_user() for _ in range(12)]
+    wrong_type, poison = users[0], users[1]
+    check = redis.Redis.from_url(redis_url, decode_responses=True)
+    check.set(f"{redis_prefix}:race:{{{wrong_type}}}:conv", "not a hash")  # WRONGTYPE for HMGET
+
+    async def begin(user: str) -> TurnLease | BaseException:
+        try:
+            return await store.begin_turn(user, f"m:{user}")
+        except Exception as exc:
+            return exc
+
+    began = await asyncio.gather(*(begin(user) for user in users))  # one pipeline
+    assert isinstance(began[0], StorageError) and "WRONGTYPE" in str(began[0])
+    leases = [lease for lease in began[1:] if isinstance(lease, TurnLease)]
+    assert len(leases) == len(users) - 1
+
+    async def commit(lease: TurnLease) -> BaseException | None:
         conv = lease.conversation.copy()
-        conv.data["n"] = n
-        await store.commit_turn(lease, conv, [text(user, f"#{n}")])
-        await other.hset(conv_key, "touched", n)  # an invalidation push to the store's connection
-    assert (await store.load(user)).data == {"n": 29}
-    assert await store.outbox_size() == 29
-    await other.aclose()
-    await store.close()
+        conv.data["text"] = "\ud800 lone surrogate" if lease.user == poison else "fine"
+        try:
+            await store.commit_turn(lease, conv, [text(lease.user, conv.data["text"])])
+        except Exception as exc:
+            return exc
+        return None
+
+    committed = await asyncio.gather(*(commit(lease) for lease in leases))  # one pipeline
+    assert isinstance(committed[0], StorageError) and "nothing was written" in str(committed[0])
+    assert committed[1:] == [None] * (len(leases) - 1)
+    for user in users[2:]:
+        assert (await store.load(user)).data == {"text": "fine"}
+    assert await store.outbox_size() == len(users) - 2
+    # The poison turn's lock is still its own: aborting it frees the user for the next turn.
+    await store.abort_turn(leases[0])
+    lease = await store.begin_turn(poison, "m:next")
+    await store.commit_turn(lease, None)
+    check.close()
 
 
 class ResettingProxy:
@@ -788,8 +805,8 @@ async def test_idle_connections_closed_by_a_restart_are_replaced_before_use(
         await asyncio.gather(*tasks)
 
     await overlapping_turns("m:1")
-    idle = store._runner.idle_connections
-    assert idle >= 2, "the test needs several idle batch connections"
+    # The listener, the checking client and at least two batch connections.
+    assert len(server.client().client_list()) >= 4, "the test needs several idle connections"
     server.kill()
     server.start()
     await asyncio.sleep(0.1)  # the loop sees every idle connection's end of stream

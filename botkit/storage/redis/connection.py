@@ -15,10 +15,15 @@ from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit
 import redis.asyncio as aioredis
 from redis import exceptions as rerr
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
 from botkit.storage.base import StorageError, StorageUnavailable
+
+try:  # redis-py 7 and later
+    from redis.maint_notifications import MaintNotificationsConfig
+except ImportError:  # pragma: no cover - older redis-py has no maintenance notifications
+    MaintNotificationsConfig = None  # type: ignore[assignment, misc]
 
 # Server answers that mean "not now" rather than "wrong": the store is unavailable.
 UNAVAILABLE_REPLIES = (
@@ -33,6 +38,9 @@ UNAVAILABLE_REPLIES = (
     "CLUSTERDOWN",
 )
 
+# What redis-py's BlockingConnectionPool says when no connection freed up in time.
+_POOL_EXHAUSTED = "No connection available."
+
 SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
 """The URL schemes :func:`build_client` knows."""
 
@@ -40,7 +48,12 @@ SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
 def build_client(
     url: str, *, socket_timeout: float, connect_timeout: float, max_connections: int
 ) -> aioredis.Redis:
-    """A client for ``url`` with the store's timeouts, no silent retries and a bounded pool."""
+    """A client for ``url`` with the store's timeouts, no silent retries and a bounded pool.
+
+    At most ``max_connections`` connections are open; a command that finds
+    them all busy waits up to ``socket_timeout`` for one
+    (:class:`~redis.asyncio.BlockingConnectionPool`).
+    """
     options: dict[str, Any] = {
         "decode_responses": True,
         "socket_timeout": socket_timeout,
@@ -51,19 +64,36 @@ def build_client(
         "retry": Retry(NoBackoff(), 0),
         "max_connections": max_connections,
     }
+    if MaintNotificationsConfig is not None:
+        # Off: in its default "auto" mode the pool skips its check that an idle
+        # connection is still open, and a connection the server closed (a
+        # restart) would fail the next batch for nothing. The store does not
+        # use maintenance notifications (a managed-service feature).
+        options["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
     scheme = urlsplit(url).scheme
     if scheme == "redis+sentinel":
-        return sentinel_client(url, options)
+        return sentinel_client(url, options, pool_timeout=socket_timeout)
     # redis+cluster:// and rediss+cluster:// (Redis Cluster) are dispatched here.
     if scheme not in SCHEMES:
         raise ValueError(
             f"unsupported Redis URL scheme {scheme!r}: use redis://, rediss://, unix:// "
             "or redis+sentinel:// (Redis Cluster is not supported yet)"
         )
-    return aioredis.Redis.from_url(url, **options)
+    pool = aioredis.BlockingConnectionPool.from_url(url, timeout=socket_timeout, **options)
+    return aioredis.Redis(connection_pool=pool)
 
 
-def sentinel_client(url: str, options: dict[str, Any]) -> aioredis.Redis:
+class BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """Sentinel's pool (follows the primary) with the blocking pool's bound.
+
+    When all ``max_connections`` are in use a command waits up to ``timeout``
+    seconds for one instead of failing at once.
+    """
+
+
+def sentinel_client(
+    url: str, options: dict[str, Any], *, pool_timeout: float = 2.0
+) -> aioredis.Redis:
     """The primary's client from ``redis+sentinel://[[user]:pass@]h1[:p],h2[:p]/service[/db]``.
 
     ``?sentinel_password=...`` when the sentinels need a password of their own.
@@ -97,7 +127,15 @@ def sentinel_client(url: str, options: dict[str, Any]) -> aioredis.Redis:
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
         sentinels, sentinel_kwargs=sentinel_options, **master
     )
-    return cast(aioredis.Redis, sentinel.master_for(unquote(path[0]), redis_class=aioredis.Redis))
+    return cast(
+        aioredis.Redis,
+        sentinel.master_for(
+            unquote(path[0]),
+            redis_class=aioredis.Redis,
+            connection_pool_class=BlockingSentinelPool,
+            timeout=pool_timeout,
+        ),
+    )
 
 
 def mask(url: str) -> str:
@@ -122,6 +160,12 @@ def named_error(url: str, prefix: str, doing: str, exc: BaseException) -> Storag
     retries) when Redis did not answer or refused for now; :class:`StorageError`
     otherwise.
     """
+    if isinstance(exc, rerr.ConnectionError) and str(exc) == _POOL_EXHAUSTED:
+        return StorageUnavailable(
+            f"could not {doing}: every Redis connection of this store stayed busy for the "
+            f"socket timeout. Redis at {mask(url)} is slow or hung, or max_connections is "
+            "too small for the load"
+        )
     if isinstance(exc, rerr.ConnectionError | rerr.TimeoutError):
         return StorageUnavailable(
             f"could not {doing}: Redis at {mask(url)} did not answer ({exc}). "
@@ -136,7 +180,7 @@ def named_error(url: str, prefix: str, doing: str, exc: BaseException) -> Storag
                 "not changed. Point the store at the current primary or free memory"
             )
         return StorageError(
-            f"could not {doing}: Redis answered {exc!r}. Is another application "
+            f"could not {doing}: Redis answered {str(exc)!r}. Is another application "
             f"using the key prefix {prefix!r}?"
         )
     return StorageError(f"could not {doing}: {exc!r}")

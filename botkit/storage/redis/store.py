@@ -113,12 +113,10 @@ class RedisStore(ConversationStore):
         self._clock = clock or SystemClock()
         self._socket_timeout = socket_timeout
         self._connect_timeout = socket_timeout if connect_timeout is None else connect_timeout
-        self._runner = ScriptRunner(
-            url=url,
-            prefix=self._keys.base,
-            socket_timeout=socket_timeout,
-            max_connections=max_connections,
-        )
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self._max_connections = max_connections
+        self._runner = ScriptRunner(url=url, prefix=self._keys.base, socket_timeout=socket_timeout)
         self._lock_ttl_ms = _ms(self.config.lock_ttl)
         self._conversation_ttl_ms = _ms(max(self.config.conversation_ttl, session_window))
         self._done_ttl_ms = _ms(self.config.done_ttl)
@@ -148,7 +146,7 @@ class RedisStore(ConversationStore):
                     socket_timeout=self._socket_timeout,
                     connect_timeout=self._connect_timeout,
                     # One more for the unlock listener, one spare.
-                    max_connections=self._runner.max_connections + 2,
+                    max_connections=self._max_connections + 2,
                 )
             client = self._runner.client = self._client
             guard = self._runner.guard("open the store")
