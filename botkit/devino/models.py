@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, Final, TypeVar
@@ -565,6 +566,8 @@ def _objects(body: object) -> list[Any]:
             body = json.loads(raw)
         except (ValueError, RecursionError) as exc:
             raise PayloadError([_error("", f"body is not JSON: {exc}")]) from None
+        encoded = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
+        body, _ = repair_text(encoded, body)
     if isinstance(body, Mapping):
         return [body]
     if isinstance(body, list):
@@ -591,6 +594,44 @@ def _validate(adapter: TypeAdapter[list[_T]], body: object) -> list[_T]:
         raise PayloadError(errors) from None
     except RecursionError:
         raise PayloadError([_error("", "payload is nested too deeply")]) from None
+
+
+# A JSON escape of a UTF-16 surrogate: only these can give a string that is
+# not valid Unicode text (a lone surrogate) once decoded.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def repair_text(raw: bytes, body: Any) -> tuple[Any, list[str]]:
+    """``body`` (decoded from ``raw``) with lone UTF-16 surrogates replaced by U+FFFD.
+
+    JSON may escape half a surrogate pair (``"\\ud800"``): valid JSON, but
+    not text anyone can store or send (it has no UTF-8 form). Such a message
+    is repaired rather than refused, so it is answered once instead of being
+    retried by the provider; the second item lists the repaired fields
+    (``"0.text"``). Costs one scan of ``raw`` when there is nothing to repair.
+    """
+    if not _SURROGATE_ESCAPE.search(raw):
+        return body, []
+    repaired: list[str] = []
+
+    def fix(value: Any, path: str) -> Any:
+        if isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                repaired.append(path)
+                return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in value)
+            return value
+        if isinstance(value, list):
+            return [fix(item, f"{path}.{i}" if path else str(i)) for i, item in enumerate(value)]
+        if isinstance(value, dict):
+            return {
+                fix(key, path): fix(item, f"{path}.{key}" if path else str(key))
+                for key, item in value.items()
+            }
+        return value
+
+    return fix(body, ""), repaired
 
 
 def parse_incoming(body: object) -> list[IncomingMessage]:

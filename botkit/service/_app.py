@@ -46,7 +46,7 @@ from botkit.delivery._status import RateRetry, StatusOutcome, StatusTracker
 from botkit.devino.client import DevinoClient
 from botkit.devino.convert import to_event
 from botkit.devino.errors import InvalidPhoneNumber, PayloadError
-from botkit.devino.models import parse_incoming, parse_statuses
+from botkit.devino.models import parse_incoming, parse_statuses, repair_text
 from botkit.service._logs import log_turn
 from botkit.service._settings import Settings, SettingsError, load_settings
 from botkit.storage.base import ConversationStore, StorageError, StoreConfig, UserBusy
@@ -291,9 +291,18 @@ async def _json_body(request: Request, limit: int) -> Any | Response:
     except ClientDisconnect:
         return _error(400, "client_disconnected", "the client went away mid-body")
     try:
-        return json.loads(body)
+        value = json.loads(body)
     except (ValueError, RecursionError):
         return _error(400, "invalid_json", "the body is not JSON (or is nested too deeply)")
+    value, repaired = repair_text(body, value)
+    if repaired:
+        # Half a surrogate pair has no UTF-8 form: such text could be neither
+        # stored nor sent, and refusing it would have the provider retry it.
+        log.warning(
+            "replaced lone UTF-16 surrogates (not valid text) with U+FFFD in the body's %s",
+            ", ".join(repaired),
+        )
+    return value
 
 
 # -- the API model -----------------------------------------------------------

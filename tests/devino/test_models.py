@@ -299,3 +299,27 @@ def test_payload_error_is_a_value_error() -> None:
 def test_incoming_python_names_work_too() -> None:
     message = IncomingMessage(incoming_message_id="1", sender="79031234567", to="Shop", text="hi")
     assert message.to_wire()["from"] == "79031234567"
+
+
+def test_lone_surrogates_are_repaired_and_the_fields_named() -> None:
+    from botkit.devino.models import repair_text
+
+    raw = json.dumps([{"text": "a\ud800b", "from": "79031234567"}, {"text": "ok \U0001f600"}])
+    body, repaired = repair_text(raw.encode(), json.loads(raw))
+    assert body == [{"text": "a\ufffdb", "from": "79031234567"}, {"text": "ok \U0001f600"}]
+    assert repaired == ["0.text"]
+    # Parsing the raw body repairs it too: the text can be stored and sent.
+    [message] = parse_incoming(
+        json.dumps(
+            {
+                "incomingMessageId": 1,
+                "from": "79031234567",
+                "to": "79000000000",
+                "ts": 1,
+                "text": "\udfff",
+            }
+        )
+    )
+    assert message.text == "\ufffd"
+    # A valid pair, escaped, is left alone.
+    assert repair_text(b'"\\ud83d\\ude00"', "\U0001f600") == ("\U0001f600", [])
