@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from bisect import bisect_left
+from collections.abc import Collection
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -60,7 +61,16 @@ DELIVERY_SECONDS = Histogram(
     "Time from a reply's commit to the provider's acknowledgement.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
-STATUSES = Counter("botkit_statuses_total", "Status callbacks handled, by status.", ["status"])
+STATUSES = Counter(
+    "botkit_statuses_total",
+    "Status callbacks handled, by status and error code (known ones; anything else is other).",
+    ["status", "error"],
+)
+STATUSES_IGNORED = Counter(
+    "botkit_statuses_ignored_total",
+    "Status callbacks that cannot follow the message's status (e.g. failed after read).",
+    ["status"],
+)
 CALLBACKS_REFUSED = Counter(
     "botkit_callbacks_refused_total",
     "Status callbacks refused (bad signature, unknown).",
@@ -74,6 +84,19 @@ WEBHOOK_REQUESTS = Counter(
 OUTBOX_SIZE = Gauge(
     "botkit_outbox_size", "Outbox entries waiting or in flight.", multiprocess_mode="max"
 )
+
+
+OTHER = "other"
+"""The label value of anything not in a label's known set: series stay bounded."""
+
+
+def bounded(value: object, known: Collection[object]) -> str:
+    """``value`` as a label when it is one of ``known``, else ``"other"``.
+
+    Label values that come from outside (a provider's status or reason) must
+    go through this: each new value is a new series kept until restart.
+    """
+    return str(value) if value in known else OTHER
 
 
 # How often the service adds the held updates to the Prometheus values (seconds).

@@ -231,12 +231,15 @@ class SentRecord:
     """A message the provider accepted, kept (7 days by default) by its ``messageId``.
 
     Status callbacks find the message, its user and its fallback template here.
+    ``resent`` is True once a status callback queued the message again (its
+    fallback template after a 2312, a retry after a 2301): never twice.
     """
 
     message_id: str
     message: OutboundMessage
     sent_at: float
     status: str = "accepted"
+    resent: bool = False
 
     @property
     def user(self) -> str:
@@ -251,6 +254,7 @@ class SentRecord:
                 "message": self.message.to_dict(),
                 "sent_at": self.sent_at,
                 "status": self.status,
+                **({"resent": True} if self.resent else {}),
             },
             separators=(",", ":"),
             ensure_ascii=False,
@@ -265,4 +269,5 @@ class SentRecord:
             message=OutboundMessage.from_dict(data["message"]),
             sent_at=float(data["sent_at"]),
             status=data.get("status", "accepted"),
+            resent=bool(data.get("resent", False)),
         )

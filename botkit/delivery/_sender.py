@@ -31,7 +31,7 @@ from botkit._outbound import OutboundMessage, SentRecord
 from botkit.delivery._signing import CallbackSigner
 from botkit.devino.client import DevinoClient
 from botkit.devino.convert import to_outgoing
-from botkit.devino.errors import DevinoAuthError, DevinoError
+from botkit.devino.errors import DevinoAuthError, DevinoError, ReasonKey
 from botkit.devino.models import SendResult
 from botkit.storage.base import ConversationStore, OutboxItem, StorageError
 
@@ -62,6 +62,8 @@ class SenderConfig:
     housekeeping_every: float = 1.0
     order_wait: float = 10.0
 
+
+_REASON_KEYS = frozenset(ReasonKey)
 
 # How often a sender that holds only messages waiting for earlier ones looks again.
 _ORDER_POLL = 0.005
@@ -262,7 +264,7 @@ class Sender:
             else:
                 rejected.append((item.message, result))
                 for reason in result.reasons or []:
-                    metrics.REJECTED.labels(reason.key).inc()
+                    metrics.REJECTED.labels(metrics.bounded(reason.key, _REASON_KEYS)).inc()
         await self._acknowledge([item.id for item in items], sent, items)
         for message, result in rejected:
             log.warning(
@@ -300,7 +302,9 @@ class Sender:
                 item.message,
                 sender=self.sender_name,
                 callback_url=self.callback_url,
-                callback_data=self.signer.sign(item.message.user, item.message.ref),
+                callback_data=self.signer.sign(
+                    item.message.user, item.message.ref, item.message.fallback
+                ),
             )
             for item in items
         ]

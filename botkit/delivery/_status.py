@@ -5,12 +5,23 @@ from the signed ``callbackData``), deduplicated on ``(messageId, status)``.
 (A plain progress status, with no error code, when the bot has no status
 handlers, only moves the sent record forward: no lock, no turn.)
 
-* statuses only move forward (sent < delivered < read; failed, undelivered,
-  expired and cancelled are final); an older or repeated status is ignored;
-* errorCode 2312 (sent outside the session window) on a message that had a
-  fallback template: the template goes out once, in the same commit that
-  marks the callback done;
-* 2301 (too many messages): the message is retried after a backoff;
+The signature proves botkit sent the message, not that the provider sent
+this status: a genuine ``callbackData`` can be replayed with any status and
+error code. So what a callback may cause depends on the record kept of the
+message, never on the callback alone:
+
+* statuses only move forward: sent < delivered < read/visited; read and
+  visited are final, and so are the failures (failed, undelivered, expired,
+  cancelled); an older or repeated status is ignored;
+* a failure status for a message already delivered or read is recorded
+  (logged, counted in ``botkit_statuses_ignored_total``) and ignored;
+* errorCode 2312 (sent outside the session window) on a message that was
+  not delivered and had a fallback template: the template goes out, in the
+  same commit that marks the callback done, and at most once, ever (the
+  sent record remembers it, before the commit: at most once rather than at
+  least once);
+* 2301 (too many messages): the message is retried after a backoff, also at
+  most once per sent message;
 * 2305 (not a WhatsApp user): the user is marked and nothing more is sent;
 * then the bot's status handlers run with the user's context.
 """
@@ -26,9 +37,9 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from botkit import _metrics as metrics
-from botkit._events import EventKind, StatusUpdate
-from botkit._outbound import OutboundMessage, SendMode
-from botkit.delivery._signing import CallbackSigner
+from botkit._events import DeliveryStatus, EventKind, StatusUpdate
+from botkit._outbound import OutboundMessage, SendMode, SentRecord
+from botkit.delivery._signing import CallbackSigner, fallback_digest
 from botkit.devino.convert import to_status
 from botkit.devino.errors import StatusErrorCode
 from botkit.devino.models import MessageStatus, SendResult, StatusReport
@@ -72,14 +83,7 @@ class RateRetry:
     delays: Sequence[float] = (10.0, 60.0, 300.0)
 
 
-def _rank(status: str) -> tuple[int, bool]:
-    known = MessageStatus.parse(status)
-    if known is None:
-        return -1, False
-    return known.rank, known in _TERMINAL
-
-
-_TERMINAL = frozenset(
+_FAILURES = frozenset(
     {
         MessageStatus.UNDELIVERED,
         MessageStatus.FAILED,
@@ -87,22 +91,46 @@ _TERMINAL = frozenset(
         MessageStatus.EXPIRED,
     }
 )
+_REACHED = frozenset({MessageStatus.DELIVERED, MessageStatus.READ, MessageStatus.VISITED})
 
 
 def moves_forward(current: str, new: str) -> bool:
     """True when ``new`` may follow ``current``.
 
     The same status again passes (a repeat is caught by deduplication; a
-    retried callback whose turn did not commit must still act). After a
-    final failure nothing else follows; unknown names never move the record.
+    retried callback whose turn did not commit must still act). Read,
+    visited and the failures are final; a failure never follows delivered;
+    unknown names never move the record.
     """
     if current == new:
         return True
-    new_rank, _ = _rank(new)
-    current_rank, current_terminal = _rank(current)
-    if new_rank < 0 or current_terminal:
+    new_status = MessageStatus.parse(new)
+    if new_status is None:
         return False
-    return new_rank > current_rank
+    current_status = MessageStatus.parse(current)
+    if current_status is None:  # "accepted": the provider took it, nothing more is known
+        return True
+    if current_status.is_final:
+        return False
+    if new_status in _FAILURES:
+        return current_status not in _REACHED
+    return new_status.rank > current_status.rank
+
+
+_KNOWN_STATUSES = frozenset(DeliveryStatus)
+_KNOWN_CODES = frozenset(StatusErrorCode)
+
+
+def _labels(update: StatusUpdate) -> tuple[str, str]:
+    """The metric labels of a status: known statuses and error codes only."""
+    status = metrics.bounded(update.status, _KNOWN_STATUSES)
+    code = "" if update.error_code is None else metrics.bounded(update.error_code, _KNOWN_CODES)
+    return status, code
+
+
+def was_delivered(status: str) -> bool:
+    """True when ``status`` says the message reached the user's phone."""
+    return MessageStatus.parse(status) in _REACHED
 
 
 class StatusTracker:
@@ -144,7 +172,7 @@ class StatusTracker:
             return StatusOutcome.IN_PROGRESS
         if outcome.outcome == "ignored":
             return StatusOutcome.STALE
-        metrics.count(metrics.STATUSES, update.status)
+        metrics.count(metrics.STATUSES, *_labels(update))
         return StatusOutcome.HANDLED
 
     async def _advance(self, update: StatusUpdate) -> StatusOutcome:
@@ -152,11 +180,24 @@ class StatusTracker:
         record = await store.get_sent(update.message_id)
         if record is not None and record.message.ref == update.reference:
             if not moves_forward(record.status, update.status):
+                self._ignored(record, update)
                 return StatusOutcome.STALE
             if record.status != update.status:
                 await store.update_sent(dataclasses.replace(record, status=update.status))
-        metrics.count(metrics.STATUSES, update.status)
+        metrics.count(metrics.STATUSES, *_labels(update))
         return StatusOutcome.HANDLED
+
+    def _ignored(self, record: SentRecord, update: StatusUpdate) -> None:
+        """Record a status that cannot follow the message's current one."""
+        metrics.count(metrics.STATUSES_IGNORED, _labels(update)[0])
+        if record.status != update.status:
+            log.info(
+                "ignored status %s (error %s) of a message to ...%s that is already %s",
+                _labels(update)[0],
+                update.error_code,
+                record.user[-4:],
+                record.status,
+            )
 
     async def _on_status(self, ctx: Context) -> bool:
         """Runs in the status turn, under the user's lock, before the status handlers."""
@@ -167,39 +208,61 @@ class StatusTracker:
             # Older than the sent log's 7 days, or not ours: handlers only, no actions.
             return True
         if not moves_forward(record.status, status.status):
+            self._ignored(record, status)
             return False
-        if status.status != record.status:
-            await store.update_sent(dataclasses.replace(record, status=status.status))
         message = record.message
         code = status.error_code
-        if code == StatusErrorCode.OUTSIDE_SESSION_WINDOW:
-            self._fall_back(ctx, message)
+        resend: OutboundMessage | None = None
+        if record.resent or was_delivered(record.status):
+            pass  # a fallback or retry went already, or the message arrived: never again
+        elif code == StatusErrorCode.OUTSIDE_SESSION_WINDOW:
+            resend = self._fallback(ctx, message, status)
         elif code == StatusErrorCode.TOO_MANY_MESSAGES:
-            self._retry_later(ctx, message)
+            resend = self._retry_later(ctx, message)
         elif code == StatusErrorCode.NOT_ON_WHATSAPP:
             ctx.conversation.not_on_whatsapp = True
             log.info("user ...%s is not on WhatsApp; nothing more is sent", ctx.user[-4:])
+        if status.status != record.status or resend is not None:
+            # Written before the commit that queues the resend: if that commit
+            # fails, the resend is lost rather than sent twice by a retried callback.
+            await store.update_sent(
+                dataclasses.replace(
+                    record, status=status.status, resent=record.resent or resend is not None
+                )
+            )
+        if resend is not None:
+            ctx._replies.append(resend)
         return True
 
-    def _fall_back(self, ctx: Context, message: OutboundMessage) -> None:
+    def _fallback(
+        self, ctx: Context, message: OutboundMessage, status: StatusUpdate
+    ) -> OutboundMessage | None:
         if message.mode is SendMode.TEMPLATE or message.fallback is None:
             log.warning(
                 "2312 for a message to ...%s with no fallback template; it is lost",
                 ctx.user[-4:],
             )
-            return
+            return None
+        signed = self.signer.verify(status.raw.get("options"))
+        if signed is None or signed.fallback != fallback_digest(message.fallback):
+            log.warning(
+                "2312 for a message to ...%s whose callbackData does not sign its fallback "
+                "template; the template is not sent",
+                ctx.user[-4:],
+            )
+            return None
         if ctx.conversation.opted_out:
-            return
-        ctx._replies.append(message.as_template(message.fallback))
+            return None
         metrics.FALLBACKS.inc()
+        return message.as_template(message.fallback)
 
-    def _retry_later(self, ctx: Context, message: OutboundMessage) -> None:
+    def _retry_later(self, ctx: Context, message: OutboundMessage) -> OutboundMessage | None:
         delays = self.rate_retry.delays
         if message.attempt >= len(delays):
             log.warning("giving up on a message to ...%s after repeated 2301", ctx.user[-4:])
-            return
-        ctx._replies.append(message.retried(not_before=ctx.now + delays[message.attempt]))
+            return None
         metrics.RETRIED.labels("rate").inc()
+        return message.retried(not_before=ctx.now + delays[message.attempt])
 
     async def report_rejected(self, message: OutboundMessage, result: SendResult) -> None:
         """Give a rejected message to the bot's error handlers, in the user's context."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import hmac
 import json
 import logging
@@ -41,7 +40,7 @@ from botkit._outbound import Template
 from botkit._runtime import Runtime, TurnOutcome
 from botkit.delivery._policy import DeliveryRefused, OutsideSessionWindow
 from botkit.delivery._sender import Sender, SenderConfig
-from botkit.delivery._signing import CallbackSigner
+from botkit.delivery._signing import MIN_SECRET_BYTES, CallbackSigner
 from botkit.delivery._status import RateRetry, StatusOutcome, StatusTracker
 from botkit.devino.client import DevinoClient
 from botkit.devino.convert import to_event
@@ -56,6 +55,9 @@ from botkit.storage.redis import RedisStore
 log = logging.getLogger("botkit.app")
 
 _EMPTY = Response(status_code=200)
+
+CALLBACK_SECRET_NAME = "callback"
+"""The name of the callback secret a store shares when none is configured."""
 
 
 class BodyTooLarge(Exception):
@@ -113,11 +115,11 @@ class Service:
         )
         token = settings.secret("webhook_token")
         self.webhook_token = token or secrets.token_urlsafe(24)
-        secret = (
-            settings.secret("callback_secret")
-            or hashlib.sha256(b"botkit callback secret:" + self.webhook_token.encode()).hexdigest()
-        )
-        self.signer = CallbackSigner(secret)
+        # The configured secret, or (at start) the one the store shares: never
+        # one derived from the webhook token, which would let the token sign.
+        configured = settings.secret("callback_secret")
+        self.signer = CallbackSigner(configured or secrets.token_bytes(32))
+        self._shared_signer = not configured
         self.client = client or _build_client(settings)
         callback_url = None
         if settings.public_url:
@@ -145,6 +147,12 @@ class Service:
     async def start(self) -> None:
         """Open the store, start the bot and the sender."""
         await self.runtime.start()
+        if self._shared_signer:
+            secret = await self.store.shared_secret(
+                CALLBACK_SECRET_NAME, secrets.token_urlsafe(MIN_SECRET_BYTES)
+            )
+            self.signer = CallbackSigner(secret)
+            self.sender.signer = self.tracker.signer = self.signer
         self.sender.start()
         self._metrics = asyncio.create_task(_flush_metrics_forever(), name="botkit-metrics")
         self.accepting = True

@@ -76,7 +76,7 @@ def service_app() -> object:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from botkit.service._settings import SettingsError, load_settings
+    from botkit.service._settings import GENERATE_SECRET, SettingsError, load_settings
 
     try:
         bot = load_bot(args.target)
@@ -87,8 +87,15 @@ def _run(args: argparse.Namespace) -> int:
     if not settings.webhook_token:
         problems.append(
             "BOTKIT_WEBHOOK_TOKEN: required (the secret in the webhook URLs); "
-            "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(24))'"
+            f"generate one with: {GENERATE_SECRET}"
         )
+    if not settings.callback_secret and not settings.redis_url:
+        problems.append(
+            "BOTKIT_CALLBACK_SECRET: required without BOTKIT_REDIS_URL (the key that signs "
+            "status callbacks; with Redis one is created and shared); "
+            f"generate one with: {GENERATE_SECRET}"
+        )
+    problems.extend(settings.weak_secrets())
     if not settings.devino_api_key and not settings.devino_login:
         problems.append("BOTKIT_DEVINO_API_KEY: required (or BOTKIT_DEVINO_LOGIN and _PASSWORD)")
     if not (bot.sender or settings.sender):

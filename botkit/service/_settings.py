@@ -15,6 +15,32 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DEVINO_URL = "https://api.devino.online"
 
+GENERATE_SECRET = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+"""The one line that prints a good secret, quoted in every complaint about one."""
+
+MIN_TOKEN_CHARS = 20
+"""The shortest webhook or API token ``botkit run`` accepts."""
+
+MIN_CALLBACK_SECRET_BYTES = 32
+"""The shortest callback secret accepted (the key of the callbackData signatures)."""
+
+# Words that mark a value as a placeholder somebody forgot to replace.
+_PLACEHOLDER_WORDS = (
+    "change-me",
+    "change_me",
+    "changeme",
+    "replace-me",
+    "replace_me",
+    "replaceme",
+    "placeholder",
+    "your-",
+    "your_",
+    "example",
+    "xxxx",
+    "todo",
+)
+_PLACEHOLDER_VALUES = frozenset({"secret", "password", "token", "test", "dev", "admin", "default"})
+
 
 class SettingsError(ValueError):
     """The configuration is missing or invalid; the message has one line per problem."""
@@ -86,8 +112,11 @@ class Settings(BaseSettings):
     @field_validator("callback_secret")
     @classmethod
     def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value()) < 16:
-            raise ValueError("must be at least 16 characters long (a long random string)")
+        if value is not None and len(value.get_secret_value().encode()) < MIN_CALLBACK_SECRET_BYTES:
+            raise ValueError(
+                f"must be at least {MIN_CALLBACK_SECRET_BYTES} bytes long (a long random string); "
+                f"generate one with: {GENERATE_SECRET}"
+            )
         return value
 
     @field_validator("log_level", mode="before")
@@ -102,6 +131,34 @@ class Settings(BaseSettings):
         value = getattr(self, name)
         return value.get_secret_value() if isinstance(value, SecretStr) else value
 
+    def weak_secrets(self) -> list[str]:
+        """One line per secret that is a placeholder or too short to keep a service safe.
+
+        ``botkit run`` refuses to start with any: the webhook token, the API
+        token and the callback secret must be long and random, and the
+        provider key must not be an example's placeholder.
+        """
+        minimum = {
+            "devino_api_key": 1,
+            "webhook_token": MIN_TOKEN_CHARS,
+            "api_token": MIN_TOKEN_CHARS,
+            "callback_secret": MIN_CALLBACK_SECRET_BYTES,
+        }
+        problems = []
+        for name, least in minimum.items():
+            value = self.secret(name)
+            if not value:
+                continue
+            if is_placeholder(value):
+                problem = "is a placeholder from an example"
+            elif len(value.encode()) < least or len(set(value)) < min(least, 8):
+                problem = f"is too short or too simple (at least {least} random characters)"
+            else:
+                continue
+            hint = "" if name == "devino_api_key" else f"; generate one with: {GENERATE_SECRET}"
+            problems.append(f"BOTKIT_{name.upper()}: {problem}{hint}")
+        return problems
+
     def require(self, *names: str) -> None:
         """Fail with one line per missing setting among ``names``."""
         missing = [n for n in names if not getattr(self, n)]
@@ -109,6 +166,12 @@ class Settings(BaseSettings):
             raise SettingsError(
                 "\n".join(f"BOTKIT_{n.upper()}: required but not set" for n in missing)
             )
+
+
+def is_placeholder(value: str) -> bool:
+    """True for a value that an example file or a tutorial put there to be replaced."""
+    lowered = value.strip().lower()
+    return lowered in _PLACEHOLDER_VALUES or any(word in lowered for word in _PLACEHOLDER_WORDS)
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -249,3 +249,15 @@ class ConversationStore(ABC):
     @abstractmethod
     async def update_sent(self, record: SentRecord) -> None:
         """Replace a sent-message record (its status moved)."""
+
+    # -- shared secrets ------------------------------------------------------
+
+    @abstractmethod
+    async def shared_secret(self, name: str, candidate: str) -> str:
+        """The secret called ``name`` that every process on this store uses.
+
+        The first caller's ``candidate`` is kept, atomically and without
+        expiry; every later caller (another worker, another instance, a
+        restart) gets that same value back. A store private to one process
+        keeps it for that process's lifetime.
+        """

@@ -75,6 +75,7 @@ class MemoryStore(ConversationStore):
         self._marks: dict[str, tuple[str, float]] = {}
         self._marks_swept_at = 0
         self._sent: dict[str, tuple[SentRecord, float]] = {}
+        self._secrets: dict[str, str] = {}
         self._ids = itertools.count(1)
         self._unread: deque[tuple[str, OutboundMessage]] = deque()
         self._pending: dict[str, _Pending] = {}
@@ -222,6 +223,12 @@ class MemoryStore(ConversationStore):
     async def outbox_size(self) -> int:
         """Unread, in-flight and delayed entries."""
         return len(self._unread) + len(self._pending) + len(self._delayed)
+
+    # -- shared secrets ------------------------------------------------------
+
+    async def shared_secret(self, name: str, candidate: str) -> str:
+        """The secret ``name`` of this process (the first ``candidate``)."""
+        return self._secrets.setdefault(name, candidate)
 
     # -- sent-message log ----------------------------------------------------
 

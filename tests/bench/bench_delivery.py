@@ -60,7 +60,7 @@ async def run(store: ConversationStore, base_url: str, count: int, batch: int) -
         store,
         client,
         sender_name="Bench",
-        signer=CallbackSigner("bench-secret-0123456789"),
+        signer=CallbackSigner("bench-secret-0123456789abcdef0123456789"),
         config=SenderConfig(batch_size=batch, block=0.05),
     )
     started = time.perf_counter()

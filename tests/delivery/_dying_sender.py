@@ -36,7 +36,7 @@ async def main(url: str, prefix: str, provider: str) -> None:
         store,
         client,
         sender_name="Claim",
-        signer=CallbackSigner("claim-test-secret-0123"),
+        signer=CallbackSigner("claim-test-secret-0123456789abcdef0123"),
         consumer="doomed",
         config=SenderConfig(linger=0.05),
     )

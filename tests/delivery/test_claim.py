@@ -75,7 +75,7 @@ async def test_a_dead_senders_entries_are_claimed_and_sent_once() -> None:
                 store,
                 client,
                 sender_name="Claim",
-                signer=CallbackSigner("claim-test-secret-0123"),
+                signer=CallbackSigner("claim-test-secret-0123456789abcdef0123"),
                 consumer="survivor",
                 config=SenderConfig(claim_idle=0.5, block=0.1),
             )

@@ -97,7 +97,7 @@ async def test_two_senders_post_one_users_replies_in_commit_order(
 ) -> None:
     first, second, url, prefix = stores
     emulator = Emulator(api_key="k")
-    signer = CallbackSigner("order-test-secret-0123")
+    signer = CallbackSigner("order-test-secret-0123456789abcdef0123")
     config = SenderConfig(block=0.05, linger=0.0)
     check = aioredis.Redis.from_url(url, decode_responses=True)
     async with emulator.serve() as provider:
@@ -150,7 +150,7 @@ async def test_messages_read_before_a_failed_order_check_go_out_next_round() -> 
         client = DevinoClient(provider, api_key="k")
         # A long claim_idle: only the sender's own memory brings the message back soon.
         config = SenderConfig(block=0.05, linger=0.0, retry_base=0.05, claim_idle=600)
-        signer = CallbackSigner("order-test-secret-0123")
+        signer = CallbackSigner("order-test-secret-0123456789abcdef0123")
         sender = Sender(store, client, sender_name="Order", signer=signer, config=config)
         lease = await store.begin_turn(USER, "m:1")
         await store.commit_turn(

@@ -27,7 +27,8 @@ API_KEY = "svc-devino-key-Q7f3xK"
 WEBHOOK_TOKEN = "svc-webhook-token-9sLw2M"
 API_TOKEN = "svc-api-token-Zr81Pd"
 REDIS_PASSWORD = "svc-redis-pw-Hq4nT0"
-SECRETS = (API_KEY, WEBHOOK_TOKEN, API_TOKEN, REDIS_PASSWORD)
+CALLBACK_SECRET = "svc-callback-secret-Vb82kQ-4f0e9a1c7d3b"
+SECRETS = (API_KEY, WEBHOOK_TOKEN, API_TOKEN, REDIS_PASSWORD, CALLBACK_SECRET)
 
 # The provider's own examples ("Response example for incoming message" and
 # "Response example for getting status" on the Devino WhatsApp page), verbatim.

@@ -16,7 +16,9 @@ import pytest
 from botkit.service._cli import main
 from tests.service._harness import (
     API_KEY,
+    CALLBACK_SECRET,
     REDIS_PASSWORD,
+    ROOT,
     SECRETS,
     WEBHOOK_TOKEN,
     BotProcess,
@@ -27,6 +29,7 @@ from tests.service._harness import (
 
 READY = {
     "BOTKIT_WEBHOOK_TOKEN": WEBHOOK_TOKEN,
+    "BOTKIT_CALLBACK_SECRET": CALLBACK_SECRET,
     "BOTKIT_DEVINO_API_KEY": API_KEY,
     "BOTKIT_SENDER": "EchoCo",
 }
@@ -164,9 +167,55 @@ def test_run_lists_every_problem_and_prints_no_secret(bots_dir: Path) -> None:
     assert done.returncode == 2
     assert [line.split(":")[1].strip() for line in done.stderr.splitlines()] == [
         "BOTKIT_WEBHOOK_TOKEN",
+        "BOTKIT_CALLBACK_SECRET",
         "BOTKIT_SENDER",
         "--workers 3 needs BOTKIT_REDIS_URL",
     ]
+
+
+GENERATE = 'generate one with: python -c "import secrets; print(secrets.token_urlsafe(32))"'
+
+
+def test_run_refuses_the_placeholders_of_the_example_env_file(bots_dir: Path) -> None:
+    example = (ROOT / "deploy" / "botkit.env.example").read_text()
+    values = dict(line.split("=", 1) for line in example.splitlines() if line.startswith("BOTKIT_"))
+    values.pop("BOTKIT_AUTOREPLY_RULES", None)
+    done = run_cli(["run", "mybot"], clean_env(**values), cwd=bots_dir)
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert [line.split(":")[1].strip() for line in lines] == [
+        "BOTKIT_DEVINO_API_KEY",
+        "BOTKIT_WEBHOOK_TOKEN",
+        "BOTKIT_API_TOKEN",
+    ], done.stderr
+    for line in lines:
+        assert "is a placeholder from an example" in line
+    for line in lines[1:]:
+        assert line.endswith(GENERATE)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("BOTKIT_WEBHOOK_TOKEN", "change-me-to-a-long-random-string"),
+        ("BOTKIT_WEBHOOK_TOKEN", "short-token-123"),
+        ("BOTKIT_WEBHOOK_TOKEN", "a" * 40),
+        ("BOTKIT_API_TOKEN", "change-me-too"),
+        ("BOTKIT_API_TOKEN", "Bearer-dev"),
+        ("BOTKIT_CALLBACK_SECRET", "your-callback-secret-goes-here-0123456789"),
+        ("BOTKIT_CALLBACK_SECRET", "31-bytes-is-one-short-0123456789"[:31]),
+    ],
+)
+def test_run_refuses_a_placeholder_or_short_secret_with_one_line_saying_how_to_make_one(
+    bots_dir: Path, name: str, value: str
+) -> None:
+    env = clean_env(**{**READY, name: value})
+    done = run_cli(["run", "mybot"], env, cwd=bots_dir)
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"botkit run: {name}: ")
+    assert line.endswith(GENERATE)
+    assert value not in done.stderr + done.stdout
 
 
 @pytest.mark.parametrize(

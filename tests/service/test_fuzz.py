@@ -36,7 +36,7 @@ from tests.service._harness import (
 )
 from tests.service.conftest import Provider
 
-CALLBACK_SECRET = "fuzz-callback-secret-0123456789"
+CALLBACK_SECRET = "fuzz-callback-secret-0123456789abcdef"
 SIGNER = CallbackSigner(CALLBACK_SECRET)
 INCOMING = f"/whatsapp/incoming/{WEBHOOK_TOKEN}"
 STATUS = f"/whatsapp/status/{WEBHOOK_TOKEN}"

@@ -176,7 +176,8 @@ def test_a_short_callback_secret_fails_at_start_up_not_in_the_workers(
     with pytest.raises(SettingsError) as failed:
         load_settings()
     assert str(failed.value) == (
-        "BOTKIT_CALLBACK_SECRET: must be at least 16 characters long (a long random string)"
+        "BOTKIT_CALLBACK_SECRET: must be at least 32 bytes long (a long random string); "
+        'generate one with: python -c "import secrets; print(secrets.token_urlsafe(32))"'
     )
-    monkeypatch.setenv("BOTKIT_CALLBACK_SECRET", "a-long-enough-callback-secret")
+    monkeypatch.setenv("BOTKIT_CALLBACK_SECRET", "a-long-enough-callback-secret-0123")
     assert load_settings().callback_secret is not None

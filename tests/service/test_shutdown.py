@@ -28,6 +28,7 @@ from botkit.service._settings import load_settings
 from bots import echo
 from tests.service._harness import (
     API_KEY,
+    CALLBACK_SECRET,
     WEBHOOK_TOKEN,
     BotProcess,
     clean_env,
@@ -73,6 +74,7 @@ async def test_sigterm_lets_the_turn_in_flight_finish_and_its_reply_leave(
     url = f"http://127.0.0.1:{port}"
     env = clean_env(
         BOTKIT_WEBHOOK_TOKEN=WEBHOOK_TOKEN,
+        BOTKIT_CALLBACK_SECRET=CALLBACK_SECRET,
         BOTKIT_DEVINO_URL=provider.url,
         BOTKIT_DEVINO_API_KEY=API_KEY,
         BOTKIT_SENDER="GateCo",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 
@@ -16,6 +17,7 @@ from botkit.storage.base import (
     StoreConfig,
     UserBusy,
 )
+from botkit.storage.memory import MemoryStore
 
 from .conftest import StoreFactory
 
@@ -319,6 +321,28 @@ async def test_sent_records_are_kept_by_message_id(store: ConversationStore) -> 
     await store.update_sent(moved)
     found = await store.get_sent(record.message_id)
     assert found is not None and found.status == "delivered"
+    assert not found.resent
+    await store.update_sent(dataclasses.replace(found, status="failed", resent=True))
+    found = await store.get_sent(record.message_id)
+    assert found is not None and (found.status, found.resent) == ("failed", True)
+
+
+async def test_a_shared_secret_is_the_first_candidate_for_every_caller(
+    store_factory: StoreFactory,
+) -> None:
+    stores = [await store_factory() for _ in range(4)]
+    # Several processes at once (here: stores on one backend) each offer their own.
+    given = await asyncio.gather(
+        *(store.shared_secret("callback", f"candidate-{i}") for i, store in enumerate(stores))
+    )
+    first = given[0]
+    assert first.startswith("candidate-")
+    if isinstance(stores[0], MemoryStore):  # private to its process: each keeps its own
+        assert given == [f"candidate-{i}" for i in range(4)]
+    else:
+        assert given == [first] * 4
+    assert await stores[0].shared_secret("callback", "another") == first
+    assert await stores[0].shared_secret("other", "another") == "another"
 
 
 async def test_ping(store: ConversationStore) -> None:

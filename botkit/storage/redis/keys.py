@@ -58,3 +58,7 @@ class Keys:
     def sent(self, message_id: str) -> str:
         """The sent-message record of a provider ``messageId``."""
         return f"{self.base}:sent:{message_id}"
+
+    def secret(self, name: str) -> str:
+        """A secret every process on this Redis shares (no expiry)."""
+        return f"{self.base}:secret:{name}"

@@ -457,6 +457,19 @@ class RedisStore(ConversationStore):
             stream, delayed = await pipe.execute()
         return int(stream) + int(delayed)
 
+    # -- shared secrets ------------------------------------------------------
+
+    async def shared_secret(self, name: str, candidate: str) -> str:
+        """The secret ``name`` every process on this Redis uses (SET NX: the first one wins)."""
+        client = await self._ensure_open()
+        key = self._keys.secret(name)
+        async with self._runner.guard("read a shared secret"):
+            await done(client.set(key, candidate, nx=True))
+            value: str | None = await done(client.get(key))
+        if not value:
+            raise StorageUnavailable(f"the shared secret {name!r} vanished from Redis; retry")
+        return value
+
     # -- sent-message log ----------------------------------------------------
 
     async def get_sent(self, message_id: str) -> SentRecord | None:
