@@ -118,8 +118,10 @@ class Service:
         # The configured secret, or (at start) the one the store shares: never
         # one derived from the webhook token, which would let the token sign.
         configured = settings.secret("callback_secret")
-        self.signer = CallbackSigner(configured or secrets.token_bytes(32))
-        self._shared_signer = not configured
+        self.signer = CallbackSigner(configured or secrets.token_bytes(MIN_SECRET_BYTES))
+        self.signer_ready = bool(configured)
+        """False until the callback secret the store shares is loaded (nothing is signed before)."""
+        self._loading_secret: asyncio.Task[None] | None = None
         self.client = client or _build_client(settings)
         callback_url = None
         if settings.public_url:
@@ -147,19 +149,54 @@ class Service:
     async def start(self) -> None:
         """Open the store, start the bot and the sender."""
         await self.runtime.start()
-        if self._shared_signer:
-            secret = await self.store.shared_secret(
-                CALLBACK_SECRET_NAME, secrets.token_urlsafe(MIN_SECRET_BYTES)
+        if not self.signer_ready:
+            with contextlib.suppress(StorageError):  # down: retried in the background
+                self._use_secret(await self._shared_secret())
+        if self.signer_ready:
+            self.sender.start()
+        else:
+            self._loading_secret = asyncio.create_task(
+                self._load_shared_secret(), name="botkit-callback-secret"
             )
-            self.signer = CallbackSigner(secret)
-            self.sender.signer = self.tracker.signer = self.signer
-        self.sender.start()
         self._metrics = asyncio.create_task(_flush_metrics_forever(), name="botkit-metrics")
         self.accepting = True
+
+    async def _load_shared_secret(self) -> None:
+        """Load (or create) the callback secret the store shares, then start sending.
+
+        A store that is down at start-up makes the service unready, not dead:
+        this retries until the store answers.
+        """
+        delay = 0.2
+        while True:
+            try:
+                secret = await self._shared_secret()
+                break
+            except StorageError as exc:
+                log.warning("could not load the callback secret from the store: %s", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self._use_secret(secret)
+        self.sender.start()
+
+    async def _shared_secret(self) -> str:
+        return await self.store.shared_secret(
+            CALLBACK_SECRET_NAME, secrets.token_urlsafe(MIN_SECRET_BYTES)
+        )
+
+    def _use_secret(self, secret: str) -> None:
+        self.signer = CallbackSigner(secret)
+        self.sender.signer = self.tracker.signer = self.signer
+        self.signer_ready = True
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop taking webhooks, finish turns in flight, flush the outbox, close connections."""
         self.accepting = False
+        if self._loading_secret is not None:
+            self._loading_secret.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loading_secret
+            self._loading_secret = None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drained.wait(), grace)
         await self.sender.stop(flush=min(grace, 5.0))
@@ -419,6 +456,8 @@ def create_app(
             got = await provider_payload(request, parse_statuses, "a status report")
             if isinstance(got, Response):
                 return got
+            if not service.signer_ready:
+                return _unavailable("the conversation store is unavailable; retry")
             try:
                 results = [await service.tracker.handle(report) for report in got[1]]
             except StorageError as exc:
@@ -485,7 +524,7 @@ def create_app(
     async def readyz(request: Request) -> Response:
         if not service.accepting:
             return JSONResponse({"status": "stopping"}, status_code=503)
-        if not await service.store.ping():
+        if not await service.store.ping() or not service.signer_ready:
             return JSONResponse({"status": "store unavailable"}, status_code=503)
         return JSONResponse({"status": "ready"})
 
