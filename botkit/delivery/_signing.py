@@ -28,7 +28,7 @@ import hmac
 import json
 from dataclasses import dataclass
 
-from botkit.outbound import Template
+from botkit._outbound import Template
 
 MIN_SECRET_BYTES = 32
 """The shortest callback secret accepted (256 bits when random)."""

@@ -19,11 +19,10 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from botkit import ManualClock, Template
-from botkit.delivery.signing import CallbackSigner
-from botkit.devino.emulator import Emulator
+from botkit import DeliveryStatus, ManualClock, Template
+from botkit.delivery._signing import CallbackSigner
 from botkit.devino.errors import StatusErrorCode
-from botkit.events import DeliveryStatus
+from botkit.devtools.emulator import Emulator
 from botkit.storage import MemoryStore, RedisStore, StoreConfig
 from botkit.testing import LiveBot
 

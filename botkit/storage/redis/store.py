@@ -36,6 +36,7 @@ from botkit.storage.base import (
     DuplicateMessage,
     LockLost,
     OutboxItem,
+    StorageUnavailable,
     StoreConfig,
     TurnLease,
     UserBusy,
