@@ -331,9 +331,8 @@ class Emulator:
         self._faults: deque[_Fault] = deque()
         # Seeded from the wall clock so ids stay unique across emulator restarts
         # (a bot's store may outlive the emulator in dev mode).
-        seed = int(time.time() * 1000) * 1000
-        self._message_ids = itertools.count(seed)
-        self._incoming_ids = itertools.count(seed)
+        # One sequence for incoming and outgoing messages: no id names both.
+        self._ids = itertools.count(int(time.time() * 1000) * 1000)
         self._subscribers: list[asyncio.Queue[EmulatorEvent]] = []
         self._changed: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -532,7 +531,7 @@ class Emulator:
         sender = normalize_phone(str(fields.get("from") or ""))
         now = self.now()
         payload: dict[str, Any] = {
-            "incomingMessageId": next(self._incoming_ids),
+            "incomingMessageId": next(self._ids),
             "to": self.business_number,
             **{key: value for key, value in fields.items() if key not in ("to", "ts")},
             "from": sender,
@@ -655,7 +654,7 @@ class Emulator:
 
     def _accept(self, message: OutgoingMessage, received: dict[str, Any]) -> AcceptedMessage:
         record = AcceptedMessage(
-            message_id=str(next(self._message_ids)),
+            message_id=str(next(self._ids)),
             received=received,
             message=message,
             received_at=self.now(),

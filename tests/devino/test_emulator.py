@@ -175,6 +175,21 @@ async def test_inject_posts_the_providers_shape_to_the_webhook(
     assert emulator.window_open(USER)
 
 
+async def test_incoming_and_outgoing_messages_never_share_an_id(
+    client: DevinoClient, emulator: Emulator, receiver: Receiver
+) -> None:
+    # A bot that keys anything by message id (dedupe, logs) must not mix them up.
+    emulator.webhook_url = f"{receiver.url}/incoming"
+    outgoing: list[str] = []
+    for _ in range(3):
+        await emulator.inject(USER, "hi")
+        [result] = await client.send([free_text(f"{receiver.url}/status")])
+        outgoing.append(str(result.message_id))
+    incoming = [str(body["incomingMessageId"]) for body in receiver.bodies("/incoming")]
+    assert len(incoming) == 3 and len(set(outgoing)) == 3
+    assert not set(incoming) & set(outgoing)
+
+
 async def test_inject_carries_media_location_and_contacts(receiver: Receiver) -> None:
     emulator = Emulator(webhook_url=f"{receiver.url}/incoming")
     result = await emulator.inject(
