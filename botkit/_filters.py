@@ -35,6 +35,12 @@ class Filter:
     #: True when the filter must be awaited (decided once, at construction).
     is_async: bool = False
 
+    #: The names of the values the filter gives the handler when it passes
+    #: (``Regex``: ``match`` and its named groups); None when it cannot say in
+    #: advance (a custom predicate may return any dict). A handler argument
+    #: that no filter gives is a :class:`~botkit.DefinitionError`.
+    provides: frozenset[str] | None = None
+
     def check(self, ctx: Context) -> FilterResult:
         """Decide synchronously. Override this, or :meth:`check_async` and set ``is_async``."""
         raise NotImplementedError
@@ -73,6 +79,8 @@ class And(Filter):
     def __init__(self, left: Filter, right: Filter) -> None:
         self.left, self.right = left, right
         self.is_async = left.is_async or right.is_async
+        if left.provides is not None and right.provides is not None:
+            self.provides = left.provides | right.provides
 
     def check(self, ctx: Context) -> FilterResult:
         first = self.left.check(ctx)
@@ -98,6 +106,9 @@ class Or(Filter):
     def __init__(self, left: Filter, right: Filter) -> None:
         self.left, self.right = left, right
         self.is_async = left.is_async or right.is_async
+        # Only what both sides give is sure to arrive.
+        if left.provides is not None and right.provides is not None:
+            self.provides = left.provides & right.provides
 
     def check(self, ctx: Context) -> FilterResult:
         return self.left.check(ctx) or self.right.check(ctx)
@@ -111,6 +122,8 @@ class Or(Filter):
 
 class Not(Filter):
     """The filter must not pass."""
+
+    provides = frozenset[str]()
 
     def __init__(self, inner: Filter) -> None:
         self.inner = inner
@@ -151,6 +164,8 @@ class Text(Filter):
     ``Text("yes")`` takes "Yes", " YES " but not "yes please".
     """
 
+    provides = frozenset[str]()
+
     def __init__(self, *values: str, ignore_case: bool = True, ignore_space: bool = True) -> None:
         if not values or not all(isinstance(v, str) for v in values):
             raise TypeError("Text(...) takes one or more strings")
@@ -173,6 +188,8 @@ class Keywords(Filter):
     ``Keywords("menu", "price list")`` takes "show me the MENU please".
     """
 
+    provides = frozenset[str]()
+
     def __init__(self, *words: str) -> None:
         if not words or not all(isinstance(w, str) and w.strip() for w in words):
             raise TypeError("Keywords(...) takes one or more non-empty strings")
@@ -191,20 +208,29 @@ class Keywords(Filter):
 class Regex(Filter):
     """The text matches the pattern (``re.search``).
 
+    Case-sensitive, as :mod:`re` is, unlike ``Text`` and ``Keywords``: pass
+    ``ignore_case=True`` (or the ``(?i)`` inline flag) to take "Order 7" with
+    ``Regex(r"order (?P<number>\\d+)", ignore_case=True)``.
+
     The handler gets the match as ``ctx.match``, and named groups as keyword
     arguments when it declares them::
 
-        @bot.text(Regex(r"order (?P<number>\\d+)"))
+        @bot.text(Regex(r"order (?P<number>\\d+)", ignore_case=True))
         async def status(ctx, number: str): ...
     """
 
-    def __init__(self, pattern: str | re.Pattern[str], flags: int = 0) -> None:
+    def __init__(
+        self, pattern: str | re.Pattern[str], flags: int = 0, *, ignore_case: bool = False
+    ) -> None:
+        if ignore_case:
+            flags |= re.IGNORECASE
         if isinstance(pattern, re.Pattern):
-            self.pattern = pattern
+            self.pattern = re.compile(pattern.pattern, pattern.flags | flags) if flags else pattern
         elif isinstance(pattern, str):
             self.pattern = re.compile(pattern, flags)
         else:
             raise TypeError("Regex(...) takes a pattern string or a compiled re.Pattern")
+        self.provides = frozenset({"match", *self.pattern.groupindex})
 
     def check(self, ctx: Context) -> FilterResult:
         text = _text_of(ctx)
@@ -216,11 +242,14 @@ class Regex(Filter):
         return {"match": found, **found.groupdict()}
 
     def __repr__(self) -> str:
-        return f"Regex({self.pattern.pattern!r})"
+        flag = ", ignore_case=True" if self.pattern.flags & re.IGNORECASE else ""
+        return f"Regex({self.pattern.pattern!r}{flag})"
 
 
 class MediaType(Filter):
     """The media is one of the given kinds (image, video, audio, voice, document, sticker)."""
+
+    provides = frozenset[str]()
 
     def __init__(self, *kinds: str | MediaKind) -> None:
         try:
@@ -245,6 +274,8 @@ class Mime(Filter):
     ``Mime("image/*")``, ``Mime("application/pdf", "application/msword")``.
     """
 
+    provides = frozenset[str]()
+
     def __init__(self, *patterns: str) -> None:
         if not patterns or not all(isinstance(p, str) for p in patterns):
             raise TypeError("Mime(...) takes one or more MIME patterns such as 'image/*'")
@@ -264,6 +295,8 @@ class Mime(Filter):
 class StatusIs(Filter):
     """A delivery status is one of the given names (case-insensitive): ``StatusIs("read")``."""
 
+    provides = frozenset[str]()
+
     def __init__(self, *statuses: str) -> None:
         if not statuses or not all(isinstance(s, str) for s in statuses):
             raise TypeError("StatusIs(...) takes one or more status names such as 'delivered'")
@@ -279,6 +312,8 @@ class StatusIs(Filter):
 
 class ErrorCode(Filter):
     """A delivery status carries one of the given error codes: ``ErrorCode(2305)``."""
+
+    provides = frozenset[str]()
 
     def __init__(self, *codes: int) -> None:
         if not codes or not all(isinstance(c, int) for c in codes):

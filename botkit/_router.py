@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from botkit._events import MESSAGE_KINDS, EventKind
-from botkit._filters import Filter, StatusIs, all_of, as_filter
+from botkit._filters import Filter, StatusIs, Text, all_of, as_filter
 from botkit._where import DefinitionError, caller_location
 
 if TYPE_CHECKING:
@@ -81,20 +81,43 @@ class Handler:
         return getattr(self.callback, "__qualname__", repr(self.callback))
 
 
-def _kwarg_names(fn: HandlerFn, where: str) -> frozenset[str] | None:
+def _kwarg_names(fn: HandlerFn, flt: Filter | None, where: str) -> frozenset[str] | None:
+    """The values the handler takes as keyword arguments (None: all, it has ``**kwargs``).
+
+    An argument without a default that no filter gives fails here, where the
+    handler is written, not on the first message.
+    """
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
         return frozenset()
     if not params:
         raise DefinitionError(f"handler {fn.__qualname__} must take the context: (ctx)", where)
+    given: frozenset[str] | None = frozenset() if flt is None else flt.provides
     names: set[str] = set()
+    takes_all = False
     for p in params[1:]:
         if p.kind is p.VAR_KEYWORD:
-            return None
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            takes_all = True
+        elif p.kind is p.VAR_POSITIONAL:
+            continue
+        elif p.kind is p.POSITIONAL_ONLY and p.default is p.empty:
+            raise DefinitionError(
+                f"handler {fn.__qualname__}: argument {p.name!r} is positional-only; "
+                "filter values are passed by name",
+                where,
+            )
+        elif p.kind is not p.POSITIONAL_ONLY:
             names.add(p.name)
-    return frozenset(names)
+            if p.default is p.empty and given is not None and p.name not in given:
+                offered = ", ".join(sorted(given)) or "none"
+                raise DefinitionError(
+                    f"handler {fn.__qualname__} takes {p.name!r}, which its filters do not "
+                    f"give (they give: {offered}); add a filter that gives it, such as a Regex "
+                    f"with a group (?P<{p.name}>...), or give the argument a default",
+                    where,
+                )
+    return None if takes_all else frozenset(names)
 
 
 class Router:
@@ -121,7 +144,13 @@ class Router:
     # -- decorators ----------------------------------------------------------
 
     def text(self, *filters: object, state: Any = ANY) -> Callable[[H], H]:
-        """Register a handler for text messages; strings are exact-text filters."""
+        """Register a handler for text messages.
+
+        Strings are exact texts, and several strings mean any of them:
+        ``text("hi", "hello")`` is ``text(Text("hi", "hello"))``. Filter
+        objects must all pass: ``text(Keywords("price"), ~Text("no"))``; use
+        ``|`` for either of two filters.
+        """
         return self._decorator((EventKind.TEXT,), filters, state, caller_location())
 
     def media(self, *filters: object, state: Any = ANY) -> Callable[[H], H]:
@@ -223,8 +252,13 @@ class Router:
         *,
         fallback: bool = False,
     ) -> Callable[[H], H]:
+        # Several strings are any of them (``text("hi", "hello")``); filter objects
+        # must all pass (combine them with | for either).
+        texts = tuple(f for f in filters if isinstance(f, str))
         try:
-            converted = tuple(as_filter(f) for f in filters)
+            converted = ((Text(*texts),) if texts else ()) + tuple(
+                as_filter(f) for f in filters if not isinstance(f, str)
+            )
         except TypeError as exc:
             raise DefinitionError(str(exc), where) from None
         combined = all_of(converted)
@@ -240,7 +274,7 @@ class Router:
                 router=self,
                 where=where,
                 fallback=fallback,
-                kwarg_names=_kwarg_names(fn, where),
+                kwarg_names=_kwarg_names(fn, combined, where),
                 raw_state=state,
             )
             self._items.append(handler)

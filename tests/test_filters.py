@@ -86,6 +86,39 @@ async def test_a_string_is_exact_text_and_a_compiled_pattern_is_a_regex() -> Non
     assert await takes(Regex(r"^hi$", re.IGNORECASE), "HI")
 
 
+async def test_regex_is_case_sensitive_unless_told_otherwise() -> None:
+    assert not await takes(Regex(r"^order \d+$"), "Order 7")
+    assert await takes(Regex(r"^order \d+$", ignore_case=True), "Order 7")
+    assert await takes(Regex(re.compile(r"^order \d+$"), ignore_case=True), "ORDER 7")
+    assert repr(Regex("x", ignore_case=True)) == "Regex('x', ignore_case=True)"
+
+
+async def test_several_strings_in_a_decorator_mean_any_of_them() -> None:
+    bot = Bot("any-of")
+
+    @bot.text("hi", "hello")
+    async def greet(ctx: Context) -> None:
+        await ctx.reply("greeting")
+
+    @bot.text("yes", "y", F(lambda m: m.text.isupper()))
+    async def shouted_yes(ctx: Context) -> None:
+        await ctx.reply("shouted yes")
+
+    @bot.text()
+    async def other(ctx: Context) -> None:
+        await ctx.reply("other")
+
+    async with BotTester(bot) as chat:
+        assert (await chat.send_text("hi")).texts == ["greeting"]
+        assert (await chat.send_text("Hello")).texts == ["greeting"]
+        assert (await chat.send_text("hi hello")).texts == ["other"]
+        # The strings are one Text filter; a filter object beside them must pass too.
+        assert (await chat.send_text("YES")).texts == ["shouted yes"]
+        assert (await chat.send_text("Y")).texts == ["shouted yes"]
+        assert (await chat.send_text("yes")).texts == ["other"]
+        assert (await chat.send_text("NO")).texts == ["other"]
+
+
 async def test_media_kind_and_mime_pattern_filters() -> None:
     bot = Bot("media-filters")
 

@@ -552,6 +552,48 @@ def test_a_handler_without_the_context_parameter_fails_where_it_is_written() -> 
     assert_points_here(caught.value, "mark: no-ctx")
 
 
+def test_a_handler_argument_no_filter_gives_fails_where_it_is_written() -> None:
+    bot = Bot("missing-arg")
+    with pytest.raises(DefinitionError, match=r"takes 'number'.*they give: match, num") as caught:
+
+        @bot.text(Regex(r"order (?P<num>\d+)"))  # mark: missing-arg
+        async def order(ctx: Context, number: str) -> None: ...
+
+    assert_points_here(caught.value, "mark: missing-arg")
+
+    with pytest.raises(DefinitionError, match=r"takes 'name'.*they give: none") as caught:
+
+        @bot.text()  # mark: no-filter-arg
+        async def named(ctx: Context, name: str) -> None: ...
+
+    assert_points_here(caught.value, "mark: no-filter-arg")
+
+    # Either side of | may pass: only what both give is sure to arrive.
+    with pytest.raises(DefinitionError, match="takes 'size'"):
+
+        @bot.text(Regex(r"(?P<item>\w+) (?P<size>[sml])") | Regex(r"(?P<item>\w+)"))
+        async def partly(ctx: Context, item: str, size: str) -> None: ...
+
+
+async def test_handler_arguments_with_defaults_or_from_custom_predicates_are_accepted() -> None:
+    bot = Bot("ok-args")
+    got: list[tuple[Any, ...]] = []
+
+    @bot.text(Regex(r"(?P<item>\w+) (?P<size>[sml])") | Regex(r"(?P<item>\w+)"))
+    async def partly(ctx: Context, item: str, size: str | None = None) -> None:
+        got.append((item, size))
+
+    @bot.message(F(lambda m: {"custom": 1}))  # a predicate may give anything: checked at run time
+    async def custom(ctx: Context, custom: int) -> None:
+        got.append((custom,))
+
+    async with BotTester(bot) as chat:
+        await chat.send_text("pizza l")
+        await chat.send_text("cola")
+        await chat.send_location(1.0, 2.0)
+    assert got == [("pizza", "l"), ("cola", None), (1,)]
+
+
 def test_a_malformed_state_on_a_plain_router_fails_where_it_is_written() -> None:
     router = Router("r")
     with pytest.raises(DefinitionError, match="'flow:state'") as caught:
