@@ -32,6 +32,7 @@ from botkit._events import (
     TextMessage,
 )
 from botkit._filters import (
+    Choices,
     ErrorCode,
     F,
     Filter,
@@ -70,6 +71,7 @@ __all__ = [
     "ANY",
     "Bot",
     "BotNotRunning",
+    "Choices",
     "Clock",
     "Contact",
     "ContactsMessage",

@@ -18,7 +18,7 @@ from __future__ import annotations
 import fnmatch
 import inspect
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from botkit._events import MediaKind, MediaMessage, StatusUpdate, TextMessage
@@ -244,6 +244,73 @@ class Regex(Filter):
     def __repr__(self) -> str:
         flag = ", ignore_case=True" if self.pattern.flags & re.IGNORECASE else ""
         return f"Regex({self.pattern.pattern!r}{flag})"
+
+
+class Choices(Filter):
+    """A numbered menu: renders itself, and takes the user's pick by number or by name.
+
+    ::
+
+        PIZZAS = Choices("Margherita", "Pepperoni", "Veggie")
+
+        await ctx.reply(f"What would you like?\\n{PIZZAS}")   # 1) Margherita ...
+
+        @bot.text(PIZZAS)
+        async def picked(ctx: Context, choice: str) -> None:   # "Pepperoni"
+            ...
+
+    It takes "2", "2)", "2.", "#2" and the item's name compared as ``Text``
+    does ("  pepperoni " takes "Pepperoni"); the handler gets the item as
+    written here, in the argument named ``name`` (``"choice"`` by default).
+    A number outside the menu and any other text do not match: register a
+    handler after it for those.
+    """
+
+    def __init__(self, *items: str, name: str = "choice") -> None:
+        if not items or not all(isinstance(i, str) and i.strip() for i in items):
+            raise TypeError("Choices(...) takes one or more non-empty strings")
+        if not name.isidentifier():
+            raise TypeError(f"Choices(name={name!r}): the name must be a Python identifier")
+        keys = [_normalise(i, True, True) for i in items]
+        if len(set(keys)) != len(keys):
+            raise TypeError(f"Choices{items!r}: two items differ only in case or spaces")
+        self.items = items
+        self.name = name
+        self.provides = frozenset({name})
+        self._by_key = dict(zip(keys, items, strict=True))
+
+    @property
+    def menu(self) -> str:
+        """The numbered menu, one item a line: ``1) Margherita``..."""
+        return "\n".join(f"{n}) {item}" for n, item in enumerate(self.items, start=1))
+
+    def __str__(self) -> str:
+        return self.menu
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def pick(self, answer: str) -> str | None:
+        """The item ``answer`` names, by number or by name; None when it names none."""
+        number = _MENU_NUMBER.fullmatch(answer)
+        if number is not None:
+            index = int(number.group(1))
+            return self.items[index - 1] if 1 <= index <= len(self.items) else None
+        return self._by_key.get(_normalise(answer, True, True))
+
+    def check(self, ctx: Context) -> FilterResult:
+        text = _text_of(ctx)
+        chosen = None if text is None else self.pick(text)
+        return False if chosen is None else {self.name: chosen}
+
+    def __repr__(self) -> str:
+        return f"Choices{self.items!r}"
+
+
+_MENU_NUMBER = re.compile(r"\s*#?\s*(\d{1,6})\s*[).]?\s*")
 
 
 class MediaType(Filter):

@@ -14,6 +14,7 @@ import pytest
 
 from botkit import (
     Bot,
+    Choices,
     Context,
     DefinitionError,
     F,
@@ -117,6 +118,80 @@ async def test_several_strings_in_a_decorator_mean_any_of_them() -> None:
         assert (await chat.send_text("Y")).texts == ["shouted yes"]
         assert (await chat.send_text("yes")).texts == ["other"]
         assert (await chat.send_text("NO")).texts == ["other"]
+
+
+def test_choices_render_a_numbered_menu() -> None:
+    pizzas = Choices("Margherita", "Pepperoni", "Veggie")
+    assert pizzas.menu == "1) Margherita\n2) Pepperoni\n3) Veggie"
+    assert f"Pick one:\n{pizzas}" == "Pick one:\n" + pizzas.menu
+    assert list(pizzas) == ["Margherita", "Pepperoni", "Veggie"] and len(pizzas) == 3
+
+
+@pytest.mark.parametrize(
+    ("answer", "chosen"),
+    [
+        ("1", "Margherita"),
+        (" 2) ", "Pepperoni"),
+        ("3.", "Veggie"),
+        ("#2", "Pepperoni"),
+        ("pepperoni", "Pepperoni"),
+        ("  VEGGIE ", "Veggie"),
+        ("0", None),
+        ("4", None),
+        ("veg", None),
+        ("2 please", None),
+        ("", None),
+    ],
+)
+async def test_choices_take_a_number_or_a_name_and_hand_the_item_over(
+    answer: str, chosen: str | None
+) -> None:
+    bot = Bot("choices")
+    pizzas = Choices("Margherita", "Pepperoni", "Veggie")
+
+    @bot.text(pizzas)
+    async def picked(ctx: Context, choice: str) -> None:
+        await ctx.reply(f"picked {choice}")
+
+    @bot.text()
+    async def other(ctx: Context) -> None:
+        await ctx.reply("not on the menu")
+
+    async with BotTester(bot) as chat:
+        expected = f"picked {chosen}" if chosen else "not on the menu"
+        assert (await chat.send_text(answer)).texts == [expected]
+
+
+async def test_choices_name_the_handler_argument_and_multi_word_items_ignore_spacing() -> None:
+    bot = Bot("named-choices")
+    sizes = Choices("Small box", "Family box", name="box")
+
+    @bot.text(sizes)
+    async def picked(ctx: Context, box: str) -> None:
+        await ctx.reply(box)
+
+    async with BotTester(bot) as chat:
+        assert (await chat.send_text("family   BOX")).texts == ["Family box"]
+        assert (await chat.send_text("1")).texts == ["Small box"]
+
+    with pytest.raises(DefinitionError, match="takes 'choice'"):
+
+        @bot.text(sizes)
+        async def wrong_name(ctx: Context, choice: str) -> None: ...
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Choices(),
+        lambda: Choices("a", ""),
+        lambda: Choices("Veggie", " veggie"),
+        lambda: Choices("a", name="not a name"),
+    ],
+)
+def test_choices_reject_what_cannot_be_a_menu(make: Callable[[], object]) -> None:
+    with pytest.raises(TypeError):
+        make()
 
 
 async def test_media_kind_and_mime_pattern_filters() -> None:

@@ -32,6 +32,7 @@ from typing import Any
 
 from botkit import (
     Bot,
+    Choices,
     Context,
     Flow,
     LocationMessage,
@@ -42,7 +43,7 @@ from botkit import (
     Text,
 )
 
-PIZZAS = ("Margherita", "Pepperoni", "Veggie")
+PIZZAS = Choices("Margherita", "Pepperoni", "Veggie")
 SIZES = {"S": "small", "M": "medium", "L": "large"}
 TIMEOUT_MINUTES = 30
 ORDER_READY = "order_ready"
@@ -54,8 +55,7 @@ ORDER_READY = "order_ready"
 
 def menu_text() -> str:
     """The menu, one pizza per line: ``1) Margherita``..."""
-    lines = [f"{n}) {name}" for n, name in enumerate(PIZZAS, start=1)]
-    return "What would you like? Answer with a number:\n" + "\n".join(lines)
+    return f"What would you like? Answer with a number:\n{PIZZAS.menu}"
 
 
 def _order(ctx: Context) -> dict[str, Any]:
@@ -138,15 +138,17 @@ async def cancel(ctx: Context) -> None:
     await ctx.reply("Order cancelled. Send any message when you want to order again.")
 
 
-@order.text(state="menu")
-async def pick_pizza(ctx: Context) -> None:
+@order.text(PIZZAS, state="menu")
+async def pick_pizza(ctx: Context, choice: str) -> None:
     """A number from the menu (or a pizza's name) picks the pizza."""
-    pizza = _pizza_named(ctx.text or "")
-    if pizza is None:
-        await ask(ctx, "Sorry, that is not on our menu.")
-        return
-    _order(ctx)["pizza"] = pizza
+    _order(ctx)["pizza"] = choice
     await ctx.flow.pick()
+
+
+@order.text(state="menu")
+async def not_on_the_menu(ctx: Context) -> None:
+    """Any other answer: the menu again."""
+    await ask(ctx, "Sorry, that is not on our menu.")
 
 
 @order.text(state="size")
@@ -246,14 +248,6 @@ async def notify_order_ready(user: str, order_id: str) -> list[OutboundMessage]:
 
 
 # -- parsing answers ---------------------------------------------------------------
-
-
-def _pizza_named(answer: str) -> str | None:
-    """The pizza an answer names: ``2``, ``2)``, ``pepperoni``; None when none."""
-    word = answer.strip().rstrip(").").strip().casefold()
-    if word.isdigit() and 1 <= int(word) <= len(PIZZAS):
-        return PIZZAS[int(word) - 1]
-    return next((p for p in PIZZAS if p.casefold() == word), None)
 
 
 def _size_named(answer: str) -> str | None:
