@@ -11,6 +11,7 @@ help, and the Mermaid diagram against ``botkit graph``.
 from __future__ import annotations
 
 import ast
+import asyncio
 import re
 import shlex
 import subprocess
@@ -29,6 +30,8 @@ from botkit import Bot
 from botkit.service import serve_app
 from botkit.testing import BotTester
 from tests.service._harness import free_port
+
+from .test_pytest_plugin import run_pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -180,12 +183,14 @@ async def send_later(block: Block, folder: Path) -> None:
         assert outside.template is not None and outside.template.id == "order_ready"
 
 
-async def readme_tests(block: Block, folder: Path) -> None:
-    module = run_module(block, f"readme_test_{block.line}", folder)
-    tests = [f for name, f in vars(module).items() if name.startswith("test_")]
-    assert tests, f"{block}: no test function"
-    for test in tests:
-        await test()
+async def fresh_project_from_the_testing_section(block: Block, folder: Path) -> None:
+    # Verbatim in a fresh folder: the page's first example as hello.py, this as the test file.
+    [hello] = [b for b in PYTHON if 'bot = Bot("hello"' in b.code]
+    (folder / "hello.py").write_text(hello.code)
+    (folder / "test_hello.py").write_text(block.code)
+    done = await asyncio.to_thread(run_pytest, folder)
+    assert done.returncode == 0, f"{block}:\n{done.stdout}{done.stderr}"
+    assert "2 passed" in done.stdout, done.stdout
 
 
 RUNNERS: dict[str, Callable[[Block, Path], Awaitable[None]]] = {
@@ -193,9 +198,9 @@ RUNNERS: dict[str, Callable[[Block, Path], Awaitable[None]]] = {
     "# mybot.py": tutorial_bot,
     "order = Flow(": pizza_excerpt,
     '@order.text(state="size")': pizza_excerpt,
+    "@order.text(PIZZAS": pizza_excerpt,
     "await bot.send(user": send_later,
-    "from botkit.testing import BotTester": readme_tests,
-    "from botkit.testing import LiveBot": readme_tests,
+    "# test_hello.py": fresh_project_from_the_testing_section,
 }
 
 
