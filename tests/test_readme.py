@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import os
 import re
 import shlex
+import shutil
+import signal
 import subprocess
 import sys
+import time
 import types
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.responses import Response
@@ -318,3 +323,122 @@ def test_the_flow_diagram_is_what_botkit_graph_draws() -> None:
         return {" ".join(line.split()) for line in text.splitlines() if "-->" in line}
 
     assert edges(diagram.code) == edges(done.stdout)
+
+
+# -- "Run it like production on your laptop", every command for real ------------------------
+
+LAPTOP = "## Run it like production on your laptop"
+
+# What each command of the last block must print, and whether to re-run it until it
+# does (a reply leaves the outbox a moment after the webhook answered).
+LAPTOP_EXPECTS = {
+    "/_emulator/incoming": ('"webhookStatus":200', False),
+    "/_emulator/messages": ("echo #1: hi", True),
+    "/metrics": ('botkit_turns_total{kind="text",outcome="handled"} 1.0', True),
+    "/api/send": ('"status":"queued"', False),
+}
+
+
+def laptop_blocks() -> list[Block]:
+    lines = README.read_text().splitlines()
+    start = lines.index(LAPTOP) + 1
+    end = next(n for n in range(start, len(lines)) if lines[n].startswith("## ")) + 1
+    return [b for b in SHELL if start < b.line < end]
+
+
+def poll(check: Callable[[], bool], what: str, within: float = 60.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {within}s")
+        time.sleep(0.1)
+
+
+def test_run_it_like_production_on_your_laptop_as_written(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    if shutil.which("curl") is None:
+        message = "curl is not installed: the README's commands use it (apt-get install curl)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{message} (CI=true, where it is required)", pytrace=False)
+        pytest.skip(message)
+    env_block, redis_block, emulator_block, run_block, talk_block = laptop_blocks()
+    assert "redis-server" in redis_block.code  # the test's own Redis stands in for it
+    bot_port, emulator_port = free_port(), free_port()
+
+    def local(code: str) -> str:
+        code = re.sub(r"\b8000\b", str(bot_port), code)
+        return re.sub(r"\b9000\b", str(emulator_port), code)
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOTKIT_")}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        PYTHONPATH=str(ROOT),  # the README runs in the repository's folder: bots.echo
+        PYTHONUNBUFFERED="1",
+    )
+
+    def bash(code: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+        )
+
+    # The .env file, on the test's Redis under the test's key prefix.
+    settings = local(env_block.code).replace("redis://127.0.0.1:6379/0", redis_url)
+    settings = settings.replace("\nEOF\n", f"\nBOTKIT_KEY_PREFIX={redis_prefix}\nEOF\n")
+    made = bash(settings)
+    assert made.returncode == 0, made.stderr
+    values = dict(
+        line.split("=", 1) for line in (tmp_path / ".env").read_text().splitlines() if line
+    )
+    assert len(values["BOTKIT_WEBHOOK_TOKEN"]) >= 32 and len(values["BOTKIT_API_TOKEN"]) >= 32
+
+    servers: list[tuple[subprocess.Popen[bytes], Path]] = []
+    try:
+        for name, block in (("emulator", emulator_block), ("run", run_block)):
+            log = tmp_path / f"{name}.log"
+            with log.open("wb") as out:
+                process = subprocess.Popen(
+                    ["bash", "-c", local(block.code)],
+                    cwd=tmp_path,
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # its own process group: stopped as a whole
+                )
+            servers.append((process, log))
+
+        def answers(url: str) -> bool:
+            for process, log in servers:
+                assert process.poll() is None, f"a command exited early:\n{log.read_text()}"
+            try:
+                return httpx.get(url, timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        poll(lambda: answers(f"http://127.0.0.1:{emulator_port}/_emulator/messages"), "emulator")
+        poll(lambda: answers(f"http://127.0.0.1:{bot_port}/readyz"), "botkit run ready")
+
+        prelude, *commands = [
+            line for line in local(talk_block.code).splitlines() if line and line[0] != "#"
+        ]
+        assert prelude == "set -a; . ./.env; set +a"
+        assert len(commands) == len(LAPTOP_EXPECTS)
+        for command in commands:
+            [(expected, again)] = [v for k, v in LAPTOP_EXPECTS.items() if k in command]
+            deadline = time.monotonic() + (20 if again else 0)
+            while expected not in (printed := bash(f"{prelude}\n{command}").stdout):
+                assert again and time.monotonic() < deadline, (
+                    f"`{command}` printed {printed!r}, not {expected!r}"
+                )
+                time.sleep(0.1)
+    finally:
+        for process, _ in servers:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGINT)
+        for process, _ in servers:
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(5)

@@ -26,6 +26,8 @@ from botkit.storage.base import StoreConfig
 from botkit.storage.memory import MemoryStore
 
 PROVIDER_PREFIX = "/_provider"
+DEV_API_TOKEN = "dev"
+"""The send API's token in dev mode, unless ``BOTKIT_API_TOKEN`` is set."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -52,6 +54,13 @@ class DevServer:
         """Where the emulator posts incoming messages."""
         return f"{self.base_url}/whatsapp/incoming/{self.token}"
 
+    @property
+    def api_auth(self) -> str:
+        """The send API's header, as the banner shows it (the token only when it is ``dev``)."""
+        token = self.settings.secret("api_token")
+        shown = "dev" if token == DEV_API_TOKEN else "$BOTKIT_API_TOKEN"
+        return f"Authorization: Bearer {shown}"
+
     def banner(self) -> str:
         """The lines printed at start."""
         return "\n".join(
@@ -61,6 +70,7 @@ class DevServer:
                 f"  webhook:        {self.webhook_url}",
                 f"  status webhook: {self.base_url}/whatsapp/status/{self.token}",
                 f"  emulator:       {self.base_url}{PROVIDER_PREFIX}/_emulator/messages",
+                f"  send API:       POST {self.base_url}/api/send with {self.api_auth}",
                 "  store: memory (nothing is kept after exit); Ctrl-C stops",
             ]
         )
@@ -80,7 +90,7 @@ def create_dev_app(bot: Bot, *, host: str = "127.0.0.1", port: int = 8000) -> De
         devino_api_key="dev",
         webhook_token=token,
         public_url=base_url,
-        api_token=env.secret("api_token") or "dev",
+        api_token=env.secret("api_token") or DEV_API_TOKEN,
     )
     settings = settings.model_copy(update={"redis_url": None, "devino_login": None})
     emulator = Emulator(

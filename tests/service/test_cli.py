@@ -287,6 +287,21 @@ async def test_dev_serves_the_bot_with_its_emulator_and_prints_the_urls(
 
         await wait_for(replied, what="the bot's reply at the embedded emulator")
 
+        # The send API is on, with the token the banner shows.
+        assert f"send API:       POST {base}/api/send with Authorization: Bearer dev" in banner
+        sent = await http.post(
+            "/api/send",
+            json={"to": "79031234567", "text": "from elsewhere"},
+            headers={"Authorization": "Bearer dev"},
+        )
+        assert sent.status_code == 202, sent.text
+        refused = await http.post(
+            "/api/send",
+            json={"to": "79031234567", "text": "x"},
+            headers={"Authorization": "Bearer x"},
+        )
+        assert refused.status_code == 401
+
     dev.signal(signal.SIGINT)
     assert await dev.wait_exit() == 0
 
