@@ -70,8 +70,8 @@ _ORDER_POLL = 0.005
 
 
 def _outbox_order(item: OutboxItem) -> tuple[int, int]:
-    """An entry's place in the outbox: stream ids (``<ms>-<n>``) or counters."""
-    first, _, second = item.id.partition("-")
+    """An entry's place in the outbox: stream ids (``[<shard>:]<ms>-<n>``) or counters."""
+    first, _, second = item.id.rpartition(":")[2].partition("-")
     return int(first), int(second or 0)
 
 

@@ -177,7 +177,11 @@ class StatusTracker:
 
     async def _advance(self, update: StatusUpdate) -> StatusOutcome:
         store = self.runtime.store
-        record = await store.get_sent(update.message_id)
+        record = (
+            None
+            if update.user is None
+            else await store.get_sent(update.message_id, user=update.user)
+        )
         if record is not None and record.message.ref == update.reference:
             if not moves_forward(record.status, update.status):
                 self._ignored(record, update)
@@ -203,7 +207,11 @@ class StatusTracker:
         """Runs in the status turn, under the user's lock, before the status handlers."""
         status = ctx.status
         store = self.runtime.store
-        record = await store.get_sent(status.message_id)
+        record = (
+            None
+            if status.user is None
+            else await store.get_sent(status.message_id, user=status.user)
+        )
         if record is None or record.message.ref != status.reference:
             # Older than the sent log's 7 days, or not ours: handlers only, no actions.
             return True

@@ -70,6 +70,10 @@ def build_store(bot: Bot, settings: Settings, clock: Clock | None = None) -> Con
         lock_ttl=settings.lock_ttl,
         acquire_timeout=settings.acquire_timeout,
         conversation_ttl=max(settings.conversation_ttl_days * 86_400.0, settings.session_window),
+        done_ttl=settings.dedupe_ttl_hours * 3600.0,
+        sent_ttl=settings.sent_ttl_days * 86_400.0,
+        seen_per_user=settings.seen_per_user,
+        sent_per_user=settings.sent_per_user,
     )
     url = settings.secret("redis_url")
     if not url:
@@ -81,6 +85,7 @@ def build_store(bot: Bot, settings: Settings, clock: Clock | None = None) -> Con
         config=config,
         session_window=settings.session_window,
         clock=clock,
+        shards=settings.redis_shards,
     )
 
 

@@ -7,6 +7,7 @@
     botkit chat MODULE[:ATTR]      talk to a bot in the terminal
     botkit graph MODULE[:ATTR]     draw a bot's flows
     botkit emulator                a standalone Devino emulator
+    botkit store migrate MODULE[:ATTR]   move a bot's Redis data to the current store layout
 
 ``ATTR`` defaults to ``bot``; the current directory is on the import path.
 Exit code 2 means the command could not start (bad arguments, a module that
@@ -21,6 +22,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
+from typing import Any
 
 from botkit._bot import Bot
 
@@ -107,6 +109,9 @@ def _run(args: argparse.Namespace) -> int:
         )
     if problems:
         return _fail("run", "\n".join(problems))
+    layout = _store_layout_problem(bot, settings)
+    if layout:
+        return _fail("run", layout)
 
     import uvicorn
 
@@ -124,6 +129,96 @@ def _run(args: argparse.Namespace) -> int:
         proxy_headers=True,
         timeout_graceful_shutdown=15,
     )
+    return 0
+
+
+def _store_layout_problem(bot: Bot, settings: Any) -> str | None:
+    """Why the bot's Redis store cannot open as it is (an old layout, another shard count).
+
+    None when it can, when there is no Redis, or when Redis does not answer
+    now (the service then waits for it, unready).
+    """
+    if not settings.redis_url:
+        return None
+    import asyncio
+
+    from botkit.service._app import build_store
+    from botkit.storage.base import StorageError
+    from botkit.storage.redis import StoreLayoutError
+
+    async def check() -> str | None:
+        store = build_store(bot, settings)
+        try:
+            await store.open()
+        except StoreLayoutError as exc:
+            return str(exc)
+        except StorageError:
+            return None
+        finally:
+            await store.close()
+        return None
+
+    return asyncio.run(check())
+
+
+# -- store -------------------------------------------------------------------
+
+
+def _store_migrate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from botkit.service._settings import SettingsError, load_settings
+    from botkit.storage.base import StorageError
+    from botkit.storage.redis import connection
+    from botkit.storage.redis.keys import DEFAULT_SHARDS, LAYOUT, Keys
+    from botkit.storage.redis.migrate import legacy_data, migrate
+
+    try:
+        bot = load_bot(args.target)
+        settings = load_settings()
+    except (BotLoadError, SettingsError) as exc:
+        return _fail("store migrate", str(exc))
+    url = settings.secret("redis_url")
+    if not url:
+        return _fail("store migrate", "BOTKIT_REDIS_URL: required (the Redis to migrate)")
+
+    async def run() -> str:
+        client = connection.build_client(
+            url, socket_timeout=30.0, connect_timeout=5.0, max_connections=4
+        )
+        try:
+            keys = Keys(settings.key_prefix, bot.name, args.shards or DEFAULT_SHARDS)
+            meta: dict[str, str] = await client.hgetall(keys.meta)  # type: ignore[assignment]
+            if meta and int(meta.get("layout", 0)) == LAYOUT:
+                if args.shards and int(meta["shards"]) != args.shards:
+                    raise StorageError(
+                        f"the store already has layout {LAYOUT} with {meta['shards']} shards"
+                    )
+                keys = Keys(settings.key_prefix, bot.name, int(meta["shards"]))
+                if not await legacy_data(client, keys):
+                    return f"nothing to migrate under {keys.base!r}: already layout {LAYOUT}"
+            moved = await migrate(
+                client,
+                keys,
+                conversation_ttl_ms=int(
+                    max(settings.conversation_ttl_days * 86_400, settings.session_window) * 1000
+                ),
+                sent_ttl_ms=int(settings.sent_ttl_days * 86_400_000),
+                sent_per_user=settings.sent_per_user,
+            )
+            return f"moved {moved} under {keys.base!r} to layout {LAYOUT} ({keys.shards} shards)"
+        finally:
+            await client.aclose()
+
+    try:
+        print(f"botkit store migrate: {asyncio.run(run())}")
+    except (StorageError, OSError, ValueError) as exc:
+        return _fail("store migrate", str(exc))
+    except Exception as exc:  # redis-py's errors: say what failed, masked
+        return _fail(
+            "store migrate",
+            f"Redis at {connection.mask(url)} failed: {type(exc).__name__}: {exc}",
+        )
     return 0
 
 
@@ -207,6 +302,18 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     dev.add_argument("--port", type=_port, default=8000, help="port to listen on (8000; 0 = free)")
     dev.set_defaults(handler=_dev)
+
+    store = sub.add_parser("store", help="maintain a bot's Redis store")
+    store_sub = store.add_subparsers(dest="store_command", metavar="STORE_COMMAND")
+    migrate = store_sub.add_parser(
+        "migrate",
+        help="move the bot's Redis data to the current layout (stop every worker first)",
+    )
+    migrate.add_argument("target", metavar="MODULE[:ATTR]", help="where the Bot is (ATTR: bot)")
+    migrate.add_argument(
+        "--shards", type=_workers, default=None, help="outbox shards of the new layout (256)"
+    )
+    migrate.set_defaults(handler=_store_migrate)
 
     emulator = sub.add_parser("emulator", help="run a standalone Devino emulator", add_help=False)
     emulator.add_argument("rest", nargs=argparse.REMAINDER)

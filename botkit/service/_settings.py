@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     lock_ttl: float = Field(default=30.0, gt=0)
     acquire_timeout: float = Field(default=10.0, gt=0)
     conversation_ttl_days: float = Field(default=30.0, gt=0)
+    dedupe_ttl_hours: float = Field(default=48.0, gt=0)
+    sent_ttl_days: float = Field(default=7.0, gt=0)
+    seen_per_user: int = Field(default=32, ge=1, le=10_000)
+    sent_per_user: int = Field(default=32, ge=1, le=10_000)
+    redis_shards: int | None = Field(default=None, ge=1, le=16_384)
     batch_size: int = Field(default=100, ge=1, le=1000)
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -68,6 +68,12 @@ class StoreConfig:
     its user; a running turn renews its lock. ``acquire_timeout`` is how long a
     second message of the same user waits for the first turn before it is
     refused as busy.
+
+    Memory grows with users, not with messages: a user's handled messages
+    are remembered for dedupe as their last ``seen_per_user`` keys (for
+    ``done_ttl`` after the last one), and the records status callbacks need
+    as their last ``sent_per_user`` sent messages (for ``sent_ttl`` after the
+    last one). A provider retry of a message older than that runs again.
     """
 
     lock_ttl: float = 30.0
@@ -75,6 +81,8 @@ class StoreConfig:
     conversation_ttl: float = 30 * DAY
     done_ttl: float = 2 * DAY
     sent_ttl: float = 7 * DAY
+    seen_per_user: int = 32
+    sent_per_user: int = 32
 
 
 @dataclass(slots=True)
@@ -243,8 +251,12 @@ class ConversationStore(ABC):
     # -- sent-message log ----------------------------------------------------
 
     @abstractmethod
-    async def get_sent(self, message_id: str) -> SentRecord | None:
-        """The record of a sent message by the provider's ``messageId``."""
+    async def get_sent(self, message_id: str, *, user: str) -> SentRecord | None:
+        """The record of a message sent to ``user``, by the provider's ``messageId``.
+
+        The user comes from the status callback's signed ``callbackData``;
+        records are kept per user (the last ``StoreConfig.sent_per_user``).
+        """
 
     @abstractmethod
     async def update_sent(self, record: SentRecord) -> None:

@@ -232,10 +232,10 @@ class MemoryStore(ConversationStore):
 
     # -- sent-message log ----------------------------------------------------
 
-    async def get_sent(self, message_id: str) -> SentRecord | None:
-        """The record by provider ``messageId``, unless expired."""
+    async def get_sent(self, message_id: str, *, user: str) -> SentRecord | None:
+        """The record by provider ``messageId``, unless expired (or another user's)."""
         found = self._sent.get(message_id)
-        if found is None:
+        if found is None or found[0].user != user:
             return None
         record, expires = found
         if expires <= self._clock.now():

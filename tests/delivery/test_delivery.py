@@ -270,7 +270,7 @@ async def test_statuses_only_move_forward(make_store: StoreMaker) -> None:
         await live.emulator.wait_until(
             lambda: sum(c.delivered for c in sent.callbacks) == 3, what="sent, delivered, read"
         )
-        record = await live.service.store.get_sent(sent.message_id)
+        record = await live.service.store.get_sent(sent.message_id, user=USER)
         assert record is not None and record.status == "read"
 
         late = {
@@ -281,5 +281,5 @@ async def test_statuses_only_move_forward(make_store: StoreMaker) -> None:
         async with httpx.AsyncClient() as http:
             answer = await http.post(f"{live.url}/whatsapp/status/{live.token}", json=late)
         assert answer.status_code == 200
-        record = await live.service.store.get_sent(sent.message_id)
+        record = await live.service.store.get_sent(sent.message_id, user=USER)
         assert record is not None and record.status == "read"

@@ -20,6 +20,7 @@ from botkit.devino.client import DevinoClient
 from botkit.devtools.emulator import Emulator
 from botkit.storage import MemoryStore, RedisStore
 from botkit.storage.base import OutboxItem, StorageUnavailable
+from botkit.storage.redis.keys import Keys
 from tests.conftest import delete_prefix, require_redis
 
 USER = "79031110000"
@@ -53,8 +54,8 @@ async def test_a_message_waits_until_the_one_before_it_to_its_user_is_answered(
     first, second, _, _ = stores
     await reply(first, USER, "m:1", "one")
     await reply(first, USER, "m:2", "two", "three")
-    await reply(first, OTHER, "m:3", "elsewhere")
     [one] = await first.outbox_read("first", 1, 0)
+    await reply(first, OTHER, "m:3", "elsewhere")
     later = await second.outbox_read("second", 10, 0)
     assert [i.message.text for i in later] == ["two", "three", "elsewhere"]
     assert [i.seq for i in [one, *later]] == [1, 2, 3, 1]
@@ -86,7 +87,7 @@ async def test_a_user_whose_order_expired_is_not_held_back(
     [two] = await second.outbox_read("second", 1, 0)
     assert await second.outbox_ready([two]) == [False]
     check = aioredis.Redis.from_url(url)
-    await check.delete(f"{prefix}:order:{{{USER}}}:order")
+    await check.delete(Keys(prefix, "order").order(USER))
     await check.aclose()
     assert await second.outbox_ready([two]) == [True]
     assert isinstance(one, OutboxItem)
@@ -111,7 +112,8 @@ async def test_two_senders_post_one_users_replies_in_commit_order(
             emulator.delay_next(1, seconds=0.5)
             await reply(first, USER, "m:1", "1")
             senders[0].start()
-            stream = f"{prefix}:order:outbox"
+            keys = Keys(prefix, "order")
+            stream = keys.outbox(keys.shard(USER))
             for _ in range(500):
                 if (await check.xpending(stream, "senders"))["pending"] == 1:
                     break

@@ -49,6 +49,11 @@ def test_every_documented_variable_is_read(monkeypatch: pytest.MonkeyPatch) -> N
         "BOTKIT_LOG_FORMAT": "json",
         "BOTKIT_LOG_LEVEL": "debug",
         "BOTKIT_PLUGINS": "optout, other ,",
+        "BOTKIT_DEDUPE_TTL_HOURS": "12",
+        "BOTKIT_SENT_TTL_DAYS": "3",
+        "BOTKIT_SEEN_PER_USER": "8",
+        "BOTKIT_SENT_PER_USER": "16",
+        "BOTKIT_REDIS_SHARDS": "64",
     }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
@@ -64,6 +69,8 @@ def test_every_documented_variable_is_read(monkeypatch: pytest.MonkeyPatch) -> N
     assert settings.max_body_bytes == 2048
     assert (settings.log_format, settings.log_level) == ("json", "DEBUG")
     assert settings.plugins == ["optout", "other"]
+    assert (settings.dedupe_ttl_hours, settings.sent_ttl_days) == (12, 3)
+    assert (settings.seen_per_user, settings.sent_per_user, settings.redis_shards) == (8, 16, 64)
 
 
 def test_a_dotenv_file_is_read_and_the_environment_wins_over_it(

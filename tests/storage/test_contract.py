@@ -313,13 +313,14 @@ async def test_sent_records_are_kept_by_message_id(store: ConversationStore) -> 
     [item] = await store.outbox_read("c1", 10, 0.05)
     record = SentRecord(message_id="3482512350952730368", message=item.message, sent_at=1.0)
     await store.outbox_ack([item.id], [record])
-    assert await store.get_sent("3482512350952730368") == record
-    assert await store.get_sent("unknown") is None
+    assert await store.get_sent("3482512350952730368", user=user) == record
+    assert await store.get_sent("unknown", user=user) is None
+    assert await store.get_sent("3482512350952730368", user=new_user()) is None
     moved = SentRecord(
         message_id=record.message_id, message=record.message, sent_at=1.0, status="delivered"
     )
     await store.update_sent(moved)
-    found = await store.get_sent(record.message_id)
+    found = await store.get_sent(record.message_id, user=user)
     assert found is not None and found.status == "delivered"
     assert not found.resent
     await store.update_sent(dataclasses.replace(found, status="failed", resent=True))

@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from botkit import Bot, Context, StoreConfig, TextMessage
-from botkit._outbound import OutboundMessage, SendMode
+from botkit._outbound import OutboundMessage, SendMode, SentRecord
 from botkit._runtime import Runtime
 from botkit.storage.base import (
     DuplicateMessage,
@@ -37,7 +37,8 @@ from botkit.storage.base import (
     TurnLease,
     UserBusy,
 )
-from botkit.storage.redis import RedisStore
+from botkit.storage.redis import RedisStore, StoreLayoutError
+from botkit.storage.redis.keys import Keys, shard_tags
 
 from ._redis_server import RedisServer, free_port
 from ._redis_worker import keys as probe_keys
@@ -238,7 +239,7 @@ async def test_turn_of_a_killed_process_runs_again_once_its_lock_expires(
         await runtime.handle_message(message(user))
 
     probe = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    lock = f"{redis_prefix}:race:{{{user}}}:lock"
+    lock = Keys(redis_prefix, "race").turn(user)[1]
     try:
         await until(lambda: _gone(probe, lock), within=10)
     finally:
@@ -301,13 +302,14 @@ async def test_killed_redis_fails_fast_loses_nothing_and_the_store_resumes(
     check = server.client()
     committed = 0
     for user in users:
-        fields = check.hgetall(f"t:race:{{{user}}}:conv")
+        fields = check.hgetall(Keys("t", "race").conv(user))
         count = json.loads(fields["data"])["count"]
         # A turn in flight when the server died may have committed without hearing so.
         assert succeeded[user] <= count <= succeeded[user] + 1
         assert int(fields["version"]) == count, "state and version were written together"
         committed += count
-    assert check.xlen("t:race:outbox") == committed, "each committed turn queued its one reply"
+    queued = sum(check.xlen(Keys("t", "race").outbox(shard)) for shard in range(256))
+    assert queued == committed, "each committed turn queued its one reply"
 
     # The same store object works again: new connections, and the wake-up channel.
     # (A new user: the turn in flight at the crash left its user's lock for lock_ttl.)
@@ -318,7 +320,7 @@ async def test_killed_redis_fails_fast_loses_nothing_and_the_store_resumes(
     user = new_user()
     held = await other.begin_turn(user, "m:held")
     waiting = asyncio.create_task(store.begin_turn(user, "m:next"))
-    await until(lambda: _true(check.exists(f"t:race:{{{user}}}:waiting") == 1))
+    await until(lambda: _true(check.exists(Keys("t", "race").turn(user)[2]) == 1))
     await other.commit_turn(held, None)
     # The lock would stay 30 s; only the published wake-up lets the waiter in this soon.
     async with asyncio.timeout(5):
@@ -358,7 +360,7 @@ async def test_read_only_redis_is_unavailable_and_nothing_is_written(server: Red
     try:
         with pytest.raises(StorageUnavailable, match="read-only"):
             await store.begin_turn(user, "m:1", inbound_at=1000.0)
-        assert check.keys("t:*{*") == []
+        assert check.keys(f"t:*{user}*") == []
         with pytest.raises(StorageUnavailable):
             await store.enqueue([text(user, "hi")])
     finally:
@@ -435,7 +437,7 @@ async def test_every_key_of_a_user_is_in_one_cluster_slot(
 
     first = await store.begin_turn(user, "m:1", inbound_at=1000.0)
     second = asyncio.create_task(store.begin_turn(user, "m:2"))
-    await until(lambda: _true(check.exists(f"{redis_prefix}:race:{{{user}}}:waiting") == 1))
+    await until(lambda: _true(check.exists(Keys(redis_prefix, "race").turn(user)[2]) == 1))
     snapshot()
     await store.commit_turn(first, first.conversation.copy(), [text(user, "a")])
     lease = await second
@@ -444,14 +446,88 @@ async def test_every_key_of_a_user_is_in_one_cluster_slot(
     snapshot()
     check.close()
 
-    mine = sorted(k for k in seen if f"{{{user}}}" in k)
-    kinds = {k.split(f"{{{user}}}:", 1)[1] for k in mine}
-    assert kinds == {"conv", "lock", "waiting", "order", "seen:m:1", "seen:m:2"}
-    assert len({key_slot(k.encode()) for k in mine}) == 1, mine
-    assert key_slot(mine[0].encode()) == key_slot(user.encode())
-    shared = sorted(k for k in seen if "{" not in k)
-    base = f"{redis_prefix}:race"
-    assert shared == [f"{base}:outbox", f"{base}:outbox:delayed"]
+    keys = Keys(redis_prefix, "race")
+    mine = sorted(k for k in seen if k.startswith(keys.user(user) + ":"))
+    kinds = {k.removeprefix(keys.user(user) + ":") for k in mine}
+    assert kinds == {"conv", "lock", "waiting", "order", "seen"}
+    shard = keys.shard(user)
+    shard_keys = [keys.outbox(shard), keys.delayed(shard)]
+    assert set(shard_keys) <= seen
+    others = {k for k in seen if k not in mine and k not in shard_keys and "{" in k}
+    assert others == {keys.outbox(s) for s in range(256) if s != shard}, "empty streams only"
+    # The user's keys and their shard's keys: one slot, the shard tag's.
+    slots = {key_slot(k.encode()) for k in mine + shard_keys}
+    assert slots == {key_slot(shard_tags(256)[shard].encode())}, mine
+    assert sorted(k for k in seen if "{" not in k) == [f"{redis_prefix}:race:meta"]
+
+
+def test_shard_tags_spread_the_shards_evenly_over_the_cluster_slots() -> None:
+    for shards in (1, 3, 16, 256, 1000):
+        tags = shard_tags(shards)
+        assert len(set(tags)) == shards and all("{" not in t and "}" not in t for t in tags)
+        slots = [key_slot(tag.encode()) for tag in tags]
+        # Shard i lands in the i-th of ``shards`` equal slot ranges: on a cluster of
+        # any size, each primary gets its share of shards, give or take one per range edge.
+        assert [slot * shards // 16384 for slot in slots] == list(range(shards))
+    per_primary = [0, 0, 0]
+    for tag in shard_tags(256):  # three primaries, as redis-cli splits the slots
+        per_primary[min(key_slot(tag.encode()) * 3 // 16384, 2)] += 1
+    assert max(per_primary) - min(per_primary) <= 1, per_primary
+
+
+async def test_a_store_started_with_another_shard_count_refuses_to_open(
+    redis_url: str, redis_prefix: str
+) -> None:
+    first = RedisStore(redis_url, bot="race", prefix=redis_prefix, shards=16)
+    await first.open()
+    await first.close()
+    other = RedisStore(redis_url, bot="race", prefix=redis_prefix, shards=32)
+    with pytest.raises(StoreLayoutError, match="created with 16 shards"):
+        await other.open()
+    await other.close()
+    # Without a number, a store takes the one Redis has.
+    same = RedisStore(redis_url, bot="race", prefix=redis_prefix)
+    await same.open()
+    assert len(same.outbox_shards()) == 16
+    user = new_user()
+    lease = await same.begin_turn(user, "m:1")
+    await same.commit_turn(lease, None, [text(user, "hi")])
+    [item] = await same.outbox_read("c", 10, 0)
+    assert item.message.text == "hi"
+    await same.close()
+
+
+async def test_dedupe_and_sent_records_stay_bounded_per_user(
+    make_store: Callable[..., Any], redis_url: str, redis_prefix: str
+) -> None:
+    """Memory grows with users, not messages: each user keeps their last K of each."""
+    store = await make_store(config=StoreConfig(seen_per_user=4, sent_per_user=3))
+    user = new_user()
+    for n in range(10):
+        lease = await store.begin_turn(user, f"m:{n}")
+        await store.commit_turn(lease, None, [text(user, f"#{n}")])
+    # The last four are duplicates; older ones are forgotten (a retry would run again).
+    for n in range(6, 10):
+        with pytest.raises(DuplicateMessage):
+            await store.begin_turn(user, f"m:{n}")
+    lease = await store.begin_turn(user, "m:0")
+    await store.abort_turn(lease)
+    items = await store.outbox_read("c", 100, 0)
+    records = [
+        SentRecord(message_id=f"id{n}", message=item.message, sent_at=float(n))
+        for n, item in enumerate(items)
+    ]
+    await store.outbox_ack([item.id for item in items], records, answered=items)
+    assert [await store.get_sent(f"id{n}", user=user) for n in range(7)] == [None] * 7
+    for n in range(7, 10):
+        assert await store.get_sent(f"id{n}", user=user) == records[n]
+    check = redis.Redis.from_url(redis_url, decode_responses=True)
+    keys = Keys(redis_prefix, "race")
+    refs, ids = keys.refs(user)
+    assert (check.hlen(refs), check.llen(ids), check.llen(keys.turn(user)[3])) == (3, 3, 4)
+    mine = list(check.scan_iter(match=keys.user(user) + "*"))
+    assert all(check.pttl(key) > 0 for key in mine), "every key has a TTL"
+    check.close()
 
 
 async def test_a_conversation_lives_at_least_the_session_window(
@@ -462,8 +538,9 @@ async def test_a_conversation_lives_at_least_the_session_window(
     lease = await store.begin_turn(user, "m:1", inbound_at=time.time())
     await store.commit_turn(lease, lease.conversation.copy())
     check = redis.Redis.from_url(redis_url)
-    assert check.pttl(f"{redis_prefix}:race:{{{user}}}:conv") > 86_000_000
-    assert 0 < check.pttl(f"{redis_prefix}:race:{{{user}}}:seen:m:1") <= 2 * 86_400_000
+    keys = Keys(redis_prefix, "race")
+    assert check.pttl(keys.conv(user)) > 86_000_000
+    assert 0 < check.pttl(keys.turn(user)[3]) <= 2 * 86_400_000
     check.close()
 
 
@@ -639,7 +716,7 @@ async def test_sentinel_url_finds_the_primary(server: RedisServer, tmp_path: Pat
         lease = await store.begin_turn(user, "m:1", inbound_at=1000.0)
         await store.commit_turn(lease, None)
         assert (await store.load(user)).last_inbound == 1000.0
-        assert server.client().exists(f"t:race:{{{user}}}:conv") == 1
+        assert server.client().exists(Keys("t", "race").conv(user)) == 1
         await store.close()
     finally:
         sentinel.kill()
@@ -687,7 +764,7 @@ async def test_a_failing_call_never_fails_the_other_calls_of_its_batch(
     users = [new_user() for _ in range(12)]
     wrong_type, poison = users[0], users[1]
     check = redis.Redis.from_url(redis_url, decode_responses=True)
-    check.set(f"{redis_prefix}:race:{{{wrong_type}}}:conv", "not a hash")  # WRONGTYPE for HMGET
+    check.set(Keys(redis_prefix, "race").conv(wrong_type), "not a hash")  # WRONGTYPE for HMGET
 
     async def begin(user: str) -> TurnLease | BaseException:
         try:

@@ -1,43 +1,94 @@
 """The store's key layout: every key name the Redis store uses, built in one place.
 
-``P`` = ``<prefix>:<bot>``; the ``{user}`` hash tag keeps every per-user key
-in one cluster slot::
+Users are spread over ``N`` outbox shards (``shard = crc32(user) % N``, N
+fixed when the store is first created, 256 by default, kept in the meta
+key). Every key of a user and every key of a shard carries the shard's hash
+tag, so one script only ever touches one cluster slot; the tags are chosen
+so the shards spread evenly over the 16,384 slots (:func:`shard_tags`).
+``P`` = ``<prefix>:<bot>``, ``T`` = the shard's tag::
 
-    P:{79031234567}:conv          hash: the conversation (see fields.py); sliding TTL
-    P:{79031234567}:lock          the turn lock: a random token, PX lock_ttl
-    P:{79031234567}:waiting       set while a turn waits: the commit publishes a wake-up
-    P:{79031234567}:seen:<key>    dedupe mark: "in_progress" (PX lock_ttl) or "done"
-    P:{79031234567}:order         hash: next, done: the user's send order (the last number
-                                  a queued reply got, the last one the provider answered)
-    P:outbox                      stream of messages to send (consumer group "senders")
-    P:outbox:delayed              zset of messages waiting for ``not_before`` (score)
-    P:sent:<messageId>            sent-message record (JSON), TTL sent_ttl
+    P:meta                        hash: layout (2), shards (N)
+    P:secret:<name>               a secret every process shares (no expiry)
+    P:{T}:<user>:conv             hash: the conversation (see fields.py); sliding TTL
+    P:{T}:<user>:lock             the turn lock: "<token> <dedupe key>", PX lock_ttl
+    P:{T}:<user>:waiting          set while a turn waits: the commit publishes a wake-up
+    P:{T}:<user>:seen             list: the user's last K handled dedupe keys (TTL done_ttl)
+    P:{T}:<user>:order            hash: next, done: the user's send order
+    P:{T}:<user>:refs             hash: messageId -> sent-message record (the last K)
+    P:{T}:<user>:refs:ids         list: those messageIds, newest first (TTL sent_ttl)
+    P:{T}:outbox                  the shard's stream of messages to send (group "senders")
+    P:{T}:delayed                 the shard's zset of messages waiting for ``not_before``
     P:unlock                      pub/sub channel: "<store instance> <user>" wake-ups
+
+A message being handled is "in progress" while its turn holds the lock (the
+lock names the dedupe key); once committed its key joins ``seen``.
 """
 
 from __future__ import annotations
 
+import functools
+import zlib
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+LAYOUT = 2
+"""The layout version written in the meta key (1: the layout before shards)."""
+
+DEFAULT_SHARDS = 256
+
+
+@functools.cache
+def shard_tags(shards: int) -> tuple[str, ...]:
+    """A hash tag per shard whose cluster slots spread evenly: shard i's tag hashes
+    into the i-th of ``shards`` equal slot ranges (so up to 16,384 shards).
+
+    Deterministic: every process computes the same tags.
+    """
+    if not 1 <= shards <= REDIS_CLUSTER_HASH_SLOTS:
+        raise ValueError(f"the shard count must be 1 to {REDIS_CLUSTER_HASH_SLOTS}, not {shards}")
+    tags: list[str | None] = [None] * shards
+    missing = shards
+    candidate = 0
+    while missing:
+        tag = format(candidate, "x")
+        candidate += 1
+        shard = key_slot(tag.encode()) * shards // REDIS_CLUSTER_HASH_SLOTS
+        if tags[shard] is None:
+            tags[shard] = tag
+            missing -= 1
+    return tuple(t for t in tags if t is not None)
+
+
+def shard_of(user: str, shards: int) -> int:
+    """The user's shard: ``crc32(user) % shards``."""
+    return zlib.crc32(user.encode()) % shards
+
 
 class Keys:
-    """Key names of one bot under one prefix."""
+    """Key names of one bot under one prefix, over ``shards`` shards."""
 
-    __slots__ = ("base", "channel", "delayed", "outbox")
+    __slots__ = ("base", "channel", "meta", "shards", "tags")
 
-    def __init__(self, prefix: str, bot: str) -> None:
+    def __init__(self, prefix: str, bot: str, shards: int = DEFAULT_SHARDS) -> None:
         for name, value in (("prefix", prefix), ("bot", bot)):
             if not value or any(c in value for c in "{} \t\r\n"):
                 raise ValueError(
                     f"RedisStore {name} {value!r} must be non-empty, without braces or spaces "
-                    "(braces would break the per-user hash tags)"
+                    "(braces would break the shards' hash tags)"
                 )
         self.base = f"{prefix}:{bot}"
-        self.outbox = f"{self.base}:outbox"
-        self.delayed = f"{self.base}:outbox:delayed"
+        self.meta = f"{self.base}:meta"
         self.channel = f"{self.base}:unlock"
+        self.shards = shards
+        self.tags = shard_tags(shards)
+
+    def shard(self, user: str) -> int:
+        """The user's shard."""
+        return zlib.crc32(user.encode()) % self.shards
 
     def user(self, user: str) -> str:
-        """The common start of the user's keys (carries the hash tag)."""
-        return f"{self.base}:{{{user}}}"
+        """The common start of the user's keys (carries the shard's tag)."""
+        return f"{self.base}:{{{self.tags[self.shard(user)]}}}:{user}"
 
     def conv(self, user: str) -> str:
         """The user's conversation hash."""
@@ -47,18 +98,38 @@ class Keys:
         """The user's send order: the last number given and the last one answered."""
         return f"{self.user(user)}:order"
 
-    def turn(self, user: str, key: str | None) -> list[str]:
-        """conv, lock, waiting[, seen]: the per-user keys of a turn."""
+    def turn(self, user: str) -> list[str]:
+        """conv, lock, waiting, seen: the per-user keys of a turn."""
         base = self.user(user)
-        keys = [f"{base}:conv", f"{base}:lock", f"{base}:waiting"]
-        if key is not None:
-            keys.append(f"{base}:seen:{key}")
-        return keys
-
-    def sent(self, message_id: str) -> str:
-        """The sent-message record of a provider ``messageId``."""
-        return f"{self.base}:sent:{message_id}"
+        return [f"{base}:conv", f"{base}:lock", f"{base}:waiting", f"{base}:seen"]
 
     def secret(self, name: str) -> str:
         """A secret every process on this Redis shares (no expiry)."""
         return f"{self.base}:secret:{name}"
+
+    def refs(self, user: str) -> list[str]:
+        """The user's sent-message records and their messageIds, newest first."""
+        base = self.user(user)
+        return [f"{base}:refs", f"{base}:refs:ids"]
+
+    def outbox(self, shard: int) -> str:
+        """The shard's outbox stream."""
+        return f"{self.base}:{{{self.tags[shard]}}}:outbox"
+
+    def delayed(self, shard: int) -> str:
+        """The shard's delayed messages."""
+        return f"{self.base}:{{{self.tags[shard]}}}:delayed"
+
+    # The layout before shards (version 1), for detection and migration.
+
+    def legacy_outbox(self) -> str:
+        """The one outbox stream of layout 1."""
+        return f"{self.base}:outbox"
+
+    def legacy_delayed(self) -> str:
+        """The one delayed zset of layout 1."""
+        return f"{self.base}:outbox:delayed"
+
+    def legacy_conv_pattern(self) -> str:
+        """A SCAN pattern for layout 1's conversations (``P:{<user>}:conv``)."""
+        return f"{self.base}:{{*}}:conv"

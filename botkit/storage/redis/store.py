@@ -21,7 +21,7 @@ import socket
 import time
 from collections.abc import Awaitable, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -42,9 +42,10 @@ from botkit.storage.base import (
     UserBusy,
 )
 from botkit.storage.redis import scripts
-from botkit.storage.redis.connection import build_client
+from botkit.storage.redis.connection import build_client, mask
 from botkit.storage.redis.fields import FIELDS, Stored, changes, conversation, number
-from botkit.storage.redis.keys import Keys
+from botkit.storage.redis.keys import DEFAULT_SHARDS, LAYOUT, Keys
+from botkit.storage.redis.migrate import StoreLayoutError, legacy_data
 from botkit.storage.redis.runner import ScriptRunner, done
 from botkit.storage.redis.waiters import UnlockListener, Waiters
 
@@ -88,6 +89,13 @@ class RedisStore(ConversationStore):
     is the outbox's consumer group; ``consumer`` names this process in it
     (default ``<host>:<pid>``), for the sender to pass to :meth:`outbox_read`.
     ``clock`` decides which outbox messages are due now and which wait.
+
+    ``shards`` is how many outbox shards the users are spread over (see
+    :mod:`botkit.storage.redis.keys`): fixed when the store is first created
+    (default 256) and kept in Redis; None takes what Redis has, and a store
+    started with another number refuses to open (:class:`StoreLayoutError`),
+    as does one that finds data of the layout before shards (run
+    ``botkit store migrate``).
     """
 
     def __init__(
@@ -105,12 +113,17 @@ class RedisStore(ConversationStore):
         group: str = "senders",
         consumer: str | None = None,
         clock: Clock | None = None,
+        shards: int | None = None,
     ) -> None:
         self.config = config or StoreConfig()
+        for name in ("seen_per_user", "sent_per_user"):
+            if getattr(self.config, name) < 1:
+                raise ValueError(f"StoreConfig.{name} must be at least 1")
         self.url = url
         self.group = group
         self.consumer = consumer or f"{socket.gethostname()}:{os.getpid()}"
-        self._keys = Keys(prefix, bot)
+        self._prefix, self._bot, self._shards = prefix, bot, shards
+        self._keys = Keys(prefix, bot, shards or DEFAULT_SHARDS)
         self._clock = clock or SystemClock()
         self._socket_timeout = socket_timeout
         self._connect_timeout = socket_timeout if connect_timeout is None else connect_timeout
@@ -126,6 +139,8 @@ class RedisStore(ConversationStore):
         self._client: aioredis.Redis | None = client
         self._instance = secrets.token_hex(6)
         self._waiters = Waiters()
+        # Entries a read took beyond its count, per consumer, for its next read.
+        self._carried: dict[str, list[OutboxItem]] = {}
         self._listener: UnlockListener | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._opening = asyncio.Lock()
@@ -155,6 +170,7 @@ class RedisStore(ConversationStore):
                 for script in scripts.ALL:
                     pipe.script_load(script.source)
                 await pipe.execute()
+                await self._check_layout(client)
                 await self._ensure_group()
             self._opened = True
         listener = self._listener = UnlockListener(
@@ -214,9 +230,7 @@ class RedisStore(ConversationStore):
 
     async def renew(self, lease: TurnLease) -> bool:
         """Extend the lease's lock (and its in-progress mark) by ``lock_ttl``; False when lost."""
-        keys = [self._keys.turn(lease.user, lease.key)[1]]
-        if lease.key is not None:
-            keys.append(self._keys.turn(lease.user, lease.key)[3])
+        keys = [self._keys.turn(lease.user)[1]]
         async with self._runner.guard("renew a turn's lock"):
             renewed = await self._runner.run(scripts.RENEW, keys, [lease.token, self._lock_ttl_ms])
         return bool(renewed)
@@ -234,9 +248,13 @@ class RedisStore(ConversationStore):
         """
         if not isinstance(lease, _Lease):
             raise TypeError("commit_turn() needs a lease this store's begin_turn() gave")
-        conv, lock, waiting, *seen = self._keys.turn(lease.user, lease.key)
-        order = self._keys.order(lease.user)
-        keys = [conv, lock, waiting, self._keys.outbox, self._keys.delayed, order, *seen]
+        shard = self._keys.shard(lease.user)
+        keys = [
+            *self._keys.turn(lease.user),
+            self._keys.outbox(shard),
+            self._keys.delayed(shard),
+            self._keys.order(lease.user),
+        ]
         put: list[str] = []
         drop: list[str] = []
         if conversation is not None:
@@ -254,6 +272,8 @@ class RedisStore(ConversationStore):
             self._done_ttl_ms,
             self._keys.channel,
             f"{self._instance} {lease.user}",
+            lease.key or "",
+            self.config.seen_per_user,
             len(put) // 2,
             len(drop),
             len(outbox),
@@ -272,10 +292,10 @@ class RedisStore(ConversationStore):
 
     async def abort_turn(self, lease: TurnLease) -> None:
         """Unlock and forget the in-progress mark, if the lock is still the lease's."""
-        _, lock, waiting, *seen = self._keys.turn(lease.user, lease.key)
+        _, lock, waiting, _ = self._keys.turn(lease.user)
         args = [lease.token, self._keys.channel, f"{self._instance} {lease.user}"]
         async with self._runner.guard("abort a turn"):
-            released = await self._runner.run(scripts.ABORT, [lock, waiting, *seen], args)
+            released = await self._runner.run(scripts.ABORT, [lock, waiting], args)
         if released:
             self._waiters.wake(lease.user)
 
@@ -304,51 +324,59 @@ class RedisStore(ConversationStore):
             by_user.setdefault(message.user, []).extend(
                 (repr(message.not_before) if message.not_before > now else "", message.to_json())
             )
-        keys = [self._keys.outbox, self._keys.delayed]
 
         async def append(user: str, entries: list[str]) -> None:
+            shard = self._keys.shard(user)
+            keys = [self._keys.outbox(shard), self._keys.delayed(shard), self._keys.order(user)]
             async with self._runner.guard("queue messages"):
-                args = [self._conversation_ttl_ms, *entries]
-                await self._runner.run(scripts.ENQUEUE, [*keys, self._keys.order(user)], args)
+                await self._runner.run(scripts.ENQUEUE, keys, [self._conversation_ttl_ms, *entries])
 
         await asyncio.gather(*(append(user, entries) for user, entries in by_user.items()))
 
-    async def outbox_read(self, consumer: str, count: int, block: float) -> list[OutboxItem]:
-        """Take up to ``count`` new entries (XREADGROUP), waiting up to ``block`` seconds.
+    def outbox_shards(self) -> range:
+        """The outbox's shards (their numbers), for senders that read some of them."""
+        return range(self._keys.shards)
 
-        A long ``block`` is split into waits shorter than the socket timeout,
-        so a dead server is still noticed within it.
+    async def outbox_read(
+        self,
+        consumer: str,
+        count: int,
+        block: float,
+        *,
+        shards: Sequence[int] | None = None,
+    ) -> list[OutboxItem]:
+        """Take up to ``count`` new entries (XREADGROUP) from ``shards`` (default: all).
+
+        Waits up to ``block`` seconds when there are none. One read covers
+        every shard and may take more than ``count`` (up to ``count`` from
+        each): the rest are kept for this consumer's next read. A long
+        ``block`` is split into waits shorter than the socket timeout, so a
+        dead server is still noticed within it.
         """
         client = await self._ensure_open()
-        # Under load there is usually something to read: one script call (on the
-        # lean pipeline) whose answer is flat, with no wait.
-        flat: list[str] = []
-        for _ in range(2):
-            async with self._runner.guard("read the outbox"):
-                try:
-                    flat = await self._runner.run(
-                        scripts.READ, [self._keys.outbox], [self.group, consumer, count]
-                    )
-                    break
-                except rerr.ResponseError as exc:
-                    if "NOGROUP" not in str(exc):
-                        raise
-            await self._ensure_group()  # the server lost it (restart without data)
-        if flat:
-            return [
-                OutboxItem(entry_id, OutboundMessage.from_json(message), 1, _seq(seq))
-                for entry_id, message, seq in zip(flat[::3], flat[1::3], flat[2::3], strict=True)
-            ]
+        carried = self._carried.pop(consumer, None)
+        if carried:
+            if shards is not None:
+                wanted = set(shards)
+                kept = [i for i in carried if int(i.id.partition(":")[0]) not in wanted]
+                carried = [i for i in carried if int(i.id.partition(":")[0]) in wanted]
+                if kept:
+                    self._carried[consumer] = kept
+            if len(carried) > count:
+                self._carried[consumer] = [*carried[count:], *self._carried.get(consumer, [])]
+            if carried:
+                return carried[:count]
+        streams = {self._keys.outbox(shard): shard for shard in shards or self.outbox_shards()}
         deadline = time.monotonic() + max(block, 0.0)
         step = max(self._socket_timeout * 0.75, 0.05)
-        while block > 0:
+        while True:
             remaining = deadline - time.monotonic()
             block_ms = _ms(min(remaining, step)) if remaining > 0 else None
             async with self._runner.guard("read the outbox"):
                 try:
                     found = await done(
                         client.xreadgroup(
-                            self.group, consumer, {self._keys.outbox: ">"}, count, block_ms
+                            self.group, consumer, dict.fromkeys(streams, ">"), count, block_ms
                         )
                     )
                 except rerr.ResponseError as exc:
@@ -358,35 +386,63 @@ class RedisStore(ConversationStore):
                     continue
             items = [
                 OutboxItem(
-                    entry_id, OutboundMessage.from_json(fields["m"]), 1, _seq(fields.get("s"))
+                    f"{streams[stream]}:{entry_id}",
+                    OutboundMessage.from_json(fields["m"]),
+                    1,
+                    _seq(fields.get("s")),
                 )
-                for _, entries in found or ()
+                for stream, entries in _streams(found)
                 for entry_id, fields in entries
                 if fields and "m" in fields
             ]
+            if len(items) > count:
+                items.sort(key=_entry_order)
+                self._carried[consumer] = items[count:]
+                return items[:count]
             if items or block_ms is None or time.monotonic() >= deadline:
                 return items
-        return []
 
-    async def outbox_claim(self, consumer: str, min_idle: float, count: int) -> list[OutboxItem]:
-        """Take over entries idle for ``min_idle`` seconds (XAUTOCLAIM), with delivery counts."""
+    async def outbox_claim(
+        self,
+        consumer: str,
+        min_idle: float,
+        count: int,
+        *,
+        shards: Sequence[int] | None = None,
+    ) -> list[OutboxItem]:
+        """Take over entries idle for ``min_idle`` seconds (XAUTOCLAIM), with delivery counts.
+
+        Up to ``count`` entries in all, from ``shards`` (default: all).
+        """
         if count <= 0:
             return []
         await self._ensure_open()
         args: list[str | int] = [self.group, consumer, _ms(min_idle), count]
-        async with self._runner.guard("claim outbox entries"):
-            try:
-                claimed = await self._runner.run(scripts.CLAIM, [self._keys.outbox], args)
-            except rerr.ResponseError as exc:
-                if not str(exc).startswith("NOGROUP"):
-                    raise
-                await self._ensure_group()
-                return []
-        return [
-            OutboxItem(str(entry_id), OutboundMessage.from_json(raw), int(deliveries), _seq(seq))
-            for entry_id, raw, deliveries, seq in claimed
-            if raw
-        ]
+
+        async def claim(shard: int) -> list[OutboxItem]:
+            async with self._runner.guard("claim outbox entries"):
+                try:
+                    claimed = await self._runner.run(
+                        scripts.CLAIM, [self._keys.outbox(shard)], args
+                    )
+                except rerr.ResponseError as exc:
+                    if not str(exc).startswith("NOGROUP"):
+                        raise
+                    await self._ensure_group()
+                    return []
+            return [
+                OutboxItem(
+                    f"{shard}:{entry_id}",
+                    OutboundMessage.from_json(raw),
+                    int(deliveries),
+                    _seq(seq),
+                )
+                for entry_id, raw, deliveries, seq in claimed
+                if raw
+            ]
+
+        found = await asyncio.gather(*(claim(s) for s in shards or self.outbox_shards()))
+        return [item for items in found for item in items][:count]
 
     async def outbox_ack(
         self,
@@ -397,66 +453,103 @@ class RedisStore(ConversationStore):
     ) -> None:
         """Acknowledge and delete entries, record the accepted messages and move the send order.
 
-        One script call: it also records, per user, the last message the
-        provider answered, which lets the next one go (:meth:`outbox_ready`).
+        One script call per shard involved: it also records, per user, the
+        last message the provider answered, which lets the next one go
+        (:meth:`outbox_ready`), and keeps each sent record among its user's
+        last ``sent_per_user``.
         """
         numbered = [item for item in answered if item.seq is not None]
         if not ids and not sent and not numbered:
             return
         await self._ensure_open()
-        args: list[str | int] = [self.group, self._keys.sent(""), self._sent_ttl_ms, len(ids)]
-        args += ids
-        args.append(len(numbered))
+        calls: dict[int, _Ack] = {}
+
+        def ack(shard: int) -> _Ack:
+            found = calls.get(shard)
+            if found is None:
+                found = calls[shard] = _Ack(self._keys.outbox(shard))
+            return found
+
+        for entry in ids:
+            shard, _, entry_id = entry.partition(":")
+            ack(int(shard)).ids.append(entry_id)
         for item in numbered:
-            args += (self._keys.order(item.message.user), cast(int, item.seq))
+            call = ack(self._keys.shard(item.message.user))
+            call.answered += (call.user(self._keys, item.message.user), cast(int, item.seq))
         for record in sent:
-            args += (record.message_id, record.to_json())
-        async with self._runner.guard("acknowledge outbox entries"):
-            acked = await self._runner.run(scripts.ACK, [self._keys.outbox], args)
-        if not acked:  # the server lost the group (restart without data): nothing was pending
-            await self._ensure_group()
+            call = ack(self._keys.shard(record.user))
+            call.sent += (call.user(self._keys, record.user), record.message_id, record.to_json())
+        head = [self.group, self._sent_ttl_ms, self.config.sent_per_user]
+
+        async def run(call: _Ack) -> None:
+            args = [*head, len(call.ids), *call.ids, len(call.answered) // 2, *call.answered]
+            args += [len(call.sent) // 3, *call.sent]
+            async with self._runner.guard("acknowledge outbox entries"):
+                acked = await self._runner.run(scripts.ACK, call.keys, args)
+            if not acked:  # the server lost the group (restart without data): nothing was pending
+                await self._ensure_group()
+
+        await asyncio.gather(*(run(call) for call in calls.values()))
 
     async def outbox_ready(self, items: Sequence[OutboxItem]) -> list[bool]:
         """Which items may go now: each user's numbered messages go in their order.
 
         An item waits while an earlier message to its user (read by this
-        sender or another) has no answer from the provider yet.
+        sender or another) has no answer from the provider yet. One script
+        call per shard involved.
         """
         if all(item.seq is None for item in items):
             return [True] * len(items)
-        args: list[str | int] = []
-        for item in items:
-            args += (self._keys.order(item.message.user), "" if item.seq is None else item.seq)
-        async with self._runner.guard("check the send order"):
-            verdicts = await self._runner.run(scripts.READY, [], args)
-        return [bool(v) for v in verdicts]
+        by_shard: dict[int, tuple[list[int], list[str], list[str | int]]] = {}
+        for n, item in enumerate(items):
+            user = item.message.user
+            places, keys, args = by_shard.setdefault(self._keys.shard(user), ([], [], []))
+            key = self._keys.order(user)
+            if key not in keys:
+                keys.append(key)
+            places.append(n)
+            args += (keys.index(key) + 1, "" if item.seq is None else item.seq)
+        verdicts = [True] * len(items)
+
+        async def ready(places: list[int], keys: list[str], args: list[str | int]) -> None:
+            async with self._runner.guard("check the send order"):
+                found = await self._runner.run(scripts.READY, keys, args)
+            for place, verdict in zip(places, found, strict=True):
+                verdicts[place] = bool(verdict)
+
+        await asyncio.gather(*(ready(*call) for call in by_shard.values()))
+        return verdicts
 
     async def outbox_release_due(self, now: float) -> int:
-        """Move delayed messages due by ``now`` into the outbox, atomically per batch."""
+        """Move delayed messages due by ``now`` into their shard's outbox, atomically per batch."""
         await self._ensure_open()
-        moved = 0
-        while True:
-            async with self._runner.guard("release delayed messages"):
-                batch = int(
-                    await self._runner.run(
-                        scripts.RELEASE_DUE,
-                        [self._keys.delayed, self._keys.outbox],
-                        [repr(now), _RELEASE_BATCH],
+
+        async def release(shard: int) -> int:
+            keys = [self._keys.delayed(shard), self._keys.outbox(shard)]
+            moved = 0
+            while True:
+                async with self._runner.guard("release delayed messages"):
+                    batch = int(
+                        await self._runner.run(
+                            scripts.RELEASE_DUE, keys, [repr(now), _RELEASE_BATCH]
+                        )
                     )
-                )
-            moved += batch
-            if batch < _RELEASE_BATCH:
-                return moved
+                moved += batch
+                if batch < _RELEASE_BATCH:
+                    return moved
+
+        return sum(await asyncio.gather(*(release(s) for s in self.outbox_shards())))
 
     async def outbox_size(self) -> int:
-        """Entries in the stream (unread or in flight) plus delayed ones."""
+        """Entries in the streams (unread or in flight) plus delayed ones, over all shards."""
         client = await self._ensure_open()
         guard = self._runner.guard("measure the outbox")
         async with guard, client.pipeline(transaction=False) as pipe:
-            pipe.xlen(self._keys.outbox)
-            pipe.zcard(self._keys.delayed)
-            stream, delayed = await pipe.execute()
-        return int(stream) + int(delayed)
+            for shard in self.outbox_shards():
+                pipe.xlen(self._keys.outbox(shard))
+                pipe.zcard(self._keys.delayed(shard))
+            sizes = await pipe.execute()
+        return sum(int(size) for size in sizes)
 
     # -- shared secrets ------------------------------------------------------
 
@@ -473,22 +566,19 @@ class RedisStore(ConversationStore):
 
     # -- sent-message log ----------------------------------------------------
 
-    async def get_sent(self, message_id: str) -> SentRecord | None:
-        """The record by provider ``messageId``, unless expired."""
+    async def get_sent(self, message_id: str, *, user: str) -> SentRecord | None:
+        """The record by provider ``messageId`` among the user's last ``sent_per_user``."""
         client = await self._ensure_open()
         async with self._runner.guard("read a sent-message record"):
-            raw: str | None = await done(client.get(self._keys.sent(message_id)))
+            raw: str | None = await done(client.hget(self._keys.refs(user)[0], message_id))
         return None if raw is None else SentRecord.from_json(raw)
 
     async def update_sent(self, record: SentRecord) -> None:
-        """Replace the record, keeping its remaining TTL (a fresh one if it had expired)."""
+        """Replace the record (added again among the user's last ones if it had gone)."""
         await self._ensure_open()
+        args = [record.message_id, record.to_json(), self._sent_ttl_ms, self.config.sent_per_user]
         async with self._runner.guard("update a sent-message record"):
-            await self._runner.run(
-                scripts.UPDATE_SENT,
-                [self._keys.sent(record.message_id)],
-                [record.to_json(), self._sent_ttl_ms],
-            )
+            await self._runner.run(scripts.UPDATE_SENT, self._keys.refs(record.user), args)
 
     # -- turns: internals ----------------------------------------------------
 
@@ -496,10 +586,10 @@ class RedisStore(ConversationStore):
         self, user: str, key: str | None, token: str, inbound_at: float | None
     ) -> TurnLease | float:
         """One BEGIN call: the lease, or how long (s) the lock stays taken."""
-        args = [token, self._lock_ttl_ms, number(inbound_at), self._conversation_ttl_ms]
+        args = [token, self._lock_ttl_ms, number(inbound_at), self._conversation_ttl_ms, key or ""]
         try:
             async with self._runner.guard("begin a turn"):
-                result = await self._runner.run(scripts.BEGIN, self._keys.turn(user, key), args)
+                result = await self._runner.run(scripts.BEGIN, self._keys.turn(user), args)
         except BaseException:
             # The script may have run with its answer lost: give the lock and the
             # in-progress mark back now rather than after lock_ttl.
@@ -541,11 +631,11 @@ class RedisStore(ConversationStore):
         )
 
     async def _forget(self, user: str, key: str | None, token: str) -> None:
-        _, lock, waiting, *seen = self._keys.turn(user, key)
+        _, lock, waiting, _ = self._keys.turn(user)
         args = [token, self._keys.channel, f"{self._instance} {user}"]
         try:
             async with self._runner.guard("release a lock after a failed begin"):
-                await self._runner.run(scripts.ABORT, [lock, waiting, *seen], args)
+                await self._runner.run(scripts.ABORT, [lock, waiting], args)
         except Exception:
             log.debug("could not release a lock after a failed begin; it expires", exc_info=True)
 
@@ -570,14 +660,70 @@ class RedisStore(ConversationStore):
         return self._client
 
     async def _ensure_group(self) -> None:
+        """Create the consumer group on every shard's stream (those that have one keep it)."""
         assert self._client is not None
-        try:
-            await done(
-                self._client.xgroup_create(self._keys.outbox, self.group, id="0", mkstream=True)
+        async with self._client.pipeline(transaction=False) as pipe:
+            for shard in self.outbox_shards():
+                pipe.xgroup_create(self._keys.outbox(shard), self.group, id="0", mkstream=True)
+            results = await pipe.execute(raise_on_error=False)
+        for result in results:
+            if isinstance(result, Exception) and not str(result).startswith("BUSYGROUP"):
+                raise result
+
+    async def _check_layout(self, client: aioredis.Redis) -> None:
+        """Read (or, on first use, write) the meta key; refuse a layout this store cannot run."""
+        keys = self._keys
+        meta: dict[str, str] = await done(client.hgetall(keys.meta))
+        if not meta:
+            if await legacy_data(client, keys):
+                raise StoreLayoutError(
+                    f"Redis at {mask(self.url)} holds data of botkit's earlier store layout "
+                    f"under {keys.base!r} (one outbox, keys per message). Stop every "
+                    "worker, then run `botkit store migrate` (it moves conversations and "
+                    "pending messages to the sharded layout), then start again"
+                )
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.hsetnx(keys.meta, "layout", LAYOUT)
+                pipe.hsetnx(keys.meta, "shards", keys.shards)
+                pipe.hgetall(keys.meta)
+                *_, meta = await pipe.execute()
+        layout, shards = int(meta.get("layout", 0)), int(meta.get("shards", 0))
+        if layout != LAYOUT:
+            raise StoreLayoutError(
+                f"the store under {keys.base!r} has layout {layout}, this botkit runs "
+                f"layout {LAYOUT}: upgrade botkit, or run `botkit store migrate`"
             )
-        except rerr.ResponseError as exc:
-            if not str(exc).startswith("BUSYGROUP"):
-                raise
+        if self._shards is not None and shards != self._shards:
+            raise StoreLayoutError(
+                f"the store under {keys.base!r} was created with {shards} shards; this "
+                f"store was started with {self._shards}. The number is fixed at creation: "
+                f"start it with shards={shards} (or none, to use what Redis has)"
+            )
+        if shards != keys.shards:
+            self._keys = Keys(self._prefix, self._bot, shards)
+
+
+@dataclass(slots=True)
+class _Ack:
+    """One shard's part of an acknowledgement: entries, answered orders, sent records."""
+
+    stream: str
+    keys: list[str] = field(init=False)
+    ids: list[str] = field(default_factory=list)
+    answered: list[str | int] = field(default_factory=list)
+    sent: list[str | int] = field(default_factory=list)
+    users: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.keys = [self.stream]
+
+    def user(self, keys: Keys, user: str) -> int:
+        """The user's place in this call (their order, refs and refs:ids keys added once)."""
+        place = self.users.get(user)
+        if place is None:
+            place = self.users[user] = len(self.users)
+            self.keys += (keys.order(user), *keys.refs(user))
+        return place
 
 
 # -- helpers -----------------------------------------------------------------
@@ -585,6 +731,21 @@ class RedisStore(ConversationStore):
 
 def _ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
+
+
+def _streams(found: Any) -> list[tuple[str, list[Any]]]:
+    """XREADGROUP's answer as (stream, entries) pairs: a list in RESP2, a dict in RESP3."""
+    if not found:
+        return []
+    if isinstance(found, dict):  # stream -> [entries]
+        return [(stream, value[0] if value else []) for stream, value in found.items()]
+    return [(stream, entries) for stream, entries in found]
+
+
+def _entry_order(item: OutboxItem) -> tuple[int, int]:
+    """An entry's place in time: its stream id (``<shard>:<ms>-<n>``)."""
+    ms, _, n = item.id.rpartition(":")[2].partition("-")
+    return int(ms), int(n)
 
 
 def _seq(value: str | None) -> int | None:

@@ -1,22 +1,30 @@
--- ACK: acknowledge and delete entries, record sent messages, move send orders.
--- KEYS: outbox stream
--- ARGV: group, sent-record key prefix, sent_ttl_ms, n, then n entry ids to
---       acknowledge and delete, m, then m (order hash key, send sequence
---       number) pairs the provider answered, then (messageId, record JSON) pairs
--- The sent-record and order keys are passed or built here, not declared: like
--- the outbox itself the sent records are shared, not per-user, keys.
+-- ACK: acknowledge and delete one shard's entries, record the sent messages
+-- in their users' keys, move the users' send orders.
+-- KEYS: 1 the shard's outbox stream, then per user u (0-based) of the shard
+--       in this call: order hash (2 + 3u), refs hash (3 + 3u), refs:ids (4 + 3u)
+-- ARGV: 1 group, 2 sent_ttl_ms, 3 records kept per user, 4 n, then n entry
+--       ids to acknowledge and delete, then m, m (user, send sequence number)
+--       pairs the provider answered, then r, r (user, messageId, record JSON)
 -- -> 1 | 0 when the group was gone (the records were still written)
 local n = tonumber(ARGV[4])
-local m = tonumber(ARGV[5 + n])
-for j = 6 + n, 5 + n + 2 * m, 2 do
+local i = 5 + n
+local m = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, m do
   -- An order hash that expired stays gone: its user's next messages go as they come.
-  local done = redis.call('HMGET', ARGV[j], 'next', 'done')
-  if done[1] and tonumber(ARGV[j + 1]) > (tonumber(done[2]) or 0) then
-    redis.call('HSET', ARGV[j], 'done', ARGV[j + 1])
+  local order = KEYS[2 + 3 * tonumber(ARGV[i])]
+  local done = redis.call('HMGET', order, 'next', 'done')
+  if done[1] and tonumber(ARGV[i + 1]) > (tonumber(done[2]) or 0) then
+    redis.call('HSET', order, 'done', ARGV[i + 1])
   end
+  i = i + 2
 end
-for j = 6 + n + 2 * m, #ARGV, 2 do
-  redis.call('SET', ARGV[2] .. ARGV[j], ARGV[j + 1], 'PX', ARGV[3])
+local r = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, r do
+  local u = 3 + 3 * tonumber(ARGV[i])
+  remember(KEYS[u], KEYS[u + 1], ARGV[i + 1], ARGV[i + 2], ARGV[2], tonumber(ARGV[3]))
+  i = i + 3
 end
 if n == 0 then return 1 end
 local ok = pcall(redis.call, 'XACK', KEYS[1], ARGV[1], unpack(ARGV, 5, 4 + n))

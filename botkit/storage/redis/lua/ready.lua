@@ -1,5 +1,6 @@
--- READY: which outbox items may go now.
--- ARGV: (order hash key, send sequence number or "") pairs, in outbox order
+-- READY: which outbox items of one shard may go now.
+-- KEYS: the order hashes of the items' users
+-- ARGV: (user's key index in KEYS, send sequence number or "") pairs, in outbox order
 -- -> one 1 (send it now) or 0 (an earlier message to the same user is not
 --    answered yet) per pair. Messages to one user are numbered at commit
 --    (commit.lua); the sender that reads number k sends it only once the
@@ -7,7 +8,7 @@
 --    hash is gone (expired) and messages without a number (retries) go at once.
 local verdicts, expect, blocked = {}, {}, {}
 for j = 1, #ARGV, 2 do
-  local key, seq, verdict = ARGV[j], tonumber(ARGV[j + 1]), 1
+  local key, seq, verdict = KEYS[tonumber(ARGV[j])], tonumber(ARGV[j + 1]), 1
   if seq then
     if blocked[key] then
       verdict = 0

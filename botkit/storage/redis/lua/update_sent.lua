@@ -1,6 +1,5 @@
--- UPDATE_SENT: replace a sent-message record, keeping its TTL.
--- KEYS: sent record
--- ARGV: record JSON, sent_ttl_ms (used only when the record had expired)
-if redis.call('SET', KEYS[1], ARGV[1], 'XX', 'KEEPTTL') then return 1 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 0
+-- UPDATE_SENT: replace (or add) a sent-message record among the user's last K.
+-- KEYS: the user's refs hash, refs:ids list
+-- ARGV: messageId, record JSON, sent_ttl_ms, records kept per user
+remember(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]))
+return 1

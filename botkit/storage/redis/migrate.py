@@ -1,0 +1,175 @@
+"""From the store's first layout (one outbox, a key per message) to the sharded one.
+
+Layout 1 kept every user's keys under the user's own hash tag
+(``P:{<user>}:conv``), one outbox stream (``P:outbox``) with its delayed set
+(``P:outbox:delayed``), a dedupe key per incoming message and a sent record per
+outgoing one (``P:sent:<messageId>``). A store that finds such data and no
+meta key refuses to open (:class:`StoreLayoutError`) and names the command
+that moves it: ``botkit store migrate`` (:func:`migrate`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from botkit.storage.base import StorageError
+from botkit.storage.redis.keys import LAYOUT, Keys
+
+
+class StoreLayoutError(StorageError):
+    """Redis holds the store in a layout this botkit does not run (or with another shard count).
+
+    The message says what to do: usually stop the workers and run
+    ``botkit store migrate``.
+    """
+
+
+async def legacy_data(client: aioredis.Redis, keys: Keys) -> bool:
+    """True when Redis holds layout-1 data of this bot (its outbox or a conversation)."""
+    if await client.exists(keys.legacy_outbox(), keys.legacy_delayed()):
+        return True
+    async for key in client.scan_iter(match=keys.legacy_conv_pattern(), count=1000):
+        if _legacy_key(key, keys.base) is not None:
+            return True
+    return False
+
+
+@dataclass(slots=True)
+class Migrated:
+    """What :func:`migrate` moved."""
+
+    conversations: int = 0
+    messages: int = 0
+    delayed: int = 0
+    sent_records: int = 0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.conversations} conversations, {self.messages} queued messages, "
+            f"{self.delayed} delayed messages, {self.sent_records} sent-message records"
+        )
+
+
+_LEGACY_SUFFIXES = ("conv", "order", "lock", "waiting")
+
+
+def _legacy_key(key: str, base: str) -> tuple[str, str] | None:
+    """(user, what) of a layout-1 key ``<base>:{<user>}:<what>``, else None.
+
+    Layout 2's ``<base>:{<tag>}:<user>:<what>`` has the user after the tag,
+    so its part after the tag is never one of layout 1's.
+    """
+    rest = key[len(base) + 1 :]
+    if not rest.startswith("{"):
+        return None
+    user, _, what = rest[1:].partition("}:")
+    if not user or "}" in user or not (what in _LEGACY_SUFFIXES or what.startswith("seen:")):
+        return None
+    return user, what
+
+
+async def migrate(
+    client: aioredis.Redis,
+    keys: Keys,
+    *,
+    group: str = "senders",
+    conversation_ttl_ms: int | None = None,
+    sent_ttl_ms: int = 7 * 86_400_000,
+    sent_per_user: int = 32,
+) -> Migrated:
+    """Move this bot's layout-1 data to the sharded layout of ``keys``; idempotent.
+
+    Conversations (with their remaining TTL) and send orders move to the
+    users' new keys; every message in the old outbox (unread or read but not
+    acknowledged) and in its delayed set moves to its user's shard; sent
+    records move among their users' last ``sent_per_user``. Dedupe marks are
+    dropped (a provider retry of a message handled just before the upgrade
+    runs again). Run it with every worker stopped; the meta key is written
+    last, so an interrupted run can be run again.
+    """
+    done = Migrated()
+    base = keys.base
+    r: Any = client  # typed loosely: redis-py's types do not know decode_responses=True
+    # Conversations and send orders.
+    legacy = {
+        key: found
+        async for key in r.scan_iter(match=f"{base}:{{*}}:*", count=1000)
+        if (found := _legacy_key(key, base)) is not None
+    }
+    for key, (user, suffix) in legacy.items():
+        if suffix not in ("conv", "order"):
+            await r.delete(key)  # locks, wake-up flags and dedupe marks: not carried over
+            continue
+        target = keys.conv(user) if suffix == "conv" else keys.order(user)
+        pttl = await r.pttl(key)
+        fields = await r.hgetall(key)
+        if fields:
+            async with r.pipeline(transaction=True) as pipe:
+                pipe.hset(target, mapping=fields)
+                ttl = pttl if pttl > 0 else conversation_ttl_ms
+                if ttl:
+                    pipe.pexpire(target, ttl)
+                pipe.delete(key)
+                await pipe.execute()
+            if suffix == "conv":
+                done.conversations += 1
+        else:
+            await r.delete(key)
+    # The outbox: unread and pending entries alike, in their order.
+    old = keys.legacy_outbox()
+    if await r.exists(old):
+        last = "-"
+        while True:
+            entries = await r.xrange(old, min=last, count=500)
+            entries = [e for e in entries if e[0] != last]
+            if not entries:
+                break
+            for entry_id, fields in entries:
+                if "m" in fields:
+                    user = json.loads(fields["m"])["user"]
+                    await r.xadd(keys.outbox(keys.shard(user)), fields)
+                    done.messages += 1
+                await r.xdel(old, entry_id)
+            last = entries[-1][0]
+        await r.delete(old)
+    delayed = keys.legacy_delayed()
+    for message, score in await r.zrange(delayed, 0, -1, withscores=True):
+        user = json.loads(message)["user"]
+        await r.zadd(keys.delayed(keys.shard(user)), {message: score})
+        done.delayed += 1
+    await r.delete(delayed)
+    # Sent records, oldest first so the newest stay among each user's last ones.
+    records: list[tuple[float, str, str]] = []
+    async for key in r.scan_iter(match=f"{base}:sent:*", count=1000):
+        raw = await r.get(key)
+        if raw:
+            data = json.loads(raw)
+            records.append((float(data.get("sent_at", 0)), data["message"]["user"], raw))
+        await r.delete(key)
+    records.sort()
+    for _, user, raw in records:
+        refs, ids = keys.refs(user)
+        message_id = json.loads(raw)["message_id"]
+        async with r.pipeline(transaction=True) as pipe:
+            pipe.hset(refs, message_id, raw)
+            pipe.lpush(ids, message_id)
+            pipe.pexpire(refs, sent_ttl_ms)
+            pipe.pexpire(ids, sent_ttl_ms)
+            await pipe.execute()
+        extra = await r.lrange(ids, sent_per_user, -1)
+        if extra:
+            await r.ltrim(ids, 0, sent_per_user - 1)
+            await r.hdel(refs, *extra)
+        done.sent_records += 1
+    for shard in range(keys.shards):
+        try:
+            await r.xgroup_create(keys.outbox(shard), group, id="0", mkstream=True)
+        except aioredis.ResponseError as exc:
+            if not str(exc).startswith("BUSYGROUP"):
+                raise
+    await r.hset(keys.meta, mapping={"layout": LAYOUT, "shards": keys.shards})
+    return done
