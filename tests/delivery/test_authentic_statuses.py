@@ -87,7 +87,7 @@ async def test_a_replayed_failure_on_a_read_message_resends_nothing(
         await _settle(live)
         assert [m.received.get("text") for m in live.emulator.messages] == ["hello", "later"]
         assert templates(live) == []
-        record = await live.service.store.get_sent(sent.message_id)
+        record = await live.service.store.get_sent(sent.message_id, user=USER)
         assert record is not None and record.status == "read"
 
 
@@ -114,7 +114,7 @@ async def test_a_failure_after_delivered_is_ignored_and_the_fallback_never_goes(
         )
         await _settle(live)
         assert templates(live) == []
-        record = await live.service.store.get_sent(sent.message_id)
+        record = await live.service.store.get_sent(sent.message_id, user=USER)
         assert record is not None and record.status == "delivered"
 
 
@@ -156,7 +156,7 @@ async def test_a_callback_signed_with_a_key_derived_from_the_webhook_token_is_re
         assert (await scrape(live)).get(refused, 0.0) - before == 2
         await _settle(live)
         assert templates(live) == []
-        record = await live.service.store.get_sent(sent.message_id)
+        record = await live.service.store.get_sent(sent.message_id, user=USER)
         assert record is not None and record.status == "accepted"
 
 
@@ -219,7 +219,7 @@ async def test_a_fallback_template_the_signature_does_not_cover_is_not_sent() ->
         await post_statuses(live, [{**report, "options": legacy}])
         await _settle(live)
         assert templates(live) == []
-        record = await live.service.store.get_sent(sent.message_id)
+        record = await live.service.store.get_sent(sent.message_id, user=USER)
         assert record is not None and record.status == "failed"
 
 
@@ -285,5 +285,5 @@ async def test_without_a_configured_secret_instances_on_one_redis_share_one_key(
         await post_statuses(
             two, [{"messageId": sent.message_id, "status": "DELIVERED", "options": data}]
         )
-        record = await two.service.store.get_sent(sent.message_id)
+        record = await two.service.store.get_sent(sent.message_id, user=USER)
         assert record is not None and record.status == "delivered"

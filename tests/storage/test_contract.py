@@ -324,7 +324,7 @@ async def test_sent_records_are_kept_by_message_id(store: ConversationStore) -> 
     assert found is not None and found.status == "delivered"
     assert not found.resent
     await store.update_sent(dataclasses.replace(found, status="failed", resent=True))
-    found = await store.get_sent(record.message_id)
+    found = await store.get_sent(record.message_id, user=user)
     assert found is not None and (found.status, found.resent) == ("failed", True)
 
 
