@@ -48,6 +48,7 @@ from botkit._media import MediaDownloadFailed, MediaError, MediaExpired, MediaTo
 from botkit._outbound import OutboundMessage, SendMode, Template
 from botkit._plugins import Plugin, UnknownPlugin
 from botkit._router import ANY, Router, SkipHandler
+from botkit._turn import Outcome, Turn, TurnOutcome
 from botkit._where import DefinitionError
 from botkit.delivery._policy import (
     DeliveryRefused,
@@ -107,6 +108,7 @@ __all__ = [
     "NotOnWhatsApp",
     "OptedOut",
     "OutboundMessage",
+    "Outcome",
     "OutsideSessionWindow",
     "Plugin",
     "Regex",
@@ -124,6 +126,8 @@ __all__ = [
     "Template",
     "Text",
     "TextMessage",
+    "Turn",
+    "TurnOutcome",
     "UnknownPlugin",
     "UserBusy",
 ]

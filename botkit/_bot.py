@@ -78,7 +78,7 @@ class Bot(Router):
     @property
     def flows(self) -> dict[str, Flow]:
         """The flows included in this bot, by name."""
-        return {flow.name: flow for flow in self._flows()}
+        return {flow.name: flow for flow in self.nested_flows()}
 
     def reply_policy(
         self, session_window: float | None = None, safety_margin: float | None = None

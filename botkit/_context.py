@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from botkit._events import Event, Media, MediaMessage, Message, StatusUpdate
-from botkit._flow import Flow, FlowError, NotInFlow, _Model
+from botkit._flow import Flow, FlowError, NotInFlow
 from botkit._outbound import Origin, OutboundMessage, Template
+from botkit._turn import Turn
 from botkit.delivery._policy import DeliveryRefused, OutsideSessionWindow
 from botkit.storage.base import Conversation
 
 if TYPE_CHECKING:
     from botkit._bot import Bot
-    from botkit._router import Handler
     from botkit._runtime import Runtime
 
 log = logging.getLogger("botkit.turn")
@@ -35,35 +35,34 @@ class FlowControl:
     ``await ctx.flow.finish()`` leaves it.
     """
 
-    __slots__ = ("_ctx",)
+    __slots__ = ("_flows", "_turn")
 
-    def __init__(self, ctx: Context) -> None:
-        self._ctx = ctx
+    def __init__(self, turn: Turn, flows: Mapping[str, Flow]) -> None:
+        self._turn = turn
+        self._flows = flows
 
     @property
     def active(self) -> bool:
         """True while the user is in a flow."""
-        return self._ctx._flow is not None
+        return self._turn.flow is not None
 
     @property
     def name(self) -> str | None:
         """The current flow's name, or None."""
-        flow = self._ctx._flow
-        return flow.name if flow is not None else None
+        model = self._turn.flow
+        return model.flow.name if model is not None else None
 
     @property
     def state(self) -> str | None:
         """The user's state within the current flow, or None."""
-        model = self._ctx._model
+        model = self._turn.flow
         return model.state if model is not None else None
 
     @property
     def allowed(self) -> tuple[str, ...]:
         """The triggers allowed from the current state."""
-        flow, model = self._ctx._flow, self._ctx._model
-        if flow is None or model is None:
-            return ()
-        return flow.allowed_triggers(model.state)
+        model = self._turn.flow
+        return model.allowed if model is not None else ()
 
     async def trigger(self, trigger: str, /, **kwargs: Any) -> bool:
         """Fire ``trigger``; True when a transition happened (False when a condition said no).
@@ -72,23 +71,22 @@ class FlowControl:
         triggers when the current state does not allow it, and
         :class:`~botkit.NotInFlow` when the user is in no flow.
         """
-        ctx = self._ctx
-        flow, model = ctx._flow, ctx._model
-        if flow is None or model is None:
+        turn = self._turn
+        model = turn.flow
+        if model is None:
             raise NotInFlow(
-                f"NotInFlow: cannot {trigger!r}: user ...{ctx.user[-4:]} is in no flow; "
+                f"NotInFlow: cannot {trigger!r}: user ...{turn.user[-4:]} is in no flow; "
                 "enter one first with await ctx.flow.start(flow)"
             )
-        moved = await flow._trigger(model, trigger, kwargs)
-        if moved and ctx._model is model and model.state in flow.final:
-            ctx._flow, ctx._model = None, None
+        moved = await model.trigger(trigger, kwargs)
+        if moved and turn.flow is model and model.finished:
+            turn.end_flow()
         return moved
 
     async def start(self, flow: Flow | str, state: str | None = None) -> None:
         """Enter ``flow`` (leaving any other) at ``state`` or its initial state."""
-        ctx = self._ctx
-        target = ctx._runtime.flow(flow) if isinstance(flow, str) else flow
-        if ctx._runtime.flows.get(target.name) is not target:
+        target = self._flow_named(flow) if isinstance(flow, str) else flow
+        if self._flows.get(target.name) is not target:
             # Its handlers are not in the index and its state would be dropped next turn.
             raise FlowError(
                 f"flow {target.name!r} is not part of this bot: add it with "
@@ -96,26 +94,32 @@ class FlowControl:
             )
         if state is not None and state not in target.state_names:
             raise ValueError(f"flow {target.name!r} has no state {state!r}: {target.state_names}")
-        if ctx._flow is not None:
+        if self._turn.flow is not None:
             await self.finish()
-        model = target._new_model(state or target.initial, ctx)
-        ctx._flow, ctx._model = target, model
-        await target._enter(model)
+        await self._turn.enter_flow(target, state or target.initial).enter()
 
     async def finish(self) -> None:
         """Leave the current flow (running the state's ``on_exit``); no-op when in none."""
-        ctx = self._ctx
-        flow, model = ctx._flow, ctx._model
-        ctx._flow, ctx._model = None, None
-        if flow is not None and model is not None:
-            await flow._exit(model)
+        model = self._turn.end_flow()
+        if model is not None:
+            await model.exit()
+
+    def _flow_named(self, name: str) -> Flow:
+        try:
+            return self._flows[name]
+        except KeyError:
+            raise KeyError(f"no flow {name!r}; known flows: {sorted(self._flows)}") from None
 
     def __getattr__(self, trigger: str) -> Callable[..., Coroutine[Any, Any, bool]]:
-        flow = self._ctx._flow
-        if flow is None or trigger not in flow.triggers:
+        model = self._turn.flow
+        if model is None or trigger not in model.flow.triggers:
             raise AttributeError(
                 f"ctx.flow has no trigger {trigger!r}"
-                + (f"; flow {flow.name!r} has {list(flow.triggers)}" if flow else " (no flow)")
+                + (
+                    f"; flow {model.flow.name!r} has {list(model.flow.triggers)}"
+                    if model is not None
+                    else " (no flow)"
+                )
             )
 
         async def fire(**kwargs: Any) -> bool:
@@ -128,56 +132,47 @@ class FlowControl:
 
 
 class Context:
-    """One turn of one user: the event, their data and flow state, and ``reply``.
+    """One turn of one user, as its handler sees it: the event, their data and flow, ``reply``.
 
     ``ctx.data`` is a per-user dict (JSON-able values) that persists between
     turns. ``ctx.flow`` moves the user through flows. ``ctx.match`` is the
     regex match when a :class:`~botkit.Regex` filter took the event.
+    ``ctx.turn`` is the :class:`Turn` behind it (what a middleware may read:
+    the handler dispatch chose, the replies queued so far).
     """
 
-    __slots__ = (
-        "_flow",
-        "_handler",
-        "_ignored",
-        "_model",
-        "_replies",
-        "_runtime",
-        "_sends",
-        "_values",
-        "conversation",
-        "event",
-        "flow",
-        "now",
-        "refused",
-    )
+    __slots__ = ("_runtime", "flow", "turn")
 
-    def __init__(
-        self, runtime: Runtime, event: Event, conversation: Conversation, now: float
-    ) -> None:
+    def __init__(self, runtime: Runtime, turn: Turn) -> None:
         self._runtime = runtime
-        self.event = event
-        self.conversation = conversation
-        self.now = now
-        self.refused: list[DeliveryRefused] = []
-        self._replies: list[OutboundMessage] = []
-        # bot.send() calls made during the turn: they leave with its commit (None once over).
-        self._sends: list[OutboundMessage] | None = []
-        self._values: dict[str, Any] = {}
-        self._handler: Handler | None = None
-        self._ignored = False
-        self.flow = FlowControl(self)
-        self._flow: Flow | None = None
-        self._model: _Model | None = None
-        if conversation.state:
-            flow_name, _, state = conversation.state.partition(":")
-            found = runtime.flows.get(flow_name)
-            if found is not None and state in found.state_names:
-                self._flow, self._model = found, found._new_model(state, self)
-            else:
-                # The flow was renamed or removed since this user entered it.
-                log.warning("dropping unknown stored state %r", conversation.state)
+        self.turn = turn
+        self.flow = FlowControl(turn, runtime.flows)
+        dropped = turn.restore_flow(runtime.flows, self)
+        if dropped is not None:
+            # The flow was renamed or removed since this user entered it.
+            log.warning("dropping unknown stored state %r", dropped)
 
     # -- what the handler reads ----------------------------------------------
+
+    @property
+    def event(self) -> Event:
+        """What this turn handles: a :class:`~botkit.Message` or a :class:`~botkit.StatusUpdate`."""
+        return self.turn.event
+
+    @property
+    def conversation(self) -> Conversation:
+        """The user's conversation as this turn will save it."""
+        return self.turn.conversation
+
+    @property
+    def now(self) -> float:
+        """The time of this turn (the runtime's clock), in epoch seconds."""
+        return self.turn.now
+
+    @property
+    def refused(self) -> list[DeliveryRefused]:
+        """Replies the reply policy refused in this turn (opted out, not on WhatsApp)."""
+        return self.turn.refused
 
     @property
     def bot(self) -> Bot:
@@ -216,13 +211,14 @@ class Context:
     @property
     def match(self) -> re.Match[str] | None:
         """The regex match of a ``Regex`` filter, if one took the event."""
-        found = self._values.get("match")
+        found = self.turn.values.get("match")
         return found if isinstance(found, re.Match) else None
 
     @property
     def state(self) -> str | None:
         """The user's state in the current flow (None when in no flow)."""
-        return self._model.state if self._model is not None else None
+        model = self.turn.flow
+        return model.state if model is not None else None
 
     @property
     def in_session_window(self) -> bool:
@@ -237,7 +233,7 @@ class Context:
     @property
     def replies(self) -> tuple[OutboundMessage, ...]:
         """The replies buffered so far in this turn."""
-        return tuple(self._replies)
+        return tuple(self.turn.replies)
 
     # -- what the handler does -----------------------------------------------
 
@@ -271,10 +267,10 @@ class Context:
         except OutsideSessionWindow:
             raise
         except DeliveryRefused as refused:
-            self.refused.append(refused)
+            self.turn.refuse(refused)
             self._runtime.report_refused(refused)
             return []
-        self._replies.extend(planned)
+        self.turn.queue_reply(planned)
         return planned
 
     def opt_out(self) -> None:
@@ -300,14 +296,6 @@ class Context:
         if not isinstance(event, MediaMessage):
             raise TypeError("download_media() needs a media message")
         return await download(self._runtime.http, event.media, path, timeout=timeout)
-
-    # -- used by the runtime -------------------------------------------------
-
-    def stored_state(self) -> str | None:
-        """The state to save: ``"<flow>:<state>"`` or None."""
-        if self._flow is None or self._model is None:
-            return None
-        return f"{self._flow.name}:{self._model.state}"
 
     def __repr__(self) -> str:
         return f"<Context user=...{self.user[-4:]} event={type(self.event).__name__}>"

@@ -33,7 +33,7 @@ import inspect
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from transitions.core import EventData
 from transitions.extensions.asyncio import (
@@ -45,9 +45,6 @@ from transitions.extensions.asyncio import (
 
 from botkit._router import ANY, Router, flow_wide_key
 from botkit._where import DefinitionError, caller_location
-
-if TYPE_CHECKING:
-    from botkit._context import Context
 
 Callback = Callable[..., Any]
 _CALLBACK_KEYS = ("conditions", "unless", "before", "after", "prepare")
@@ -110,14 +107,58 @@ class _FlowMachine(AsyncMachine):
         return [await call() for call in callables]
 
 
-class _Model:
-    """The throwaway model one turn triggers the shared machine with."""
+class FlowModel:
+    """A user's place in a flow during one turn: the throwaway model its machine runs on.
 
-    __slots__ = ("ctx", "state")
+    ``ctx`` is what the flow's callbacks receive (the turn's :class:`~botkit.Context`).
+    The flow's shared machine is triggered through :meth:`trigger`, :meth:`enter`
+    and :meth:`exit`; nothing per user outlives the turn.
+    """
 
-    def __init__(self, state: str, ctx: Context) -> None:
+    __slots__ = ("ctx", "flow", "state")
+
+    def __init__(self, flow: Flow, state: str, ctx: Any) -> None:
+        self.flow = flow
         self.state = state
         self.ctx = ctx
+
+    @property
+    def stored(self) -> str:
+        """The state as the store keeps it: ``"<flow>:<state>"``."""
+        return f"{self.flow.name}:{self.state}"
+
+    @property
+    def finished(self) -> bool:
+        """True in one of the flow's final states."""
+        return self.state in self.flow.final
+
+    @property
+    def allowed(self) -> tuple[str, ...]:
+        """The triggers allowed from the current state."""
+        return self.flow.allowed_triggers(self.state)
+
+    async def trigger(self, trigger: str, kwargs: Mapping[str, Any]) -> bool:
+        """Fire ``trigger``; True when a transition happened (False when a condition said no).
+
+        Raises :class:`InvalidTrigger` when the current state does not allow it.
+        """
+        flow = self.flow
+        if trigger not in flow.allowed_triggers(self.state):
+            raise InvalidTrigger(flow.name, self.state, trigger, self.allowed)
+        result: bool = await flow._machine.events[trigger].trigger(self, **kwargs)
+        return result
+
+    async def enter(self) -> None:
+        """Run the current state's ``on_enter`` callbacks."""
+        machine = self.flow._machine
+        state = machine.get_state(self.state)
+        await state.enter(AsyncEventData(state, None, machine, self, args=(), kwargs={}))
+
+    async def exit(self) -> None:
+        """Run the current state's ``on_exit`` callbacks."""
+        machine = self.flow._machine
+        state = machine.get_state(self.state)
+        await state.exit(AsyncEventData(state, None, machine, self, args=(), kwargs={}))
 
 
 def _adapt(fn: Callback, where: str, what: str) -> Callback:
@@ -144,8 +185,8 @@ def _adapt(fn: Callback, where: str, what: str) -> Callback:
     return run
 
 
-def _ctx_of(event: EventData) -> Context:
-    model = cast(_Model, event.model)
+def _ctx_of(event: EventData) -> Any:
+    model = cast(FlowModel, event.model)
     return model.ctx
 
 
@@ -342,28 +383,16 @@ class Flow(Router):
             and now - last_active > self.timeout
         )
 
-    async def start(self, ctx: Context, state: str | None = None) -> None:
-        """Put the user in this flow at ``state`` (default: the initial one)."""
+    def model(self, state: str, ctx: Any) -> FlowModel:
+        """A model at ``state`` whose callbacks receive ``ctx``: one user, one turn."""
+        return FlowModel(self, state, ctx)
+
+    async def start(self, ctx: Any, state: str | None = None) -> None:
+        """Put the user in this flow at ``state`` (default: the initial one).
+
+        The same as ``await ctx.flow.start(flow, state)``.
+        """
         await ctx.flow.start(self, state)
-
-    def _new_model(self, state: str, ctx: Context) -> _Model:
-        return _Model(state, ctx)
-
-    async def _enter(self, model: _Model) -> None:
-        state = self._machine.get_state(model.state)
-        await state.enter(AsyncEventData(state, None, self._machine, model, args=(), kwargs={}))
-
-    async def _exit(self, model: _Model) -> None:
-        state = self._machine.get_state(model.state)
-        await state.exit(AsyncEventData(state, None, self._machine, model, args=(), kwargs={}))
-
-    async def _trigger(self, model: _Model, trigger: str, kwargs: dict[str, Any]) -> bool:
-        if trigger not in self._allowed.get(model.state, ()):
-            raise InvalidTrigger(
-                self.name, model.state, trigger, self.allowed_triggers(model.state)
-            )
-        result: bool = await self._machine.events[trigger].trigger(model, **kwargs)
-        return result
 
 
 _RESERVED = frozenset(

@@ -310,11 +310,27 @@ class Router:
     def _on_change(self) -> None:
         """Hook for the root to drop its compiled index."""
 
-    def _walk(self) -> Iterable[Router]:
+    def routers(self) -> Iterable[Router]:
+        """This router and every router nested in it, depth first."""
         yield self
         for item in self._items:
             if isinstance(item, Router):
-                yield from item._walk()
+                yield from item.routers()
+
+    @property
+    def middlewares(self) -> tuple[Middleware, ...]:
+        """The middlewares registered on this router, outermost first."""
+        return tuple(self._middlewares)
+
+    @property
+    def startup_hooks(self) -> tuple[Hook, ...]:
+        """The ``on_startup`` hooks of this router (not of nested ones)."""
+        return tuple(self._startup)
+
+    @property
+    def shutdown_hooks(self) -> tuple[Hook, ...]:
+        """The ``on_shutdown`` hooks of this router (not of nested ones)."""
+        return tuple(self._shutdown)
 
     def _flatten(
         self, chain: tuple[Middleware, ...]
@@ -326,10 +342,11 @@ class Router:
             else:
                 yield item, chain
 
-    def _flows(self) -> Iterable[Flow]:
+    def nested_flows(self) -> Iterable[Flow]:
+        """The flows in this router's tree."""
         from botkit._flow import Flow
 
-        for router in self._walk():
+        for router in self.routers():
             if isinstance(router, Flow):
                 yield router
 
@@ -398,7 +415,7 @@ class HandlerIndex:
             compiled.append(handler)
         self.handlers = tuple(compiled)
         self.error_handlers = tuple(
-            eh for router in (*front, root) for r in router._walk() for eh in r._error_handlers
+            eh for router in (*front, root) for r in router.routers() for eh in r._error_handlers
         )
         self._cache: dict[tuple[EventKind, bool, str | None], tuple[Handler, ...]] = {}
 
@@ -451,22 +468,23 @@ class HandlerIndex:
             for handler in self.candidates(kind, state, fallback):
                 flt = handler.filter
                 if flt is None:
-                    ctx._values = _NO_VALUES
+                    values: Mapping[str, Any] = _NO_VALUES
                 else:
                     result = await flt.check_async(ctx) if flt.is_async else flt.check(ctx)
                     if not result:
                         continue
-                    ctx._values = (
+                    values = (
                         result
                         if isinstance(result, dict)
                         else (dict(result) if isinstance(result, Mapping) else _NO_VALUES)
                     )
-                ctx._handler = handler
+                turn = ctx.turn
+                turn.choose(handler, values)
                 try:
                     assert handler.invoke is not None
                     await handler.invoke(ctx)
                 except SkipHandler:
-                    ctx._handler, ctx._values = None, _NO_VALUES
+                    turn.choose(None)
                     continue
                 return handler
             if kind is EventKind.STATUS:
@@ -509,7 +527,7 @@ def _call_handler(handler: Handler) -> Callable[[Context], Awaitable[Any]]:
         return call_plain
 
     async def call_with_values(ctx: Context) -> Any:
-        values = ctx._values
+        values = ctx.turn.values
         if names is None:
             kwargs = {k: v for k, v in values.items() if k.isidentifier()}
         else:

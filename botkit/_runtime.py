@@ -15,7 +15,6 @@ import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -26,6 +25,7 @@ from botkit._events import AnyMessage, Event, EventKind, Media, StatusUpdate
 from botkit._outbound import Origin, OutboundMessage, Template
 from botkit._plugins import Plugin, resolve_plugins
 from botkit._router import HandlerIndex, Router, compose
+from botkit._turn import Outcome, Turn, TurnOutcome
 from botkit.delivery._policy import DeliveryRefused, ReplyPolicy
 from botkit.storage.base import (
     ConversationStore,
@@ -41,34 +41,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("botkit.turn")
 
 # The turn running in this task, so bot.send() during it joins its transaction.
-_current_turn: contextvars.ContextVar[Context | None] = contextvars.ContextVar(
+_current_turn: contextvars.ContextVar[tuple[Runtime, Turn] | None] = contextvars.ContextVar(
     "botkit_current_turn", default=None
 )
 
 StatusHook = Callable[[Context], Awaitable[bool]]
 """Runs in a status turn before the status handlers; False ignores the status."""
-
-
-@dataclass(frozen=True, slots=True)
-class TurnOutcome:
-    """What one turn did: for logs, metrics and the test kit.
-
-    ``outcome`` is ``handled``, ``unhandled`` (no handler matched),
-    ``error`` (a handler raised; the error handlers ran), ``duplicate``
-    (already done), ``in_progress`` (the same message is running elsewhere
-    right now), or ``ignored`` (a status that does not move the message forward).
-    """
-
-    user: str
-    kind: str
-    outcome: str
-    handler: str | None = None
-    replies: tuple[OutboundMessage, ...] = ()
-    refused: tuple[DeliveryRefused, ...] = ()
-    error: BaseException | None = None
-    error_handled: bool = False
-    state: str | None = None
-    duration: float = 0.0
 
 
 class _LockRenewal:
@@ -134,14 +112,14 @@ class Runtime:
         front = [p.router for p in self.plugins]
         self.flows: dict[str, Flow] = {}
         for root in (*front, self.bot):
-            for flow in root._flows():
+            for flow in root.nested_flows():
                 if flow.name in self.flows and self.flows[flow.name] is not flow:
                     raise ValueError(
                         f"two flows are named {flow.name!r}; flow names must be unique"
                     )
                 self.flows[flow.name] = flow
         self.index = HandlerIndex(self.bot, self.flows, front)
-        self._entry = compose(self.bot._middlewares, self._dispatch)
+        self._entry = compose(self.bot.middlewares, self._dispatch)
         self._generation = self.bot.generation
 
     def flow(self, name: str) -> Flow:
@@ -174,13 +152,13 @@ class Runtime:
             if plugin.on_startup is not None:
                 await plugin.on_startup()
         for router in self._routers():
-            for hook in router._startup:
+            for hook in router.startup_hooks:
                 await hook()
 
     async def stop(self) -> None:
         """Run shutdown hooks, close the store and the HTTP client."""
         for router in self._routers():
-            for hook in router._shutdown:
+            for hook in router.shutdown_hooks:
                 await hook()
         for plugin in self.plugins:
             if plugin.on_shutdown is not None:
@@ -194,7 +172,7 @@ class Runtime:
 
     def _routers(self) -> list[Router]:
         """Every router of the turn: the plugins' (first) and the bot's, nested ones included."""
-        return [r for root in (*(p.router for p in self.plugins), self.bot) for r in root._walk()]
+        return [r for root in (*(p.router for p in self.plugins), self.bot) for r in root.routers()]
 
     # -- turns ---------------------------------------------------------------
 
@@ -210,14 +188,25 @@ class Runtime:
         return await self.run_turn(status.user, f"s:{status.id}", status)
 
     async def run_turn(
-        self, user: str, key: str | None, event: Event, *, inbound_at: float | None = None
+        self,
+        user: str,
+        key: str | None,
+        event: Event,
+        *,
+        inbound_at: float | None = None,
+        error: BaseException | None = None,
     ) -> TurnOutcome:
-        """Begin, dispatch and commit one turn; see the module docstring.
+        """Begin, run and commit one turn; see the module docstring.
+
+        The turn dispatches ``event`` to its handler, or, given ``error`` (an
+        error from outside a handler, such as a message the provider
+        rejected), runs the error handler for it. Either way the user's lock
+        is renewed while it runs and the outcome is reported.
 
         Raises what the store raises on begin (:class:`UserBusy`,
         :class:`StorageUnavailable`) and on commit (also :class:`LockLost`):
         then nothing was saved and the message was not marked done, so the
-        provider's retry runs it again. A duplicate returns ``outcome="duplicate"``.
+        provider's retry runs it again. A duplicate returns ``Outcome.DUPLICATE``.
         """
         started = time.perf_counter()
         if self._generation != self.bot.generation:
@@ -227,19 +216,27 @@ class Runtime:
         except DuplicateMessage as duplicate:
             # A copy still in progress is not known to be done: the caller should
             # have the provider retry it rather than acknowledge it.
-            name = "in_progress" if duplicate.state == "in_progress" else "duplicate"
-            outcome = TurnOutcome(user=user, kind=event.kind.value, outcome=name)
+            name = Outcome.IN_PROGRESS if duplicate.state == "in_progress" else Outcome.DUPLICATE
+            outcome = TurnOutcome(user=user, kind=event.kind, outcome=name)
             self._report(outcome)
             return outcome
         renewal = _LockRenewal(self.store, lease)
         try:
-            ctx, outcome_name, handler, error, handled = await self._run(lease, event)
-            conversation = ctx.conversation
-            conversation.state = ctx.stored_state()
-            if event.kind is not EventKind.STATUS:
-                conversation.last_active = ctx.now
-            await self.store.commit_turn(lease, conversation, [*ctx._replies, *(ctx._sends or ())])
-            ctx._sends = None
+            turn = Turn(event, lease.conversation, self.clock.now())
+            ctx = Context(self, turn)
+            token = _current_turn.set((self, turn))
+            try:
+                if error is None:
+                    await self._handle(ctx)
+                else:
+                    await self._handle_error(ctx, error)
+            finally:
+                _current_turn.reset(token)
+            conversation = turn.conversation
+            conversation.state = turn.stored_state()
+            if event.kind is not EventKind.STATUS and error is None:
+                conversation.last_active = turn.now
+            await self.store.commit_turn(lease, conversation, turn.outgoing())
         except BaseException:
             renewal.cancel()
             try:
@@ -248,127 +245,90 @@ class Runtime:
                 log.debug("abort after a failed turn also failed", exc_info=True)
             raise
         renewal.cancel()
+        assert turn.outcome is not None
         outcome = TurnOutcome(
             user=user,
-            kind=event.kind.value,
-            outcome=outcome_name,
-            handler=handler,
-            replies=tuple(ctx._replies),
-            refused=tuple(ctx.refused),
-            error=error,
-            error_handled=handled,
+            kind=event.kind,
+            outcome=turn.outcome,
+            handler=turn.handler.name if turn.handler is not None else None,
+            replies=tuple(turn.replies),
+            refused=tuple(turn.refused),
+            error=turn.error,
+            error_handled=turn.error_handled,
             state=conversation.state,
             duration=time.perf_counter() - started,
         )
         self._report(outcome)
         return outcome
 
-    async def _run(
-        self, lease: TurnLease, event: Event
-    ) -> tuple[Context, str, str | None, BaseException | None, bool]:
-        now = self.clock.now()
-        ctx = Context(self, event, lease.conversation.copy(), now)
-        token = _current_turn.set(ctx)
+    async def _handle(self, ctx: Context) -> None:
+        """Dispatch the event; a handler that raises goes to the error handlers."""
+        turn = ctx.turn
         try:
             await self._expire_flow(ctx)
             await self._entry(ctx)
         except Exception as exc:
-            ctx._sends = None  # what the failed handler sent is dropped with its replies
-            failed = ctx._handler
-            handler = failed.name if failed is not None else None
-            origin = failed.router if failed is not None else None
-            ctx, handled = await self._handle_error(lease, event, now, exc, origin)
-            return ctx, "error", handler, exc, handled
-        finally:
-            _current_turn.reset(token)
-        if ctx._ignored:
-            return ctx, "ignored", None, None, False
-        if ctx._handler is None:
-            return ctx, "unhandled", None, None, False
-        return ctx, "handled", ctx._handler.name, None, False
+            failed = turn.handler
+            await self._handle_error(ctx, exc, failed.router if failed is not None else None)
+            turn.handler = failed  # the outcome names the handler that failed
+            return
+        if turn.outcome is None:
+            turn.outcome = Outcome.HANDLED if turn.handler is not None else Outcome.UNHANDLED
 
     async def _expire_flow(self, ctx: Context) -> None:
-        flow = ctx._flow
-        if flow is None or isinstance(ctx.event, StatusUpdate):
-            return
-        if flow.expired(ctx.conversation.last_active, ctx.now):
-            ctx._flow, ctx._model = None, None
-            if flow.on_timeout is not None:
-                await _maybe_await(flow.on_timeout(ctx))
+        turn = ctx.turn
+        if turn.flow_expired():
+            model = turn.end_flow()
+            assert model is not None
+            if model.flow.on_timeout is not None:
+                await _maybe_await(model.flow.on_timeout(ctx))
 
     async def _dispatch(self, ctx: Context) -> None:
         if isinstance(ctx.event, StatusUpdate):
             for hook in self.status_hooks:
                 if not await hook(ctx):
-                    ctx._ignored = True
+                    ctx.turn.outcome = Outcome.IGNORED
                     return
-        await self.index.dispatch(ctx, ctx.event.kind, ctx.stored_state())
+        await self.index.dispatch(ctx, ctx.event.kind, ctx.turn.stored_state())
 
     async def _handle_error(
-        self,
-        lease: TurnLease,
-        event: Event,
-        now: float,
-        exc: BaseException,
-        origin: Router | None = None,
-    ) -> tuple[Context, bool]:
-        """Drop the failed turn's changes; the first matching error handler gets a fresh context.
+        self, ctx: Context, exc: BaseException, origin: Router | None = None
+    ) -> None:
+        """Drop the turn's changes; the first matching error handler runs on the clean turn.
 
-        Returns the context to commit and whether an error handler took the error.
+        What the error handler replies and changes is committed; if it fails
+        too, the turn is dropped back to the stored conversation.
         """
-        ctx = self._fresh_context(lease, event, now)
+        turn = ctx.turn
+        turn.reset_after_error()
+        turn.outcome, turn.error = Outcome.ERROR, exc
         handler = self.index.error_handler_for(exc, origin)
         if handler is None:
             log.error(
-                "unhandled error in a turn of user ...%s: %r", lease.user[-4:], exc, exc_info=exc
+                "unhandled error in a turn of user ...%s: %r", turn.user[-4:], exc, exc_info=exc
             )
-            return ctx, False
-        _current_turn.set(ctx)  # reset when _run returns
+            return
         try:
             await handler(ctx, exc)
         except Exception:
-            log.exception("the error handler itself failed; the turn is dropped")
-            return self._fresh_context(lease, event, now), False
-        return ctx, True
-
-    def _fresh_context(self, lease: TurnLease, event: Event, now: float) -> Context:
-        """A context on the stored conversation, as if the failed handler never ran.
-
-        A flow that timed out stays ended: committing its stored state with a
-        new ``last_active`` would bring it back to life.
-        """
-        ctx = Context(self, event, lease.conversation.copy(), now)
-        flow = ctx._flow
-        if (
-            flow is not None
-            and not isinstance(event, StatusUpdate)
-            and flow.expired(ctx.conversation.last_active, now)
-        ):
-            ctx._flow, ctx._model = None, None
-        return ctx
+            log.exception("the error handler itself failed on %r; the turn is dropped", exc)
+            turn.reset_after_error()
+            return
+        turn.error_handled = True
 
     async def report_error(self, user: str, exc: BaseException, event: Event) -> bool:
         """Give ``exc`` to the first matching error handler, in a turn of ``user``.
 
         For errors outside a handler, such as a message the provider rejected.
-        What the error handler replies and changes is committed. Returns
-        False when no error handler takes the error (it is logged).
+        The turn runs like any other (lock renewed, outcome reported); what
+        the error handler replies and changes is committed. Returns False when
+        no error handler takes the error (it is logged, and no turn is run).
         """
-        handler = self.index.error_handler_for(exc)
-        if handler is None:
+        if self.index.error_handler_for(exc) is None:
             log.error("%s (no error handler registered)", exc)
             return False
-        lease = await self.store.begin_turn(user, None)
-        ctx = Context(self, event, lease.conversation.copy(), self.clock.now())
-        try:
-            await handler(ctx, exc)
-        except Exception:
-            log.exception("the error handler failed on %r", exc)
-            await self.store.abort_turn(lease)
-            return False
-        ctx.conversation.state = ctx.stored_state()
-        await self.store.commit_turn(lease, ctx.conversation, ctx._replies)
-        return True
+        outcome = await self.run_turn(user, None, event, error=exc)
+        return outcome.error_handled
 
     def _report(self, outcome: TurnOutcome) -> None:
         for listener in self.on_turn:
@@ -413,10 +373,9 @@ class Runtime:
         except DeliveryRefused as refused:
             self.report_refused(refused)
             raise
-        turn = _current_turn.get()
-        if turn is not None and turn._runtime is self and turn._sends is not None:
-            turn._sends.extend(planned)  # a turn is a transaction: this leaves with its commit
-            return planned
+        current = _current_turn.get()
+        if current is not None and current[0] is self and current[1].queue_send(planned):
+            return planned  # a turn is a transaction: this leaves with its commit
         await self.store.enqueue(planned)
         return planned
 

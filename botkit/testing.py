@@ -37,7 +37,8 @@ from botkit._events import (
     TextMessage,
 )
 from botkit._outbound import OutboundMessage, SendMode, Template
-from botkit._runtime import Runtime, TurnOutcome
+from botkit._runtime import Runtime
+from botkit._turn import TurnOutcome
 from botkit.storage.base import Conversation, StoreConfig
 from botkit.storage.memory import MemoryStore
 

@@ -8,8 +8,20 @@ from typing import Any
 
 import pytest
 
-from botkit import Bot, BotNotRunning, Context, Flow, Router, StoreConfig, TextMessage
-from botkit._runtime import Runtime, TurnOutcome
+from botkit import (
+    Bot,
+    BotNotRunning,
+    Context,
+    Flow,
+    Outcome,
+    Router,
+    StatusUpdate,
+    StoreConfig,
+    TextMessage,
+    TurnOutcome,
+)
+from botkit._runtime import Runtime
+from botkit.storage.base import TurnLease
 from botkit.storage.memory import MemoryStore
 from botkit.testing import BotTester
 
@@ -391,3 +403,51 @@ async def test_a_routers_own_error_handler_wins_over_the_bots_catch_all() -> Non
     async with BotTester(bot) as chat:
         assert (await chat.send_text("buy")).texts == ["the shop caught out of stock"]
         assert (await chat.send_text("hello")).texts == ["the bot caught it"]
+
+
+class CountingStore(MemoryStore):
+    """A memory store that lets a test wait for lock renewals."""
+
+    def __init__(self, config: StoreConfig) -> None:
+        super().__init__(config)
+        self.renewals = 0
+        self.renewed = asyncio.Event()
+
+    async def renew(self, lease: TurnLease) -> bool:
+        kept = await super().renew(lease)
+        self.renewals += 1
+        self.renewed.set()
+        return kept
+
+
+async def test_an_error_reported_from_outside_a_handler_runs_as_a_full_turn() -> None:
+    # A rejected delivery goes to the error handlers through the same turn runner as a
+    # message: the lock is renewed while the error handler runs, and the outcome is reported.
+    bot = Bot("reported")
+    store = CountingStore(StoreConfig(lock_ttl=0.3))
+    outcomes: list[TurnOutcome] = []
+
+    @bot.error(LookupError)
+    async def on_lookup(ctx: Context, exc: BaseException) -> None:
+        for _ in range(2):  # two renewals: the turn outlives its lock's first TTL
+            store.renewed.clear()
+            await asyncio.wait_for(store.renewed.wait(), timeout=10)
+        ctx.data["rejected"] = str(exc)
+        await ctx.reply("that did not go through")
+
+    runtime = Runtime(bot, store)
+    await runtime.start()
+    try:
+        # The user wrote (unhandled: no text handler): their window is open.
+        await runtime.handle_message(TextMessage(id="in-1", user="79031234567", text="hi"))
+        runtime.on_turn.append(outcomes.append)
+        event = StatusUpdate(message_id="", status="rejected", user="79031234567")
+        assert await runtime.report_error("79031234567", LookupError("no such user"), event)
+    finally:
+        await runtime.stop()
+    assert store.renewals >= 2
+    [outcome] = outcomes
+    assert (outcome.outcome, outcome.kind, outcome.error_handled) == (Outcome.ERROR, "status", True)
+    assert isinstance(outcome.error, LookupError)
+    assert [m.text for m in outcome.replies] == ["that did not go through"]
+    assert (await store.load("79031234567")).data == {"rejected": "no such user"}

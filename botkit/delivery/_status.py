@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 from botkit import _metrics as metrics
 from botkit._events import DeliveryStatus, EventKind, StatusUpdate
 from botkit._outbound import OutboundMessage, SendMode, SentRecord
+from botkit._turn import Outcome
 from botkit.delivery._signing import CallbackSigner, fallback_digest
 from botkit.devino.convert import to_status
 from botkit.devino.errors import StatusErrorCode
@@ -166,11 +167,11 @@ class StatusTracker:
             # turn are not needed, only the forward-only status record.
             return await self._advance(update)
         outcome = await self.runtime.handle_status(update)
-        if outcome.outcome == "duplicate":
+        if outcome.outcome is Outcome.DUPLICATE:
             return StatusOutcome.DUPLICATE
-        if outcome.outcome == "in_progress":
+        if outcome.outcome is Outcome.IN_PROGRESS:
             return StatusOutcome.IN_PROGRESS
-        if outcome.outcome == "ignored":
+        if outcome.outcome is Outcome.IGNORED:
             return StatusOutcome.STALE
         metrics.count(metrics.STATUSES, *_labels(update))
         return StatusOutcome.HANDLED
@@ -239,7 +240,7 @@ class StatusTracker:
                 )
             )
         if resend is not None:
-            ctx._replies.append(resend)
+            ctx.turn.queue_reply([resend])
         return True
 
     def _fallback(

@@ -38,7 +38,7 @@ from typing import TextIO
 from botkit._bot import Bot
 from botkit._clock import ManualClock
 from botkit._outbound import OutboundMessage, SendMode
-from botkit._runtime import TurnOutcome
+from botkit._turn import Outcome, TurnOutcome
 from botkit.delivery._policy import DeliveryRefused
 from botkit.testing import BotTester, Replies
 
@@ -291,7 +291,7 @@ class TerminalChat:
         change = describe_state_change(before, outcome.state)
         if change:
             self._print(self.style.note(f"  · {change}"))
-        if outcome.outcome == "unhandled":
+        if outcome.outcome is Outcome.UNHANDLED:
             self._print(self.style.note(f"  · no handler took this {outcome.kind} message"))
         elif outcome.error is not None:
             what = f"{type(outcome.error).__name__}: {outcome.error}"

@@ -78,7 +78,7 @@ def bot_flows(bot: Bot) -> list[Flow]:
     except UnknownPlugin:
         plugins = []  # the bot's own flows can still be drawn
     for root in (*(p.router for p in plugins), bot):
-        for flow in root._flows():
+        for flow in root.nested_flows():
             flows.setdefault(flow.name, flow)
     return list(flows.values())
 

@@ -42,8 +42,10 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from botkit._events import EventKind
 from botkit._outbound import Template
-from botkit._runtime import Runtime, TurnOutcome
+from botkit._runtime import Runtime
+from botkit._turn import Outcome, TurnOutcome
 from botkit.delivery._policy import DeliveryRefused
 from botkit.devino.errors import InvalidPhoneNumber
 from botkit.devino.validation import normalize_phone
@@ -163,9 +165,12 @@ class DevFeed:
             self._add("reset", {})
 
     def _turn(self, outcome: TurnOutcome) -> None:
-        if outcome.outcome == "duplicate":
+        if outcome.outcome is Outcome.DUPLICATE:
             return
-        if outcome.kind == "status" and outcome.outcome in ("unhandled", "ignored"):
+        if outcome.kind is EventKind.STATUS and outcome.outcome in (
+            Outcome.UNHANDLED,
+            Outcome.IGNORED,
+        ):
             return  # three per message sent: noise unless a status handler ran
         error = None
         if outcome.error is not None:

@@ -37,7 +37,8 @@ from botkit._bot import Bot
 from botkit._clock import Clock, SystemClock
 from botkit._events import AnyMessage, Media
 from botkit._outbound import Template
-from botkit._runtime import Runtime, TurnOutcome
+from botkit._runtime import Runtime
+from botkit._turn import Outcome, TurnOutcome
 from botkit.delivery._policy import DeliveryRefused, OutsideSessionWindow
 from botkit.delivery._sender import Sender, SenderConfig
 from botkit.delivery._signing import MIN_SECRET_BYTES, CallbackSigner
@@ -267,7 +268,7 @@ class _TurnSlot:
 
 def _count_turn(outcome: TurnOutcome) -> None:
     metrics.count(metrics.TURNS, outcome.kind, outcome.outcome)
-    if outcome.outcome != "duplicate":
+    if outcome.outcome is not Outcome.DUPLICATE:
         metrics.observe(metrics.TURN_SECONDS, outcome.duration)
 
 
@@ -452,7 +453,7 @@ def create_app(
                 outcomes = await service.handle_messages(events)
             except StorageError as exc:
                 return _store_failed("incoming message", exc)
-        if any(o.outcome == "in_progress" for o in outcomes):
+        if any(o.outcome is Outcome.IN_PROGRESS for o in outcomes):
             return _unavailable("a message in this body is still being processed; retry")
         return _EMPTY
 

@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from botkit._runtime import TurnOutcome
+from botkit._turn import TurnOutcome
 
 turn_log = logging.getLogger("botkit.turn")
 

@@ -1,0 +1,203 @@
+"""The turn: what one event of one user holds from begin to commit.
+
+A :class:`Turn` is created when the store has begun the turn (the user's lock
+taken, their conversation loaded) and is committed or dropped as a whole.
+The handler sees it through its :class:`~botkit.Context`; the runtime, the
+router and the status tracker change it only through its methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from botkit._events import Event, EventKind
+from botkit._flow import Flow, FlowModel
+from botkit._outbound import OutboundMessage
+from botkit.delivery._policy import DeliveryRefused
+from botkit.storage.base import Conversation
+
+if TYPE_CHECKING:
+    from botkit._router import Handler
+
+_NO_VALUES: Mapping[str, Any] = {}
+
+
+class Outcome(StrEnum):
+    """What became of a turn."""
+
+    HANDLED = "handled"
+    """A handler took the event."""
+    UNHANDLED = "unhandled"
+    """No handler matched."""
+    ERROR = "error"
+    """A handler raised (or an error was reported); the error handlers ran."""
+    DUPLICATE = "duplicate"
+    """The event was already done: nothing ran."""
+    IN_PROGRESS = "in_progress"
+    """The same event is running elsewhere right now: nothing ran."""
+    IGNORED = "ignored"
+    """A status that does not move its message forward: no handler ran."""
+
+
+@dataclass(frozen=True, slots=True)
+class TurnOutcome:
+    """What one turn did: for logs, metrics and the test kit."""
+
+    user: str
+    kind: EventKind
+    outcome: Outcome
+    handler: str | None = None
+    replies: tuple[OutboundMessage, ...] = ()
+    refused: tuple[DeliveryRefused, ...] = ()
+    error: BaseException | None = None
+    error_handled: bool = False
+    state: str | None = None
+    duration: float = 0.0
+
+
+class Turn:
+    """One turn of one user: the event, the conversation, the flow, what leaves at commit.
+
+    - ``event``, ``now``: what happened and when (the runtime's clock);
+    - ``conversation``: this turn's copy of the user's stored conversation;
+    - ``flow``: the user's place in a flow (:class:`~botkit._flow.FlowModel`:
+      the flow and its model), or None;
+    - ``replies`` and ``sends``: messages queued to leave with the commit;
+    - ``refused``: replies the reply policy refused (opted out, ...);
+    - ``handler`` and ``values``: the handler dispatch chose and what its
+      filters found (a regex match, named groups);
+    - ``outcome``, ``error``, ``error_handled``: set by the runtime as the turn runs.
+    """
+
+    __slots__ = (
+        "_flows",
+        "_sends_open",
+        "_stored",
+        "conversation",
+        "error",
+        "error_handled",
+        "event",
+        "flow",
+        "handler",
+        "now",
+        "outcome",
+        "refused",
+        "replies",
+        "sends",
+        "values",
+        "view",
+    )
+
+    def __init__(self, event: Event, stored: Conversation, now: float) -> None:
+        self.event = event
+        self.now = now
+        self._stored = stored
+        self._flows: Mapping[str, Flow] = {}
+        self.view: Any = None
+        self.conversation = stored.copy()
+        self.flow: FlowModel | None = None
+        self.replies: list[OutboundMessage] = []
+        self.sends: list[OutboundMessage] = []
+        self._sends_open = True
+        self.refused: list[DeliveryRefused] = []
+        self.handler: Handler | None = None
+        self.values: Mapping[str, Any] = _NO_VALUES
+        self.outcome: Outcome | None = None
+        self.error: BaseException | None = None
+        self.error_handled = False
+
+    @property
+    def user(self) -> str:
+        """The user's phone number, digits only."""
+        return self.conversation.user
+
+    def restore_flow(self, flows: Mapping[str, Flow], view: Any) -> str | None:
+        """Put the user back in the flow their stored state names; ``view`` gets its callbacks.
+
+        Returns the stored state when it names a flow or state that no longer
+        exists (renamed or removed since): the user is then in no flow.
+        """
+        self._flows, self.view = flows, view
+        self.flow = None
+        stored = self.conversation.state
+        if not stored:
+            return None
+        name, _, state = stored.partition(":")
+        found = flows.get(name)
+        if found is None or state not in found.state_names:
+            return stored
+        self.flow = found.model(state, view)
+        return None
+
+    # -- the flow ------------------------------------------------------------
+
+    def enter_flow(self, flow: Flow, state: str) -> FlowModel:
+        """Put the user in ``flow`` at ``state`` (callbacks not run: see ``FlowModel.enter``)."""
+        self.flow = flow.model(state, self.view)
+        return self.flow
+
+    def end_flow(self) -> FlowModel | None:
+        """Take the user out of their flow; returns where they were (for ``on_exit``)."""
+        model, self.flow = self.flow, None
+        return model
+
+    def stored_state(self) -> str | None:
+        """The state to save: ``"<flow>:<state>"`` or None."""
+        return self.flow.stored if self.flow is not None else None
+
+    def flow_expired(self) -> bool:
+        """True when the user's flow timed out since their last message (never on a status)."""
+        model = self.flow
+        return (
+            model is not None
+            and self.event.kind is not EventKind.STATUS
+            and model.flow.expired(self.conversation.last_active, self.now)
+        )
+
+    # -- what leaves with the commit -------------------------------------------
+
+    def queue_reply(self, messages: Iterable[OutboundMessage]) -> None:
+        """Queue replies: they leave when the turn commits."""
+        self.replies.extend(messages)
+
+    def queue_send(self, messages: Iterable[OutboundMessage]) -> bool:
+        """Queue ``bot.send()`` messages with this turn; False once its commit is done."""
+        if not self._sends_open:
+            return False
+        self.sends.extend(messages)
+        return True
+
+    def refuse(self, refused: DeliveryRefused) -> None:
+        """Record a reply the policy refused."""
+        self.refused.append(refused)
+
+    def outgoing(self) -> list[OutboundMessage]:
+        """What the commit appends to the outbox; later ``bot.send()`` calls go on their own."""
+        self._sends_open = False
+        return [*self.replies, *self.sends]
+
+    # -- dispatch and errors ---------------------------------------------------
+
+    def choose(self, handler: Handler | None, values: Mapping[str, Any] = _NO_VALUES) -> None:
+        """Record the handler dispatch is running (None when it passed), and its filter values."""
+        self.handler, self.values = handler, values
+
+    def reset_after_error(self) -> None:
+        """Drop what the failed handler did: back to the stored conversation, nothing queued.
+
+        A flow that timed out stays ended: committing its stored state with a
+        new ``last_active`` would bring it back to life. The view stays the same.
+        """
+        self.conversation = self._stored.copy()
+        self.replies, self.sends, self.refused = [], [], []
+        self._sends_open = True
+        self.handler, self.values = None, _NO_VALUES
+        self.restore_flow(self._flows, self.view)
+        if self.flow_expired():
+            self.flow = None
+
+    def __repr__(self) -> str:
+        return f"<Turn user=...{self.user[-4:]} event={type(self.event).__name__}>"
