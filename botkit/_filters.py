@@ -294,12 +294,18 @@ class Choices(Filter):
         return len(self.items)
 
     def pick(self, answer: str) -> str | None:
-        """The item ``answer`` names, by number or by name; None when it names none."""
+        """The item ``answer`` names, by name or by number; None when it names none.
+
+        A name wins over a number: in ``Choices("5", "10")``, "10" is the item "10".
+        """
+        named = self._by_key.get(_normalise(answer, True, True))
+        if named is not None:
+            return named
         number = _MENU_NUMBER.fullmatch(answer)
-        if number is not None:
-            index = int(number.group(1))
-            return self.items[index - 1] if 1 <= index <= len(self.items) else None
-        return self._by_key.get(_normalise(answer, True, True))
+        if number is None:
+            return None
+        index = int(number.group(1))
+        return self.items[index - 1] if 1 <= index <= len(self.items) else None
 
     def check(self, ctx: Context) -> FilterResult:
         text = _text_of(ctx)

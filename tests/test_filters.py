@@ -174,6 +174,10 @@ async def test_choices_name_the_handler_argument_and_multi_word_items_ignore_spa
         assert (await chat.send_text("family   BOX")).texts == ["Family box"]
         assert (await chat.send_text("1")).texts == ["Small box"]
 
+    # Items that are numbers themselves: the name wins, then the position.
+    amounts = Choices("5", "10", "20")
+    assert [amounts.pick(a) for a in ("10", "2", "3)", "5", "4")] == ["10", "10", "20", "5", None]
+
     with pytest.raises(DefinitionError, match="takes 'choice'"):
 
         @bot.text(sizes)
