@@ -162,9 +162,14 @@ async def pizza_excerpt(block: Block, folder: Path) -> None:
     assert_excerpt_of_pizza(block)
     import bots.pizza
 
-    # It runs, too: in the bot module's namespace (its helpers are not shown).
+    # It runs, too: in the bot module's namespace (its helpers are not shown), after the
+    # README's own Flow, so the real bot's flow is left alone.
+    [flow] = [b for b in PYTHON if "order = Flow(" in b.code]
     namespace = dict(vars(bots.pizza))
-    exec(compile(block.code, str(block), "exec"), namespace)
+    exec(compile(flow.code, str(flow), "exec"), namespace)
+    assert namespace["order"] is not bots.pizza.order
+    if block is not flow:
+        exec(compile(block.code, str(block), "exec"), namespace)
 
 
 async def send_later(block: Block, folder: Path) -> None:
