@@ -52,7 +52,8 @@ def register(
         help="draw a bot's flows (Mermaid text, or svg/png with Graphviz)",
         description="Draw each Flow of a bot from its real definition: states, the triggers "
         "that move between them, the initial and final states. Mermaid text needs nothing "
-        "more; svg and png need pip install 'botkit[graph]' and Graphviz's dot program.",
+        "more; svg and png need the [graph] extra (pip install 'botkit[graph]', or in a checkout "
+        "pip install -e '.[graph]') and Graphviz's dot program.",
     )
     graph.add_argument("target", metavar="MODULE[:ATTR]", help="where the Bot is (ATTR: bot)")
     graph.add_argument(

@@ -8,7 +8,7 @@ drift from the machine the bot runs::
     from botkit.devtools._graph import mermaid
     print(mermaid(order))          # Mermaid text, no extra dependency
 
-    render(order, "svg")           # bytes; needs ``pip install 'botkit[graph]'``
+    render(order, "svg")           # bytes; needs the ``[graph]`` extra
                                    # and the ``dot`` program (Debian: graphviz)
 
 Edges are labelled with their triggers (and ``[condition]`` names), the
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import re
+from pathlib import Path
 from typing import Any, Literal, cast
 
 from transitions import State as _MachineState
@@ -33,8 +34,18 @@ __all__ = ["FORMATS", "GraphUnavailable", "bot_flows", "mermaid", "render"]
 FORMATS = ("mermaid", "svg", "png")
 """The formats ``botkit graph`` writes."""
 
+
+def _extra_hint() -> str:
+    """How to add the ``[graph]`` extra to this installation of botkit."""
+    # Imported from a checkout (an editable install, or the tests): pip
+    # installs the extra from the checkout, not from the package index.
+    if (Path(__file__).resolve().parents[2] / "pyproject.toml").is_file():
+        return "pip install -e '.[graph]' in your botkit checkout"
+    return "pip install 'botkit[graph]'"
+
+
 GRAPHVIZ_HELP = (
-    "install Graphviz for svg/png: pip install 'botkit[graph]' and the dot program "
+    f"install Graphviz for svg/png: {_extra_hint()} and the dot program "
     "(Debian/Ubuntu: apt-get install graphviz; macOS: brew install graphviz), "
     "or use --format mermaid, which needs neither"
 )
