@@ -42,7 +42,7 @@ def register(
         dest="number",
         default="79031234567",
         metavar="NUMBER",
-        help="the user's phone number, international format (79031234567)",
+        help="the user's phone number, in international format",
     )
     chat.add_argument("--no-color", action="store_true", help="plain output, no ANSI colours")
     chat.set_defaults(handler=lambda args: _chat(args, load_bot, fail))
@@ -62,7 +62,7 @@ def register(
         dest="fmt",
         choices=["mermaid", "svg", "png"],
         default="mermaid",
-        help="mermaid (default, text), svg or png",
+        help="mermaid (text), svg or png",
     )
     graph.add_argument(
         "-o",

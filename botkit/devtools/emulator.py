@@ -86,7 +86,7 @@ from botkit.devino.models import (
     StatusReport,
 )
 from botkit.devino.validation import batch_reasons, normalize_phone, validate_message
-from botkit.service._serving import run_app, serve_app
+from botkit.service._serving import ServingError, run_app, serve_app
 
 __all__ = [
     "AcceptedMessage",
@@ -921,28 +921,38 @@ def _bad_request(description: str) -> Response:
 # ----------------------------------------------------------------- command
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="botkit emulator",
-        description="Run a local stand-in for the Devino WhatsApp API "
-        "(POST /whatsapp/messages, status callbacks, injected user messages).",
+def add_arguments(
+    parser: argparse.ArgumentParser, port_type: Callable[[str], int] = int
+) -> argparse.ArgumentParser:
+    """Add the emulator command's options to ``parser`` (``botkit emulator``)."""
+    parser.add_argument(
+        "--host", default="127.0.0.1", metavar="ADDRESS", help="address to listen on"
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    parser.add_argument("--port", type=int, default=9000, help="port to listen on; 0 = any free")
+    parser.add_argument(
+        "--port", type=port_type, default=9000, help="port to listen on; 0 = any free"
+    )
     parser.add_argument(
         "--api-key",
         default=os.environ.get("BOTKIT_DEVINO_API_KEY"),
+        metavar="KEY",
         help="the only key accepted (default: $BOTKIT_DEVINO_API_KEY; unset: any key)",
     )
-    parser.add_argument("--webhook", help="the bot's URL for incoming messages")
+    parser.add_argument(
+        "--webhook", metavar="URL", help="the bot's URL for incoming messages (none: not sent)"
+    )
     parser.add_argument(
         "--session-window",
         type=float,
         default=DEFAULT_SESSION_WINDOW,
-        help="seconds a user's message keeps the window open (86400)",
+        metavar="SECONDS",
+        help="seconds a user's message keeps the window open",
     )
     parser.add_argument(
-        "--callback-delay", type=float, default=0.0, help="seconds between status callbacks (0)"
+        "--callback-delay",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="seconds between status callbacks",
     )
     parser.add_argument(
         "--not-on-whatsapp",
@@ -955,20 +965,16 @@ def _parser() -> argparse.ArgumentParser:
         "--log-level",
         default="info",
         choices=["critical", "error", "warning", "info", "debug"],
-        help="log level (info)",
+        help="log level",
     )
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The ``botkit emulator`` command; `argv` excludes the program name.
+def serve_from_args(args: argparse.Namespace, fail: Callable[[str, int], int]) -> int:
+    """Serve an emulator configured by :func:`add_arguments`'s options until Ctrl-C.
 
-    Returns the exit status (0 on a clean stop, 2 on bad arguments).
+    ``fail(message, exit_code)`` reports a problem and returns the exit code.
     """
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as exc:  # --help, or bad arguments (argparse printed why)
-        return exc.code if isinstance(exc.code, int) else 2
     try:
         emulator = Emulator(
             api_key=args.api_key or None,
@@ -978,8 +984,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             not_on_whatsapp=args.not_on_whatsapp,
         )
     except InvalidPhoneNumber as exc:
-        print(f"botkit emulator: --not-on-whatsapp: {exc}", file=sys.stderr)
-        return 2
+        return fail(f"--not-on-whatsapp: {exc}", 2)
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -994,13 +999,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
 
     # uvicorn stops on Ctrl-C, then re-raises it for the caller: that is a clean stop here.
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(
-            run_app(
-                emulator.app, args.host, args.port, log_level=args.log_level, on_started=started
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(
+                run_app(
+                    emulator.app, args.host, args.port, log_level=args.log_level, on_started=started
+                )
             )
-        )
+    except ServingError as exc:
+        return fail(str(exc), 3)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m botkit.devtools.emulator``: the same as ``botkit emulator``."""
+    from botkit.service import main as botkit_main
+
+    return botkit_main(["emulator", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -10,23 +10,38 @@
     botkit store migrate MODULE[:ATTR]   move a bot's Redis data to the current store layout
 
 ``ATTR`` defaults to ``bot``; the current directory is on the import path.
-Exit code 2 means the command could not start (bad arguments, a module that
-does not import, missing settings), with one clear line per problem.
+Every error a user can cause is one line on stderr per problem (no
+traceback) and a documented exit code:
+
+* 0: stopped cleanly (Ctrl-C, SIGTERM);
+* 2: could not start: bad arguments, a target that is not a bot, a missing
+  or invalid setting;
+* 3: could not serve: the address is in use or cannot be listened on, or the
+  app's start-up failed (its log says why).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
+import socket
 import sys
 import tempfile
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
 from botkit._bot import Bot
 
 TARGET_ENV = "BOTKIT_TARGET"
+
+EXIT_OK = 0
+EXIT_CANNOT_START = 2
+"""Bad arguments, a target that is not a bot, a missing or invalid setting."""
+EXIT_CANNOT_SERVE = 3
+"""The address cannot be listened on, or the app's start-up failed (as uvicorn's own 3)."""
 
 
 class BotLoadError(Exception):
@@ -54,10 +69,43 @@ def load_bot(target: str) -> Bot:
     return found
 
 
-def _fail(command: str, message: str) -> int:
+def _fail(command: str, message: str, code: int = EXIT_CANNOT_START) -> int:
     for line in message.splitlines():
         print(f"botkit {command}: {line}", file=sys.stderr)
-    return 2
+    return code
+
+
+class ListenError(OSError):
+    """``host:port`` cannot be listened on; the message says why and what to do."""
+
+
+def check_listen(host: str, port: int) -> None:
+    """Raise :class:`ListenError` unless a server could listen on ``host:port`` now.
+
+    Checked before the server starts, so a taken port is one clear line
+    instead of uvicorn's log and a traceback. Port 0 (any free) always passes.
+    """
+    where = f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ListenError(f"cannot listen on {where}: unknown address ({exc.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # As uvicorn binds: a port in TIME_WAIT after a restart is not "in use".
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                why = "the port is already in use (another server? choose one with --port)"
+            elif exc.errno == errno.EADDRNOTAVAIL:
+                why = "this machine has no such address (--host)"
+            elif exc.errno == errno.EACCES:
+                why = "permission denied (ports below 1024 need privileges; use --port 8000)"
+            else:
+                why = exc.strerror or str(exc)
+            raise ListenError(f"cannot listen on {where}: {why}") from None
 
 
 # -- run ---------------------------------------------------------------------
@@ -112,6 +160,10 @@ def _run(args: argparse.Namespace) -> int:
     layout = _store_layout_problem(bot, settings)
     if layout:
         return _fail("run", layout)
+    try:
+        check_listen(args.host, args.port)
+    except ListenError as exc:
+        return _fail("run", str(exc), EXIT_CANNOT_SERVE)
 
     import uvicorn
 
@@ -129,7 +181,7 @@ def _run(args: argparse.Namespace) -> int:
         proxy_headers=True,
         timeout_graceful_shutdown=15,
     )
-    return 0
+    return EXIT_OK
 
 
 def _store_layout_problem(bot: Bot, settings: Any) -> str | None:
@@ -231,30 +283,51 @@ def _dev(args: argparse.Namespace) -> int:
 
     from botkit.devtools._server import create_dev_app
     from botkit.service._logs import configure_logging
-    from botkit.service._serving import run_app
+    from botkit.service._serving import ServingError, run_app
     from botkit.service._settings import SettingsError
 
     try:
         bot = load_bot(args.target)
-        server = create_dev_app(bot, host=args.host, port=args.port)
-    except (BotLoadError, SettingsError) as exc:
+    except BotLoadError as exc:
         return _fail("dev", str(exc))
-    configure_logging("console", "INFO")
+    try:
+        check_listen(args.host, args.port)
+    except ListenError as exc:
+        return _fail("dev", str(exc), EXIT_CANNOT_SERVE)
+    try:
+        server = create_dev_app(bot, host=args.host, port=args.port)
+    except SettingsError as exc:
+        return _fail("dev", str(exc))
+    # The operator's log settings (BOTKIT_LOG_FORMAT, BOTKIT_LOG_LEVEL) hold in dev too.
+    configure_logging(server.settings.log_format, server.settings.log_level)
 
     def started(_: str) -> None:
         print(server.banner(), flush=True)
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(
-            run_app(
-                server.app,
-                args.host,
-                int(server.base_url.rsplit(":", 1)[1]),
-                log_level="warning",
-                on_started=started,
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(
+                run_app(
+                    server.app,
+                    args.host,
+                    int(server.base_url.rsplit(":", 1)[1]),
+                    log_level="warning",
+                    on_started=started,
+                )
             )
-        )
-    return 0
+    except ServingError as exc:
+        return _fail("dev", str(exc), EXIT_CANNOT_SERVE)
+    return EXIT_OK
+
+
+def _emulator(args: argparse.Namespace) -> int:
+    from botkit.devtools.emulator import serve_from_args
+
+    try:
+        check_listen(args.host, args.port)
+    except ListenError as exc:
+        return _fail("emulator", str(exc), EXIT_CANNOT_SERVE)
+    return serve_from_args(args, lambda message, code: _fail("emulator", message, code))
 
 
 # -- the parser --------------------------------------------------------------
@@ -280,44 +353,122 @@ def _port(value: str) -> int:
     return port
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Descriptions keep their paragraphs; an option's help shows its default."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n\n".join(
+            textwrap.fill(part, width, initial_indent=indent, subsequent_indent=indent)
+            for part in text.split("\n\n")
+        )
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        hidden = default is None or default is False or default is argparse.SUPPRESS
+        # A help text that explains its default itself (an environment variable's
+        # value may be a secret) keeps it unsaid.
+        if not hidden and default != [] and "default" not in text and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line: what is wrong and where to look."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> Any:  # argparse types it NoReturn
+        print(f"{self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_CANNOT_START)
+
+
+TARGET_HELP = "where the Bot is: a module (file or package) and its attribute, bot if omitted"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="botkit", description="WhatsApp chatbots on the Devino WhatsApp API."
+    from botkit import __version__
+    from botkit.devtools.emulator import add_arguments
+
+    parser: argparse.ArgumentParser = _Parser(
+        prog="botkit",
+        description="WhatsApp chatbots on the Devino WhatsApp API.",
+        epilog="Exit codes: 0 stopped cleanly; 2 could not start (bad arguments, target or "
+        "settings); 3 could not serve (address in use, start-up failed). "
+        "'botkit COMMAND --help' describes each command.",
     )
+    parser.add_argument("--version", action="version", version=f"botkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run a bot as a production service under uvicorn")
-    run.add_argument("target", metavar="MODULE[:ATTR]", help="where the Bot is (ATTR: bot)")
-    run.add_argument("--host", default="0.0.0.0", help="address to listen on (0.0.0.0)")
-    run.add_argument("--port", type=_port, default=8000, help="port to listen on (8000)")
+    run = sub.add_parser(
+        "run",
+        help="run a bot as a production service under uvicorn",
+        description="Serve a bot in production: the provider's webhooks, POST /api/send, "
+        "/healthz, /readyz and /metrics, under uvicorn.\n\n"
+        "Settings come from BOTKIT_* variables (and .env): BOTKIT_WEBHOOK_TOKEN, "
+        "BOTKIT_DEVINO_API_KEY and BOTKIT_SENDER are required, BOTKIT_REDIS_URL as soon as "
+        "there is more than one worker. A missing or invalid setting stops it before it "
+        "serves, one line per problem.\n\n"
+        "example: botkit run mybot --port 8000 --workers 2",
+    )
+    run.add_argument("target", metavar="MODULE[:ATTR]", help=TARGET_HELP)
+    run.add_argument("--host", default="0.0.0.0", metavar="ADDRESS", help="address to listen on")
+    run.add_argument("--port", type=_port, default=8000, help="port to listen on")
     run.add_argument(
-        "--workers", type=_workers, default=1, help="worker processes (1; >1 needs Redis)"
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help="worker processes; more than 1 needs Redis",
     )
     run.set_defaults(handler=_run)
 
     dev = sub.add_parser(
-        "dev", help="run a bot locally: provider emulator, memory store, chat page at /_dev"
+        "dev",
+        help="run a bot locally: provider emulator, memory store, chat page at /_dev",
+        description="Run a bot on your machine with nothing else: the provider emulator in "
+        "the same process, the memory store (nothing kept after exit), a generated webhook "
+        "token and a chat page at /_dev where you talk to the bot as a user. It prints the "
+        "URLs. POST /api/send takes 'Authorization: Bearer dev' (or BOTKIT_API_TOKEN). "
+        "BOTKIT_LOG_LEVEL and BOTKIT_LOG_FORMAT apply.\n\n"
+        "example: botkit dev mybot, then open http://127.0.0.1:8000/_dev",
     )
-    dev.add_argument("target", metavar="MODULE[:ATTR]", help="where the Bot is (ATTR: bot)")
-    dev.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    dev.add_argument("--port", type=_port, default=8000, help="port to listen on (8000; 0 = free)")
+    dev.add_argument("target", metavar="MODULE[:ATTR]", help=TARGET_HELP)
+    dev.add_argument("--host", default="127.0.0.1", metavar="ADDRESS", help="address to listen on")
+    dev.add_argument("--port", type=_port, default=8000, help="port to listen on; 0 = any free")
     dev.set_defaults(handler=_dev)
 
-    store = sub.add_parser("store", help="maintain a bot's Redis store")
+    store = sub.add_parser(
+        "store",
+        help="maintain a bot's Redis store",
+        description="Maintenance of a bot's Redis store (BOTKIT_REDIS_URL).",
+    )
     store_sub = store.add_subparsers(dest="store_command", metavar="STORE_COMMAND")
     migrate = store_sub.add_parser(
         "migrate",
         help="move the bot's Redis data to the current layout (stop every worker first)",
+        description="Move the bot's Redis data from an older store layout to the current "
+        "one, in place. Stop every worker first; botkit run refuses an old layout and "
+        "names this command.",
     )
-    migrate.add_argument("target", metavar="MODULE[:ATTR]", help="where the Bot is (ATTR: bot)")
+    migrate.add_argument("target", metavar="MODULE[:ATTR]", help=TARGET_HELP)
     migrate.add_argument(
         "--shards", type=_workers, default=None, help="outbox shards of the new layout (256)"
     )
     migrate.set_defaults(handler=_store_migrate)
 
-    emulator = sub.add_parser("emulator", help="run a standalone Devino emulator", add_help=False)
-    emulator.add_argument("rest", nargs=argparse.REMAINDER)
-    emulator.set_defaults(handler=None)
+    emulator = sub.add_parser(
+        "emulator",
+        help="run a standalone Devino emulator",
+        description="A local stand-in for the Devino WhatsApp API: POST /whatsapp/messages "
+        "as the provider answers it, status callbacks, and /_emulator/... to inject user "
+        "messages, read what was sent and inject faults. Point a bot at it with "
+        "BOTKIT_DEVINO_URL=http://HOST:PORT.",
+    )
+    add_arguments(emulator, port_type=_port)
+    emulator.set_defaults(handler=_emulator)
 
     _add_devtools(sub)
     return parser
@@ -333,19 +484,14 @@ def _add_devtools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``botkit`` command; return its exit code."""
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list[:1] == ["emulator"]:
-        from botkit.devtools.emulator import main as emulator_main
-
-        return emulator_main(args_list[1:])
     parser = _parser()
     try:
-        args = parser.parse_args(args_list)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 2
+        args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    except SystemExit as exc:  # --help, --version, or a usage error (one line printed)
+        return exc.code if isinstance(exc.code, int) else EXIT_CANNOT_START
     if getattr(args, "handler", None) is None:
         parser.print_help()
-        return 2
+        return EXIT_CANNOT_START
     code: int = args.handler(args)
     return code
 

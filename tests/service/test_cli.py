@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import signal
+import socket
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -13,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+import botkit
 from botkit.service._cli import main
 from tests.service._harness import (
     API_KEY,
@@ -326,3 +329,110 @@ async def test_emulator_command_serves_the_provider(
         assert sent.json()["result"][0]["code"] == "OK"
     emulator.signal(signal.SIGINT)
     assert await emulator.wait_exit() == 0
+
+
+# -- errors a user can cause: one line, a documented exit code ------------------
+
+
+def test_version_names_the_installed_botkit() -> None:
+    done = run_cli(["--version"], clean_env())
+    assert done.returncode == 0
+    assert done.stdout == f"botkit {botkit.__version__}\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "defaults"),
+    [
+        (["run"], ["--host ADDRESS", "(default: 0.0.0.0)", "(default: 8000)", "(default: 1)"]),
+        (["dev"], ["(default: 127.0.0.1)", "(default: 8000)", "Bearer dev"]),
+        (["emulator"], ["(default: 127.0.0.1)", "(default: 9000)", "(default: 86400.0)"]),
+        (["chat"], ["(default: 79031234567)"]),
+        (["graph"], ["(default: mermaid)"]),
+    ],
+)
+def test_every_command_says_what_it_does_and_shows_its_defaults(
+    args: list[str], defaults: list[str]
+) -> None:
+    done = run_cli([*args, "--help"], clean_env(BOTKIT_DEVINO_API_KEY="key-from-the-env"))
+    assert done.returncode == 0, done.stderr
+    usage, description, *_ = done.stdout.split("\n\n")
+    assert usage.startswith(f"usage: botkit {args[0]}")
+    assert len(description.split()) >= 8, "a description, not just the usage line"
+    text = " ".join(done.stdout.split())
+    for default in defaults:
+        assert " ".join(default.split()) in text
+    # Every option has a help text: what follows its name, on its line or the next.
+    options = done.stdout.split("options:", 1)[1]
+    for entry in re.split(r"\n(?=  -)", options.strip("\n")):
+        name, _, help_text = entry.strip().partition("  ")
+        assert help_text.strip(), f"{name} has no help text"
+    assert "key-from-the-env" not in done.stdout  # a default from the environment is not shown
+
+
+def test_the_top_level_help_lists_the_commands_and_the_exit_codes() -> None:
+    done = run_cli(["--help"], clean_env())
+    assert done.returncode == 0
+    for command in ("run", "dev", "emulator", "chat", "graph", "--version"):
+        assert command in done.stdout
+    text = " ".join(done.stdout.split())
+    assert "2 could not start" in text and "3 could not serve" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["run", "mybot", "--port", "99999"], "botkit run: argument --port: must be between"),
+        (["dev", "mybot", "--port", "eighty"], "botkit dev: argument --port: 'eighty' is not a"),
+        (["emulator", "--port", "99999"], "botkit emulator: argument --port: must be between"),
+        (["run", "mybot", "--workers", "0"], "botkit run: argument --workers: must be at least 1"),
+        (["run"], "botkit run: the following arguments are required: MODULE[:ATTR]"),
+        (["serve", "mybot"], "botkit: argument COMMAND: invalid choice: 'serve'"),
+        (["graph", "mybot", "-f", "gif"], "botkit graph: argument --format/-f: invalid choice"),
+    ],
+)
+def test_a_usage_error_is_one_line_and_exit_2(bots_dir: Path, args: list[str], says: str) -> None:
+    done = run_cli(args, clean_env(**READY), cwd=bots_dir)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    [line] = done.stderr.splitlines()
+    assert line.startswith(says)
+    assert line.endswith("--help)")  # and where to read more
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port some other program listens on."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield int(holder.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["run", "mybot", "--host", "127.0.0.1"], ["dev", "mybot"], ["emulator"]],
+    ids=["run", "dev", "emulator"],
+)
+def test_a_port_in_use_is_one_line_and_exit_3(
+    bots_dir: Path, taken_port: int, args: list[str]
+) -> None:
+    done = run_cli([*args, "--port", str(taken_port)], clean_env(**READY), cwd=bots_dir)
+    assert done.returncode == 3
+    assert done.stderr == (
+        f"botkit {args[0]}: cannot listen on 127.0.0.1:{taken_port}: the port is already "
+        "in use (another server? choose one with --port)\n"
+    )
+    assert "Traceback" not in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("host", "says"),
+    [("192.0.2.1", "this machine has no such address (--host)"), ("nosuch.invalid", "unknown")],
+)
+def test_an_address_this_machine_cannot_listen_on_is_one_line_and_exit_3(
+    bots_dir: Path, host: str, says: str
+) -> None:
+    done = run_cli(["run", "mybot", "--host", host], clean_env(**READY), cwd=bots_dir)
+    assert done.returncode == 3
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"botkit run: cannot listen on {host}:8000: {says}")
