@@ -26,6 +26,7 @@ from botkit._outbound import Origin, OutboundMessage, Template
 from botkit._plugins import Plugin, resolve_plugins
 from botkit._router import HandlerIndex, Router, compose
 from botkit._turn import Outcome, Turn, TurnOutcome
+from botkit._where import raised_at
 from botkit.delivery._policy import DeliveryRefused, ReplyPolicy
 from botkit.storage.base import (
     ConversationStore,
@@ -33,6 +34,7 @@ from botkit.storage.base import (
     StorageUnavailable,
     TurnLease,
 )
+from botkit.storage.outage import outage_log
 
 if TYPE_CHECKING:
     from botkit._bot import Bot
@@ -146,7 +148,7 @@ class Runtime:
         try:
             await self.store.open()
         except StorageUnavailable as exc:
-            log.warning("the conversation store is unavailable at start-up (%s); retrying", exc)
+            outage_log(self.store).failed(exc)  # its end is logged by the first success
         self.bot.runtime = self
         for plugin in self.plugins:
             if plugin.on_startup is not None:
@@ -304,14 +306,14 @@ class Runtime:
         turn.outcome, turn.error = Outcome.ERROR, exc
         handler = self.index.error_handler_for(exc, origin)
         if handler is None:
-            log.error(
-                "unhandled error in a turn of user ...%s: %r", turn.user[-4:], exc, exc_info=exc
-            )
+            _log_failure("unhandled error in a turn of user ...%s", turn.user[-4:], exc=exc)
             return
         try:
             await handler(ctx, exc)
-        except Exception:
-            log.exception("the error handler itself failed on %r; the turn is dropped", exc)
+        except Exception as failure:
+            _log_failure(
+                "the error handler itself failed on %r; the turn is dropped", exc, exc=failure
+            )
             turn.reset_after_error()
             return
         turn.error_handled = True
@@ -384,3 +386,18 @@ async def _maybe_await(value: Any) -> Any:
     if asyncio.iscoroutine(value):
         return await value
     return value
+
+
+def _log_failure(message: str, *args: object, exc: BaseException) -> None:
+    """One ERROR line: what failed, the exception and where it was raised.
+
+    The full traceback follows only at DEBUG (``BOTKIT_LOG_LEVEL=DEBUG``).
+    """
+    log.error(
+        f"{message}: %s: %s (raised at %s)",
+        *args,
+        type(exc).__name__,
+        exc,
+        raised_at(exc),
+        exc_info=exc if log.isEnabledFor(logging.DEBUG) else None,
+    )

@@ -1,9 +1,10 @@
-"""Where in the user's code a definition was made, for definition-time errors."""
+"""Where in the user's code something happened: a definition, an exception."""
 
 from __future__ import annotations
 
 import os
 import sys
+import traceback
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
@@ -17,6 +18,22 @@ def caller_location() -> str:
             return f"{frame.f_code.co_filename}:{frame.f_lineno}"
         frame = frame.f_back  # type: ignore[assignment]
     return "<unknown>"
+
+
+def raised_at(exc: BaseException) -> str:
+    """``file:line in function`` where ``exc`` was raised (paths relative to the cwd).
+
+    The innermost frame of the traceback; ``<unknown>`` when it has none.
+    """
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "<unknown>"
+    frame = frames[-1]
+    path = frame.filename
+    here = os.getcwd() + os.sep
+    if path.startswith(here):
+        path = path[len(here) :]
+    return f"{path}:{frame.lineno} in {frame.name}"
 
 
 class DefinitionError(TypeError):

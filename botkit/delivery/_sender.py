@@ -33,7 +33,8 @@ from botkit.devino.client import DevinoClient
 from botkit.devino.convert import to_outgoing
 from botkit.devino.errors import DevinoAuthError, DevinoError, ReasonKey
 from botkit.devino.models import SendResult
-from botkit.storage.base import ConversationStore, OutboxItem, StorageError
+from botkit.storage.base import ConversationStore, OutboxItem, StorageError, StorageUnavailable
+from botkit.storage.outage import outage_log
 
 log = logging.getLogger("botkit.sender")
 
@@ -103,6 +104,7 @@ class Sender:
         on_rejected: RejectionHandler | None = None,
     ) -> None:
         self.store = store
+        self._outage = outage_log(store)
         self.client = client
         self.sender_name = sender_name
         self.signer = signer
@@ -169,8 +171,15 @@ class Sender:
                 elif self._draining.is_set():
                     return
                 failures = 0
+                self._outage.recovered()
             except asyncio.CancelledError:
                 raise
+            except StorageUnavailable as exc:
+                # Redis down: the outage is a line when it starts and one when it
+                # ends, not a traceback per retry.
+                failures += 1
+                self._outage.failed(exc)
+                await self._pause(self._backoff(failures))
             except Exception:
                 failures += 1
                 delay = self._backoff(failures)

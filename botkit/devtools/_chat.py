@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shlex
 import sys
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,7 +41,9 @@ from botkit._bot import Bot
 from botkit._clock import ManualClock
 from botkit._outbound import OutboundMessage, SendMode
 from botkit._turn import Outcome, TurnOutcome
+from botkit._where import raised_at
 from botkit.delivery._policy import DeliveryRefused
+from botkit.service._logs import configure_logging
 from botkit.testing import BotTester, Replies
 
 __all__ = ["HELP", "TerminalChat", "run_chat"]
@@ -132,8 +136,10 @@ class TerminalChat:
         *,
         out: TextIO | None = None,
         color: bool = False,
+        tracebacks: bool = False,
     ) -> None:
         self.bot = bot
+        self.tracebacks = tracebacks
         self.user = user
         self.out = out or sys.stdout
         self.style = _Style(color)
@@ -294,12 +300,15 @@ class TerminalChat:
         if outcome.outcome is Outcome.UNHANDLED:
             self._print(self.style.note(f"  · no handler took this {outcome.kind} message"))
         elif outcome.error is not None:
-            what = f"{type(outcome.error).__name__}: {outcome.error}"
+            what = f"{type(outcome.error).__name__}: {outcome.error} at {raised_at(outcome.error)}"
             where = f"handler {outcome.handler}" if outcome.handler else "the turn"
             if outcome.error_handled:
                 self._print(self.style.note(f"  · {where} raised {what}; an error handler took it"))
             else:
                 self._print(self.style.error(f"! {where} raised {what} (nothing was saved)"))
+            if self.tracebacks:
+                trace = "".join(traceback.format_exception(outcome.error)).rstrip("\n")
+                self._print(self.style.note(trace))
         for refused in outcome.refused:
             self._print(self.style.error(f"! not sent: {refused}"))
 
@@ -330,8 +339,18 @@ class TerminalChat:
         print(text, file=self.out, flush=True)
 
 
-def run_chat(bot: Bot, user: str = DEFAULT_NUMBER, *, color: bool | None = None) -> int:
-    """Run the interactive chat on stdin/stdout until /quit, Ctrl-D or Ctrl-C; return 0."""
+def run_chat(
+    bot: Bot, user: str = DEFAULT_NUMBER, *, color: bool | None = None, tracebacks: bool = False
+) -> int:
+    """Run the interactive chat on stdin/stdout until /quit, Ctrl-D or Ctrl-C; return 0.
+
+    A failed handler is one line (the exception and where it was raised);
+    ``tracebacks`` adds the full traceback under it.
+    """
+    # The chat reports each turn itself; the log keeps warnings from the bot's
+    # own code and libraries, not the turn's log line for the same failure.
+    configure_logging("console", "WARNING")
+    logging.getLogger("botkit.turn").setLevel(logging.CRITICAL)
     if color is None:
         color = sys.stdout.isatty() and "NO_COLOR" not in os.environ
     prompt = "\x1b[1myou: \x1b[0m" if color else "you: "
@@ -343,7 +362,7 @@ def run_chat(bot: Bot, user: str = DEFAULT_NUMBER, *, color: bool | None = None)
             pass
         else:  # readline must be told which prompt bytes take no room on screen
             prompt = "\x01\x1b[1m\x02you: \x01\x1b[0m\x02" if color else prompt
-    chat = TerminalChat(bot, user, color=color)
+    chat = TerminalChat(bot, user, color=color, tracebacks=tracebacks)
     with asyncio.Runner() as runner:
         runner.run(chat.start())
         try:

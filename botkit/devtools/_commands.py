@@ -45,6 +45,12 @@ def register(
         help="the user's phone number, in international format",
     )
     chat.add_argument("--no-color", action="store_true", help="plain output, no ANSI colours")
+    chat.add_argument(
+        "--traceback",
+        action="store_true",
+        help="print the full traceback when a handler fails (otherwise one line: the "
+        "exception and where it was raised)",
+    )
     chat.set_defaults(handler=lambda args: _chat(args, load_bot, fail))
 
     graph = sub.add_parser(
@@ -90,7 +96,9 @@ def _chat(args: argparse.Namespace, load_bot: LoadBot, fail: Fail) -> int:
         return fail("chat", f"--as {args.number}: {exc}")
     try:
         bot = load_bot(args.target)
-        return run_chat(bot, user, color=False if args.no_color else None)
+        return run_chat(
+            bot, user, color=False if args.no_color else None, tracebacks=args.traceback
+        )
     except (BotLoadError, UnknownPlugin) as exc:
         return fail("chat", str(exc))
 

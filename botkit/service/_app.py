@@ -51,6 +51,7 @@ from botkit.service._logs import log_turn
 from botkit.service._settings import Settings, SettingsError, load_settings
 from botkit.storage.base import ConversationStore, StorageError, StoreConfig, UserBusy
 from botkit.storage.memory import MemoryStore
+from botkit.storage.outage import OutageLog, outage_log
 from botkit.storage.redis import RedisStore
 
 log = logging.getLogger("botkit.app")
@@ -297,11 +298,12 @@ def _unavailable(message: str) -> JSONResponse:
     )
 
 
-def _store_failed(what: str, exc: StorageError) -> JSONResponse:
+def _store_failed(what: str, exc: StorageError, outage: OutageLog) -> JSONResponse:
     """503 for a store failure; the details (hosts, users) go to the log, not the caller."""
-    log.warning("%s refused for now: %s", what, exc)
     if isinstance(exc, UserBusy):
+        log.warning("%s refused for now: %s", what, exc)
         return _unavailable("the user's previous message is still being handled; retry")
+    outage.failed(exc)  # an outage is a line when it starts, not one per request
     return _unavailable("the conversation store is unavailable; retry")
 
 
@@ -421,6 +423,7 @@ def create_app(
         rate_retry=rate_retry,
     )
     limit = settings.max_body_bytes
+    outage = outage_log(service.store)
     api_token = settings.secret("api_token")
 
     async def provider_payload(
@@ -452,7 +455,8 @@ def create_app(
             try:
                 outcomes = await service.handle_messages(events)
             except StorageError as exc:
-                return _store_failed("incoming message", exc)
+                return _store_failed("incoming message", exc, outage)
+            outage.recovered()
         if any(o.outcome is Outcome.IN_PROGRESS for o in outcomes):
             return _unavailable("a message in this body is still being processed; retry")
         return _EMPTY
@@ -467,7 +471,8 @@ def create_app(
             try:
                 results = [await service.tracker.handle(report) for report in got[1]]
             except StorageError as exc:
-                return _store_failed("status callback", exc)
+                return _store_failed("status callback", exc, outage)
+            outage.recovered()
         if StatusOutcome.IN_PROGRESS in results:
             return _unavailable("a status in this body is still being processed; retry")
         # A report without botkit's signature was ignored (logged and counted);
@@ -514,7 +519,7 @@ def create_app(
         except ValueError as exc:
             return _error(422, "invalid_body", str(exc))
         except StorageError as exc:
-            return _store_failed("send", exc)
+            return _store_failed("send", exc, outage)
         return JSONResponse(
             {
                 "status": "queued",

@@ -15,6 +15,9 @@ from botkit._turn import TurnOutcome
 
 turn_log = logging.getLogger("botkit.turn")
 
+THIRD_PARTY_LOGGERS = ("transitions", "httpx", "httpcore", "hpack", "multipart", "watchfiles")
+"""Loggers held at WARNING unless botkit logs at DEBUG."""
+
 
 def mask(user: str) -> str:
     """``79031234567`` -> ``...4567``."""
@@ -40,22 +43,53 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, ensure_ascii=False, default=str)
 
 
+# C0 and C1 control characters (and the Unicode line separators) as escapes: a
+# value from the outside (a messageId, a user's text) cannot start a fake log line
+# or move the terminal's cursor.
+_CONTROL = {
+    **{code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))},
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    ord("\t"): "\\t",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with control characters written as escapes (``\\n``, ``\\x1b``...)."""
+    return text.translate(_CONTROL)
+
+
 class ConsoleFormatter(logging.Formatter):
-    """``HH:MM:SS level logger message key=value ...`` for a terminal."""
+    """``HH:MM:SS level logger message key=value ...`` for a terminal.
+
+    One record is one line: control characters in the message and the fields
+    are escaped. Only a traceback (logged at DEBUG) spans several lines.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-        line = f"{stamp} {record.levelname.lower():7} {record.name}: {record.getMessage()}"
+        message = escape_controls(record.getMessage())
+        line = f"{stamp} {record.levelname.lower():7} {record.name}: {message}"
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict) and fields:
-            line += " " + " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+            line += " " + " ".join(
+                f"{k}={escape_controls(str(v))}" for k, v in fields.items() if v is not None
+            )
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
 
 
 def configure_logging(fmt: str = "console", level: str = "INFO") -> None:
-    """Send botkit's (and uvicorn's) logs to stderr in ``fmt`` (``console`` or ``json``)."""
+    """Send botkit's (and uvicorn's) logs to stderr in ``fmt`` (``console`` or ``json``).
+
+    At INFO a turn is one line; a failed handler adds one ERROR line with the
+    exception and where it was raised (its traceback at DEBUG); a store outage
+    is a line when it starts and one when it ends. Third-party libraries log
+    from WARNING unless ``level`` is DEBUG.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
     root = logging.getLogger()
@@ -69,8 +103,11 @@ def configure_logging(fmt: str = "console", level: str = "INFO") -> None:
     access = logging.getLogger("uvicorn.access")
     access.handlers[:] = []
     access.propagate = False
-    # One line per request to the provider would drown the one line per turn.
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
+    # Libraries' INFO lines (a request to the provider, a flow's state change)
+    # would drown the one line per turn: they show from WARNING, or at DEBUG.
+    quiet = logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(quiet)
 
 
 def log_turn(outcome: TurnOutcome) -> None:

@@ -180,6 +180,7 @@ class UnlockListener:
 
     async def _listen(self) -> None:
         backoff = _BACKOFF_MIN
+        lost_at: float | None = None  # an outage is a line at its start and one at its end
         while True:
             # Every reply counts as a sign of life (the pong too, whatever shape
             # redis-py gives it), so no reply is filtered out here.
@@ -187,6 +188,9 @@ class UnlockListener:
             try:
                 await pubsub.subscribe(self._channel)
                 self.subscribed.set()
+                if lost_at is not None:
+                    log.info("unlock channel back after %.1fs", time.monotonic() - lost_at)
+                    lost_at = None
                 backoff = _BACKOFF_MIN
                 self._on_subscribe()
                 heard = pinged = time.monotonic()
@@ -205,7 +209,11 @@ class UnlockListener:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.info("unlock channel lost (%s); reconnecting in %.2fs", exc, backoff)
+                if lost_at is None:
+                    lost_at = time.monotonic()
+                    log.info("unlock channel lost (%s); reconnecting", exc)
+                else:
+                    log.debug("unlock channel still lost (%s); retrying in %.2fs", exc, backoff)
             finally:
                 self.subscribed.clear()
                 with suppress(BaseException):
