@@ -36,6 +36,10 @@ from typing import Any
 from botkit._bot import Bot
 
 TARGET_ENV = "BOTKIT_TARGET"
+"""``botkit run``'s target when the command line gives none (a container's image sets it)."""
+PORT_ENV = "BOTKIT_PORT"
+"""``botkit run``'s ``--port`` when the command line gives none; a container's health check
+reads the same variable, so the two cannot disagree."""
 
 EXIT_OK = 0
 EXIT_CANNOT_START = 2
@@ -128,6 +132,8 @@ def service_app() -> object:
 def _run(args: argparse.Namespace) -> int:
     from botkit.service._settings import GENERATE_SECRET, SettingsError, load_settings
 
+    if not args.target:
+        return _fail("run", f"give the bot as MODULE[:ATTR] (e.g. mybot:bot) or set {TARGET_ENV}")
     try:
         bot = load_bot(args.target)
         settings = load_settings()
@@ -413,9 +419,20 @@ def _parser() -> argparse.ArgumentParser:
         "serves, one line per problem.\n\n"
         "example: botkit run mybot --port 8000 --workers 2",
     )
-    run.add_argument("target", metavar="MODULE[:ATTR]", help=TARGET_HELP)
+    run.add_argument(
+        "target",
+        metavar="MODULE[:ATTR]",
+        nargs="?",
+        default=os.environ.get(TARGET_ENV) or None,
+        help=f"{TARGET_HELP} (default: ${TARGET_ENV})",
+    )
     run.add_argument("--host", default="0.0.0.0", metavar="ADDRESS", help="address to listen on")
-    run.add_argument("--port", type=_port, default=8000, help="port to listen on")
+    run.add_argument(
+        "--port",
+        type=_port,
+        default=os.environ.get(PORT_ENV) or "8000",
+        help=f"port to listen on (default: ${PORT_ENV}, else 8000)",
+    )
     run.add_argument(
         "--workers",
         type=_workers,

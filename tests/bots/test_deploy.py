@@ -7,10 +7,15 @@ setting, or a bot that no longer imports, fails here instead of in a rollout.
 
 from __future__ import annotations
 
+import asyncio
 import configparser
 import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +26,7 @@ import yaml
 
 from botkit import Bot
 from botkit.service._app import create_app
-from botkit.service._cli import load_bot
+from botkit.service._cli import PORT_ENV, TARGET_ENV, load_bot
 from botkit.service._settings import Settings, load_settings
 from botkit.testing import LiveBot
 from bots.autoreply import RULES_ENV, parse_rules
@@ -32,7 +37,8 @@ DEPLOY = ROOT / "deploy"
 
 def known_env() -> set[str]:
     """Every BOTKIT_* variable the service reads."""
-    return {f"BOTKIT_{name.upper()}" for name in Settings.model_fields} | {RULES_ENV}
+    settings = {f"BOTKIT_{name.upper()}" for name in Settings.model_fields}
+    return settings | {RULES_ENV, TARGET_ENV, PORT_ENV}
 
 
 def served_paths() -> set[str]:
@@ -46,12 +52,21 @@ def check_env_names(names: set[str], where: str) -> None:
     assert not unknown, f"{where} sets {sorted(unknown)}, which botkit does not read"
 
 
-def check_target(argv: list[str], where: str) -> int:
-    """``botkit run MODULE:ATTR ... --port N``: the target loads a Bot; return the port."""
+def check_target(argv: list[str], where: str, env: dict[str, str] | None = None) -> int:
+    """``botkit run [MODULE:ATTR] [--port N]``: the target loads a Bot; return the port.
+
+    Without them on the command line, ``BOTKIT_TARGET`` and ``BOTKIT_PORT`` in
+    ``env`` say (as ``botkit run`` reads them).
+    """
+    env = env or {}
     assert argv[:2] == ["botkit", "run"] or argv[0].endswith("/botkit"), where
-    run = argv.index("run")
-    assert isinstance(load_bot(argv[run + 1]), Bot), where
-    return int(argv[argv.index("--port") + 1]) if "--port" in argv else 8000
+    after = argv[argv.index("run") + 1 :]
+    target = after[0] if after and not after[0].startswith("-") else env.get(TARGET_ENV)
+    assert target, f"{where}: no target on the command line and no {TARGET_ENV}"
+    assert isinstance(load_bot(target), Bot), where
+    if "--port" in argv:
+        return int(argv[argv.index("--port") + 1])
+    return int(env.get(PORT_ENV, "8000"))
 
 
 # -- Dockerfile ------------------------------------------------------------------
@@ -107,23 +122,37 @@ def test_the_image_is_slim_python_311_and_runs_as_a_non_root_user() -> None:
 
 def test_the_image_command_runs_a_bot_that_imports_on_the_exposed_port() -> None:
     [cmd] = [exec_form(rest) for k, rest in final_stage() if k == "CMD"]
-    assert check_target(cmd, "CMD") == image_port()
+    env = docker_env(final_stage())
+    assert "--port" not in cmd, "the port is BOTKIT_PORT, which the health check reads too"
+    assert check_target(cmd, "CMD", env) == image_port()
     # bots/ is not installed with botkit: the image copies it into the working
     # directory, which `botkit run` puts on the import path.
     [workdir] = [rest for k, rest in final_stage() if k == "WORKDIR"]
-    package = cmd[cmd.index("run") + 1].split(".")[0]
+    package = env[TARGET_ENV].split(".")[0]
     copied = [rest.split() for k, rest in final_stage() if k == "COPY" and "--from" not in rest]
     assert [f"{package}/", f"{workdir}/{package}/"] in copied
 
 
-def test_the_healthcheck_probes_a_served_path_on_the_exposed_port() -> None:
+async def test_the_healthcheck_probes_the_port_botkit_listens_on() -> None:
+    # No Docker engine here: the image's health check command is run as is,
+    # with the environment the image gives it, against a real server.
     [check] = [rest for k, rest in final_stage() if k == "HEALTHCHECK"]
     command = exec_form(check.split(" CMD ", 1)[1])
     assert "curl" not in command and command[0] == "python", "slim images have no curl"
-    url = re.search(r"http://127\.0\.0\.1:(\d+)(/\w+)", " ".join(command))
-    assert url is not None
-    assert int(url[1]) == image_port()
-    assert url[2] == "/healthz" and url[2] in served_paths()
+    assert "/healthz" in command[-1] and "/healthz" in served_paths()
+    assert docker_env(final_stage())[PORT_ENV] == str(image_port())
+
+    def probe(port: int) -> int:
+        env = {**os.environ, PORT_ENV: str(port)}
+        argv = [sys.executable, *command[1:]]
+        return subprocess.run(argv, env=env, capture_output=True, timeout=30).returncode
+
+    async with LiveBot(Bot("health")) as live:
+        port = httpx.URL(live.url).port
+        assert port is not None
+        # In a thread: the server answers from this test's event loop.
+        assert await asyncio.to_thread(probe, port) == 0  # the configured port, not 8000
+    assert probe(port) != 0  # nothing listens there any more: unhealthy
 
 
 def test_the_image_environment_is_read_by_botkit_and_the_rules_file_is_shipped() -> None:
@@ -136,6 +165,22 @@ def test_the_image_environment_is_read_by_botkit_and_the_rules_file_is_shipped()
     ]
     for src, _ in copied:
         assert (ROOT / src).exists(), src
+
+
+@pytest.mark.parametrize("doc", ["README.md", "deploy/README.md"])
+def test_the_documented_image_of_your_own_bot_builds_on_this_image(doc: str) -> None:
+    text = (ROOT / doc).read_text()
+    [block] = re.findall(r"```dockerfile\n(.*?)```", text, re.S)
+    steps = [tuple(line.split(" ", 1)) for line in block.strip().splitlines()]
+    tag = compose()["services"]["bot"]["image"]
+    assert steps[0] == ("FROM", tag), "FROM the image compose builds from deploy/Dockerfile"
+    # COPY . . lands in the base's working directory, which botkit run imports from.
+    assert steps[1] == ("COPY", ". .")
+    [workdir] = [rest for k, rest in final_stage() if k == "WORKDIR"]
+    assert workdir == "/srv/botkit"
+    [(keyword, env)] = steps[2:]
+    assert keyword == "ENV" and env.startswith(f"{TARGET_ENV}=")
+    assert f"docker build -f deploy/Dockerfile -t {tag} ." in text
 
 
 def test_the_build_context_lets_in_what_the_build_copies() -> None:
@@ -168,7 +213,12 @@ def test_compose_runs_the_bot_with_redis_persisted_append_only() -> None:
     command = redis["command"]
     assert command[command.index("--appendonly") + 1] == "yes"
     assert any(volume.endswith(":/data") for volume in redis["volumes"])
-    assert [p.split(":")[-1] for p in bot["ports"]] == [str(image_port())]
+    assert check_target(bot["command"], "compose command", docker_env(final_stage()))
+    # Published on the host's loopback, on BOTKIT_PORT (the image's default).
+    [published] = bot["ports"]
+    default_port = f"${{{PORT_ENV}:-{image_port()}}}"
+    assert published == f"127.0.0.1:{default_port}:{default_port}"
+    assert bot["environment"][PORT_ENV] == default_port
 
 
 def test_compose_and_the_env_example_set_only_settings_botkit_reads() -> None:
@@ -227,12 +277,14 @@ def test_every_manifest_parses_and_kustomization_lists_them_but_the_secret_templ
     assert listed == files - {"secret.example.yaml"}
 
 
-def test_the_deployment_runs_three_replicas_with_probes_on_served_paths() -> None:
+def test_the_deployment_leaves_the_replicas_to_the_hpa_and_probes_served_paths() -> None:
     deployment = one("Deployment", "botkit")
-    assert deployment["spec"]["replicas"] == 3
+    assert "replicas" not in deployment["spec"], "a fixed count fights the HPA on every apply"
     container = bot_container()
     [port] = container["ports"]
-    assert port["containerPort"] == image_port()
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert int(env[PORT_ENV]) == port["containerPort"], "botkit listens on the container port"
+    assert isinstance(load_bot(env[TARGET_ENV]), Bot)
     paths = served_paths()
     for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
         get = container[probe]["httpGet"]
@@ -287,6 +339,13 @@ def test_the_service_hpa_and_pdb_point_at_the_bot_pods() -> None:
     assert hpa["spec"]["scaleTargetRef"]["kind"] == "Deployment"
     assert hpa["spec"]["scaleTargetRef"]["name"] == "botkit"
     assert hpa["spec"]["minReplicas"] >= 2
+    # The HPA's percentage is of the request: a request near the idle use scales
+    # out at once, so it must be well above it (a worker idles at a few millicores).
+    [metric] = hpa["spec"]["metrics"]
+    target = metric["resource"]["target"]["averageUtilization"] / 100
+    request = bot_container()["resources"]["requests"]["cpu"]
+    millicores = int(request[:-1]) if request.endswith("m") else int(float(request) * 1000)
+    assert millicores * target >= 150
     pdb = one("PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
@@ -298,9 +357,48 @@ def test_redis_is_a_persisted_append_only_statefulset_the_secret_points_at() -> 
     assert args[args.index("--appendonly") + 1] == "yes"
     assert statefulset["spec"]["volumeClaimTemplates"]
     service = one("Service", statefulset["spec"]["serviceName"])
-    url = httpx.URL(one("Secret", "botkit-secrets")["stringData"]["BOTKIT_REDIS_URL"])
+    secret = one("Secret", "botkit-secrets")["stringData"]
+    url = httpx.URL(secret["BOTKIT_REDIS_URL"])
     assert url.host == service["metadata"]["name"]
     assert url.port == service["spec"]["ports"][0]["port"]
+    # A password from the Secret, the same one the bot's URL carries.
+    password = args[args.index("--requirepass") + 1]
+    assert password == "$(REDIS_PASSWORD)"
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+    for name in ("REDIS_PASSWORD", "REDISCLI_AUTH"):
+        assert env[name] == {"name": "botkit-secrets", "key": "REDIS_PASSWORD"}
+    assert url.password == secret["REDIS_PASSWORD"]
+
+
+def test_only_the_bot_pods_reach_redis() -> None:
+    policy = one("NetworkPolicy", "redis")["spec"]
+    redis_labels = one("StatefulSet", "redis")["spec"]["template"]["metadata"]["labels"]
+    bot_labels = one("Deployment", "botkit")["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= redis_labels.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    [rule] = policy["ingress"]
+    [source] = rule["from"]
+    assert set(source) == {"podSelector"}, "pods of this namespace only, no ipBlock"
+    assert source["podSelector"]["matchLabels"].items() <= bot_labels.items()
+    assert source["podSelector"]["matchLabels"] != {}, "not every pod"
+    assert [p["port"] for p in rule["ports"]] == [6379]
+
+
+def test_the_manifests_are_valid_kubernetes_objects() -> None:
+    # kubernetes-validate (PyPI) checks each object against the Kubernetes
+    # OpenAPI schema, strictly (an unknown or misplaced field fails); .ci/run
+    # installs it.
+    tool = shutil.which("kubernetes-validate", path=os.path.dirname(sys.executable))
+    if tool is None:
+        message = "kubernetes-validate is not installed (pip install kubernetes-validate)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{message}; CI=true, where the manifests must be validated")
+        pytest.skip(message)
+    files = sorted(str(p) for p in (DEPLOY / "k8s").glob("*.yaml") if p.stem != "kustomization")
+    done = subprocess.run(
+        [tool, "--strict", "--quiet", *files], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 # -- systemd ---------------------------------------------------------------------

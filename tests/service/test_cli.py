@@ -343,7 +343,10 @@ def test_version_names_the_installed_botkit() -> None:
 @pytest.mark.parametrize(
     ("args", "defaults"),
     [
-        (["run"], ["--host ADDRESS", "(default: 0.0.0.0)", "(default: 8000)", "(default: 1)"]),
+        (
+            ["run"],
+            ["--host ADDRESS", "(default: 0.0.0.0)", "$BOTKIT_PORT, else 8000", "(default: 1)"],
+        ),
         (["dev"], ["(default: 127.0.0.1)", "(default: 8000)", "Bearer dev"]),
         (["emulator"], ["(default: 127.0.0.1)", "(default: 9000)", "(default: 86400.0)"]),
         (["chat"], ["(default: 79031234567)"]),
@@ -385,7 +388,6 @@ def test_the_top_level_help_lists_the_commands_and_the_exit_codes() -> None:
         (["dev", "mybot", "--port", "eighty"], "botkit dev: argument --port: 'eighty' is not a"),
         (["emulator", "--port", "99999"], "botkit emulator: argument --port: must be between"),
         (["run", "mybot", "--workers", "0"], "botkit run: argument --workers: must be at least 1"),
-        (["run"], "botkit run: the following arguments are required: MODULE[:ATTR]"),
         (["serve", "mybot"], "botkit: argument COMMAND: invalid choice: 'serve'"),
         (["graph", "mybot", "-f", "gif"], "botkit graph: argument --format/-f: invalid choice"),
     ],
@@ -436,3 +438,26 @@ def test_an_address_this_machine_cannot_listen_on_is_one_line_and_exit_3(
     assert done.returncode == 3
     [line] = done.stderr.splitlines()
     assert line.startswith(f"botkit run: cannot listen on {host}:8000: {says}")
+
+
+def test_run_takes_the_bot_and_the_port_from_the_environment(
+    bots_dir: Path, taken_port: int
+) -> None:
+    # What a container image sets: the target and the port its health check probes.
+    env = clean_env(**READY, BOTKIT_TARGET="mybot", BOTKIT_PORT=str(taken_port))
+    done = run_cli(["run", "--host", "127.0.0.1"], env, cwd=bots_dir)
+    assert done.returncode == 3
+    assert f"cannot listen on 127.0.0.1:{taken_port}: the port is already in use" in done.stderr
+
+    env["BOTKIT_TARGET"] = "mybot:not_a_bot"
+    done = run_cli(["run"], env, cwd=bots_dir)
+    assert (done.returncode, done.stderr) == (
+        2,
+        "botkit run: mybot:not_a_bot is a str, not a botkit.Bot\n",
+    )
+
+    done = run_cli(["run"], clean_env(**READY), cwd=bots_dir)
+    assert done.returncode == 2
+    assert done.stderr == (
+        "botkit run: give the bot as MODULE[:ATTR] (e.g. mybot:bot) or set BOTKIT_TARGET\n"
+    )
