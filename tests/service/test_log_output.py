@@ -18,6 +18,7 @@ import pytest
 
 from tests.service._harness import (
     API_KEY,
+    CALLBACK_SECRET,
     WEBHOOK_TOKEN,
     BotProcess,
     clean_env,
@@ -170,7 +171,7 @@ async def test_a_redis_outage_is_one_line_and_its_end_another(
         BOTKIT_DEVINO_URL=f"http://127.0.0.1:{free_port()}",
         BOTKIT_SENDER="EchoCo",
         BOTKIT_REDIS_URL=private_redis.url,
-        BOTKIT_CALLBACK_SECRET="c" * 48,
+        BOTKIT_CALLBACK_SECRET=CALLBACK_SECRET,
     )
     service = BotProcess(
         ["run", "bots.echo:bot", "--host", "127.0.0.1", "--port", str(port)],
