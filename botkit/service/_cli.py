@@ -68,6 +68,10 @@ def load_bot(target: str) -> Bot:
         found = getattr(module, attr)
     except AttributeError:
         raise BotLoadError(f"module {module_name!r} has no attribute {attr!r}") from None
+    except Exception as exc:  # a bot built on first use (a module __getattr__) failed
+        raise BotLoadError(
+            f"cannot load {module_name}:{attr}: {type(exc).__name__}: {exc}"
+        ) from exc
     if not isinstance(found, Bot):
         raise BotLoadError(f"{module_name}:{attr} is a {type(found).__name__}, not a botkit.Bot")
     return found
@@ -487,8 +491,51 @@ def _parser() -> argparse.ArgumentParser:
     add_arguments(emulator, port_type=_port)
     emulator.set_defaults(handler=_emulator)
 
+    autoreply = sub.add_parser(
+        "autoreply",
+        help="the auto-reply service's tools: check a rules file (botkit autoreply check FILE)",
+        add_help=False,
+    )
+    autoreply.add_argument("rest", nargs=argparse.REMAINDER)
+    autoreply.set_defaults(handler=_autoreply)
+
     _add_devtools(sub)
     return parser
+
+
+def _autoreply(args: argparse.Namespace) -> int:
+    # The auto-reply service lives in bots/ (a checkout, the image), not in the
+    # installed package: found from the working directory, as a bot's target is.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        check = importlib.import_module("bots.autoreply.check")
+    except ImportError:
+        return _fail(
+            "autoreply",
+            "the auto-reply service (bots/autoreply) is not here: run this in a botkit "
+            "checkout or in the botkit image",
+        )
+    parser = _Parser(
+        prog="botkit autoreply",
+        description="Tools for the auto-reply service (bots/autoreply).",
+    )
+    tools = parser.add_subparsers(dest="tool", metavar="TOOL", required=True)
+    check.add_arguments(
+        tools.add_parser(
+            "check",
+            help="check a rules file and show what sample messages would get",
+            description="Check a rules file as the service does (every problem on its own "
+            "line, exit code 2), then show what each sample message would get as a user's "
+            "first message: the rule (by line), the out-of-hours reply or the default reply.",
+        )
+    )
+    try:
+        tool_args = parser.parse_args(args.rest)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_CANNOT_START
+    code: int = check.run(tool_args)
+    return code
 
 
 def _add_devtools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -17,11 +17,15 @@ The same auto-reply (the same text) goes to a user at most once per
 as a mail auto-responder would do. The times sent are kept in the user's
 conversation data, so they hold across restarts and replicas.
 
-The rules are read and checked when this module is imported, so a bad file
-stops ``botkit run`` before it serves anything, with one line per problem
-naming the file and the line. When ``BOTKIT_AUTOREPLY_RULES`` is unset the
-example file is used (and a warning says so). The opt-out plugin is on:
-"STOP" silences the service for that user.
+The rules are read and checked when the bot is first used (``botkit run``
+loads it before serving), so a bad file stops ``botkit run`` before it serves
+anything, with one line per problem naming the file and the line. When
+``BOTKIT_AUTOREPLY_RULES`` is unset the example file is used (and a warning
+says so). While it runs, the service re-reads the file when it changes and on
+SIGHUP (:mod:`bots.autoreply.live`); a bad file then keeps the rules in force
+and logs one line per problem. ``botkit autoreply check FILE`` checks a file
+and shows what sample messages would get. The opt-out plugin is on: "STOP"
+silences the service for that user.
 """
 
 from __future__ import annotations
@@ -29,13 +33,25 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from botkit import Bot, Context
-from bots.autoreply.rules import Rule, Rules, RulesError, load_rules, parse_rules, reply_key
+from bots.autoreply.live import LiveRules
+from bots.autoreply.rules import (
+    Choice,
+    Rule,
+    Rules,
+    RulesError,
+    load_rules,
+    parse_rules,
+    reply_key,
+)
 
 __all__ = [
     "EXAMPLE_RULES",
     "RULES_ENV",
+    "Choice",
+    "LiveRules",
     "Rule",
     "Rules",
     "RulesError",
@@ -64,31 +80,26 @@ def rules_path() -> Path:
     return EXAMPLE_RULES
 
 
-def build_bot(rules: Rules, name: str = "autoreply") -> Bot:
-    """A bot answering by ``rules``: one handler per rule, then hours and the default."""
+def build_bot(rules: Rules | LiveRules, name: str = "autoreply") -> Bot:
+    """A bot answering by ``rules``: the first rule that matches, then hours and the default.
+
+    Given :class:`LiveRules`, it answers by whatever rules are in force at each
+    message, and follows their file while it runs (started and stopped with
+    the bot).
+    """
+    live = rules if isinstance(rules, LiveRules) else LiveRules(rules)
     bot = Bot(name, plugins=["optout"])
-    longest = rules.longest_cooldown
-
-    def answer_with(rule: Rule) -> None:
-        cooldown = rules.cooldown if rule.cooldown is None else rule.cooldown
-
-        async def answer(ctx: Context) -> None:
-            groups = ctx.match.groupdict() if ctx.match is not None else {}
-            await send_once(ctx, rule.render(groups), cooldown, longest)
-
-        answer.__qualname__ = answer.__name__ = rule.name
-        bot.message(rule.filter)(answer)
-
-    for rule in rules.rules:
-        answer_with(rule)
 
     @bot.message()
-    async def no_rule_matched(ctx: Context) -> None:
-        """Out of hours: the out-of-hours reply; in hours: the default reply, if any."""
-        text = rules.default_reply if rules.is_open(ctx.now) else rules.out_of_hours_reply
-        if text:
-            await send_once(ctx, text, rules.cooldown, longest)
+    async def autoreply(ctx: Context) -> None:
+        """The first matching rule at any hour; else out of hours or the default reply."""
+        current = live.rules
+        choice = current.choose(ctx)
+        if choice.text:
+            await send_once(ctx, choice.text, choice.cooldown, current.longest_cooldown)
 
+    bot.on_startup(live.start)
+    bot.on_shutdown(live.stop)
     return bot
 
 
@@ -112,6 +123,17 @@ async def send_once(ctx: Context, text: str, cooldown: float, forget_after: floa
     return True
 
 
-#: The rules in use, checked: importing this module fails on a bad file.
-active_rules = load_rules(rules_path())
-bot = build_bot(active_rules)
+_loaded: dict[str, Any] = {}
+
+
+def __getattr__(name: str) -> Any:
+    # ``bot`` and ``live_rules`` are built on first use, not at import: the
+    # ``botkit autoreply check`` command imports this package to check another file.
+    if name in ("bot", "live_rules", "active_rules"):
+        if not _loaded:
+            live = LiveRules.from_file(rules_path())
+            _loaded.update(live_rules=live, bot=build_bot(live))
+        if name == "active_rules":  # the rules in force now
+            return _loaded["live_rules"].rules
+        return _loaded[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,16 +18,21 @@ import string
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from botkit import Filter, Keywords, Regex
 
+if TYPE_CHECKING:
+    from botkit import Context
+
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 HOUR = 3600.0
 _RANGE = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+_YEARLY = re.compile(r"^(\d{2})-(\d{2})$")
+_HOURS_KEYS = {"out_of_hours_reply", "timezone", "closed_dates"}
 
 Path_ = tuple[str | int, ...]
 """Where a value is in the file: ``("rules", 1, "regex")`` is the 2nd rule's regex."""
@@ -54,13 +59,18 @@ class Rule:
     cooldown: float | None = None
     """Seconds; None means the service's ``cooldown_hours``."""
     line: int | None = None
+    _filter: Filter | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Built once: a rule is tried on every message.
+        made = Regex(self.pattern) if self.pattern is not None else Keywords(*self.keywords)
+        object.__setattr__(self, "_filter", made)
 
     @property
     def filter(self) -> Filter:
         """The botkit filter that decides whether a message matches."""
-        if self.pattern is not None:
-            return Regex(self.pattern)
-        return Keywords(*self.keywords)
+        assert self._filter is not None
+        return self._filter
 
     def render(self, groups: Mapping[str, str | None]) -> str:
         """The reply, with the regex's named groups filled in."""
@@ -76,23 +86,35 @@ class Rule:
 
 @dataclass(frozen=True, slots=True)
 class BusinessHours:
-    """Opening hours per weekday, in a time zone.
+    """Opening hours per weekday, in a time zone, and the dates it is closed.
 
     ``week[0]`` (Monday) to ``week[6]`` hold ``(start, end)`` minute pairs; an
     ``end`` at or before ``start`` runs past midnight into the next day.
+    ``closed`` holds dates closed all day; ``closed_yearly`` ``(month, day)``
+    pairs closed every year.
     """
 
     zone: ZoneInfo
     week: tuple[tuple[tuple[int, int], ...], ...]
+    closed: frozenset[date] = frozenset()
+    closed_yearly: frozenset[tuple[int, int]] = frozenset()
+
+    def is_closed_on(self, day: date) -> bool:
+        """True when ``day`` (a local date) is one of the closed dates."""
+        return day in self.closed or (day.month, day.day) in self.closed_yearly
 
     def is_open(self, at: float) -> bool:
         """True when ``at`` (unix seconds) falls within the opening hours."""
         local = datetime.fromtimestamp(at, self.zone)
         minute = local.hour * 60 + local.minute
         today, yesterday = local.weekday(), (local.weekday() - 1) % 7
-        for start, end in self.week[today]:
-            if start <= minute < end or (end <= start and minute >= start):
-                return True
+        if not self.is_closed_on(local.date()):
+            for start, end in self.week[today]:
+                if start <= minute < end or (end <= start and minute >= start):
+                    return True
+        # Last night's hours running past midnight, unless last night was closed.
+        if self.is_closed_on(local.date() - timedelta(days=1)):
+            return False
         return any(end <= start and minute < end for start, end in self.week[yesterday])
 
 
@@ -117,6 +139,29 @@ class Rules:
     def is_open(self, at: float) -> bool:
         """True within business hours (always, when the file gives none)."""
         return self.hours is None or self.hours.is_open(at)
+
+    def choose(self, ctx: Context) -> Choice:
+        """What the service answers to ``ctx``'s message, before the cooldown is applied."""
+        for rule in self.rules:
+            found = rule.filter.check(ctx)
+            if found:
+                groups = found if isinstance(found, Mapping) else {}
+                named = {k: v for k, v in groups.items() if isinstance(v, str | None)}
+                cooldown = self.cooldown if rule.cooldown is None else rule.cooldown
+                return Choice(rule.render(named), rule.name, cooldown)
+        if self.is_open(ctx.now):
+            return Choice(self.default_reply, "default_reply", self.cooldown)
+        return Choice(self.out_of_hours_reply, "out_of_hours_reply", self.cooldown)
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """The answer :meth:`Rules.choose` picked: the text (None: stay silent) and why."""
+
+    text: str | None
+    source: str
+    """``rule at line 12``, ``default_reply`` or ``out_of_hours_reply``."""
+    cooldown: float
 
 
 def reply_key(text: str) -> str:
@@ -216,8 +261,7 @@ class _Checker:
             if key not in known:
                 self.problem((*path, key), f"unknown key (known here: {', '.join(sorted(known))})")
 
-    def zone(self, name: object) -> ZoneInfo | None:
-        path: Path_ = ("service", "timezone")
+    def zone(self, name: object, path: Path_ = ("service", "timezone")) -> ZoneInfo | None:
         if not isinstance(name, str) or not name:
             self.problem(path, f'must be a time zone name like "Europe/Moscow", not {name!r}')
             return None
@@ -276,10 +320,13 @@ class _Checker:
             return None, None
         table = self.table(("hours",))
         out_of_hours = self.reply(("hours", "out_of_hours_reply"), table.get("out_of_hours_reply"))
+        if "timezone" in table:  # the hours' own zone, else the service's
+            zone = self.zone(table["timezone"], ("hours", "timezone"))
+        closed, yearly = self.closed_dates(table.get("closed_dates", []))
         week: list[list[tuple[int, int]]] = [[] for _ in DAYS]
         given: dict[int, str] = {}
         for key, value in table.items():
-            if key == "out_of_hours_reply":
+            if key in _HOURS_KEYS:
                 continue
             path: Path_ = ("hours", key)
             days = _days(key)
@@ -287,7 +334,8 @@ class _Checker:
                 self.problem(
                     path,
                     f"{key!r} is not a day or a day range: use mon, tue, wed, thu, fri, sat, "
-                    "sun or a range like mon-fri (or out_of_hours_reply)",
+                    "sun or a range like mon-fri (or out_of_hours_reply, timezone, "
+                    "closed_dates)",
                 )
                 continue
             for day in days:
@@ -303,7 +351,38 @@ class _Checker:
             self.problem(("hours",), "out_of_hours_reply is missing: what to answer when closed")
         if zone is None:
             return None, out_of_hours
-        return BusinessHours(zone, tuple(tuple(d) for d in week)), out_of_hours
+        week_hours = tuple(tuple(d) for d in week)
+        return BusinessHours(zone, week_hours, closed, yearly), out_of_hours
+
+    def closed_dates(self, value: object) -> tuple[frozenset[date], frozenset[tuple[int, int]]]:
+        """``closed_dates``: ``"2026-01-01"`` (or a TOML date) once, ``"12-31"`` every year."""
+        path: Path_ = ("hours", "closed_dates")
+        if not isinstance(value, list):
+            self.problem(path, f'must be a list like ["2026-01-01", "12-31"], not {value!r}')
+            return frozenset(), frozenset()
+        once: set[date] = set()
+        yearly: set[tuple[int, int]] = set()
+        for item in value:
+            if isinstance(item, date) and not isinstance(item, datetime):
+                once.add(item)
+                continue
+            text = item.strip() if isinstance(item, str) else None
+            try:
+                if text is not None and _YEARLY.match(text):
+                    month, day = (int(part) for part in text.split("-"))
+                    date(2000, month, day)  # a leap year: 02-29 exists
+                    yearly.add((month, day))
+                    continue
+                if text is not None:
+                    once.add(date.fromisoformat(text))
+                    continue
+            except ValueError:
+                pass
+            self.problem(
+                path,
+                f'{item!r} is not a date: write "2026-01-01" (that day) or "12-31" (every year)',
+            )
+        return frozenset(once), frozenset(yearly)
 
     def intervals(self, path: Path_, value: object) -> list[tuple[int, int]]:
         if value == "closed":

@@ -181,6 +181,37 @@ out_of_hours_reply = "closed"
             assert (await chat.send_text("hi", user=f"7903000000{n}")).texts == [expected], at
 
 
+@pytest.mark.parametrize(
+    ("at", "expected"),
+    [
+        ("2026-12-24 10:00", "closed"),  # Thu 11:00 in Berlin, a closed date
+        ("2026-12-23 10:00", "open"),  # the day before
+        ("2026-12-31 10:00", "closed"),  # 12-31: closed every year
+        ("2027-12-31 10:00", "closed"),
+        ("2026-12-30 22:30", "open"),  # Wed 23:30: the late shift, not a closed date
+        ("2026-12-31 00:30", "open"),  # Thu 01:30: the night before is not closed
+        ("2027-01-01 00:30", "closed"),  # Fri 01:30: last night (12-31) was closed
+    ],
+)
+async def test_closed_dates_close_the_whole_day(at: str, expected: str) -> None:
+    rules = """
+[service]
+timezone = "UTC"
+default_reply = "open"
+[hours]
+timezone = "Europe/Berlin"
+mon-tue = "09:00-18:00"
+wed-thu = ["09:00-18:00", "22:00-02:00"]
+fri = "09:00-18:00"
+closed_dates = ["2026-12-24", "12-31", 2027-06-01]
+out_of_hours_reply = "closed"
+"""
+    parsed = parse_rules(rules)
+    assert parsed.hours is not None and parsed.hours.zone.key == "Europe/Berlin"
+    async with service_at(rules, at=at) as chat:
+        assert (await chat.send_text("hi")).texts == [expected], at
+
+
 # -- cooldown --------------------------------------------------------------------
 
 
@@ -250,6 +281,21 @@ BAD_FILES = [
     ('[hours]\nmon = "09:00-18:00"\n', 1, "out_of_hours_reply is missing"),
     ('[hours]\nout_of_hours_reply = "x"\n', 1, "lists no days"),
     ('[service]\ntimezone = "UTC"\n', 0, "nothing to answer"),
+    (
+        '[hours]\nmon = "09:00-18:00"\nclosed_dates = ["12-32"]\nout_of_hours_reply = "x"\n',
+        3,
+        "closed_dates: '12-32' is not a date",
+    ),
+    (
+        '[hours]\nmon = "09:00-18:00"\nclosed_dates = "2026-01-01"\nout_of_hours_reply = "x"\n',
+        3,
+        "closed_dates: must be a list",
+    ),
+    (
+        '[hours]\ntimezone = "Moon/Base"\nmon = "09:00-18:00"\nout_of_hours_reply = "x"\n',
+        2,
+        "[hours] timezone: unknown time zone",
+    ),
     ('rules = "all"\n', 1, "must be [[rules]] tables"),
     ('[service]\nnote = """\ncolour = 1\n"""\ndefault_reply = "x"\n', 2, "note: unknown"),
 ]

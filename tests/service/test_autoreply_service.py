@@ -1,0 +1,221 @@
+"""The auto-reply service as an operator runs it: ``botkit run bots.autoreply:bot``.
+
+The rules file is re-read without a restart (on SIGHUP, and when the file
+changes, in every worker); a bad file keeps the rules in force and logs one
+line per problem; ``botkit autoreply check`` checks a file and shows answers.
+"""
+
+from __future__ import annotations
+
+import signal
+from itertools import count
+from pathlib import Path
+
+import pytest
+
+from tests.service._harness import (
+    API_KEY,
+    CALLBACK_SECRET,
+    WEBHOOK_TOKEN,
+    BotProcess,
+    clean_env,
+    free_port,
+    run_cli,
+)
+from tests.service.conftest import Provider
+
+RULES = """
+[service]
+timezone = "UTC"
+default_reply = "{default}"
+
+[[rules]]
+keywords = ["price"]
+reply = "{price}"
+"""
+BAD = """
+[service]
+timezone = "Mars/Olympus"
+default_reply = "x"
+
+[[rules]]
+regex = "order ("
+reply = "y"
+"""
+
+_users = count(1)
+
+
+def write_rules(path: Path, price: str, default: str = "Hello!") -> None:
+    # Written to a new file and renamed over the old one, as editors and
+    # Kubernetes' ConfigMap updates do: a reader never sees half a file.
+    fresh = path.with_suffix(".new")
+    fresh.write_text(RULES.format(price=price, default=default))
+    fresh.replace(path)
+
+
+async def start(
+    processes: list[BotProcess],
+    provider: Provider,
+    rules: Path,
+    tmp_path: Path,
+    *,
+    workers: int = 1,
+    redis: tuple[str, str] | None = None,
+) -> BotProcess:
+    port = free_port()
+    env = clean_env(
+        BOTKIT_WEBHOOK_TOKEN=WEBHOOK_TOKEN,
+        BOTKIT_DEVINO_URL=provider.url,
+        BOTKIT_DEVINO_API_KEY=API_KEY,
+        BOTKIT_SENDER="Shop",
+        BOTKIT_CALLBACK_SECRET=CALLBACK_SECRET,
+        BOTKIT_AUTOREPLY_RULES=str(rules),
+    )
+    if redis is not None:
+        env |= {"BOTKIT_REDIS_URL": redis[0], "BOTKIT_KEY_PREFIX": redis[1]}
+    args = ["run", "bots.autoreply:bot", "--host", "127.0.0.1", "--port", str(port)]
+    service = BotProcess([*args, "--workers", str(workers)], env, tmp_path / "service.log")
+    processes.append(service)
+    service.start()
+    await service.wait_healthy(f"http://127.0.0.1:{port}", workers=workers)
+    provider.emulator.webhook_url = f"http://127.0.0.1:{port}/whatsapp/incoming/{WEBHOOK_TOKEN}"
+    return service
+
+
+async def answer_to(provider: Provider, text: str) -> str:
+    """What a new user gets for ``text``."""
+    user = f"7903{next(_users):07d}"
+    before = len(provider.emulator.messages)
+    await provider.emulator.inject(user, text)
+    await provider.emulator.wait_for_messages(before + 1)
+    [reply] = [m for m in provider.emulator.messages if m.message.to == user]
+    return str(reply.received["text"])
+
+
+async def test_sighup_reloads_the_rules_and_a_bad_file_keeps_them(
+    provider: Provider, processes: list[BotProcess], tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules.toml"
+    write_rules(rules, "Prices: 100.")
+    service = await start(processes, provider, rules, tmp_path)
+    assert await answer_to(provider, "price?") == "Prices: 100."
+
+    write_rules(rules, "Prices: 120.")
+    service.signal(signal.SIGHUP)
+    await service.wait_for_log("rules reloaded from")
+    assert await answer_to(provider, "price?") == "Prices: 120."
+    assert service.running, "SIGHUP reloads; it does not stop the service"
+
+    bad = rules.with_suffix(".new")
+    bad.write_text(BAD)
+    bad.replace(rules)
+    service.signal(signal.SIGHUP)
+    await service.wait_for_log("rules not reloaded", count=2)
+    # The rules in force stay, and each problem is one line naming the line.
+    assert await answer_to(provider, "price?") == "Prices: 120."
+    problems = [line for line in service.log().splitlines() if "rules not reloaded" in line]
+    assert len(problems) == 2, service.log()
+    assert f"{rules}, line 3: [service] timezone: unknown time zone" in problems[0]
+    assert f"{rules}, line 7: [[rules]] #1: regex: bad regular expression" in problems[1]
+    assert "Traceback" not in service.log()
+
+
+async def test_every_worker_follows_a_changed_file(
+    provider: Provider,
+    processes: list[BotProcess],
+    tmp_path: Path,
+    redis_url: str,
+    redis_prefix: str,
+) -> None:
+    rules = tmp_path / "rules.toml"
+    write_rules(rules, "Prices: 100.", default="Hi!")
+    service = await start(
+        processes, provider, rules, tmp_path, workers=2, redis=(redis_url, redis_prefix)
+    )
+    write_rules(rules, "Prices: 150.", default="Hi again!")
+    # Each worker sees the change on its own (no signal, no restart).
+    await service.wait_for_log("rules reloaded from", count=2, within=30)
+    assert "(the file changed)" in service.log()
+    # Twelve users spread over both workers: every one gets the new rules.
+    answers = {await answer_to(provider, "price") for _ in range(6)}
+    answers |= {await answer_to(provider, "hello") for _ in range(6)}
+    assert answers == {"Prices: 150.", "Hi again!"}
+
+
+def test_check_shows_what_each_message_gets(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(
+        """
+[service]
+timezone = "Europe/Berlin"
+cooldown_hours = 4
+default_reply = "Thanks!"
+
+[hours]
+mon-fri = "09:00-18:00"
+closed_dates = ["2026-12-24", "12-31"]
+out_of_hours_reply = "We are closed."
+
+[[rules]]
+keywords = ["price"]
+reply = "Prices: see the list."
+
+[[rules]]
+regex = 'order\\s*#?(?P<id>\\d+)'
+reply = "Order {id}: on its way."
+"""
+    )
+    done = run_cli(
+        [
+            "autoreply",
+            "check",
+            str(rules),
+            "How much? price!",
+            "order #77",
+            "hi",
+            "--at",
+            "2026-12-24 10:00",
+        ],
+        clean_env(),
+    )
+    assert done.returncode == 0, done.stderr
+    summary, *answers = done.stdout.splitlines()
+    assert summary == (
+        f"{rules}: 2 rules; hours in Europe/Berlin, 2 closed dates; cooldown 4 h; "
+        "at 2026-12-24 10:00 CET (closed)"
+    )
+    assert answers == [
+        '  "How much? price!" ->  rule at line 12: Prices: see the list.',
+        '  "order #77"        ->  rule at line 16: Order 77: on its way.',
+        '  "hi"               ->  out_of_hours_reply: We are closed.',
+    ]
+    # The next day is an ordinary Friday: open.
+    done = run_cli(
+        ["autoreply", "check", str(rules), "hi", "--at", "2026-12-25 10:00"], clean_env()
+    )
+    assert done.stdout.splitlines()[1] == '  "hi" ->  default_reply: Thanks!'
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (BAD, ["line 3: [service] timezone: unknown time zone", "line 7: [[rules]] #1: regex"]),
+        (
+            '[hours]\nmon = "09:00-18:00"\nclosed_dates = ["2026-13-01"]\nout_of_hours_reply = "x"',
+            ["line 3: [hours] closed_dates: '2026-13-01' is not a date"],
+        ),
+    ],
+)
+def test_check_lists_every_problem_of_a_bad_file(
+    tmp_path: Path, content: str, says: list[str]
+) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(content)
+    done = run_cli(["autoreply", "check", str(rules)], clean_env())
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == len(says)
+    for line, fragment in zip(lines, says, strict=True):
+        assert line.startswith(f"botkit autoreply: {rules}, ") and fragment in line
