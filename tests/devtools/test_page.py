@@ -14,6 +14,7 @@ import re
 import shutil
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -406,3 +407,75 @@ async def test_the_chat_page_in_a_browser(dev: tuple[DevServer, httpx.AsyncClien
     assert all(url.startswith(server.base_url) for url in requests), requests
     sent = [m.received for m in server.emulator.messages]
     assert any(m.get("templateId") == "come_back" for m in sent)
+
+
+LAYOUT = """() => {
+    const box = (selector) => {
+        const r = document.querySelector(selector).getBoundingClientRect();
+        return {x: r.x, y: r.y + window.scrollY, w: r.width, h: r.height};
+    };
+    return {
+        scrollWidth: document.documentElement.scrollWidth,
+        clientWidth: document.documentElement.clientWidth,
+        chats: box(".chats"), chat: box(".chat"), panel: box(".panel"),
+        messages: box("#messages"), text: box("#text"), send: box("#send"),
+        number: box("#number"),
+    };
+}"""
+
+
+@pytest.mark.browser
+async def test_the_chat_page_fits_a_phone_a_tablet_and_a_wide_screen(
+    dev: tuple[DevServer, httpx.AsyncClient], tmp_path: Path
+) -> None:
+    api = _browser_or_skip()
+    expect = api.expect
+    server, _ = dev
+    # BOTKIT_TEST_SCREENSHOTS=DIR keeps the screenshots, to look at them.
+    shots = Path(os.environ.get("BOTKIT_TEST_SCREENSHOTS") or tmp_path)
+    await asyncio.to_thread(shots.mkdir, parents=True, exist_ok=True)
+    layouts: dict[int, dict[str, Any]] = {}
+
+    async with api.async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            for width in (360, 800, 1280):
+                page = await browser.new_page(viewport={"width": width, "height": 800})
+                page.set_default_timeout(10_000)
+                expect.set_options(timeout=10_000)
+                await page.goto(f"{server.base_url}/_dev")
+                await page.fill("#number", f"+7 903 000-00-{width % 100:02d}")
+                await page.click("#open-chat")
+                # Usable at this width: type, send, read the answer.
+                await page.fill("#text", "hi")
+                await page.click("#send")
+                await expect(page.locator(".msg.theirs", has_text="Menu: 1)")).to_be_visible()
+                await expect(page.locator("#text")).to_be_visible()
+                await expect(page.locator("#send")).to_be_in_viewport()
+                layouts[width] = await page.evaluate(LAYOUT)
+                await page.screenshot(path=str(shots / f"dev-page-{width}.png"), full_page=True)
+                await page.close()
+        finally:
+            await browser.close()
+
+    for width, layout in layouts.items():
+        assert layout["scrollWidth"] <= layout["clientWidth"] == width, f"{width}px overflows"
+        for part in ("chats", "chat", "panel", "text", "send", "number"):
+            box = layout[part]
+            assert box["x"] >= 0 and box["x"] + box["w"] <= width + 0.5, f"{part} at {width}px"
+        assert layout["text"]["w"] >= 150, f"the message input at {width}px is too narrow"
+        assert layout["messages"]["h"] >= 300, f"no room for the conversation at {width}px"
+
+    wide, tablet, phone = layouts[1280], layouts[800], layouts[360]
+    # Wide: the chat list, the conversation and the details side by side.
+    assert wide["chats"]["x"] < wide["chat"]["x"] < wide["panel"]["x"]
+    assert wide["panel"]["y"] == wide["chat"]["y"]
+    # Tablet: chat list and conversation side by side, the details below them.
+    assert tablet["chats"]["x"] < tablet["chat"]["x"]
+    assert tablet["panel"]["y"] >= tablet["chat"]["y"] + tablet["chat"]["h"] - 1
+    assert tablet["panel"]["w"] == 800
+    # Phone: one column, everything full width: numbers, conversation, details.
+    for part in ("chats", "chat", "panel"):
+        assert (phone[part]["x"], phone[part]["w"]) == (0, 360), part
+    assert phone["chats"]["y"] < phone["chat"]["y"] < phone["panel"]["y"]
+    assert phone["chat"]["h"] >= 400  # the conversation takes the screen's height
