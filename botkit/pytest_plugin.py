@@ -116,7 +116,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if _has_asyncio(item.config) or not isinstance(item, pytest.Function):
         return
     uses_fixtures = {"chat", "live_bot"} & set(item.fixturenames)
-    if uses_fixtures or inspect.iscoroutinefunction(item.obj):
+    claimed = any(item.get_closest_marker(mark) for mark in OTHER_ASYNC_MARKS)
+    if uses_fixtures or (inspect.iscoroutinefunction(item.obj) and not claimed):
         pytest.fail(MISSING_ASYNCIO, pytrace=False)
 
 

@@ -120,3 +120,24 @@ def test_without_pytest_asyncio_async_tests_fail_with_what_to_install(tmp_path: 
     done = run_pytest(tmp_path, "-p", "no:asyncio")
     assert done.returncode == 1
     assert "need pytest-asyncio: pip install 'botkit[test]'" in done.stdout
+
+
+def test_without_pytest_asyncio_tests_another_async_plugin_runs_are_left_alone(
+    tmp_path: Path,
+) -> None:
+    project(
+        tmp_path,
+        test_anyio_py="""\
+import pytest
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+@pytest.mark.anyio
+async def test_run_by_anyio():
+    pass
+""",
+    )
+    done = run_pytest(tmp_path, "-p", "no:asyncio")
+    assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout + done.stderr
