@@ -8,9 +8,15 @@ Combine them with ``&``, ``|`` and ``~``::
     @bot.media(MediaType("image") & ~Mime("image/png"))
     @bot.text(F(lambda m: m.text.startswith("/")))
 
+In a decorator, strings are exact texts and several strings are any of them
+(``@bot.text("hi", "hello")``); filter objects side by side must all pass
+(``@bot.text(Keywords("price"), ~Keywords("not"))``).
+
 A filter answers True/False, or a dict of values for the handler (``Regex``
-gives its match and named groups). Plain (sync) predicates run inline; only
-``async def`` predicates are awaited.
+gives its match and named groups, ``Choices`` the chosen item); a handler
+argument no filter gives is a :class:`~botkit.DefinitionError` where the
+handler is written. Plain (sync) predicates run inline; only ``async def``
+predicates are awaited.
 """
 
 from __future__ import annotations

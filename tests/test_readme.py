@@ -247,6 +247,15 @@ async def test_python_example_runs_as_documented(block: Block, module_folder: Pa
     await runner_for(block)(block, module_folder)
 
 
+def test_the_toml_examples_parse() -> None:
+    import tomllib
+
+    blocks = [b for b in BLOCKS if b.lang == "toml"]
+    assert blocks
+    for block in blocks:
+        tomllib.loads(block.code)
+
+
 # -- shell blocks ---------------------------------------------------------------------
 
 
