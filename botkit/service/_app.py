@@ -22,12 +22,16 @@ import hmac
 import json
 import logging
 import secrets
+import signal
+import threading
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from types import FrameType
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -47,6 +51,7 @@ from botkit.devino.client import DevinoClient
 from botkit.devino.convert import to_event
 from botkit.devino.errors import InvalidPhoneNumber, PayloadError
 from botkit.devino.models import parse_incoming, parse_statuses, repair_text
+from botkit.service._body_guard import BodyGuard
 from botkit.service._logs import log_turn
 from botkit.service._settings import Settings, SettingsError, load_settings
 from botkit.storage.base import ConversationStore, StorageError, StoreConfig, UserBusy
@@ -60,10 +65,6 @@ _EMPTY = Response(status_code=200)
 
 CALLBACK_SECRET_NAME = "callback"
 """The name of the callback secret a store shares when none is configured."""
-
-
-class BodyTooLarge(Exception):
-    """The request body is over the configured limit."""
 
 
 def build_store(bot: Bot, settings: Settings, clock: Clock | None = None) -> ConversationStore:
@@ -108,8 +109,10 @@ class Service:
         clock: Clock | None = None,
         sender_config: SenderConfig | None = None,
         rate_retry: RateRetry | None = None,
+        watch_signals: bool = False,
     ) -> None:
         self.bot = bot
+        self.watch_signals = watch_signals
         self.settings = settings
         self.clock = clock or SystemClock()
         self.store = store or build_store(bot, settings, self.clock)
@@ -147,14 +150,21 @@ class Service:
         self.runtime.on_turn.append(_count_turn)
         self.runtime.on_turn.append(log_turn)
         self.runtime.on_refused.append(lambda r: metrics.REFUSED.labels(r.reason).inc())
+        self.guard = BodyGuard(max_bytes=settings.max_body_bytes, timeout=settings.body_timeout)
         self.accepting = False
         self._inflight = 0
         self._drained = asyncio.Event()
         self._drained.set()
         self._metrics: asyncio.Task[None] | None = None
+        self._unwatch: Callable[[], None] | None = None
 
     async def start(self) -> None:
-        """Open the store, start the bot and the sender."""
+        """Open the store, start the bot and the sender.
+
+        With ``watch_signals`` (``botkit run``), SIGTERM and SIGINT also call
+        :meth:`begin_stop` at once, before the server's own handling: requests
+        still sending their body get 503 instead of holding the shutdown.
+        """
         await self.runtime.start()
         if not self.signer_ready:
             with contextlib.suppress(StorageError):  # down: retried in the background
@@ -166,6 +176,8 @@ class Service:
                 self._load_shared_secret(), name="botkit-callback-secret"
             )
         self._metrics = asyncio.create_task(_flush_metrics_forever(), name="botkit-metrics")
+        if self.watch_signals:
+            self._unwatch = _on_stop_signals(self.begin_stop)
         self.accepting = True
 
     async def _load_shared_secret(self) -> None:
@@ -196,9 +208,17 @@ class Service:
         self.sender.signer = self.tracker.signer = self.signer
         self.signer_ready = True
 
+    def begin_stop(self) -> None:
+        """Refuse new webhooks (503) and answer 503 to requests still sending their body."""
+        self.accepting = False
+        self.guard.stop()
+
     async def stop(self, grace: float = 10.0) -> None:
         """Stop taking webhooks, finish turns in flight, flush the outbox, close connections."""
-        self.accepting = False
+        self.begin_stop()
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
         if self._loading_secret is not None:
             self._loading_secret.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -240,6 +260,36 @@ class Service:
                 raise result
             outcomes.extend(result)
         return outcomes
+
+
+def _on_stop_signals(on_stop: Callable[[], None]) -> Callable[[], None] | None:
+    """Call ``on_stop`` on SIGTERM/SIGINT, then the handler installed before (uvicorn's).
+
+    Returns what puts the previous handlers back; None off the main thread,
+    where signals cannot be handled.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    loop = asyncio.get_running_loop()
+    previous: dict[int, Any] = {}
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(on_stop)
+        before = previous[signum]
+        if callable(before):
+            before(signum, frame)
+        elif before == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous[signum] = signal.signal(signum, handler)
+
+    def restore() -> None:
+        for signum, before in previous.items():
+            signal.signal(signum, before)
+
+    return restore
 
 
 async def _flush_metrics_forever() -> None:
@@ -316,31 +366,19 @@ def _payload_errors(body: Any, errors: list[dict[str, Any]]) -> list[dict[str, A
     ]
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdecimal() and int(declared) > limit:
-        raise BodyTooLarge
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _token_ok(request: Request, expected: str) -> bool:
     given = request.path_params.get("token") or request.query_params.get("token") or ""
     return hmac.compare_digest(given.encode(), expected.encode())
 
 
-async def _json_body(request: Request, limit: int) -> Any | Response:
-    """The decoded JSON body, or the 4xx response that says what is wrong with it."""
+async def _json_body(request: Request) -> Any | Response:
+    """The decoded JSON body, or the 4xx response that says what is wrong with it.
+
+    The :class:`~botkit.service._body_guard.BodyGuard` in front already read it, within
+    the size and time limits.
+    """
     try:
-        body = await _read_body(request, limit)
-    except BodyTooLarge:
-        return _error(413, "body_too_large", f"the body is over {limit} bytes")
+        body = await request.body()
     except ClientDisconnect:
         return _error(400, "client_disconnected", "the client went away mid-body")
     try:
@@ -402,12 +440,14 @@ def create_app(
     rate_retry: RateRetry | None = None,
     extra_routes: Sequence[BaseRoute] = (),
     on_shutdown: Sequence[Callable[[], Awaitable[Any]]] = (),
+    watch_signals: bool = False,
 ) -> Starlette:
     """The bot's web service; ``app.state.service`` is its :class:`Service`.
 
     ``settings`` defaults to the environment (:func:`~botkit.service.load_settings`).
     ``extra_routes`` and ``on_shutdown`` let ``botkit dev`` add its pages
-    and the embedded emulator.
+    and the embedded emulator. ``watch_signals`` (``botkit run``) answers 503
+    at once, on SIGTERM or SIGINT, to requests still sending their body.
     """
     if settings is None:
         settings = load_settings()
@@ -421,8 +461,8 @@ def create_app(
         clock=clock,
         sender_config=sender_config,
         rate_retry=rate_retry,
+        watch_signals=watch_signals,
     )
-    limit = settings.max_body_bytes
     outage = outage_log(service.store)
     api_token = settings.secret("api_token")
 
@@ -434,7 +474,7 @@ def create_app(
             return _error(401, "unauthorized", "wrong or missing webhook token")
         if not service.accepting:
             return _unavailable("the service is shutting down; retry")
-        body = await _json_body(request, limit)
+        body = await _json_body(request)
         if isinstance(body, Response):
             return body
         try:
@@ -490,7 +530,7 @@ def create_app(
             given.strip().encode(), api_token.encode()
         ):
             return _error(401, "unauthorized", "send 'Authorization: Bearer <BOTKIT_API_TOKEN>'")
-        body = await _json_body(request, limit)
+        body = await _json_body(request)
         if isinstance(body, Response):
             return body
         try:
@@ -565,6 +605,7 @@ def create_app(
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             *extra_routes,
         ],
+        middleware=[Middleware(service.guard.wrap)],
         lifespan=lifespan,
     )
     app.state.service = service

@@ -128,7 +128,7 @@ def service_app() -> object:
 
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
-    app = create_app(load_bot(os.environ[TARGET_ENV]), settings)
+    app = create_app(load_bot(os.environ[TARGET_ENV]), settings, watch_signals=True)
     tune_gc()
     return app
 

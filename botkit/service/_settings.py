@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     safety_margin: float | None = Field(default=None, ge=0)
     plugins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    body_timeout: float = Field(default=10.0, gt=0)
     key_prefix: str = Field(default="botkit", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     lock_ttl: float = Field(default=30.0, gt=0)
     acquire_timeout: float = Field(default=10.0, gt=0)
