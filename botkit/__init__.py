@@ -44,7 +44,14 @@ from botkit._filters import (
     Text,
 )
 from botkit._flow import Flow, FlowError, InvalidTrigger, NotInFlow, State
-from botkit._media import MediaDownloadFailed, MediaError, MediaExpired, MediaTooLarge
+from botkit._media import (
+    MediaBlocked,
+    MediaDownloadFailed,
+    MediaError,
+    MediaExpired,
+    MediaPolicy,
+    MediaTooLarge,
+)
 from botkit._outbound import OutboundMessage, SendMode, Template
 from botkit._plugins import Plugin, UnknownPlugin
 from botkit._router import ANY, Router, SkipHandler
@@ -95,11 +102,13 @@ __all__ = [
     "LockLost",
     "ManualClock",
     "Media",
+    "MediaBlocked",
     "MediaDownloadFailed",
     "MediaError",
     "MediaExpired",
     "MediaKind",
     "MediaMessage",
+    "MediaPolicy",
     "MediaTooLarge",
     "MediaType",
     "Message",

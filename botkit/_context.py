@@ -282,20 +282,24 @@ class Context:
         self.conversation.opted_out = False
 
     async def download_media(
-        self, path: str | Path | None = None, *, timeout: float = 30.0
+        self, path: str | Path | None = None, *, timeout: float | None = None
     ) -> bytes | Path:
-        """Download the message's media: bytes, or written to ``path`` (returned).
+        """Download the message's media: bytes, or streamed to the file ``path`` (returned).
 
-        Streams with a timeout and the size cap of the media kind; raises
-        :class:`~botkit.MediaExpired` when the URL no longer works and
-        :class:`~botkit.MediaTooLarge` past the cap.
+        With ``path`` the body goes to the file chunk by chunk and is never
+        held whole in memory: use it for documents and videos. The download
+        is guarded (the README's security notes): public addresses only unless
+        allowed (``BOTKIT_MEDIA_ALLOW_HOSTS``), at most 5 redirects, a size
+        cap by media kind (``BOTKIT_MEDIA_MAX_BYTES`` lowers it) and a total
+        ``timeout`` (``BOTKIT_MEDIA_TIMEOUT``, 30 s). Raises
+        :class:`~botkit.MediaBlocked`, :class:`~botkit.MediaExpired`,
+        :class:`~botkit.MediaTooLarge` or
+        :class:`~botkit.MediaDownloadFailed` (all :class:`~botkit.MediaError`).
         """
-        from botkit._media import download
-
         event = self.event
         if not isinstance(event, MediaMessage):
             raise TypeError("download_media() needs a media message")
-        return await download(self._runtime.http, event.media, path, timeout=timeout)
+        return await self._runtime.media.download(event.media, path, timeout=timeout)
 
     def __repr__(self) -> str:
         return f"<Context user=...{self.user[-4:]} event={type(self.event).__name__}>"

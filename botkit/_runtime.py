@@ -17,11 +17,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from botkit._clock import Clock, SystemClock
 from botkit._context import Context
 from botkit._events import AnyMessage, Event, EventKind, Media, StatusUpdate
+from botkit._media import MediaFetcher, MediaPolicy
 from botkit._outbound import Origin, OutboundMessage, Template
 from botkit._plugins import Plugin, resolve_plugins
 from botkit._router import HandlerIndex, Router, compose
@@ -93,7 +92,7 @@ class Runtime:
         clock: Clock | None = None,
         policy: ReplyPolicy | None = None,
         plugins: Sequence[str] = (),
-        http: httpx.AsyncClient | None = None,
+        media: MediaPolicy | None = None,
     ) -> None:
         self.bot = bot
         self.store = store
@@ -103,8 +102,8 @@ class Runtime:
         self.status_hooks: list[StatusHook] = []
         self.on_turn: list[Callable[[TurnOutcome], None]] = []
         self.on_refused: list[Callable[[DeliveryRefused], None]] = []
-        self._http = http
-        self._own_http = http is None
+        self.media_policy = media or MediaPolicy()
+        self._media: MediaFetcher | None = None
         self._generation = -1
         self._compile()
 
@@ -132,11 +131,11 @@ class Runtime:
             raise KeyError(f"no flow {name!r}; known flows: {sorted(self.flows)}") from None
 
     @property
-    def http(self) -> httpx.AsyncClient:
-        """A shared HTTP client for media downloads."""
-        if self._http is None:
-            self._http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0))
-        return self._http
+    def media(self) -> MediaFetcher:
+        """What downloads the media users send (``ctx.download_media``), under ``media_policy``."""
+        if self._media is None:
+            self._media = MediaFetcher(self.media_policy)
+        return self._media
 
     async def start(self) -> None:
         """Open the store, bind the bot and run start-up hooks (plugins first).
@@ -167,9 +166,9 @@ class Runtime:
                 await plugin.on_shutdown()
         if self.bot.runtime is self:
             self.bot.runtime = None
-        if self._http is not None and self._own_http:
-            await self._http.aclose()
-            self._http = None
+        if self._media is not None:
+            await self._media.aclose()
+            self._media = None
         await self.store.close()
 
     def _routers(self) -> list[Router]:

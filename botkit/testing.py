@@ -36,6 +36,7 @@ from botkit._events import (
     StatusUpdate,
     TextMessage,
 )
+from botkit._media import MediaPolicy
 from botkit._outbound import OutboundMessage, SendMode, Template
 from botkit._runtime import Runtime
 from botkit._turn import TurnOutcome
@@ -72,6 +73,9 @@ class BotTester:
     ``raise_errors`` (the default) an exception no error handler took is
     re-raised from ``send_*``, so a failing handler fails the test.
     ``plugins`` are enabled beside the bot's own and those in ``BOTKIT_PLUGINS``.
+    ``media`` guards ``ctx.download_media``; by default it is
+    :meth:`MediaPolicy.for_development`, which also fetches from this
+    machine, so a test can serve its files locally.
     """
 
     def __init__(
@@ -83,6 +87,7 @@ class BotTester:
         plugins: Sequence[str] = (),
         store_config: StoreConfig | None = None,
         raise_errors: bool = True,
+        media: MediaPolicy | None = None,
     ) -> None:
         self.bot = bot
         self.user = user
@@ -90,7 +95,13 @@ class BotTester:
         self.store = MemoryStore(store_config, clock=self.clock)
         # As the service does: plugins named in BOTKIT_PLUGINS are enabled too.
         from_env = os.environ.get("BOTKIT_PLUGINS", "").split(",")
-        self.runtime = Runtime(bot, self.store, clock=self.clock, plugins=[*plugins, *from_env])
+        self.runtime = Runtime(
+            bot,
+            self.store,
+            clock=self.clock,
+            plugins=[*plugins, *from_env],
+            media=media or MediaPolicy.for_development(),
+        )
         self.last: TurnOutcome | None = None
         self.raise_errors = raise_errors
         self._ids = itertools.count(1)

@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute, Mount
 
 from botkit._bot import Bot
 from botkit._clock import ManualClock
+from botkit._media import LOOPBACK
 from botkit.devino.client import DevinoClient
 from botkit.devtools.emulator import Emulator
 from botkit.service._app import create_app
@@ -92,7 +93,14 @@ def create_dev_app(bot: Bot, *, host: str = "127.0.0.1", port: int = 8000) -> De
         public_url=base_url,
         api_token=env.secret("api_token") or DEV_API_TOKEN,
     )
-    settings = settings.model_copy(update={"redis_url": None, "devino_login": None})
+    # Dev mode also fetches media from this machine (files a developer serves locally).
+    settings = settings.model_copy(
+        update={
+            "redis_url": None,
+            "devino_login": None,
+            "media_allow_hosts": [*LOOPBACK, *settings.media_allow_hosts],
+        }
+    )
     emulator = Emulator(
         api_key="dev",
         clock=clock.now,

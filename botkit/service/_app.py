@@ -122,6 +122,7 @@ class Service:
             clock=self.clock,
             policy=bot.reply_policy(settings.session_window, settings.safety_margin),
             plugins=settings.plugins,
+            media=settings.media_policy(),
         )
         token = settings.secret("webhook_token")
         self.webhook_token = token or secrets.token_urlsafe(24)

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from botkit._media import MediaPolicy
+
 DEFAULT_DEVINO_URL = "https://api.devino.online"
 
 GENERATE_SECRET = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
@@ -75,6 +77,9 @@ class Settings(BaseSettings):
     plugins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     body_timeout: float = Field(default=10.0, gt=0)
+    media_allow_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    media_max_bytes: int | None = Field(default=None, gt=0)
+    media_timeout: float = Field(default=30.0, gt=0)
     key_prefix: str = Field(default="botkit", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     lock_ttl: float = Field(default=30.0, gt=0)
     acquire_timeout: float = Field(default=10.0, gt=0)
@@ -88,9 +93,9 @@ class Settings(BaseSettings):
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("plugins", mode="before")
+    @field_validator("plugins", "media_allow_hosts", mode="before")
     @classmethod
-    def _split_plugins(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             return [name.strip() for name in value.split(",") if name.strip()]
         return value
@@ -164,6 +169,14 @@ class Settings(BaseSettings):
             hint = "" if name == "devino_api_key" else f"; generate one with: {GENERATE_SECRET}"
             problems.append(f"BOTKIT_{name.upper()}: {problem}{hint}")
         return problems
+
+    def media_policy(self) -> MediaPolicy:
+        """Where ``ctx.download_media`` may fetch from, how much and how long."""
+        return MediaPolicy(
+            allow_hosts=tuple(self.media_allow_hosts),
+            max_bytes=self.media_max_bytes,
+            timeout=self.media_timeout,
+        )
 
     def require(self, *names: str) -> None:
         """Fail with one line per missing setting among ``names``."""
