@@ -63,6 +63,7 @@ from botkit.delivery._policy import (
     OptedOut,
     OutsideSessionWindow,
     ReplyPolicy,
+    ReplyTooLong,
     SessionWindow,
 )
 from botkit.storage.base import (
@@ -122,6 +123,7 @@ __all__ = [
     "Plugin",
     "Regex",
     "ReplyPolicy",
+    "ReplyTooLong",
     "Router",
     "SendMode",
     "SessionWindow",

@@ -10,7 +10,7 @@ from botkit._events import Media
 from botkit._outbound import OutboundMessage, Template
 from botkit._router import Router
 from botkit._where import DefinitionError, caller_location
-from botkit.delivery._policy import ReplyPolicy, SessionWindow
+from botkit.delivery._policy import MAX_REPLY_CHARS, ReplyPolicy, SessionWindow
 
 if TYPE_CHECKING:
     from botkit._flow import Flow
@@ -81,7 +81,10 @@ class Bot(Router):
         return {flow.name: flow for flow in self.nested_flows()}
 
     def reply_policy(
-        self, session_window: float | None = None, safety_margin: float | None = None
+        self,
+        session_window: float | None = None,
+        safety_margin: float | None = None,
+        max_text: int = MAX_REPLY_CHARS,
     ) -> ReplyPolicy:
         """The reply policy: this bot's values, else the environment's, else the defaults."""
         length = self.session_window or session_window or SessionWindow().length
@@ -90,6 +93,7 @@ class Bot(Router):
             window=SessionWindow(length=length, margin=margin),
             default_template=self.default_template,
             split_long_text=self.split_long_text,
+            max_text=max_text,
         )
 
     async def send(

@@ -19,6 +19,16 @@ from typing import Any, ClassVar
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
+def masked(number: str) -> str:
+    """A phone number as logs and messages show it: its last four digits (``...4567``).
+
+    Phone numbers are personal data; exceptions keep the full number as an
+    attribute and show only this.
+    """
+    tail = "".join(ch for ch in str(number) if ch.isdigit())[-4:]
+    return f"...{tail}" if tail else "..."
+
+
 def _empty() -> Mapping[str, Any]:
     return _EMPTY
 

@@ -8,6 +8,7 @@ sender turns into a provider request.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -98,21 +99,24 @@ class Origin(StrEnum):
 
 
 class _Refs:
-    """Unique references without a system call each: 80 random bits per process, then a count.
+    """Unique, unpredictable references without a system call each.
 
-    32 hex digits, like a UUID's. A forked child draws new random bits, so
-    it never repeats its parent's references.
+    Each is a keyed hash (BLAKE2b, 128 bits) of a per-process count, under
+    a random per-process key: unique (distinct counts, a fresh key per
+    process) and, without the key, not guessable from the ones seen. 32 hex
+    digits, like a UUID's. A forked child draws a new key.
     """
 
     def __init__(self) -> None:
         self.reseed()
 
     def reseed(self) -> None:
-        self.prefix = secrets.token_hex(10)
+        self.key = secrets.token_bytes(32)
         self.count = itertools.count()
 
     def next(self) -> str:
-        return f"{self.prefix}{next(self.count):012x}"
+        n = next(self.count).to_bytes(8, "big")
+        return hashlib.blake2b(n, key=self.key, digest_size=16).hexdigest()
 
 
 _refs = _Refs()
@@ -120,7 +124,7 @@ os.register_at_fork(after_in_child=_refs.reseed)
 
 
 def new_ref() -> str:
-    """A fresh botkit message reference (32 hex digits, unique across processes)."""
+    """A fresh botkit message reference (32 hex digits, unique across processes, unpredictable)."""
     return _refs.next()
 
 

@@ -77,6 +77,13 @@ class _LockRenewal:
             self._task.cancel()
 
 
+TS_PAST = 7 * 86_400.0
+"""How far in the past an incoming message's time is believed, for the window."""
+
+TS_FUTURE = 300.0
+"""How far in the future an incoming message's time is believed (clock skew)."""
+
+
 class Runtime:
     """A bot bound to a store and a clock: runs turns and queues sends.
 
@@ -178,8 +185,17 @@ class Runtime:
     # -- turns ---------------------------------------------------------------
 
     async def handle_message(self, message: AnyMessage) -> TurnOutcome:
-        """Run the turn of one incoming message (deduplicated on its id)."""
-        inbound_at = message.timestamp or self.clock.now()
+        """Run the turn of one incoming message (deduplicated on its id).
+
+        The user's window opens at the message's time, bounded to the last
+        7 days and the next 5 minutes: a ``ts`` far in the future would
+        otherwise keep the window open for ever (the event keeps the
+        provider's value).
+        """
+        now = self.clock.now()
+        inbound_at = now
+        if message.timestamp:
+            inbound_at = min(max(message.timestamp, now - TS_PAST), now + TS_FUTURE)
         return await self.run_turn(message.user, f"m:{message.id}", message, inbound_at=inbound_at)
 
     async def handle_status(self, status: StatusUpdate) -> TurnOutcome:

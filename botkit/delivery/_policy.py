@@ -14,16 +14,41 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from botkit._events import Media
+from botkit._events import Media, masked
 from botkit._outbound import Origin, OutboundMessage, SendMode, Template
 from botkit.storage.base import Conversation
 
 TEXT_LIMIT = 1000
 DAY = 86_400.0
+MAX_REPLY_CHARS = 4096
+"""The longest text one reply may have by default, before splitting (``BOTKIT_MAX_REPLY_CHARS``)."""
+
+
+class ReplyTooLong(ValueError):
+    """A reply's text is longer than the policy allows; nothing of it was queued.
+
+    Without this bound a runaway reply (a whole file, a loop's output)
+    becomes hundreds of provider messages. ``length`` and ``limit`` are in
+    characters; ``user`` is the full number.
+    """
+
+    reason = "reply_too_long"
+
+    def __init__(self, user: str, length: int, limit: int) -> None:
+        super().__init__(
+            f"ReplyTooLong: a reply to {masked(user)} is {length} characters, over the limit "
+            f"of {limit}; send a shorter text or a document, or raise BOTKIT_MAX_REPLY_CHARS"
+        )
+        self.user = user
+        self.length = length
+        self.limit = limit
 
 
 class DeliveryRefused(Exception):
-    """A message was refused by the reply policy before anything was sent."""
+    """A message was refused by the reply policy before anything was sent.
+
+    ``user`` is the full number; the message shows only its last digits.
+    """
 
     reason = "refused"
 
@@ -44,7 +69,7 @@ class OutsideSessionWindow(DeliveryRefused):
             at = datetime.fromtimestamp(last_inbound, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
             since = f"last wrote at {at}"
         super().__init__(
-            f"OutsideSessionWindow: user +{user} {since}, so the 24-hour session window is "
+            f"OutsideSessionWindow: user {masked(user)} {since}, so the 24-hour session window is "
             "closed and WhatsApp accepts only templates; pass template=Template(...) "
             "(or set Bot(default_template=...)), or send within 24h of the user's last message",
             user=user,
@@ -59,7 +84,7 @@ class OptedOut(DeliveryRefused):
 
     def __init__(self, user: str) -> None:
         super().__init__(
-            f"OptedOut: user +{user} opted out of messages; nothing was sent. "
+            f"OptedOut: user {masked(user)} opted out of messages; nothing was sent. "
             "They opt back in by writing START (opt-out plugin) or ctx.opt_in()",
             user=user,
         )
@@ -72,8 +97,8 @@ class NotOnWhatsApp(DeliveryRefused):
 
     def __init__(self, user: str) -> None:
         super().__init__(
-            f"NotOnWhatsApp: +{user} does not use WhatsApp (status 2305 earlier); nothing was "
-            "sent. The mark clears when the user writes to the bot",
+            f"NotOnWhatsApp: {masked(user)} does not use WhatsApp (status 2305 earlier); "
+            "nothing was sent. The mark clears when the user writes to the bot",
             user=user,
         )
 
@@ -117,12 +142,14 @@ class ReplyPolicy:
     the bot's ``default_template``) kept as the fallback for a late 2312.
     Outside it the template goes instead; with none the reply is refused with
     :class:`OutsideSessionWindow`. Text over 1,000 characters is split on
-    paragraph, sentence or word boundaries when ``split_long_text`` is on.
+    paragraph, sentence or word boundaries when ``split_long_text`` is on;
+    text over ``max_text`` characters is refused first (:class:`ReplyTooLong`).
     """
 
     window: SessionWindow = SessionWindow()
     default_template: Template | None = None
     split_long_text: bool = True
+    max_text: int = MAX_REPLY_CHARS
 
     def plan(
         self,
@@ -147,6 +174,8 @@ class ReplyPolicy:
             text = None  # blank text is no text: nothing to split, nothing to send
         if not text and media is None and template is None:
             raise ValueError("nothing to send: pass text=..., media=... or template=...")
+        if text is not None and len(text) > self.max_text:
+            raise ReplyTooLong(user, len(text), self.max_text)
         if conversation.opted_out:
             raise OptedOut(user)
         if conversation.not_on_whatsapp:

@@ -37,7 +37,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from botkit import _metrics as metrics
-from botkit._events import DeliveryStatus, EventKind, StatusUpdate
+from botkit._events import DeliveryStatus, EventKind, StatusUpdate, masked
 from botkit._outbound import OutboundMessage, SendMode, SentRecord
 from botkit._turn import Outcome
 from botkit.delivery._signing import CallbackSigner, fallback_digest
@@ -61,7 +61,9 @@ class DeliveryRejected(Exception):
 
     def __init__(self, message: OutboundMessage, result: SendResult) -> None:
         reasons = "; ".join(str(r) for r in result.reasons) or result.code
-        super().__init__(f"DeliveryRejected: message to +{message.user} was rejected: {reasons}")
+        super().__init__(
+            f"DeliveryRejected: message to {masked(message.user)} was rejected: {reasons}"
+        )
         self.message = message
         self.reasons = list(result.reasons)
         self.description = result.description

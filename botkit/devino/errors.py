@@ -368,5 +368,10 @@ class PayloadError(DevinoError, ValueError):
 class InvalidPhoneNumber(ValueError):
     """A phone number cannot be a WhatsApp recipient.
 
-    The message says what is wrong and what a valid number looks like.
+    The message says what is wrong and what a valid number looks like,
+    showing only the number's last digits; ``number`` is what was given.
     """
+
+    def __init__(self, message: str, *, number: str | None = None) -> None:
+        super().__init__(message)
+        self.number = number

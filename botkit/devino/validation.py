@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
-from botkit._events import MediaKind
+from botkit._events import MediaKind, masked
 from botkit.devino.errors import InvalidPhoneNumber, ReasonKey
 from botkit.devino.models import (
     DEFAULT_BATCH_CAP,
@@ -149,23 +149,29 @@ _DIGITS = re.compile(r"[0-9]+")
 _EXAMPLE = "international format without the trunk 0, e.g. 79034567890 or +49 179 111 22 33"
 
 
+def _shown(raw: str | None) -> str:
+    """What a message shows of a rejected number: its last digits, never all of it."""
+    digits = sum(ch.isdigit() for ch in raw or "")
+    return f"the number {masked(raw or '')}" if digits >= 5 else repr(raw)
+
+
 def _phone_problem(raw: str | None) -> tuple[ReasonKey, str] | None:
     digits = _PHONE_PUNCTUATION.sub("", raw or "")
     if not digits:
         return ReasonKey.MUST_BE_NOT_NULL, f"no phone number given: write it in {_EXAMPLE}"
     if not _DIGITS.fullmatch(digits):
-        return ReasonKey.INVALID, f"{raw!r} is not a phone number: write it in {_EXAMPLE}"
+        return ReasonKey.INVALID, f"{_shown(raw)} is not a phone number: write it in {_EXAMPLE}"
     shortest, longest = PHONE_DIGITS
     if len(digits) > longest:
         return (
             ReasonKey.LENGTH_TOO_LONG,
-            f"{raw!r} has {len(digits)} digits, more than the {longest} a phone number can "
+            f"{_shown(raw)} has {len(digits)} digits, more than the {longest} a phone number can "
             f"have: write it in {_EXAMPLE}",
         )
     if len(digits) < shortest or digits.startswith("0"):
         return (
             ReasonKey.INVALID,
-            f"{raw!r} is not a full international number: write it in {_EXAMPLE}",
+            f"{_shown(raw)} is not a full international number: write it in {_EXAMPLE}",
         )
     return None
 
@@ -181,7 +187,7 @@ def normalize_phone(raw: str) -> str:
     """
     problem = _phone_problem(raw)
     if problem is not None:
-        raise InvalidPhoneNumber(problem[1])
+        raise InvalidPhoneNumber(problem[1], number=raw)
     return _PHONE_PUNCTUATION.sub("", raw)
 
 

@@ -43,7 +43,7 @@ from botkit._events import AnyMessage, Media
 from botkit._outbound import Template
 from botkit._runtime import Runtime
 from botkit._turn import Outcome, TurnOutcome
-from botkit.delivery._policy import DeliveryRefused, OutsideSessionWindow
+from botkit.delivery._policy import DeliveryRefused, OutsideSessionWindow, ReplyTooLong
 from botkit.delivery._sender import Sender, SenderConfig
 from botkit.delivery._signing import MIN_SECRET_BYTES, CallbackSigner
 from botkit.delivery._status import RateRetry, StatusOutcome, StatusTracker
@@ -120,7 +120,9 @@ class Service:
             bot,
             self.store,
             clock=self.clock,
-            policy=bot.reply_policy(settings.session_window, settings.safety_margin),
+            policy=bot.reply_policy(
+                settings.session_window, settings.safety_margin, settings.max_reply_chars
+            ),
             plugins=settings.plugins,
             media=settings.media_policy(),
         )
@@ -557,6 +559,8 @@ def create_app(
             return _error(409, exc.reason, str(exc), user=exc.user, last_inbound=exc.last_inbound)
         except DeliveryRefused as exc:
             return _error(409, exc.reason, str(exc), user=exc.user)
+        except ReplyTooLong as exc:
+            return _error(422, exc.reason, str(exc), length=exc.length, limit=exc.limit)
         except ValueError as exc:
             return _error(422, "invalid_body", str(exc))
         except StorageError as exc:
@@ -600,6 +604,10 @@ def create_app(
             Route("/whatsapp/incoming", _observed(incoming, "incoming"), methods=["POST"]),
             Route("/whatsapp/status/{token}", _observed(status, "status"), methods=["POST"]),
             Route("/whatsapp/status", _observed(status, "status"), methods=["POST"]),
+            # A webhook URL configured with a trailing slash works as it is: no redirect,
+            # whose Location would repeat the token.
+            Route("/whatsapp/incoming/{token}/", _observed(incoming, "incoming"), methods=["POST"]),
+            Route("/whatsapp/status/{token}/", _observed(status, "status"), methods=["POST"]),
             Route("/api/send", _observed(api_send, "send"), methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
@@ -609,6 +617,8 @@ def create_app(
         middleware=[Middleware(service.guard.wrap)],
         lifespan=lifespan,
     )
+    # An unknown path is a plain 404, never a redirect that repeats what was asked.
+    app.router.redirect_slashes = False
     app.state.service = service
     return app
 

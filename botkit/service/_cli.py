@@ -23,6 +23,7 @@ traceback) and a documented exit code:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import os
@@ -178,19 +179,22 @@ def _run(args: argparse.Namespace) -> int:
     import uvicorn
 
     os.environ[TARGET_ENV] = args.target
-    if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="botkit-metrics-")
-    uvicorn.run(
-        "botkit.service._cli:service_app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_config=None,
-        access_log=False,
-        proxy_headers=True,
-        timeout_graceful_shutdown=15,
-    )
+    with contextlib.ExitStack() as cleanup:
+        if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+            # The workers' shared metrics files: ours, so removed when the command ends.
+            folder = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="botkit-metrics-"))
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+        uvicorn.run(
+            "botkit.service._cli:service_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_config=None,
+            access_log=False,
+            proxy_headers=True,
+            timeout_graceful_shutdown=15,
+        )
     return EXIT_OK
 
 

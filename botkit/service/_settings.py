@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     plugins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
     body_timeout: float = Field(default=10.0, gt=0)
+    max_reply_chars: int = Field(default=4096, gt=0)
     media_allow_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     media_max_bytes: int | None = Field(default=None, gt=0)
     media_timeout: float = Field(default=30.0, gt=0)

@@ -85,7 +85,8 @@ async def test_outside_the_window_a_template_goes_instead_and_text_is_refused(
 
         with pytest.raises(OutsideSessionWindow) as refused:
             await live.bot.send(USER, "are you still there?")
-        assert USER in str(refused.value) and "template=" in str(refused.value)
+        assert refused.value.user == USER and USER not in str(refused.value)
+        assert f"...{USER[-4:]}" in str(refused.value) and "template=" in str(refused.value)
 
         queued = await live.bot.send(
             USER, "your order is ready", template=Template("order_ready", ["#42"])

@@ -15,8 +15,10 @@ import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 
+from botkit import Bot, Context
 from botkit.testing import LiveBot
 from bots import echo
 from tests.service._harness import (
@@ -162,3 +164,23 @@ async def test_sigterm_answers_requests_still_sending_their_body_503_and_exits(
     # (uvicorn ends by re-raising the signal it handled: the exit code says SIGTERM.)
     assert await service.wait_exit(within=10) == -signal.SIGTERM
     assert "Traceback" not in service.log()
+
+
+async def test_a_turn_the_server_cuts_off_at_the_end_of_its_graceful_shutdown_gets_503() -> None:
+    entered = asyncio.Event()
+    bot = Bot("stuck")
+
+    @bot.text()
+    async def stuck(ctx: Context) -> None:
+        entered.set()
+        await asyncio.Event().wait()  # never answers
+
+    async with httpx.AsyncClient(timeout=30) as http:
+        async with LiveBot(bot) as live:
+            webhook = f"{live.url}/whatsapp/incoming/{live.token}"
+            answer = asyncio.create_task(http.post(webhook, json=incoming(ANNA, "hi")))
+            await asyncio.wait_for(entered.wait(), 10)
+            # Leaving the block stops the server: it waits (5 s), then cancels the request.
+        cut_off = await answer
+    assert cut_off.status_code == 503
+    assert cut_off.headers["retry-after"]
