@@ -95,7 +95,7 @@ class BodyGuard:
             # The server gave up waiting at shutdown: say "retry", not uvicorn's 500.
             if started:
                 raise
-            await _answer(send, 503, "unavailable", "the service is stopping; retry", close=True)
+            await _stopping(send)
 
     async def _body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
         """The whole body, or None once the refusal was sent."""
@@ -107,30 +107,30 @@ class BodyGuard:
             await self._too_large(send, close=not drained)
             return None
         if self.stopping:
-            await _answer(send, 503, "unavailable", "the service is stopping; retry", close=True)
+            await _stopping(send)
             return None
         chunks: list[bytes] = []
         size = 0
         more = True
-        deadline = asyncio.timeout(self.timeout)
-        self._reading.add(deadline)
         try:
-            async with deadline:
-                while more:
-                    message = await receive()
-                    if message["type"] != "http.request":  # the client went away
-                        return None
-                    chunk = message.get("body", b"")
-                    more = message.get("more_body", False)
-                    size += len(chunk)
-                    if size > self.max_bytes:
-                        break
-                    chunks.append(chunk)
+            async with asyncio.timeout(self.timeout) as deadline:
+                self._reading.add(deadline)
+                try:
+                    while more:
+                        message = await receive()
+                        if message["type"] != "http.request":  # the client went away
+                            return None
+                        chunk = message.get("body", b"")
+                        more = message.get("more_body", False)
+                        size += len(chunk)
+                        if size > self.max_bytes:
+                            break
+                        chunks.append(chunk)
+                finally:
+                    self._reading.discard(deadline)
         except TimeoutError:
             if self.stopping:
-                await _answer(
-                    send, 503, "unavailable", "the service is stopping; retry", close=True
-                )
+                await _stopping(send)
             else:
                 await _answer(
                     send,
@@ -140,8 +140,6 @@ class BodyGuard:
                     close=True,
                 )
             return None
-        finally:
-            self._reading.discard(deadline)
         if size > self.max_bytes:
             drained = not more or await _drain(receive, DRAIN_MAX_BYTES)
             await self._too_large(send, close=not drained)
@@ -199,6 +197,10 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()  # type: ignore[no-any-return]
 
     return replay
+
+
+async def _stopping(send: Send) -> None:
+    await _answer(send, 503, "unavailable", "the service is stopping; retry", close=True)
 
 
 async def _answer(send: Send, status: int, error: str, message: str, *, close: bool) -> None:

@@ -98,6 +98,17 @@ def clean_env(**botkit: str) -> dict[str, str]:
     return env
 
 
+def run_env(provider_url: str, **botkit: str) -> dict[str, str]:
+    """What ``botkit run`` needs against the emulator at ``provider_url``, plus ``botkit``."""
+    return clean_env(
+        BOTKIT_WEBHOOK_TOKEN=WEBHOOK_TOKEN,
+        BOTKIT_DEVINO_URL=provider_url,
+        BOTKIT_DEVINO_API_KEY=API_KEY,
+        BOTKIT_SENDER="EchoCo",
+        **botkit,
+    )
+
+
 def run_cli(
     args: Sequence[str], env: Mapping[str, str], *, cwd: Path = ROOT, timeout: float = 30.0
 ) -> subprocess.CompletedProcess[str]:

@@ -22,12 +22,11 @@ from botkit import Bot, Context
 from botkit.testing import LiveBot
 from bots import echo
 from tests.service._harness import (
-    API_KEY,
     WEBHOOK_TOKEN,
     BotProcess,
-    clean_env,
     free_port,
     incoming,
+    run_env,
 )
 from tests.service.conftest import Provider
 
@@ -61,13 +60,7 @@ async def _botkit_run(
     url = f"http://127.0.0.1:{port}"
     service = BotProcess(
         ["run", "bots.echo", "--host", "127.0.0.1", "--port", str(port)],
-        clean_env(
-            BOTKIT_WEBHOOK_TOKEN=WEBHOOK_TOKEN,
-            BOTKIT_DEVINO_URL=provider.url,
-            BOTKIT_DEVINO_API_KEY=API_KEY,
-            BOTKIT_SENDER="EchoCo",
-            **env,
-        ),
+        run_env(provider.url, **env),
         tmp_path / "botkit.log",
     )
     processes.append(service)

@@ -23,9 +23,9 @@ from tests.service._harness import (
     PROVIDER_INCOMING_EXAMPLE,
     WEBHOOK_TOKEN,
     BotProcess,
-    clean_env,
     free_port,
     incoming,
+    run_env,
     wait_for,
 )
 from tests.service.conftest import Provider
@@ -42,14 +42,7 @@ def replies_to(provider: Provider, user: str) -> list[str]:
 
 @pytest.fixture
 def service_env(provider: Provider, redis_url: str, redis_prefix: str) -> dict[str, str]:
-    return clean_env(
-        BOTKIT_WEBHOOK_TOKEN=WEBHOOK_TOKEN,
-        BOTKIT_DEVINO_URL=provider.url,
-        BOTKIT_DEVINO_API_KEY=API_KEY,
-        BOTKIT_SENDER="EchoCo",
-        BOTKIT_REDIS_URL=redis_url,
-        BOTKIT_KEY_PREFIX=redis_prefix,
-    )
+    return run_env(provider.url, BOTKIT_REDIS_URL=redis_url, BOTKIT_KEY_PREFIX=redis_prefix)
 
 
 async def start_service(

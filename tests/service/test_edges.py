@@ -20,13 +20,11 @@ from botkit import Bot, Context, OutsideSessionWindow, ReplyTooLong
 from botkit.testing import LiveBot
 from bots import echo
 from tests.service._harness import (
-    API_KEY,
     API_TOKEN,
-    WEBHOOK_TOKEN,
     BotProcess,
-    clean_env,
     free_port,
     incoming,
+    run_env,
 )
 from tests.service.conftest import Provider
 
@@ -175,11 +173,8 @@ async def test_botkit_run_leaves_no_metrics_folder_behind(
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     port = free_port()
-    env = clean_env(
-        BOTKIT_WEBHOOK_TOKEN=WEBHOOK_TOKEN,
-        BOTKIT_DEVINO_URL=provider.url,
-        BOTKIT_DEVINO_API_KEY=API_KEY,
-        BOTKIT_SENDER="EchoCo",
+    env = run_env(
+        provider.url,
         BOTKIT_REDIS_URL=redis_url,
         BOTKIT_KEY_PREFIX=redis_prefix,
         TMPDIR=str(scratch),
