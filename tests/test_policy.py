@@ -16,10 +16,11 @@ from botkit import (
     Media,
     OptedOut,
     OutsideSessionWindow,
+    ReplyTooLong,
     SendMode,
     Template,
 )
-from botkit.delivery._policy import TEXT_LIMIT, split_text
+from botkit.delivery._policy import MAX_REPLY_CHARS, TEXT_LIMIT, split_text
 from botkit.testing import BotTester
 
 USER = "79990000001"
@@ -217,6 +218,12 @@ async def test_every_reply_the_policy_plans_is_sendable(text: str) -> None:
     bot = replying_bot(default_template=COME_BACK)
     bot.reply_with = {"text": text}  # type: ignore[attr-defined]
     async with BotTester(bot) as chat:
+        if len(text) > MAX_REPLY_CHARS:
+            # A runaway reply is refused whole, before it is split.
+            with pytest.raises(ReplyTooLong) as refused:
+                await chat.send_text("hi")
+            assert (refused.value.length, refused.value.limit) == (len(text), MAX_REPLY_CHARS)
+            return
         replies = await chat.send_text("hi")
     assert replies, "a non-blank reply sends something"
     assert all(m.mode is SendMode.TEXT and 0 < len(m.text or "") <= TEXT_LIMIT for m in replies)
