@@ -88,7 +88,8 @@ class Runtime:
     """A bot bound to a store and a clock: runs turns and queues sends.
 
     ``plugins`` adds plugin names to the bot's own (``Bot(plugins=[...])``);
-    plugin handlers run before the bot's own handlers.
+    plugin handlers run before the bot's own handlers. ``media`` is where
+    ``ctx.download_media`` may fetch from (default: public addresses only).
     """
 
     def __init__(
