@@ -51,7 +51,7 @@ from botkit.devino.client import DevinoClient
 from botkit.devino.convert import to_event
 from botkit.devino.errors import InvalidPhoneNumber, PayloadError
 from botkit.devino.models import parse_incoming, parse_statuses, repair_text
-from botkit.service._body_guard import BodyGuard
+from botkit.service._body_guard import BodyGuard, BodyRefused
 from botkit.service._logs import log_turn
 from botkit.service._settings import Settings, SettingsError, load_settings
 from botkit.storage.base import ConversationStore, StorageError, StoreConfig, UserBusy
@@ -377,11 +377,15 @@ def _token_ok(request: Request, expected: str) -> bool:
 async def _json_body(request: Request) -> Any | Response:
     """The decoded JSON body, or the 4xx response that says what is wrong with it.
 
-    The :class:`~botkit.service._body_guard.BodyGuard` in front already read it, within
-    the size and time limits.
+    The :class:`~botkit.service._body_guard.BodyGuard` in front bounds it in
+    size and time.
     """
     try:
         body = await request.body()
+    except BodyRefused as refused:
+        if refused.status == 503:
+            return _unavailable(str(refused))
+        return _error(refused.status, refused.error, str(refused))
     except ClientDisconnect:
         return _error(400, "client_disconnected", "the client went away mid-body")
     try:

@@ -1,24 +1,26 @@
-"""Request bodies read within limits, before the endpoints see them.
+"""Request bodies within limits of size and time, and answers the client can read.
 
 :class:`BodyGuard` is ASGI middleware in front of the service. For each
-request that carries a body it:
+request that carries a body:
 
-- answers **413** when the body is over ``max_bytes``: at once from the
-  ``Content-Length`` header (nothing is buffered), or as soon as a streamed
-  body grows past the limit. Either way the rest of the body is first read
-  and thrown away (the *drain*, at most :data:`DRAIN_MAX_BYTES` and
-  :data:`DRAIN_MAX_SECONDS`), because a client that writes its whole body
-  before reading (Python's urllib, many HTTP libraries) otherwise gets a
-  connection reset instead of the answer;
-- answers **408** when the body is not complete within ``timeout`` seconds
-  of the request's start (a client trickling its body holds a connection
-  and a worker's memory);
-- answers **503** (``Retry-After``) to requests still waiting for their
-  body when the service begins to stop (:meth:`BodyGuard.stop`), and to a
-  request the server cancels at the end of its graceful shutdown, where
-  uvicorn would answer 500.
+- a ``Content-Length`` over ``max_bytes`` is answered **413** at once,
+  before anything is kept;
+- while the endpoint reads the body, a body that grows past ``max_bytes``
+  raises :class:`BodyRefused` (413), one not complete within ``timeout``
+  seconds of the request's start raises it with 408, and one still arriving
+  when the service begins to stop (:meth:`BodyGuard.stop`) with 503. The
+  endpoint turns it into its answer; if it does not, the guard answers;
+- before any answer goes out, the rest of a body the endpoint did not read
+  (a 413, a 401 for a wrong token...) is read and thrown away, at most
+  :data:`DRAIN_MAX_BYTES` within :data:`DRAIN_MAX_SECONDS` (else the
+  connection is closed after the answer). A client that writes its whole
+  body before reading (Python's urllib, many HTTP libraries) otherwise gets
+  a connection reset instead of the answer;
+- a request the server cancels at the end of its graceful shutdown is
+  answered **503**, where uvicorn would answer 500.
 
-The endpoints then read the complete body from memory as usual.
+Only what an endpoint chooses to read is kept in memory: a request refused
+on its token costs no buffer.
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ import asyncio
 import json
 from typing import Any
 
-__all__ = ["DRAIN_MAX_BYTES", "DRAIN_MAX_SECONDS", "BodyGuard"]
+__all__ = ["DRAIN_MAX_BYTES", "DRAIN_MAX_SECONDS", "BodyGuard", "BodyRefused"]
 
 DRAIN_MAX_BYTES = 16 * 1024 * 1024
-"""At most this much of a refused body is read (and thrown away) so the client reads the 413."""
+"""At most this much of an unread body is read and thrown away, so the client sees the answer."""
 
 DRAIN_MAX_SECONDS = 5.0
-"""At most this long is spent draining a refused body."""
+"""At most this long is spent on that."""
 
 _NO_BODY = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "TRACE"})
 
@@ -43,17 +45,38 @@ Receive = Any
 Send = Any
 
 
-class _Stopped(Exception):
-    """The service began to stop while the body was still arriving."""
+class BodyRefused(Exception):
+    """The request's body is refused: over the size limit (413), too slow (408), or the
+    service is stopping (503). ``status`` and ``error`` are the answer's."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+
+
+class _Body:
+    """One request's body as the guard follows it."""
+
+    __slots__ = ("complete", "deadline", "expects_continue", "read", "size", "started", "timed_out")
+
+    def __init__(self, deadline: float, expects_continue: bool) -> None:
+        self.deadline = deadline
+        self.expects_continue = expects_continue
+        self.size = 0
+        self.read = False
+        self.complete = False
+        self.timed_out = False
+        self.started = False
 
 
 class BodyGuard:
-    """ASGI middleware: a request's body complete, within size and time, or a clear 4xx/503.
+    """ASGI middleware: a request's body within size and time, and answers clients can read.
 
-    ``app`` is the ASGI application to protect, ``max_bytes`` the largest
-    body accepted, ``timeout`` the seconds a client has to send the whole
-    body. :meth:`wrap` puts it in front of an application (a Starlette
-    middleware factory); call :meth:`stop` when the service begins to stop.
+    ``max_bytes`` is the largest body accepted, ``timeout`` the seconds a
+    client has to send the whole body. :meth:`wrap` puts it in front of an
+    application (a Starlette middleware factory); call :meth:`stop` when the
+    service begins to stop.
     """
 
     def __init__(self, *, max_bytes: int, timeout: float) -> None:
@@ -69,7 +92,7 @@ class BodyGuard:
         return self
 
     def stop(self) -> None:
-        """Answer 503 to every request still waiting for its body, and to any new one."""
+        """Refuse (503) every body still arriving, now and from now on."""
         self.stopping = True
         now = asyncio.get_running_loop().time()
         for deadline in self._reading:
@@ -79,77 +102,84 @@ class BodyGuard:
         if scope["type"] != "http" or scope["method"] in _NO_BODY:
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            started = True
-            await send(message)
-
-        try:
-            body = await self._body(scope, receive, send)
-            if body is None:
-                return
-            await self.app(scope, _replay(body, receive), tracked_send)
-        except asyncio.CancelledError:
-            # The server gave up waiting at shutdown: say "retry", not uvicorn's 500.
-            if started:
-                raise
-            await _stopping(send)
-
-    async def _body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
-        """The whole body, or None once the refusal was sent."""
+        expects_continue = _expects_continue(scope)
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
             drained = False
-            if declared <= DRAIN_MAX_BYTES and not _expects_continue(scope):
-                drained = await _drain(receive, declared)
-            await self._too_large(send, close=not drained)
-            return None
-        if self.stopping:
-            await _stopping(send)
-            return None
-        chunks: list[bytes] = []
-        size = 0
-        more = True
+            if declared <= DRAIN_MAX_BYTES and not expects_continue:
+                drained = await _drain(receive)
+            await _answer(send, self._too_large(), close=not drained)
+            return
+        loop = asyncio.get_running_loop()
+        body = _Body(loop.time() + self.timeout, expects_continue)
         try:
-            async with asyncio.timeout(self.timeout) as deadline:
-                self._reading.add(deadline)
-                try:
-                    while more:
-                        message = await receive()
-                        if message["type"] != "http.request":  # the client went away
-                            return None
-                        chunk = message.get("body", b"")
-                        more = message.get("more_body", False)
-                        size += len(chunk)
-                        if size > self.max_bytes:
-                            break
-                        chunks.append(chunk)
-                finally:
-                    self._reading.discard(deadline)
-        except TimeoutError:
-            if self.stopping:
-                await _stopping(send)
-            else:
-                await _answer(
-                    send,
-                    408,
-                    "body_timeout",
-                    f"the body did not arrive within {self.timeout:g} seconds",
-                    close=True,
-                )
-            return None
-        if size > self.max_bytes:
-            drained = not more or await _drain(receive, DRAIN_MAX_BYTES)
-            await self._too_large(send, close=not drained)
-            return None
-        return b"".join(chunks)
+            await self.app(scope, self._receive(body, receive), self._send(body, receive, send))
+        except BodyRefused as refused:
+            if body.started:
+                raise
+            await _answer(send, refused, close=True)
+        except asyncio.CancelledError:
+            # The server gave up waiting at shutdown: say "retry", not uvicorn's 500.
+            if body.started:
+                raise
+            await _answer(send, _stopping(), close=True)
 
-    async def _too_large(self, send: Send, *, close: bool) -> None:
-        await _answer(
-            send, 413, "body_too_large", f"the body is over {self.max_bytes} bytes", close=close
-        )
+    def _receive(self, body: _Body, receive: Receive) -> Receive:
+        async def guarded() -> Message:
+            if body.complete:
+                return await receive()  # type: ignore[no-any-return]
+            body.read = True
+            loop = asyncio.get_running_loop()
+            try:
+                async with asyncio.timeout_at(
+                    loop.time() if self.stopping else body.deadline
+                ) as deadline:
+                    self._reading.add(deadline)
+                    try:
+                        message: Message = await receive()
+                    finally:
+                        self._reading.discard(deadline)
+            except TimeoutError:
+                body.timed_out = True
+                if self.stopping:
+                    raise _stopping() from None
+                raise BodyRefused(
+                    408, "body_timeout", f"the body did not arrive within {self.timeout:g} seconds"
+                ) from None
+            if message["type"] != "http.request":
+                body.complete = True  # the client went away
+                return message
+            body.size += len(message.get("body", b""))
+            body.complete = not message.get("more_body", False)
+            if body.size > self.max_bytes:
+                raise self._too_large()
+            return message
+
+        return guarded
+
+    def _send(self, body: _Body, receive: Receive, send: Send) -> Send:
+        async def guarded(message: Message) -> None:
+            if message["type"] == "http.response.start" and not body.started:
+                body.started = True
+                if not body.complete:
+                    # Read what is left of the body first, or the client may never see this.
+                    drained = False
+                    waits = body.expects_continue and not body.read
+                    if not (body.timed_out or self.stopping or waits):
+                        drained = await _drain(receive)
+                    if not drained:
+                        headers = [*message.get("headers", ()), (b"connection", b"close")]
+                        message = {**message, "headers": headers}
+            await send(message)
+
+        return guarded
+
+    def _too_large(self) -> BodyRefused:
+        return BodyRefused(413, "body_too_large", f"the body is over {self.max_bytes} bytes")
+
+
+def _stopping() -> BodyRefused:
+    return BodyRefused(503, "unavailable", "the service is stopping; retry")
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -160,58 +190,38 @@ def _content_length(scope: Scope) -> int | None:
 
 
 def _expects_continue(scope: Scope) -> bool:
-    # Such a client waits for our answer before sending its body: nothing to drain.
+    # Such a client waits for an answer before it sends its body.
     return any(
         name == b"expect" and value.lower() == b"100-continue" for name, value in scope["headers"]
     )
 
 
-async def _drain(receive: Receive, limit: int) -> bool:
+async def _drain(receive: Receive) -> bool:
     """Read and discard the rest of the body; True when it ended within the bounds."""
     read = 0
     try:
         async with asyncio.timeout(DRAIN_MAX_SECONDS):
-            while True:
+            while read <= DRAIN_MAX_BYTES:
                 message = await receive()
                 if message["type"] != "http.request":
                     return False
                 read += len(message.get("body", b""))
                 if not message.get("more_body", False):
                     return True
-                if read > limit:
-                    return False
     except TimeoutError:
         pass
     return False
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A ``receive`` that gives the buffered body once, then waits for the disconnect."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()  # type: ignore[no-any-return]
-
-    return replay
-
-
-async def _stopping(send: Send) -> None:
-    await _answer(send, 503, "unavailable", "the service is stopping; retry", close=True)
-
-
-async def _answer(send: Send, status: int, error: str, message: str, *, close: bool) -> None:
-    body = json.dumps({"error": error, "message": message}).encode()
+async def _answer(send: Send, refused: BodyRefused, *, close: bool) -> None:
+    payload = json.dumps({"error": refused.error, "message": str(refused)}).encode()
     headers = [
         (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
+        (b"content-length", str(len(payload)).encode()),
     ]
-    if status == 503:
+    if refused.status == 503:
         headers.append((b"retry-after", b"5"))
     if close:
         headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.start", "status": refused.status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})

@@ -105,6 +105,7 @@ def run_env(provider_url: str, **botkit: str) -> dict[str, str]:
         BOTKIT_DEVINO_URL=provider_url,
         BOTKIT_DEVINO_API_KEY=API_KEY,
         BOTKIT_SENDER="EchoCo",
+        BOTKIT_CALLBACK_SECRET=CALLBACK_SECRET,
         **botkit,
     )
 

@@ -77,6 +77,11 @@ async def test_twenty_urllib_posts_of_3_mib_all_read_the_413(
     answers = [await asyncio.to_thread(_urllib_post, url, body) for _ in range(20)]
     assert [status for status, _ in answers] == [413] * 20
     assert all(json.loads(text)["error"] == "body_too_large" for _, text in answers)
+    # A body within the limit that nobody reads (a wrong token) is drained too.
+    wrong = url.replace(WEBHOOK_TOKEN, "not-the-token")
+    within = json.dumps(incoming(ANNA, "x" * (900 * 1024))).encode()
+    unread = [await asyncio.to_thread(_urllib_post, wrong, within) for _ in range(20)]
+    assert [status for status, _ in unread] == [401] * 20
     # The service still takes a body within the limit.
     fits = json.dumps(incoming(ANNA, "hi")).encode()
     assert await asyncio.to_thread(_urllib_post, url, fits) == (200, b"")
