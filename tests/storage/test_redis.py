@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import random
 import socket
@@ -523,8 +524,13 @@ async def test_dedupe_and_sent_records_stay_bounded_per_user(
         assert await store.get_sent(f"id{n}", user=user) == records[n]
     check = redis.Redis.from_url(redis_url, decode_responses=True)
     keys = Keys(redis_prefix, "race")
-    refs, ids = keys.refs(user)
-    assert (check.hlen(refs), check.llen(ids), check.llen(keys.turn(user)[3])) == (3, 3, 4)
+    assert (check.llen(keys.refs(user)), check.llen(keys.turn(user)[3])) == (3, 4)
+    # Once a message reached the user, its content is not kept: nothing will resend it.
+    await store.update_sent(dataclasses.replace(records[9], status="DELIVERED"))
+    kept = await store.get_sent("id9", user=user)
+    assert kept is not None and (kept.status, kept.message.text) == ("DELIVERED", None)
+    assert kept.message.ref == records[9].message.ref
+    assert await store.get_sent("id8", user=user) == records[8]
     mine = list(check.scan_iter(match=keys.user(user) + "*"))
     assert all(check.pttl(key) > 0 for key in mine), "every key has a TTL"
     check.close()

@@ -1,4 +1,4 @@
-"""The conversation record in Redis: its field list (written once) and its codec.
+"""The conversation record in Redis (its field list, written once) and the sent records' codec.
 
 A user's conversation is one hash. :data:`FIELDS` names its fields in the
 order the scripts return them: the Lua scripts get the same list (see
@@ -12,6 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from botkit._outbound import SentRecord
 from botkit.storage.base import Conversation
 
 FIELDS = (
@@ -88,3 +89,37 @@ def conversation(user: str, stored: Stored) -> Conversation:
         opted_out=f["opted_out"] == "1",
         not_on_whatsapp=f["not_on_whatsapp"] == "1",
     )
+
+
+# Statuses that say a message reached the user's phone (the provider's names,
+# any case): from then on nothing resends it, so its text, media and
+# templates need not be kept (see botkit.delivery._status.was_delivered).
+_REACHED = frozenset({"delivered", "read", "visited"})
+
+
+def kept_record(record: SentRecord) -> str:
+    """The record as kept under its user and messageId: compact JSON without those two
+    nor default values, and without the message's content once it reached the user
+    (nothing resends it then)."""
+    data = json.loads(record.to_json())
+    del data["message_id"]
+    message = data["message"]
+    del message["user"]
+    if message.get("origin") == "reply":
+        del message["origin"]
+    if message.get("attempt") == 0:
+        del message["attempt"]
+    if record.status.lower() in _REACHED:
+        for name in ("text", "media", "template", "fallback", "created_at"):
+            message.pop(name, None)
+        del data["sent_at"]
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def record_from_kept(message_id: str, user: str, kept: str) -> SentRecord:
+    """A record from :func:`kept_record`'s form."""
+    data = json.loads(kept)
+    data["message_id"] = message_id
+    data["message"]["user"] = user
+    data.setdefault("sent_at", 0.0)
+    return SentRecord.from_json(json.dumps(data))

@@ -14,8 +14,8 @@ so the shards spread evenly over the 16,384 slots (:func:`shard_tags`).
     P:{T}:<user>:waiting          set while a turn waits: the commit publishes a wake-up
     P:{T}:<user>:seen             list: the user's last K handled dedupe keys (TTL done_ttl)
     P:{T}:<user>:order            hash: next, done: the user's send order
-    P:{T}:<user>:refs             hash: messageId -> sent-message record (the last K)
-    P:{T}:<user>:refs:ids         list: those messageIds, newest first (TTL sent_ttl)
+    P:{T}:<user>:refs             list: "<messageId> <sent-message record>", the user's
+                                  last K, newest first (TTL sent_ttl)
     P:{T}:outbox                  the shard's stream of messages to send (group "senders")
     P:{T}:delayed                 the shard's zset of messages waiting for ``not_before``
     P:unlock                      pub/sub channel: "<store instance> <user>" wake-ups
@@ -107,10 +107,9 @@ class Keys:
         """A secret every process on this Redis shares (no expiry)."""
         return f"{self.base}:secret:{name}"
 
-    def refs(self, user: str) -> list[str]:
-        """The user's sent-message records and their messageIds, newest first."""
-        base = self.user(user)
-        return [f"{base}:refs", f"{base}:refs:ids"]
+    def refs(self, user: str) -> str:
+        """The user's last sent-message records, by messageId."""
+        return f"{self.user(user)}:refs"
 
     def outbox(self, shard: int) -> str:
         """The shard's outbox stream."""

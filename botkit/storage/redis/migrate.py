@@ -16,8 +16,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from botkit._outbound import SentRecord
 from botkit.storage.base import StorageError
+from botkit.storage.redis.fields import kept_record
 from botkit.storage.redis.keys import LAYOUT, Keys
+from botkit.storage.redis.scripts import UPDATE_SENT
 
 
 class StoreLayoutError(StorageError):
@@ -152,18 +155,16 @@ async def migrate(
         await r.delete(key)
     records.sort()
     for _, user, raw in records:
-        refs, ids = keys.refs(user)
-        message_id = json.loads(raw)["message_id"]
-        async with r.pipeline(transaction=True) as pipe:
-            pipe.hset(refs, message_id, raw)
-            pipe.lpush(ids, message_id)
-            pipe.pexpire(refs, sent_ttl_ms)
-            pipe.pexpire(ids, sent_ttl_ms)
-            await pipe.execute()
-        extra = await r.lrange(ids, sent_per_user, -1)
-        if extra:
-            await r.ltrim(ids, 0, sent_per_user - 1)
-            await r.hdel(refs, *extra)
+        record = SentRecord.from_json(raw)
+        await r.eval(
+            UPDATE_SENT.source,
+            1,
+            keys.refs(user),
+            record.message_id,
+            kept_record(record),
+            sent_ttl_ms,
+            sent_per_user,
+        )
         done.sent_records += 1
     for shard in range(keys.shards):
         try:

@@ -63,8 +63,21 @@ ABORT = load("abort")
 CLAIM = load("claim")
 RELEASE_DUE = load("release_due")
 UPDATE_SENT = load("update_sent")
+GET_SENT = load("get_sent")
 ACK = load("ack")
 READY = load("ready")
 
-ALL = (BEGIN, COMMIT, RENEW, ABORT, CLAIM, RELEASE_DUE, UPDATE_SENT, ACK, READY, ENQUEUE)
+ALL = (
+    BEGIN,
+    COMMIT,
+    RENEW,
+    ABORT,
+    CLAIM,
+    RELEASE_DUE,
+    UPDATE_SENT,
+    GET_SENT,
+    ACK,
+    READY,
+    ENQUEUE,
+)
 """Every script the store loads at open."""

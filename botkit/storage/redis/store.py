@@ -43,7 +43,15 @@ from botkit.storage.base import (
 )
 from botkit.storage.redis import scripts
 from botkit.storage.redis.connection import build_client, mask
-from botkit.storage.redis.fields import FIELDS, Stored, changes, conversation, number
+from botkit.storage.redis.fields import (
+    FIELDS,
+    Stored,
+    changes,
+    conversation,
+    kept_record,
+    number,
+    record_from_kept,
+)
 from botkit.storage.redis.keys import DEFAULT_SHARDS, LAYOUT, Keys
 from botkit.storage.redis.migrate import StoreLayoutError, legacy_data
 from botkit.storage.redis.runner import ScriptRunner, done
@@ -51,6 +59,8 @@ from botkit.storage.redis.waiters import UnlockListener, Waiters
 
 log = logging.getLogger("botkit.storage.redis")
 
+# A read of every shard's stream happens at least this often (seconds).
+_FULL_READ_EVERY = 0.5
 # How many delayed messages one RELEASE_DUE call moves (keeps each script short).
 _RELEASE_BATCH = 500
 
@@ -141,6 +151,11 @@ class RedisStore(ConversationStore):
         self._waiters = Waiters()
         # Entries a read took beyond its count, per consumer, for its next read.
         self._carried: dict[str, list[OutboxItem]] = {}
+        # Shards this store queued messages to since the last read, and the
+        # event that announces them (see outbox_read).
+        self._queued_to: set[int] = set()
+        self._news: asyncio.Event | None = None
+        self._full_read_at = 0.0
         self._listener: UnlockListener | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._opening = asyncio.Lock()
@@ -288,6 +303,8 @@ class RedisStore(ConversationStore):
                 f"the lock of user ...{lease.user[-4:]} expired before the turn committed; "
                 "nothing was saved. Raise StoreConfig.lock_ttl or make the handler faster"
             )
+        if outbox:
+            self._queued(shard)
         self._waiters.wake(lease.user)
 
     async def abort_turn(self, lease: TurnLease) -> None:
@@ -330,6 +347,7 @@ class RedisStore(ConversationStore):
             keys = [self._keys.outbox(shard), self._keys.delayed(shard), self._keys.order(user)]
             async with self._runner.guard("queue messages"):
                 await self._runner.run(scripts.ENQUEUE, keys, [self._conversation_ttl_ms, *entries])
+            self._queued(shard)
 
         await asyncio.gather(*(append(user, entries) for user, entries in by_user.items()))
 
@@ -347,11 +365,17 @@ class RedisStore(ConversationStore):
     ) -> list[OutboxItem]:
         """Take up to ``count`` new entries (XREADGROUP) from ``shards`` (default: all).
 
-        Waits up to ``block`` seconds when there are none. One read covers
-        every shard and may take more than ``count`` (up to ``count`` from
-        each): the rest are kept for this consumer's next read. A long
-        ``block`` is split into waits shorter than the socket timeout, so a
-        dead server is still noticed within it.
+        Waits up to ``block`` seconds when there are none. One read may take
+        more than ``count`` (up to ``count`` from each shard read): the rest
+        are kept for this consumer's next read.
+
+        With ``shards`` given, the read blocks on those shards' streams. By
+        default (every shard) a read looks at the shards this store queued
+        messages to since its last read, which its commits announce at once,
+        and at every shard at least every half second and at the end of
+        ``block``: entries other processes queued are found within ``block``
+        (each process's sender usually takes its own). Reading all 256
+        streams at every wake-up would cost Redis far more.
         """
         client = await self._ensure_open()
         carried = self._carried.pop(consumer, None)
@@ -366,12 +390,53 @@ class RedisStore(ConversationStore):
                 self._carried[consumer] = [*carried[count:], *self._carried.get(consumer, [])]
             if carried:
                 return carried[:count]
-        streams = {self._keys.outbox(shard): shard for shard in shards or self.outbox_shards()}
         deadline = time.monotonic() + max(block, 0.0)
-        step = max(self._socket_timeout * 0.75, 0.05)
+        if shards is not None:
+            step = max(self._socket_timeout * 0.75, 0.05)
+            while True:
+                remaining = deadline - time.monotonic()
+                block_ms = _ms(min(remaining, step)) if remaining > 0 else None
+                items = await self._read(client, consumer, count, shards, block_ms)
+                if items or block_ms is None or time.monotonic() >= deadline:
+                    return items
+        news = self._news
+        if news is None:
+            news = self._news = asyncio.Event()
+        last = False
         while True:
+            news.clear()
+            now = time.monotonic()
+            if last or now - self._full_read_at >= _FULL_READ_EVERY:
+                self._full_read_at = now
+                self._queued_to.clear()
+                targets: Sequence[int] = self.outbox_shards()
+            else:
+                targets = sorted(self._queued_to)
+                self._queued_to.clear()
+            if targets:
+                items = await self._read(client, consumer, count, targets, None)
+                if items:
+                    return items
             remaining = deadline - time.monotonic()
-            block_ms = _ms(min(remaining, step)) if remaining > 0 else None
+            if last or remaining <= 0:
+                return []
+            try:
+                async with asyncio.timeout(min(remaining, _FULL_READ_EVERY)):
+                    await news.wait()
+            except TimeoutError:
+                last = time.monotonic() >= deadline
+
+    async def _read(
+        self,
+        client: aioredis.Redis,
+        consumer: str,
+        count: int,
+        shards: Sequence[int],
+        block_ms: int | None,
+    ) -> list[OutboxItem]:
+        """One XREADGROUP over ``shards``; entries beyond ``count`` carried to the next read."""
+        streams = {self._keys.outbox(shard): shard for shard in shards}
+        for attempt in range(2):
             async with self._runner.guard("read the outbox"):
                 try:
                     found = await done(
@@ -379,28 +444,33 @@ class RedisStore(ConversationStore):
                             self.group, consumer, dict.fromkeys(streams, ">"), count, block_ms
                         )
                     )
+                    break
                 except rerr.ResponseError as exc:
-                    if not str(exc).startswith("NOGROUP"):
+                    if not str(exc).startswith("NOGROUP") or attempt:
                         raise
-                    await self._ensure_group()  # the server lost it (restart without data)
-                    continue
-            items = [
-                OutboxItem(
-                    f"{streams[stream]}:{entry_id}",
-                    OutboundMessage.from_json(fields["m"]),
-                    1,
-                    _seq(fields.get("s")),
-                )
-                for stream, entries in _streams(found)
-                for entry_id, fields in entries
-                if fields and "m" in fields
-            ]
-            if len(items) > count:
-                items.sort(key=_entry_order)
-                self._carried[consumer] = items[count:]
-                return items[:count]
-            if items or block_ms is None or time.monotonic() >= deadline:
-                return items
+            await self._ensure_group()  # the server lost it (restart without data)
+        items = [
+            OutboxItem(
+                f"{streams[stream]}:{entry_id}",
+                OutboundMessage.from_json(fields["m"]),
+                1,
+                _seq(fields.get("s")),
+            )
+            for stream, entries in _streams(found)
+            for entry_id, fields in entries
+            if fields and "m" in fields
+        ]
+        if len(items) > count:
+            items.sort(key=_entry_order)
+            self._carried[consumer] = items[count:]
+            return items[:count]
+        return items
+
+    def _queued(self, shard: int) -> None:
+        """This store queued a message to ``shard``: the next read looks there at once."""
+        self._queued_to.add(shard)
+        if self._news is not None:
+            self._news.set()
 
     async def outbox_claim(
         self,
@@ -478,7 +548,11 @@ class RedisStore(ConversationStore):
             call.answered += (call.user(self._keys, item.message.user), cast(int, item.seq))
         for record in sent:
             call = ack(self._keys.shard(record.user))
-            call.sent += (call.user(self._keys, record.user), record.message_id, record.to_json())
+            call.sent += (
+                call.user(self._keys, record.user),
+                record.message_id,
+                kept_record(record),
+            )
         head = [self.group, self._sent_ttl_ms, self.config.sent_per_user]
 
         async def run(call: _Ack) -> None:
@@ -536,9 +610,22 @@ class RedisStore(ConversationStore):
                     )
                 moved += batch
                 if batch < _RELEASE_BATCH:
+                    if moved:
+                        self._queued(shard)
                     return moved
 
-        return sum(await asyncio.gather(*(release(s) for s in self.outbox_shards())))
+        # One cheap count per shard first: a script call only where something is due.
+        client = self._client
+        assert client is not None
+        async with (
+            self._runner.guard("look for delayed messages"),
+            client.pipeline(transaction=False) as pipe,
+        ):
+            for shard in self.outbox_shards():
+                pipe.zcount(self._keys.delayed(shard), "-inf", repr(now))
+            due = await pipe.execute()
+        shards = [shard for shard, n in zip(self.outbox_shards(), due, strict=True) if int(n)]
+        return sum(await asyncio.gather(*(release(s) for s in shards)))
 
     async def outbox_size(self) -> int:
         """Entries in the streams (unread or in flight) plus delayed ones, over all shards."""
@@ -568,17 +655,22 @@ class RedisStore(ConversationStore):
 
     async def get_sent(self, message_id: str, *, user: str) -> SentRecord | None:
         """The record by provider ``messageId`` among the user's last ``sent_per_user``."""
-        client = await self._ensure_open()
+        await self._ensure_open()
         async with self._runner.guard("read a sent-message record"):
-            raw: str | None = await done(client.hget(self._keys.refs(user)[0], message_id))
-        return None if raw is None else SentRecord.from_json(raw)
+            raw = await self._runner.run(scripts.GET_SENT, [self._keys.refs(user)], [message_id])
+        return None if raw is None else record_from_kept(message_id, user, raw)
 
     async def update_sent(self, record: SentRecord) -> None:
         """Replace the record (added again among the user's last ones if it had gone)."""
         await self._ensure_open()
-        args = [record.message_id, record.to_json(), self._sent_ttl_ms, self.config.sent_per_user]
+        args = [
+            record.message_id,
+            kept_record(record),
+            self._sent_ttl_ms,
+            self.config.sent_per_user,
+        ]
         async with self._runner.guard("update a sent-message record"):
-            await self._runner.run(scripts.UPDATE_SENT, self._keys.refs(record.user), args)
+            await self._runner.run(scripts.UPDATE_SENT, [self._keys.refs(record.user)], args)
 
     # -- turns: internals ----------------------------------------------------
 
@@ -718,11 +810,11 @@ class _Ack:
         self.keys = [self.stream]
 
     def user(self, keys: Keys, user: str) -> int:
-        """The user's place in this call (their order, refs and refs:ids keys added once)."""
+        """The user's place in this call (their order and refs keys added once)."""
         place = self.users.get(user)
         if place is None:
             place = self.users[user] = len(self.users)
-            self.keys += (keys.order(user), *keys.refs(user))
+            self.keys += (keys.order(user), keys.refs(user))
         return place
 
 

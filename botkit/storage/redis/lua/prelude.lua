@@ -32,16 +32,27 @@ local function holds(lock, token)
   return held and string.sub(held, 1, #token + 1) == token .. ' '
 end
 
--- Keep a sent-message record in the user's last ``keep`` (sliding TTL ``ttl`` ms).
-local function remember(refs, ids, id, record, ttl, keep)
-  if redis.call('HSET', refs, id, record) == 1 then
-    redis.call('LPUSH', ids, id)
-    local older = redis.call('LRANGE', ids, keep, -1)
-    if #older > 0 then
-      redis.call('LTRIM', ids, 0, keep - 1)
-      redis.call('HDEL', refs, unpack(older))
-    end
+-- The user's sent-message records: a list of "<messageId> <record>", newest
+-- first, at most ``keep`` long (a list stays compact whatever a record's size).
+-- -> the record's index (0-based) and entry, or nil
+local function find_sent(refs, id)
+  local entries = redis.call('LRANGE', refs, 0, -1)
+  local head = id .. ' '
+  for i, entry in ipairs(entries) do
+    if string.sub(entry, 1, #head) == head then return i - 1, entry end
+  end
+  return nil
+end
+
+-- Keep a sent-message record among the user's last ``keep`` (sliding TTL
+-- ``ttl`` ms); an update stays in its place.
+local function remember(refs, id, record, ttl, keep)
+  local index = find_sent(refs, id)
+  if index then
+    redis.call('LSET', refs, index, id .. ' ' .. record)
+  else
+    redis.call('LPUSH', refs, id .. ' ' .. record)
+    redis.call('LTRIM', refs, 0, keep - 1)
   end
   redis.call('PEXPIRE', refs, ttl)
-  redis.call('PEXPIRE', ids, ttl)
 end
