@@ -14,7 +14,7 @@ so the shards spread evenly over the 16,384 slots (:func:`shard_tags`).
     P:{T}:<user>:waiting          set while a turn waits: the commit publishes a wake-up
     P:{T}:<user>:seen             list: the user's last K handled dedupe keys (TTL done_ttl)
     P:{T}:<user>:order            hash: next, done: the user's send order
-    P:{T}:<user>:refs             list: "<messageId> <sent-message record>", the user's
+    P:{T}:<user>:refs             list: messageId, sent-message record, ...: the user's
                                   last K, newest first (TTL sent_ttl)
     P:{T}:outbox                  the shard's stream of messages to send (group "senders")
     P:{T}:delayed                 the shard's zset of messages waiting for ``not_before``

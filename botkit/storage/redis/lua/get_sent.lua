@@ -2,6 +2,6 @@
 -- KEYS: the user's refs list
 -- ARGV: messageId
 -- -> the record, or nil
-local _, entry = find_sent(KEYS[1], ARGV[1])
-if not entry then return nil end
-return string.sub(entry, #ARGV[1] + 2)
+local index = find_sent(KEYS[1], ARGV[1])
+if not index then return nil end
+return redis.call('LINDEX', KEYS[1], index)

@@ -32,15 +32,13 @@ local function holds(lock, token)
   return held and string.sub(held, 1, #token + 1) == token .. ' '
 end
 
--- The user's sent-message records: a list of "<messageId> <record>", newest
--- first, at most ``keep`` long (a list stays compact whatever a record's size).
--- -> the record's index (0-based) and entry, or nil
+-- The user's sent-message records: a list of messageId, record, messageId,
+-- record..., newest first, at most ``keep`` records long (a list stays
+-- compact whatever a record's size; LPOS finds an id without copying).
+-- -> the record's index in the list, or nil
 local function find_sent(refs, id)
-  local entries = redis.call('LRANGE', refs, 0, -1)
-  local head = id .. ' '
-  for i, entry in ipairs(entries) do
-    if string.sub(entry, 1, #head) == head then return i - 1, entry end
-  end
+  local at = redis.call('LPOS', refs, id, 'MAXLEN', 0)
+  if at and at % 2 == 0 then return at + 1 end
   return nil
 end
 
@@ -49,10 +47,10 @@ end
 local function remember(refs, id, record, ttl, keep)
   local index = find_sent(refs, id)
   if index then
-    redis.call('LSET', refs, index, id .. ' ' .. record)
+    redis.call('LSET', refs, index, record)
   else
-    redis.call('LPUSH', refs, id .. ' ' .. record)
-    redis.call('LTRIM', refs, 0, keep - 1)
+    redis.call('LPUSH', refs, record, id)
+    redis.call('LTRIM', refs, 0, 2 * keep - 1)
   end
   redis.call('PEXPIRE', refs, ttl)
 end
