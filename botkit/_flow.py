@@ -30,19 +30,17 @@ and a state's ``on_enter``/``on_exit``) are sync or async functions of
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 
 from transitions.core import EventData
 from transitions.extensions.asyncio import (
-    AsyncCondition,
     AsyncEventData,
-    AsyncMachine,
-    AsyncTransition,
 )
 
+from botkit._compat import SequentialMachine
 from botkit._router import ANY, Router, flow_wide_key
 from botkit._where import DefinitionError, caller_location
 
@@ -78,33 +76,6 @@ class State:
     name: str
     on_enter: Callback | Sequence[Callback] | None = None
     on_exit: Callback | Sequence[Callback] | None = None
-
-
-class _FlowTransition(AsyncTransition):
-    """Conditions are checked in order and stop at the first that says no, as in a sync Machine."""
-
-    async def _eval_conditions(self, event_data: AsyncEventData) -> bool:  # type: ignore[override]
-        for condition in self.conditions:
-            if not await cast(AsyncCondition, condition).check(event_data):
-                return False
-        return True
-
-
-class _FlowMachine(AsyncMachine):
-    """An AsyncMachine that runs a transition's callbacks one after another, in order.
-
-    ``transitions`` gathers them concurrently: two async ``after`` callbacks
-    would interleave their replies, and when one raised the others would run
-    on past the failed turn.
-    """
-
-    transition_cls = _FlowTransition
-
-    @staticmethod
-    async def await_all(
-        callables: list[Callable[..., Coroutine[Any, Any, bool | None]]],
-    ) -> list[bool | None]:
-        return [await call() for call in callables]
 
 
 class FlowModel:
@@ -251,7 +222,7 @@ class Flow(Router):
             )
         self.on_timeout = on_timeout
         self.transition_defs = [self._transition_def(t, where) for t in transitions]
-        self._machine = _FlowMachine(
+        self._machine = SequentialMachine(
             model=None,
             states=[self._machine_state(d, where) for d in state_defs],
             transitions=[self._machine_transition(t, where) for t in self.transition_defs],

@@ -28,6 +28,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+from botkit._compat import histogram_add, histogram_bounds
+
 TURNS = Counter("botkit_turns_total", "Turns run, by event kind and outcome.", ["kind", "outcome"])
 TURN_SECONDS = Histogram(
     "botkit_turn_duration_seconds",
@@ -117,8 +119,8 @@ def observe(histogram: Histogram, value: float) -> None:
     """Observe ``value`` in ``histogram`` at the next :func:`flush`."""
     held = _observed.get(histogram)
     if held is None:
-        bounds: list[float] | None = getattr(histogram, "_upper_bounds", None)
-        if bounds is None or not hasattr(histogram, "_buckets") or not hasattr(histogram, "_sum"):
+        bounds = histogram_bounds(histogram)
+        if bounds is None:
             histogram.observe(value)  # a prometheus_client whose internals differ: no holding
             return
         held = _observed[histogram] = (bounds, [0.0] * (len(bounds) + 1))
@@ -135,10 +137,7 @@ def flush() -> None:
     for (counter, labels), amount in counts.items():
         (counter.labels(*labels) if labels else counter).inc(amount)
     for histogram, (_, totals) in observed.items():
-        histogram._sum.inc(totals[0])
-        for bucket, n in zip(histogram._buckets, totals[1:], strict=True):
-            if n:
-                bucket.inc(n)
+        histogram_add(histogram, totals[0], totals[1:])
 
 
 def render() -> tuple[bytes, str]:

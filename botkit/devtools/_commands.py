@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from botkit._bot import Bot
+from botkit._compat import SubParsers
 
 __all__ = ["register"]
 
@@ -20,9 +21,7 @@ LoadBot = Callable[[str], Bot]
 Fail = Callable[[str, str], int]
 
 
-def register(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], load_bot: LoadBot, fail: Fail
-) -> None:
+def register(sub: SubParsers[argparse.ArgumentParser], load_bot: LoadBot, fail: Fail) -> None:
     """Add the ``chat`` and ``graph`` subcommands to the ``botkit`` parser.
 
     ``load_bot(target)`` returns the Bot (or raises ``BotLoadError``);

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from botkit._bot import Bot
+from botkit._compat import SubParsers
 
 TARGET_ENV = "BOTKIT_TARGET"
 """``botkit run``'s target when the command line gives none (a container's image sets it)."""
@@ -542,7 +543,7 @@ def _autoreply(args: argparse.Namespace) -> int:
     return code
 
 
-def _add_devtools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_devtools(sub: SubParsers[argparse.ArgumentParser]) -> None:
     try:
         from botkit.devtools import _commands as commands
     except ImportError:

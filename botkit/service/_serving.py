@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import socket
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import uvicorn
+
+from botkit._compat import embedded_server
 
 __all__ = ["ServingError", "run_app", "serve_app", "tune_gc"]
 
@@ -32,56 +33,6 @@ ASGIApp = Any
 
 class ServingError(RuntimeError):
     """The server could not start (the port is taken, the app's startup failed...)."""
-
-
-class _EmbeddedServer(uvicorn.Server):
-    """A uvicorn server for embedding: no signal handling, and a prompt stop.
-
-    uvicorn checks for exit every 0.1 s and waits for connections in 0.1 s
-    steps, which adds up when tests start and stop a server each; this one
-    wakes when :meth:`stop` is called and polls in milliseconds.
-    """
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self._stopping = asyncio.Event()
-
-    def stop(self) -> None:
-        """Ask the server to shut down gracefully."""
-        self.should_exit = True
-        self._stopping.set()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        # pytest or the host command owns SIGINT/SIGTERM; uvicorn would take them over.
-        yield
-
-    async def main_loop(self) -> None:
-        counter = 0
-        while not await self.on_tick(counter):
-            counter = (counter + 1) % 864_000
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), 0.1)
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        # uvicorn's own steps (stop accepting, close idle connections, let the
-        # requests in flight finish, then the lifespan's shutdown), polled faster.
-        for server in self.servers:
-            server.close()
-        for connection in list(self.server_state.connections):
-            connection.shutdown()
-        state = self.server_state
-        try:
-            async with asyncio.timeout(self.config.timeout_graceful_shutdown or 5):
-                # uvicorn signals no event when its last connection closes: poll.
-                while state.connections or state.tasks:  # noqa: ASYNC110
-                    await asyncio.sleep(0.002)
-        except TimeoutError:
-            for task in state.tasks:
-                task.cancel()
-        for server in self.servers:
-            await server.wait_closed()
-        await self.lifespan.shutdown()
 
 
 def tune_gc(young: int = SERVER_GC_YOUNG) -> None:
@@ -167,12 +118,12 @@ async def serve_app(
     exit the server stops accepting connections and waits (up to 5 s) for
     the requests in flight.
     """
-    server = _EmbeddedServer(_config(app, host, port, log_level))
+    server, stop = embedded_server(_config(app, host, port, log_level))
     task = asyncio.create_task(_serve(server), name=f"uvicorn {host}:{port}")
     try:
         yield await _started(server, task, startup_timeout)
     finally:
-        server.stop()
+        stop()
         if not task.done():
             try:
                 await asyncio.wait_for(task, timeout=10.0)

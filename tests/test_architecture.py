@@ -1,0 +1,102 @@
+"""The code's shape: no module reaches into another module's (or package's) private names.
+
+A ``_name`` is private to the module that defines it. When another module
+needs it, the defining module is missing a public method; reaching in would
+tie the two together where no reader looks. This reads every module of
+botkit and checks each ``obj._name`` against the names the module itself
+defines, and each ``from botkit... import _name``.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "botkit"
+# botkit/_compat.py is where another package's private names are allowed, fenced.
+MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.name != "_compat.py")
+# Public API with an underscore so as not to clash with field names (namedtuple's).
+DOCUMENTED = frozenset({"_replace", "_asdict", "_fields", "_make"})
+
+
+def private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def defined_names(tree: ast.Module) -> set[str]:
+    """Every private name the module defines: functions, classes, attributes, slots."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            names.add(node.attr)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Attribute):
+            names.add(node.target.attr)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names.add(node.value)  # __slots__ entries
+    return {n for n in names if private(n)}
+
+
+def is_module(root: Path, package: str, name: str) -> bool:
+    """True when ``from package import name`` imports a module (private modules are fine)."""
+    where = root.joinpath(*package.split("."), name)
+    return where.with_suffix(".py").exists() or where.is_dir()
+
+
+def foreign_private_uses(path: Path, root: Path = PACKAGE.parent) -> list[str]:
+    """``file:line`` of each private name of another module that ``path`` uses."""
+    tree = ast.parse(path.read_text(), str(path))
+    where = path.relative_to(root)
+    own = defined_names(tree)
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and private(node.attr):
+            base = node.value
+            if isinstance(base, ast.Name) and base.id in ("self", "cls"):
+                continue
+            if node.attr in own or node.attr in DOCUMENTED:
+                continue
+            if isinstance(base, ast.Name) and base.id == "sys" and node.attr == "_getframe":
+                continue  # a documented CPython function, used to name a definition's line
+            found.append(f"{where}:{node.lineno} .{node.attr}")
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            module = node.module or ""
+            ours = module.split(".")[0] == "botkit"
+            if not ours and any(private(part) for part in module.split(".")):
+                found.append(f"{where}:{node.lineno} from {module}")
+            for alias in node.names:
+                if private(alias.name) and not (ours and is_module(root, module, alias.name)):
+                    found.append(f"{where}:{node.lineno} from {module} import {alias.name}")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] != "botkit" and any(private(part) for part in parts):
+                    found.append(f"{where}:{node.lineno} import {alias.name}")
+    return found
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE.parent)))
+def test_no_module_reads_or_writes_another_modules_private_names(path: Path) -> None:
+    assert foreign_private_uses(path) == []
+
+
+def test_the_check_finds_a_foreign_private_name(tmp_path: Path) -> None:
+    module = tmp_path / "botkit" / "example.py"
+    module.parent.mkdir()
+    module.write_text(
+        "from botkit._turn import _NO_VALUES\n"
+        "class Mine:\n"
+        "    def __init__(self):\n"
+        "        self._own = 1\n"
+        "def use(ctx, mine):\n"
+        "    return ctx._values, mine._own\n"
+    )
+    assert foreign_private_uses(module, tmp_path) == [
+        "botkit/example.py:1 from botkit._turn import _NO_VALUES",
+        "botkit/example.py:6 ._values",
+    ]
