@@ -196,3 +196,49 @@ def test_piped_input_gives_a_readable_transcript() -> None:
         "  · flow order: menu → size",
         "you: ",
     ]
+
+
+FAILING_BOT = """
+from botkit import Bot, Context
+
+bot = Bot("fails")
+
+
+def quantity(text: str) -> int:
+    return int(text)
+
+
+@bot.text()
+async def order(ctx: Context) -> None:
+    await ctx.reply(f"{quantity(ctx.text)} pizzas")
+"""
+
+
+@pytest.mark.parametrize("flag", [[], ["--traceback"]], ids=["one-line", "traceback"])
+def test_a_failing_handler_is_one_line_unless_the_traceback_is_asked_for(
+    tmp_path: Path, flag: list[str]
+) -> None:
+    (tmp_path / "failing.py").write_text(FAILING_BOT)
+    run = subprocess.run(
+        [sys.executable, "-m", "botkit", "chat", "failing", "--no-color", *flag],
+        cwd=tmp_path,
+        input="two\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == ""  # the chat says it; the log does not repeat it
+    said = run.stdout.splitlines()[2:]
+    assert said[:2] == [
+        "you: two",
+        "! handler order raised ValueError: invalid literal for int() with base 10: 'two' "
+        "at failing.py:8 in quantity (nothing was saved)",
+    ]
+    if flag:
+        trace = "\n".join(said[2:])
+        assert trace.startswith("Traceback (most recent call last):")
+        assert 'failing.py", line 8, in quantity' in trace
+    else:
+        assert said[2:] == ["you: "]
