@@ -86,6 +86,7 @@ from botkit.devino.models import (
     StatusReport,
 )
 from botkit.devino.validation import batch_reasons, normalize_phone, validate_message
+from botkit.service._logs import configure_logging
 from botkit.service._serving import ServingError, run_app, serve_app
 
 __all__ = [
@@ -986,9 +987,9 @@ def serve_from_args(args: argparse.Namespace, fail: Callable[[str, int], int]) -
     except InvalidPhoneNumber as exc:
         return fail(f"--not-on-whatsapp: {exc}", 2)
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    # The service's console format: one line per record, control characters
+    # escaped, libraries' INFO chatter (a line per callback request) off.
+    configure_logging("console", args.log_level.upper())
 
     def started(base_url: str) -> None:
         keys = "only the configured API key" if args.api_key else "any API key"
