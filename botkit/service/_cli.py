@@ -140,6 +140,11 @@ def _run(args: argparse.Namespace) -> int:
 
     if not args.target:
         return _fail("run", f"give the bot as MODULE[:ATTR] (e.g. mybot:bot) or set {TARGET_ENV}")
+    if args.port is None:  # not on the command line: BOTKIT_PORT, else 8000
+        try:
+            args.port = _port(os.environ.get(PORT_ENV) or "8000")
+        except argparse.ArgumentTypeError as exc:
+            return _fail("run", f"{PORT_ENV}: {exc}")
     try:
         bot = load_bot(args.target)
         settings = load_settings()
@@ -439,7 +444,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--port",
         type=_port,
-        default=os.environ.get(PORT_ENV) or "8000",
+        default=None,
         help=f"port to listen on (default: ${PORT_ENV}, else 8000)",
     )
     run.add_argument(

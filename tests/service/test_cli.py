@@ -461,3 +461,9 @@ def test_run_takes_the_bot_and_the_port_from_the_environment(
     assert done.stderr == (
         "botkit run: give the bot as MODULE[:ATTR] (e.g. mybot:bot) or set BOTKIT_TARGET\n"
     )
+
+    done = run_cli(["run", "mybot"], clean_env(**READY, BOTKIT_PORT="http"), cwd=bots_dir)
+    assert (done.returncode, done.stderr) == (
+        2,
+        "botkit run: BOTKIT_PORT: 'http' is not a port number\n",
+    )
