@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, cast
 from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit
 
+import hiredis
 import redis.asyncio as aioredis
 from redis import exceptions as rerr
 from redis.asyncio.retry import Retry
@@ -43,6 +44,21 @@ _POOL_EXHAUSTED = "No connection available."
 
 SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
 """The URL schemes :func:`build_client` knows."""
+
+
+class HiredisConnection(aioredis.Connection):
+    """redis-py's asyncio TCP connection, packing commands with hiredis.
+
+    redis-py's sync client packs with hiredis when it is installed; its
+    asyncio connection packs in Python, which costs the store a fifth of a
+    turn's client CPU. Same bytes on the wire, same encoding (UTF-8, strict).
+    """
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        """``args`` as one RESP command (a command name with a space is split, as redis-py does)."""
+        if isinstance(args[0], str) and " " in args[0]:
+            args = (*args[0].split(), *args[1:])
+        return [hiredis.pack_command(args)]
 
 
 def build_client(
@@ -79,6 +95,8 @@ def build_client(
             f"unsupported Redis URL scheme {scheme!r}: use redis://, rediss://, unix:// "
             "or redis+sentinel:// (Redis Cluster is not supported yet)"
         )
+    if scheme == "redis":  # rediss:// and unix:// keep the URL's own connection class
+        options["connection_class"] = HiredisConnection
     pool = aioredis.BlockingConnectionPool.from_url(url, timeout=socket_timeout, **options)
     return aioredis.Redis(connection_pool=pool)
 

@@ -98,28 +98,31 @@ _REACHED = frozenset({"delivered", "read", "visited"})
 
 
 def kept_record(record: SentRecord) -> str:
-    """The record as kept under its user and messageId: compact JSON without those two
-    nor default values, and without the message's content once it reached the user
-    (nothing resends it then)."""
+    """The record as kept: its JSON while the message may still be resent; once a
+    receipt says it reached the user (nothing resends it then), compact JSON
+    without the content, the user and the messageId (both are known from
+    where it is kept) nor default values."""
+    if record.status.lower() not in _REACHED:
+        return record.to_json()
     data = json.loads(record.to_json())
-    del data["message_id"]
+    del data["message_id"], data["sent_at"]
     message = data["message"]
     del message["user"]
+    for name in ("text", "media", "template", "fallback", "created_at"):
+        message.pop(name, None)
     if message.get("origin") == "reply":
         del message["origin"]
     if message.get("attempt") == 0:
         del message["attempt"]
-    if record.status.lower() in _REACHED:
-        for name in ("text", "media", "template", "fallback", "created_at"):
-            message.pop(name, None)
-        del data["sent_at"]
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
 def record_from_kept(message_id: str, user: str, kept: str) -> SentRecord:
     """A record from :func:`kept_record`'s form."""
+    if kept.startswith('{"message_id"'):
+        return SentRecord.from_json(kept)
     data = json.loads(kept)
     data["message_id"] = message_id
     data["message"]["user"] = user
-    data.setdefault("sent_at", 0.0)
+    data["sent_at"] = 0.0
     return SentRecord.from_json(json.dumps(data))

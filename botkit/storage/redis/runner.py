@@ -106,26 +106,16 @@ class ScriptRunner:
             task.add_done_callback(self._background.discard)
 
     async def _run_batch(self, batch: list[_Call]) -> None:
-        sent: list[_Call] = []
         try:
             client = self.client
             if client is None:
                 raise StorageUnavailable("the store is closed")
-            async with client.pipeline(transaction=False) as pipe:
-                for call in batch:
-                    try:
-                        keys, args = _encoded(call.keys), _encoded(call.args)
-                    except UnicodeEncodeError as exc:
-                        call.result.set_exception(
-                            StorageError(
-                                f"could not run {call.script.name}: an argument is not text "
-                                f"Redis can store ({exc}); nothing was written"
-                            )
-                        )
-                        continue
-                    pipe.evalsha(call.script.sha, len(keys), *keys, *args)
-                    sent.append(call)
-                results = await pipe.execute(raise_on_error=False) if sent else []
+            try:
+                sent, results = await self._execute(client, batch, check=False)
+            except UnicodeEncodeError:
+                # Packing failed before anything was sent: find the calls whose
+                # text has no UTF-8 form (lone surrogates), fail them alone.
+                sent, results = await self._execute(client, batch, check=True)
         except BaseException as exc:
             # The connection failed (or the store closed): no call of the batch
             # knows whether it ran, each is told so.
@@ -142,6 +132,30 @@ class ScriptRunner:
                 call.result.set_exception(result)
             else:
                 call.result.set_result(result)
+
+    async def _execute(
+        self, client: aioredis.Redis, batch: list[_Call], *, check: bool
+    ) -> tuple[list[_Call], list[Any]]:
+        """One pipeline of the batch's EVALSHA calls; with ``check``, unencodable calls left out."""
+        sent: list[_Call] = []
+        async with client.pipeline(transaction=False) as pipe:
+            for call in batch:
+                keys, args = call.keys, call.args
+                if check:
+                    try:
+                        keys, args = _encoded(keys), _encoded(args)
+                    except UnicodeEncodeError as exc:
+                        call.result.set_exception(
+                            StorageError(
+                                f"could not run {call.script.name}: an argument is not text "
+                                f"Redis can store ({exc}); nothing was written"
+                            )
+                        )
+                        continue
+                pipe.evalsha(call.script.sha, len(keys), *keys, *args)
+                sent.append(call)
+            results = await pipe.execute(raise_on_error=False) if sent else []
+        return sent, results
 
 
 class Guard:
