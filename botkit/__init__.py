@@ -17,6 +17,7 @@ A bot imports everything it needs from ``botkit``.
 from botkit._bot import Bot, BotNotRunning
 from botkit._clock import Clock, ManualClock, SystemClock
 from botkit._context import Context, FlowControl
+from botkit._errors import BotkitError
 from botkit._events import (
     Contact,
     ContactsMessage,
@@ -34,11 +35,11 @@ from botkit._events import (
 from botkit._filters import (
     Choices,
     ErrorCode,
-    F,
     Filter,
     Keywords,
     MediaType,
     Mime,
+    Predicate,
     Regex,
     StatusIs,
     Text,
@@ -53,7 +54,7 @@ from botkit._media import (
     MediaTooLarge,
 )
 from botkit._outbound import OutboundMessage, SendMode, Template
-from botkit._plugins import Plugin, UnknownPlugin
+from botkit._plugins import InvalidPlugin, Plugin, UnknownPlugin
 from botkit._router import ANY, Router, SkipHandler
 from botkit._turn import Outcome, Turn, TurnOutcome
 from botkit._where import DefinitionError
@@ -66,9 +67,12 @@ from botkit.delivery._policy import (
     ReplyTooLong,
     SessionWindow,
 )
+from botkit.delivery._status import DeliveryRejected
+from botkit.devino.errors import InvalidPhoneNumber
 from botkit.storage.base import (
     DuplicateMessage,
     LockLost,
+    StorageError,
     StorageUnavailable,
     StoreConfig,
     UserBusy,
@@ -80,6 +84,7 @@ __all__ = [
     "ANY",
     "Bot",
     "BotNotRunning",
+    "BotkitError",
     "Choices",
     "Clock",
     "Contact",
@@ -87,16 +92,18 @@ __all__ = [
     "Context",
     "DefinitionError",
     "DeliveryRefused",
+    "DeliveryRejected",
     "DeliveryStatus",
     "DuplicateMessage",
     "ErrorCode",
     "Event",
     "EventKind",
-    "F",
     "Filter",
     "Flow",
     "FlowControl",
     "FlowError",
+    "InvalidPhoneNumber",
+    "InvalidPlugin",
     "InvalidTrigger",
     "Keywords",
     "LocationMessage",
@@ -121,6 +128,7 @@ __all__ = [
     "Outcome",
     "OutsideSessionWindow",
     "Plugin",
+    "Predicate",
     "Regex",
     "ReplyPolicy",
     "ReplyTooLong",
@@ -131,6 +139,7 @@ __all__ = [
     "State",
     "StatusIs",
     "StatusUpdate",
+    "StorageError",
     "StorageUnavailable",
     "StoreConfig",
     "SystemClock",

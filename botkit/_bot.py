@@ -6,6 +6,7 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from botkit._errors import BotkitError
 from botkit._events import Media
 from botkit._outbound import OutboundMessage, Template
 from botkit._router import Router
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
-class BotNotRunning(RuntimeError):
+class BotNotRunning(BotkitError, RuntimeError):
     """``bot.send`` was called while the bot is not running anywhere in this process."""
 
 

@@ -2,11 +2,11 @@
 
 Combine them with ``&``, ``|`` and ``~``::
 
-    from botkit import F, Text, Regex, MediaType
+    from botkit import Predicate, Text, Regex, MediaType
 
     @bot.text(Text("yes", "y", ignore_case=True) | Regex(r"^ok\\b"))
     @bot.media(MediaType("image") & ~Mime("image/png"))
-    @bot.text(F(lambda m: m.text.startswith("/")))
+    @bot.text(Predicate(lambda m: m.text.startswith("/")))
 
 In a decorator, strings are exact texts and several strings are any of them
 (``@bot.text("hi", "hello")``); filter objects side by side must all pass
@@ -407,16 +407,16 @@ class ErrorCode(Filter):
         return f"ErrorCode({', '.join(map(str, sorted(self.codes)))})"
 
 
-class F(Filter):
+class Predicate(Filter):
     """A custom predicate, sync or async, on the event (and the context if it takes two arguments).
 
-    ``F(lambda m: len(m.text) > 100)`` or
-    ``F(is_vip)`` with ``async def is_vip(message, ctx) -> bool``.
+    ``Predicate(lambda m: len(m.text) > 100)`` or
+    ``Predicate(is_vip)`` with ``async def is_vip(message, ctx) -> bool``.
     """
 
     def __init__(self, predicate: Callable[..., bool | Awaitable[bool] | Mapping[str, Any]]):
         if not callable(predicate):
-            raise TypeError(f"F(...) takes a function, not {type(predicate).__name__}")
+            raise TypeError(f"Predicate(...) takes a function, not {type(predicate).__name__}")
         self.predicate = predicate
         self.is_async = inspect.iscoroutinefunction(predicate) or inspect.iscoroutinefunction(
             getattr(predicate, "__call__", None)  # noqa: B004 - callable objects
@@ -424,7 +424,7 @@ class F(Filter):
         arity = _positional_arity(predicate)
         if arity == 0:
             raise TypeError(
-                f"F(...) takes a function of (message) or (message, ctx); "
+                f"Predicate(...) takes a function of (message) or (message, ctx); "
                 f"{getattr(predicate, '__qualname__', predicate)!r} takes no arguments"
             )
         self._with_ctx = arity >= 2
@@ -447,7 +447,7 @@ class F(Filter):
         return _as_result(result)
 
     def __repr__(self) -> str:
-        return f"F({getattr(self.predicate, '__qualname__', self.predicate)!r})"
+        return f"Predicate({getattr(self.predicate, '__qualname__', self.predicate)!r})"
 
 
 def _as_result(value: Any) -> FilterResult:
@@ -474,7 +474,7 @@ def as_filter(value: object) -> Filter:
     """Turn what a decorator was given into a filter.
 
     A :class:`Filter` stays as it is, a string becomes ``Text(value)``, a
-    compiled pattern becomes ``Regex``, a function becomes ``F(function)``.
+    compiled pattern becomes ``Regex``, a function becomes ``Predicate(function)``.
     Anything else raises TypeError.
     """
     if isinstance(value, Filter):
@@ -484,10 +484,10 @@ def as_filter(value: object) -> Filter:
     if isinstance(value, re.Pattern):
         return Regex(value)
     if callable(value):
-        return F(value)
+        return Predicate(value)
     raise TypeError(
         f"{value!r} ({type(value).__name__}) is not a filter: use a string, a compiled regex, "
-        "a function, or a botkit filter such as Text, Keywords, Regex, MediaType, Mime or F"
+        "a function, or a botkit filter such as Text, Keywords, Regex, MediaType, Mime or Predicate"
     )
 
 

@@ -41,6 +41,7 @@ from transitions.extensions.asyncio import (
 )
 
 from botkit._compat import SequentialMachine
+from botkit._errors import BotkitError
 from botkit._router import ANY, Router, flow_wide_key
 from botkit._where import DefinitionError, caller_location
 
@@ -49,7 +50,7 @@ _CALLBACK_KEYS = ("conditions", "unless", "before", "after", "prepare")
 _STATE_CALLBACK_KEYS = ("on_enter", "on_exit")
 
 
-class FlowError(Exception):
+class FlowError(BotkitError):
     """Base class of errors a handler can hit while moving a user through a flow."""
 
 

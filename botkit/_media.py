@@ -30,6 +30,7 @@ from urllib.parse import urljoin, urlsplit
 import anyio
 import httpcore
 
+from botkit._errors import BotkitError
 from botkit._events import Media, MediaKind
 from botkit.devino.validation import MAX_BYTES
 
@@ -57,7 +58,7 @@ LOOPBACK = ("localhost", "127.0.0.0/8", "::1")
 """What :meth:`MediaPolicy.for_development` adds to the allow-list."""
 
 
-class MediaError(Exception):
+class MediaError(BotkitError):
     """A media file could not be downloaded."""
 
 

@@ -19,16 +19,17 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
+from botkit._errors import BotkitError
 from botkit._router import Router
 
 GROUP = "botkit.plugins"
 
 
-class UnknownPlugin(LookupError):
+class UnknownPlugin(BotkitError, LookupError):
     """A plugin name that no installed package provides."""
 
 
-class InvalidPlugin(TypeError):
+class InvalidPlugin(BotkitError, TypeError):
     """An entry point that does not lead to a Plugin or a Router."""
 
 

@@ -6,6 +6,8 @@ import os
 import sys
 import traceback
 
+from botkit._errors import BotkitError
+
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
@@ -36,7 +38,7 @@ def raised_at(exc: BaseException) -> str:
     return f"{path}:{frame.lineno} in {frame.name}"
 
 
-class DefinitionError(TypeError):
+class DefinitionError(BotkitError, TypeError):
     """A bot, router or flow definition is wrong: raised where it is written, not at run time.
 
     The message ends with the file and line of the definition.

@@ -17,13 +17,13 @@ from botkit import (
     Choices,
     Context,
     DefinitionError,
-    F,
     Filter,
     Keywords,
     MediaMessage,
     MediaType,
     Message,
     Mime,
+    Predicate,
     Regex,
     Text,
 )
@@ -101,7 +101,7 @@ async def test_several_strings_in_a_decorator_mean_any_of_them() -> None:
     async def greet(ctx: Context) -> None:
         await ctx.reply("greeting")
 
-    @bot.text("yes", "y", F(lambda m: m.text.isupper()))
+    @bot.text("yes", "y", Predicate(lambda m: m.text.isupper()))
     async def shouted_yes(ctx: Context) -> None:
         await ctx.reply("shouted yes")
 
@@ -249,8 +249,8 @@ async def test_text_filters_read_a_media_caption() -> None:
         (lambda: Regex(1), TypeError),
         (lambda: MediaType("gif"), ValueError),
         (lambda: Mime(), TypeError),
-        (lambda: F(1), TypeError),
-        (lambda: F(lambda: True), TypeError),
+        (lambda: Predicate(1), TypeError),
+        (lambda: Predicate(lambda: True), TypeError),
     ],
 )
 def test_built_in_filters_reject_wrong_arguments(
@@ -268,21 +268,23 @@ def test_an_unknown_media_kind_names_the_known_ones() -> None:
 # -- algebra -------------------------------------------------------------------
 
 
-def const(value: bool) -> F:
-    return F(lambda message: value)
+def const(value: bool) -> Predicate:
+    return Predicate(lambda message: value)
 
 
-def aconst(value: bool) -> F:
+def aconst(value: bool) -> Predicate:
     async def predicate(message: Message) -> bool:
         await asyncio.sleep(0)
         return value
 
-    return F(predicate)
+    return Predicate(predicate)
 
 
 @pytest.mark.parametrize(("a", "b"), list(itertools.product([True, False], repeat=2)))
 @pytest.mark.parametrize("make", [const, aconst], ids=["sync", "async"])
-async def test_and_or_not_follow_boolean_logic(a: bool, b: bool, make: Callable[[bool], F]) -> None:
+async def test_and_or_not_follow_boolean_logic(
+    a: bool, b: bool, make: Callable[[bool], Predicate]
+) -> None:
     assert await takes(make(a) & make(b), "x") is (a and b)
     assert await takes(make(a) | make(b), "x") is (a or b)
     assert await takes(~make(a), "x") is (not a)
@@ -341,7 +343,7 @@ async def test_sync_predicates_run_inline_in_the_turn_not_in_a_thread() -> None:
         where.append((threading.get_ident(), asyncio.current_task()))
         return len(getattr(message, "text", "")) < 10
 
-    @bot.text(F(short))
+    @bot.text(Predicate(short))
     async def handler(ctx: Context) -> None:
         handled_in.append(asyncio.current_task())
         await ctx.reply("short")
@@ -364,7 +366,7 @@ async def test_async_predicates_are_awaited_and_may_use_the_context() -> None:
         await asyncio.sleep(0)
         return ctx.user in vips and message.kind.value == "text"
 
-    @bot.text(F(is_vip))
+    @bot.text(Predicate(is_vip))
     async def vip(ctx: Context) -> None:
         await ctx.reply("welcome back, VIP")
 
@@ -400,7 +402,7 @@ async def test_callable_objects_with_async_call_are_awaited() -> None:
 
     bot = Bot("callable")
 
-    @bot.message(F(HasAttachment()))
+    @bot.message(Predicate(HasAttachment()))
     async def attached(ctx: Context) -> None:
         await ctx.reply("attachment")
 

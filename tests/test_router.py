@@ -16,8 +16,8 @@ from botkit import (
     Context,
     DefinitionError,
     ErrorCode,
-    F,
     Flow,
+    Predicate,
     Regex,
     Router,
     SkipHandler,
@@ -111,7 +111,7 @@ async def test_an_event_no_handler_takes_is_unhandled_and_answers_nothing() -> N
 async def test_first_match_wins_in_registration_order() -> None:
     bot = Bot("order")
 
-    @bot.text(F(lambda m: "a" in m.text))
+    @bot.text(Predicate(lambda m: "a" in m.text))
     async def first(ctx: Context) -> None:
         await ctx.reply("first")
 
@@ -459,7 +459,7 @@ async def test_handlers_bound_to_other_states_are_never_looked_at() -> None:
     checked: list[str] = []
 
     def make(state: str, n: int) -> None:
-        @wizard.text(F(lambda m: checked.append(state) or False), state=state)
+        @wizard.text(Predicate(lambda m: checked.append(state) or False), state=state)
         async def never(ctx: Context) -> None:
             raise AssertionError("filters say no")
 
@@ -583,7 +583,9 @@ async def test_handler_arguments_with_defaults_or_from_custom_predicates_are_acc
     async def partly(ctx: Context, item: str, size: str | None = None) -> None:
         got.append((item, size))
 
-    @bot.message(F(lambda m: {"custom": 1}))  # a predicate may give anything: checked at run time
+    @bot.message(
+        Predicate(lambda m: {"custom": 1})
+    )  # a predicate may give anything: checked at run time
     async def custom(ctx: Context, custom: int) -> None:
         got.append((custom,))
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from botkit._errors import BotkitError
 from botkit._events import Media, masked
 from botkit._outbound import Origin, OutboundMessage, SendMode, Template
 from botkit.storage.base import Conversation
@@ -24,7 +25,7 @@ MAX_REPLY_CHARS = 4096
 """The longest text one reply may have by default, before splitting (``BOTKIT_MAX_REPLY_CHARS``)."""
 
 
-class ReplyTooLong(ValueError):
+class ReplyTooLong(BotkitError, ValueError):
     """A reply's text is longer than the policy allows; nothing of it was queued.
 
     Without this bound a runaway reply (a whole file, a loop's output)
@@ -44,7 +45,7 @@ class ReplyTooLong(ValueError):
         self.limit = limit
 
 
-class DeliveryRefused(Exception):
+class DeliveryRefused(BotkitError):
     """A message was refused by the reply policy before anything was sent.
 
     ``user`` is the full number; the message shows only its last digits.

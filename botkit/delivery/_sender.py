@@ -81,7 +81,7 @@ def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-class Sender:
+class OutboxWorker:
     """Moves outbox entries to the provider; see the module docstring.
 
     ``sender_name`` is the provider's ``from``. With ``callback_url`` set,

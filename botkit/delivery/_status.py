@@ -37,6 +37,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from botkit import _metrics as metrics
+from botkit._errors import BotkitError
 from botkit._events import DeliveryStatus, EventKind, StatusUpdate, masked
 from botkit._outbound import OutboundMessage, SendMode, SentRecord
 from botkit._turn import Outcome
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("botkit.status")
 
 
-class DeliveryRejected(Exception):
+class DeliveryRejected(BotkitError):
     """The provider (or local validation) rejected a message; it is not retried.
 
     Error handlers receive it with the reasons, e.g.

@@ -27,7 +27,7 @@ from botkit.devino.errors import (
     status_error,
 )
 from botkit.devino.models import (
-    Contact,
+    ContactCard,
     GeoLocation,
     IncomingMessage,
     MessageStatus,
@@ -49,7 +49,7 @@ from botkit.devino.validation import (
 
 __all__ = [
     "MEDIA_TYPES",
-    "Contact",
+    "ContactCard",
     "DevinoAuthError",
     "DevinoClient",
     "DevinoConfigError",

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import TYPE_CHECKING, Any
 
+from botkit._errors import BotkitError
+
 if TYPE_CHECKING:
     from botkit.devino.models import SendResult
 
@@ -270,7 +272,7 @@ def status_error(code: object) -> StatusErrorCode | None:
         return None
 
 
-class DevinoError(Exception):
+class DevinoError(BotkitError):
     """Base of the errors raised by the provider edge (`botkit.devino`).
 
     When :meth:`DevinoClient.send <botkit.devino.client.DevinoClient.send>`
@@ -365,7 +367,7 @@ class PayloadError(DevinoError, ValueError):
         super().__init__(f"invalid payload from the provider: {shown}{more}")
 
 
-class InvalidPhoneNumber(ValueError):
+class InvalidPhoneNumber(BotkitError, ValueError):
     """A phone number cannot be a WhatsApp recipient.
 
     The message says what is wrong and what a valid number looks like,

@@ -49,8 +49,8 @@ __all__ = [
     "MAX_CONTENT_NAME_LENGTH",
     "MAX_TEXT_LENGTH",
     "PHONE_DIGITS",
-    "Contact",
     "ContactAddress",
+    "ContactCard",
     "ContactCompany",
     "ContactEmail",
     "ContactName",
@@ -479,7 +479,7 @@ class ContactUrl(LenientModel):
     type: str | None = None
 
 
-class Contact(LenientModel):
+class ContactCard(LenientModel):
     """One entry of `whatsAppContacts`: a contact card the user shared.
 
     Every list also accepts a single object.
@@ -523,7 +523,7 @@ class IncomingMessage(WireModel):
         validation_alias=AliasChoices("whatsAppGeoLocation", "geo_location"),
         serialization_alias="whatsAppGeoLocation",
     )
-    contacts: list[Contact] | None = Field(
+    contacts: list[ContactCard] | None = Field(
         default=None,
         validation_alias=AliasChoices("whatsAppContacts", "contacts"),
         serialization_alias="whatsAppContacts",

@@ -43,7 +43,7 @@ __all__ = [
     "MEDIA_TYPES",
     "InvalidPhoneNumber",
     "MediaKind",
-    "MediaType",
+    "MimeRule",
     "batch_reasons",
     "max_bytes",
     "media_kind",
@@ -54,7 +54,7 @@ __all__ = [
 
 
 @dataclass(frozen=True, slots=True)
-class MediaType:
+class MimeRule:
     """A supported MIME type: its kind and the largest file accepted."""
 
     kind: MediaKind
@@ -109,8 +109,8 @@ _KINDS: dict[MediaKind, tuple[str, ...]] = {
 
 #: Every content type the provider accepts, keyed by MIME type (lower case,
 #: without parameters except the voice note's ``codecs=opus``).
-MEDIA_TYPES: Mapping[str, MediaType] = MappingProxyType(
-    {mime: MediaType(kind, MAX_BYTES[kind]) for kind, mimes in _KINDS.items() for mime in mimes}
+MEDIA_TYPES: Mapping[str, MimeRule] = MappingProxyType(
+    {mime: MimeRule(kind, MAX_BYTES[kind]) for kind, mimes in _KINDS.items() for mime in mimes}
 )
 
 

@@ -27,6 +27,7 @@ from transitions import State as _MachineState
 from transitions.extensions.diagrams import GraphMachine
 
 from botkit._bot import Bot
+from botkit._errors import BotkitError
 from botkit._flow import Flow
 
 __all__ = ["FORMATS", "GraphUnavailable", "bot_flows", "mermaid", "render"]
@@ -55,7 +56,7 @@ _MERMAID_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MERMAID_KEYWORDS = frozenset({"default", "state", "class", "classdef", "direction", "note", "end"})
 
 
-class GraphUnavailable(RuntimeError):
+class GraphUnavailable(BotkitError, RuntimeError):
     """Images need Graphviz (the Python package and the ``dot`` program); the message says how."""
 
 

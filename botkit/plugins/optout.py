@@ -25,7 +25,7 @@ who asked to be left alone). Delivery status callbacks still reach the bot.
 
 from __future__ import annotations
 
-from botkit import Context, F, Plugin, Router, SkipHandler, Text
+from botkit import Context, Plugin, Predicate, Router, SkipHandler, Text
 
 STOP_WORDS = ("stop",)
 START_WORDS = ("start",)
@@ -67,7 +67,7 @@ def make_router(
         ctx.opt_in()
         await ctx.reply(started)
 
-    @router.message(F(lambda _message, ctx: ctx.opted_out))
+    @router.message(Predicate(lambda _message, ctx: ctx.opted_out))
     async def muted(ctx: Context) -> None:
         """Take any other message of an opted-out user, so no bot handler runs for it."""
 

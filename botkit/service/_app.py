@@ -44,7 +44,7 @@ from botkit._outbound import Template
 from botkit._runtime import Runtime
 from botkit._turn import Outcome, TurnOutcome
 from botkit.delivery._policy import DeliveryRefused, OutsideSessionWindow, ReplyTooLong
-from botkit.delivery._sender import Sender, SenderConfig
+from botkit.delivery._sender import OutboxWorker, SenderConfig
 from botkit.delivery._signing import MIN_SECRET_BYTES, CallbackSigner
 from botkit.delivery._status import RateRetry, StatusOutcome, StatusTracker
 from botkit.devino.client import DevinoClient
@@ -140,7 +140,7 @@ class Service:
         if settings.public_url:
             callback_url = f"{settings.public_url}/whatsapp/status/{self.webhook_token}"
         self.tracker = StatusTracker(self.runtime, self.signer, rate_retry=rate_retry)
-        self.sender = Sender(
+        self.sender = OutboxWorker(
             self.store,
             self.client,
             sender_name=bot.sender or settings.sender or "botkit",

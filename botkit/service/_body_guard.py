@@ -29,6 +29,8 @@ import asyncio
 import json
 from typing import Any
 
+from botkit._errors import BotkitError
+
 __all__ = ["DRAIN_MAX_BYTES", "DRAIN_MAX_SECONDS", "BodyGuard", "BodyRefused"]
 
 DRAIN_MAX_BYTES = 16 * 1024 * 1024
@@ -45,7 +47,7 @@ Receive = Any
 Send = Any
 
 
-class BodyRefused(Exception):
+class BodyRefused(BotkitError):
     """The request's body is refused: over the size limit (413), too slow (408), or the
     service is stopping (503). ``status`` and ``error`` are the answer's."""
 

@@ -36,6 +36,7 @@ from typing import Any
 
 from botkit._bot import Bot
 from botkit._compat import SubParsers
+from botkit._errors import BotkitError
 
 TARGET_ENV = "BOTKIT_TARGET"
 """``botkit run``'s target when the command line gives none (a container's image sets it)."""
@@ -50,7 +51,7 @@ EXIT_CANNOT_SERVE = 3
 """The address cannot be listened on, or the app's start-up failed (as uvicorn's own 3)."""
 
 
-class BotLoadError(Exception):
+class BotLoadError(BotkitError):
     """``MODULE[:ATTR]`` does not lead to a Bot; the message says why."""
 
 
@@ -85,7 +86,7 @@ def _fail(command: str, message: str, code: int = EXIT_CANNOT_START) -> int:
     return code
 
 
-class ListenError(OSError):
+class ListenError(BotkitError, OSError):
     """``host:port`` cannot be listened on; the message says why and what to do."""
 
 

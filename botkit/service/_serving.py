@@ -21,6 +21,7 @@ from typing import Any
 import uvicorn
 
 from botkit._compat import embedded_server
+from botkit._errors import BotkitError
 
 __all__ = ["ServingError", "run_app", "serve_app", "tune_gc"]
 
@@ -31,7 +32,7 @@ ASGIApp = Any
 """Any ASGI application (Starlette's `app`, a bare ASGI callable...)."""
 
 
-class ServingError(RuntimeError):
+class ServingError(BotkitError, RuntimeError):
     """The server could not start (the port is taken, the app's startup failed...)."""
 
 

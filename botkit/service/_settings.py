@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from botkit._errors import BotkitError
 from botkit._media import MediaPolicy
 
 DEFAULT_DEVINO_URL = "https://api.devino.online"
@@ -44,7 +45,7 @@ _PLACEHOLDER_WORDS = (
 _PLACEHOLDER_VALUES = frozenset({"secret", "password", "token", "test", "dev", "admin", "default"})
 
 
-class SettingsError(ValueError):
+class SettingsError(BotkitError, ValueError):
     """The configuration is missing or invalid; the message has one line per problem."""
 
 

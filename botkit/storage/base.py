@@ -15,12 +15,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from botkit._errors import BotkitError
 from botkit._outbound import OutboundMessage, SentRecord
 
 DAY = 86_400.0
 
 
-class StorageError(Exception):
+class StorageError(BotkitError):
     """Base class of the conversation store's errors."""
 
 
@@ -46,7 +47,7 @@ class LockLost(StorageError):
     """
 
 
-class DuplicateMessage(Exception):
+class DuplicateMessage(StorageError):
     """The message (or status) was already handled, or is being handled right now.
 
     ``state`` is ``"done"`` or ``"in_progress"``.

@@ -1,7 +1,7 @@
 """Delivery throughput: messages per second from commit to provider acknowledgement.
 
 The outbox is filled the way turns fill it (``commit_turn`` with replies),
-then the Sender empties it into the emulator (its own process, over
+then the OutboxWorker empties it into the emulator (its own process, over
 loopback). Batching (up to 100 messages per request) against one message
 per request, in the same run, on the memory store and, when Redis answers,
 on the Redis store. Also requests per message under load. Run:
@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from bench_client import API_KEY, start_emulator  # noqa: E402
 
 from botkit._outbound import OutboundMessage, SendMode, Template  # noqa: E402
-from botkit.delivery._sender import Sender, SenderConfig  # noqa: E402
+from botkit.delivery._sender import OutboxWorker, SenderConfig  # noqa: E402
 from botkit.delivery._signing import CallbackSigner  # noqa: E402
 from botkit.devino import DevinoClient  # noqa: E402
 from botkit.storage.base import ConversationStore  # noqa: E402
@@ -56,7 +56,7 @@ async def run(store: ConversationStore, base_url: str, count: int, batch: int) -
     await store.open()
     await fill(store, count)
     client = DevinoClient(base_url, api_key=API_KEY, batch_cap=100)
-    sender = Sender(
+    sender = OutboxWorker(
         store,
         client,
         sender_name="Bench",

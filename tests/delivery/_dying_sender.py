@@ -11,7 +11,7 @@ import sys
 
 import httpx
 
-from botkit.delivery._sender import Sender, SenderConfig
+from botkit.delivery._sender import OutboxWorker, SenderConfig
 from botkit.delivery._signing import CallbackSigner
 from botkit.devino.client import DevinoClient, RetryPolicy
 from botkit.storage import OutboxItem, RedisStore
@@ -32,7 +32,7 @@ async def main(url: str, prefix: str, provider: str) -> None:
     client = DevinoClient(
         provider, api_key="k", timeout=httpx.Timeout(3600.0), retry=RetryPolicy(attempts=1)
     )
-    sender = Sender(
+    sender = OutboxWorker(
         store,
         client,
         sender_name="Claim",

@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 from botkit._outbound import OutboundMessage, SendMode
-from botkit.delivery._sender import Sender, SenderConfig
+from botkit.delivery._sender import OutboxWorker, SenderConfig
 from botkit.delivery._signing import CallbackSigner
 from botkit.devino.client import DevinoClient
 from botkit.devtools.emulator import Emulator
@@ -71,7 +71,7 @@ async def test_a_dead_senders_entries_are_claimed_and_sent_once() -> None:
         emulator = Emulator(api_key="k")
         async with emulator.serve() as provider:
             client = DevinoClient(provider, api_key="k")
-            sender = Sender(
+            sender = OutboxWorker(
                 store,
                 client,
                 sender_name="Claim",

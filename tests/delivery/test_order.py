@@ -14,7 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from botkit._outbound import OutboundMessage, SendMode
-from botkit.delivery._sender import Sender, SenderConfig
+from botkit.delivery._sender import OutboxWorker, SenderConfig
 from botkit.delivery._signing import CallbackSigner
 from botkit.devino.client import DevinoClient
 from botkit.devtools.emulator import Emulator
@@ -104,7 +104,7 @@ async def test_two_senders_post_one_users_replies_in_commit_order(
     async with emulator.serve() as provider:
         clients = [DevinoClient(provider, api_key="k") for _ in range(2)]
         senders = [
-            Sender(store, client, sender_name="Order", signer=signer, config=config)
+            OutboxWorker(store, client, sender_name="Order", signer=signer, config=config)
             for store, client in zip((first, second), clients, strict=True)
         ]
         try:
@@ -153,7 +153,7 @@ async def test_messages_read_before_a_failed_order_check_go_out_next_round() -> 
         # A long claim_idle: only the sender's own memory brings the message back soon.
         config = SenderConfig(block=0.05, linger=0.0, retry_base=0.05, claim_idle=600)
         signer = CallbackSigner("order-test-secret-0123456789abcdef0123")
-        sender = Sender(store, client, sender_name="Order", signer=signer, config=config)
+        sender = OutboxWorker(store, client, sender_name="Order", signer=signer, config=config)
         lease = await store.begin_turn(USER, "m:1")
         await store.commit_turn(
             lease, None, [OutboundMessage(user=USER, mode=SendMode.TEXT, text="hi")]
