@@ -232,6 +232,7 @@ class Service:
         await self.sender.stop(flush=min(grace, 5.0))
         await self.runtime.stop()
         await self.client.aclose()
+        await self.guard.aclose()
         if self._metrics is not None:
             self._metrics.cancel()
             with contextlib.suppress(asyncio.CancelledError):

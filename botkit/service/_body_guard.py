@@ -26,6 +26,7 @@ on its token costs no buffer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -86,7 +87,10 @@ class BodyGuard:
         self.max_bytes = max_bytes
         self.timeout = timeout
         self.stopping = False
-        self._reading: set[asyncio.Timeout] = set()
+        # The tasks waiting for more of a body, checked by one sweeper task: a
+        # timer per request would cost more than the rest of the guard.
+        self._waiting: dict[asyncio.Task[Any], _Body] = {}
+        self._sweeper: asyncio.Task[None] | None = None
 
     def wrap(self, app: Any) -> BodyGuard:
         """Guard ``app``: ``Starlette(middleware=[Middleware(guard.wrap)])``."""
@@ -96,9 +100,29 @@ class BodyGuard:
     def stop(self) -> None:
         """Refuse (503) every body still arriving, now and from now on."""
         self.stopping = True
-        now = asyncio.get_running_loop().time()
-        for deadline in self._reading:
-            deadline.reschedule(now)
+        self._expire(float("inf"))
+
+    async def aclose(self) -> None:
+        """Stop the task that enforces the body timeout."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+
+    def _expire(self, now: float) -> None:
+        """Interrupt every body read past its deadline (all of them while stopping)."""
+        for task, body in list(self._waiting.items()):
+            if (self.stopping or body.deadline <= now) and not body.timed_out:
+                body.timed_out = True
+                task.cancel()
+
+    async def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        every = min(0.5, self.timeout / 4)
+        while True:
+            await asyncio.sleep(every)
+            self._expire(loop.time())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in _NO_BODY:
@@ -131,23 +155,27 @@ class BodyGuard:
             if body.complete:
                 return await receive()  # type: ignore[no-any-return]
             body.read = True
-            loop = asyncio.get_running_loop()
+            task = asyncio.current_task()
+            assert task is not None
+            if self._sweeper is None:
+                self._sweeper = asyncio.create_task(self._sweep(), name="botkit-body-timeouts")
+            self._waiting[task] = body
+            if self.stopping:
+                # Whatever already arrived is taken; nothing more is waited for.
+                asyncio.get_running_loop().call_soon(self._expire, 0.0)
             try:
-                async with asyncio.timeout_at(
-                    loop.time() if self.stopping else body.deadline
-                ) as deadline:
-                    self._reading.add(deadline)
-                    try:
-                        message: Message = await receive()
-                    finally:
-                        self._reading.discard(deadline)
-            except TimeoutError:
-                body.timed_out = True
+                message: Message = await receive()
+            except asyncio.CancelledError:
+                if not body.timed_out:
+                    raise
+                task.uncancel()
                 if self.stopping:
                     raise _stopping() from None
                 raise BodyRefused(
                     408, "body_timeout", f"the body did not arrive within {self.timeout:g} seconds"
                 ) from None
+            finally:
+                del self._waiting[task]
             if message["type"] != "http.request":
                 body.complete = True  # the client went away
                 return message
