@@ -8,6 +8,7 @@ loopback is refused by default, and the allowed paths use the allow-list.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -37,8 +38,10 @@ class MediaHost:
                 Route("/photo.jpg", self.photo),
                 Route("/hop/{n:int}", self.hop),
                 Route("/to", self.to),
+                Route("/slow", self.slow),
             ]
         )
+        self.release = asyncio.Event()
 
     async def photo(self, request: Request) -> Response:
         self.requests.append(request.url.path)
@@ -55,13 +58,21 @@ class MediaHost:
         self.requests.append(request.url.path)
         return RedirectResponse(request.query_params["url"], status_code=307)
 
+    async def slow(self, request: Request) -> Response:
+        """Answers only when the test lets it."""
+        await self.release.wait()
+        return Response(PHOTO, media_type="image/jpeg")
+
 
 @contextlib.asynccontextmanager
 async def media_host() -> AsyncIterator[MediaHost]:
     host = MediaHost()
     async with serve_app(host.app) as url:
         host.url = url
-        yield host
+        try:
+            yield host
+        finally:
+            host.release.set()
 
 
 @pytest.fixture
@@ -172,3 +183,11 @@ async def test_the_size_cap_setting_lowers_the_providers_cap(host: MediaHost) ->
         too_large = await _send_media(live, f"{host.url}/photo.jpg", outcomes)
     assert type(too_large).__name__ == "MediaTooLarge"
     assert "limited to 1000 bytes" in str(too_large)
+
+
+async def test_the_timeout_setting_bounds_a_whole_download(host: MediaHost) -> None:
+    bot, outcomes = downloader()
+    async with LiveBot(bot, media_allow_hosts="127.0.0.1", media_timeout=0.3) as live:
+        slow = await _send_media(live, f"{host.url}/slow", outcomes)
+    assert type(slow).__name__ == "MediaDownloadFailed"
+    assert "longer than 0.3s" in str(slow)
