@@ -19,6 +19,9 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
 
 from botkit import Bot, Context
 from botkit.devtools._page import STATIC
@@ -479,3 +482,28 @@ async def test_the_chat_page_fits_a_phone_a_tablet_and_a_wide_screen(
         assert (phone[part]["x"], phone[part]["w"]) == (0, 360), part
     assert phone["chats"]["y"] < phone["chat"]["y"] < phone["panel"]["y"]
     assert phone["chat"]["h"] >= 400  # the conversation takes the screen's height
+
+
+async def test_dev_mode_downloads_media_a_developer_serves_on_this_machine() -> None:
+    photo = b"\xff\xd8local photo"
+    files = Starlette(routes=[Route("/a.jpg", lambda _: Response(photo, media_type="image/jpeg"))])
+    got: list[bytes | Path] = []
+    bot = Bot("downloads")
+
+    @bot.media()
+    async def download(ctx: Context) -> None:
+        got.append(await ctx.download_media())
+        await ctx.reply("got it")
+
+    port = free_port()
+    server = create_dev_app(bot, port=port)
+    async with (
+        serve_app(files) as files_url,
+        serve_app(server.app, port=port),
+        httpx.AsyncClient(base_url=server.base_url) as http,
+    ):
+        media = {"url": f"{files_url}/a.jpg", "type": "image/jpeg"}
+        answer = await http.post("/_dev/api/send", json={"user": USER, "media": media})
+        await server.emulator.wait_for_messages(1)
+    assert answer.json()["webhookStatus"] == 200
+    assert got == [photo]  # `botkit run` would refuse this loopback address
