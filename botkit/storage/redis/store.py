@@ -61,6 +61,9 @@ log = logging.getLogger("botkit.storage.redis")
 
 # A read of every shard's stream happens at least this often (seconds).
 _FULL_READ_EVERY = 0.5
+# Every shard's delayed set is looked at this often (seconds); in between, the
+# shards this store delayed messages to.
+_FULL_RELEASE_EVERY = 30.0
 # How many delayed messages one RELEASE_DUE call moves (keeps each script short).
 _RELEASE_BATCH = 500
 
@@ -156,6 +159,9 @@ class RedisStore(ConversationStore):
         self._queued_to: set[int] = set()
         self._news: asyncio.Event | None = None
         self._full_read_at = 0.0
+        # When the first message this store delayed to each shard is due.
+        self._delayed_due: dict[int, float] = {}
+        self._full_release_at = -_FULL_RELEASE_EVERY
         self._listener: UnlockListener | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._opening = asyncio.Lock()
@@ -305,6 +311,9 @@ class RedisStore(ConversationStore):
             )
         if outbox:
             self._queued(shard)
+            for message in outbox:
+                if message.not_before > now:
+                    self._delayed(shard, message.not_before)
         self._waiters.wake(lease.user)
 
     async def abort_turn(self, lease: TurnLease) -> None:
@@ -348,6 +357,9 @@ class RedisStore(ConversationStore):
             async with self._runner.guard("queue messages"):
                 await self._runner.run(scripts.ENQUEUE, keys, [self._conversation_ttl_ms, *entries])
             self._queued(shard)
+            for not_before in entries[::2]:
+                if not_before:
+                    self._delayed(shard, float(not_before))
 
         await asyncio.gather(*(append(user, entries) for user, entries in by_user.items()))
 
@@ -614,18 +626,52 @@ class RedisStore(ConversationStore):
                         self._queued(shard)
                     return moved
 
-        # One cheap count per shard first: a script call only where something is due.
+        # The shards this store delayed messages to and whose first is due; every
+        # shard (a count each, then a script call where something is due) at the
+        # first call and every _FULL_RELEASE_EVERY seconds, for other processes'.
+        if time.monotonic() - self._full_release_at >= _FULL_RELEASE_EVERY:
+            self._full_release_at = time.monotonic()
+            self._delayed_due.clear()
+            client = self._client
+            assert client is not None
+            async with (
+                self._runner.guard("look for delayed messages"),
+                client.pipeline(transaction=False) as pipe,
+            ):
+                for shard in self.outbox_shards():
+                    pipe.zcount(self._keys.delayed(shard), "-inf", "+inf")
+                waiting = await pipe.execute()
+            shards = [s for s, n in zip(self.outbox_shards(), waiting, strict=True) if int(n)]
+        else:
+            shards = [s for s, due in self._delayed_due.items() if due <= now]
+        if not shards:
+            return 0
+        moved = sum(await asyncio.gather(*(release(s) for s in shards)))
+        await self._next_due(shards)
+        return moved
+
+    async def _next_due(self, shards: Sequence[int]) -> None:
+        """Note when the first message left in each of ``shards``' delayed set is due."""
         client = self._client
         assert client is not None
         async with (
             self._runner.guard("look for delayed messages"),
             client.pipeline(transaction=False) as pipe,
         ):
-            for shard in self.outbox_shards():
-                pipe.zcount(self._keys.delayed(shard), "-inf", repr(now))
-            due = await pipe.execute()
-        shards = [shard for shard, n in zip(self.outbox_shards(), due, strict=True) if int(n)]
-        return sum(await asyncio.gather(*(release(s) for s in shards)))
+            for shard in shards:
+                pipe.zrange(self._keys.delayed(shard), 0, 0, withscores=True)
+            firsts = await pipe.execute()
+        for shard, first in zip(shards, firsts, strict=True):
+            if first:
+                self._delayed(shard, float(first[0][1]))
+            else:
+                self._delayed_due.pop(shard, None)
+
+    def _delayed(self, shard: int, due: float) -> None:
+        """A message in ``shard``'s delayed set is due at ``due``."""
+        known = self._delayed_due.get(shard)
+        if known is None or due < known:
+            self._delayed_due[shard] = due
 
     async def outbox_size(self) -> int:
         """Entries in the streams (unread or in flight) plus delayed ones, over all shards."""
