@@ -44,6 +44,12 @@ def used_memory(check: redis.Redis) -> int:
     return int(check.info("memory")["used_memory"])
 
 
+def redis_cpu(check: redis.Redis) -> float:
+    """CPU seconds the Redis server has used (user + system)."""
+    info = check.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 async def message_round(store: RedisStore, users: list[str], n: int, width: int) -> None:
     """Each user sends message ``n``; every reply is sent, acknowledged and read."""
     now = time.time()
@@ -88,6 +94,7 @@ async def main(args: argparse.Namespace) -> None:
         )
         users = [f"79{n:09d}" for n in range(args.users)]
         started = time.monotonic()
+        cpu = redis_cpu(check)
         for n in range(1, args.rounds + 1):
             await message_round(store, users, n, args.width)
             total = used_memory(check) - base
@@ -97,6 +104,7 @@ async def main(args: argparse.Namespace) -> None:
                 flush=True,
             )
         steady = used_memory(check)
+        cpu = redis_cpu(check) - cpu
         tail = users[: args.tail_users]
         rounds = args.rounds
         for n in range(rounds + 1, 41):  # past K = 32 of each
@@ -121,6 +129,10 @@ async def main(args: argparse.Namespace) -> None:
         for kind, size in usage.items():
             print(f"  {kind:<8} {size:6d} B")
         print(f"  {'total':<8} {sum(usage.values()):6d} B")
+        print(
+            f"Redis CPU: {cpu / (args.users * args.rounds) * 1e6:.0f} us per message "
+            "(turn, acknowledgement with its sent record, one status recorded)"
+        )
         print(
             f"steady state after {args.rounds} messages each: "
             f"{(steady - base) / args.users:.0f} B per user (all keys, Redis overhead included)"
