@@ -80,7 +80,7 @@ class _Lease(TurnLease):
 
 
 class RedisStore(ConversationStore):
-    """Conversations, locks, dedupe marks, the outbox and the sent log in Redis.
+    """Conversations, locks, each user's last handled ids and sent records, the outbox, in Redis.
 
     ::
 
@@ -250,7 +250,7 @@ class RedisStore(ConversationStore):
         return await self._wait_turn(user, key, token, inbound_at, deadline)
 
     async def renew(self, lease: TurnLease) -> bool:
-        """Extend the lease's lock (and its in-progress mark) by ``lock_ttl``; False when lost."""
+        """Extend the lease's lock by ``lock_ttl`` (the message stays in progress); False: lost."""
         keys = [self._keys.turn(lease.user)[1]]
         async with self._runner.guard("renew a turn's lock"):
             renewed = await self._runner.run(scripts.RENEW, keys, [lease.token, self._lock_ttl_ms])
@@ -317,7 +317,7 @@ class RedisStore(ConversationStore):
         self._waiters.wake(lease.user)
 
     async def abort_turn(self, lease: TurnLease) -> None:
-        """Unlock and forget the in-progress mark, if the lock is still the lease's."""
+        """Unlock (its message is no longer in progress), if the lock is still the lease's."""
         _, lock, waiting, _ = self._keys.turn(lease.user)
         args = [lease.token, self._keys.channel, f"{self._instance} {lease.user}"]
         async with self._runner.guard("abort a turn"):
@@ -730,7 +730,7 @@ class RedisStore(ConversationStore):
                 result = await self._runner.run(scripts.BEGIN, self._keys.turn(user), args)
         except BaseException:
             # The script may have run with its answer lost: give the lock and the
-            # in-progress mark back now rather than after lock_ttl.
+            # message's in-progress state back now rather than after lock_ttl.
             self._in_background(self._forget(user, key, token))
             raise
         if isinstance(result, list):
