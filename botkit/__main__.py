@@ -2,6 +2,6 @@
 
 import sys
 
-from botkit.service._cli import main
+from botkit._cli import main
 
 sys.exit(main())

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
+from botkit._dispatch import flows_of
 from botkit._errors import BotkitError
 from botkit._events import Media
 from botkit._outbound import OutboundMessage, Template
@@ -15,7 +16,20 @@ from botkit.delivery._policy import MAX_REPLY_CHARS, ReplyPolicy, SessionWindow
 
 if TYPE_CHECKING:
     from botkit._flow import Flow
-    from botkit._runtime import Runtime
+
+
+class BotRuntime(Protocol):
+    """What a running bot sends through: the runtime that binds it (``bot.runtime``)."""
+
+    async def send(
+        self,
+        to: str,
+        text: str | None = None,
+        *,
+        media: Media | None = None,
+        template: Template | None = None,
+    ) -> list[OutboundMessage]: ...
+
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -70,7 +84,7 @@ class Bot(Router):
         self.session_window = session_window
         self.safety_margin = safety_margin
         self.split_long_text = split_long_text
-        self.runtime: Runtime | None = None
+        self.runtime: BotRuntime | None = None
         self.generation = 0
 
     def _on_change(self) -> None:
@@ -79,7 +93,7 @@ class Bot(Router):
     @property
     def flows(self) -> dict[str, Flow]:
         """The flows included in this bot, by name."""
-        return {flow.name: flow for flow in self.nested_flows()}
+        return {flow.name: flow for flow in flows_of(self)}
 
     def reply_policy(
         self,

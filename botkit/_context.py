@@ -11,18 +11,35 @@ import logging
 import re
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from botkit._bot import Bot
 from botkit._events import Event, Media, MediaMessage, Message, StatusUpdate
 from botkit._flow import Flow, FlowError, NotInFlow
+from botkit._media import MediaFetcher
 from botkit._outbound import Origin, OutboundMessage, Template
 from botkit._turn import Turn
-from botkit.delivery._policy import DeliveryRefused, OutsideSessionWindow
+from botkit.delivery._policy import DeliveryRefused, OutsideSessionWindow, ReplyPolicy
 from botkit.storage.base import Conversation
 
-if TYPE_CHECKING:
-    from botkit._bot import Bot
-    from botkit._runtime import Runtime
+
+class TurnHost(Protocol):
+    """What a :class:`Context` needs of the runtime running its turn."""
+
+    @property
+    def bot(self) -> Bot: ...
+
+    @property
+    def flows(self) -> Mapping[str, Flow]: ...
+
+    @property
+    def policy(self) -> ReplyPolicy: ...
+
+    @property
+    def media(self) -> MediaFetcher: ...
+
+    def report_refused(self, refused: DeliveryRefused) -> None: ...
+
 
 log = logging.getLogger("botkit.turn")
 
@@ -143,7 +160,7 @@ class Context:
 
     __slots__ = ("_runtime", "flow", "turn")
 
-    def __init__(self, runtime: Runtime, turn: Turn) -> None:
+    def __init__(self, runtime: TurnHost, turn: Turn) -> None:
         self._runtime = runtime
         self.turn = turn
         self.flow = FlowControl(turn, runtime.flows)

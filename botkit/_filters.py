@@ -25,12 +25,17 @@ import fnmatch
 import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
-from botkit._events import MediaKind, MediaMessage, StatusUpdate, TextMessage
+from botkit._events import Event, MediaKind, MediaMessage, StatusUpdate, TextMessage
 
-if TYPE_CHECKING:
-    from botkit._context import Context
+
+class HasEvent(Protocol):
+    """What a filter reads of the turn's :class:`~botkit.Context`: the event."""
+
+    @property
+    def event(self) -> Event: ...
+
 
 FilterResult: TypeAlias = bool | Mapping[str, Any]
 
@@ -47,11 +52,11 @@ class Filter:
     #: that no filter gives is a :class:`~botkit.DefinitionError`.
     provides: frozenset[str] | None = None
 
-    def check(self, ctx: Context) -> FilterResult:
+    def check(self, ctx: HasEvent) -> FilterResult:
         """Decide synchronously. Override this, or :meth:`check_async` and set ``is_async``."""
         raise NotImplementedError
 
-    async def check_async(self, ctx: Context) -> FilterResult:
+    async def check_async(self, ctx: HasEvent) -> FilterResult:
         """Decide, awaiting when needed."""
         return self.check(ctx)
 
@@ -88,14 +93,14 @@ class And(Filter):
         if left.provides is not None and right.provides is not None:
             self.provides = left.provides | right.provides
 
-    def check(self, ctx: Context) -> FilterResult:
+    def check(self, ctx: HasEvent) -> FilterResult:
         first = self.left.check(ctx)
         if not first:
             return False
         second = self.right.check(ctx)
         return _merge(first, second) if second else False
 
-    async def check_async(self, ctx: Context) -> FilterResult:
+    async def check_async(self, ctx: HasEvent) -> FilterResult:
         first = await self.left.check_async(ctx)
         if not first:
             return False
@@ -116,10 +121,10 @@ class Or(Filter):
         if left.provides is not None and right.provides is not None:
             self.provides = left.provides & right.provides
 
-    def check(self, ctx: Context) -> FilterResult:
+    def check(self, ctx: HasEvent) -> FilterResult:
         return self.left.check(ctx) or self.right.check(ctx)
 
-    async def check_async(self, ctx: Context) -> FilterResult:
+    async def check_async(self, ctx: HasEvent) -> FilterResult:
         return (await self.left.check_async(ctx)) or (await self.right.check_async(ctx))
 
     def __repr__(self) -> str:
@@ -135,10 +140,10 @@ class Not(Filter):
         self.inner = inner
         self.is_async = inner.is_async
 
-    def check(self, ctx: Context) -> FilterResult:
+    def check(self, ctx: HasEvent) -> FilterResult:
         return not self.inner.check(ctx)
 
-    async def check_async(self, ctx: Context) -> FilterResult:
+    async def check_async(self, ctx: HasEvent) -> FilterResult:
         return not await self.inner.check_async(ctx)
 
     def __repr__(self) -> str:
@@ -153,7 +158,7 @@ def _normalise(text: str, ignore_case: bool, ignore_space: bool) -> str:
     return text
 
 
-def _text_of(ctx: Context) -> str | None:
+def _text_of(ctx: HasEvent) -> str | None:
     event = ctx.event
     if isinstance(event, TextMessage):
         return event.text
@@ -178,7 +183,7 @@ class Text(Filter):
         self.ignore_case, self.ignore_space = ignore_case, ignore_space
         self.values = frozenset(_normalise(v, ignore_case, ignore_space) for v in values)
 
-    def check(self, ctx: Context) -> FilterResult:
+    def check(self, ctx: HasEvent) -> FilterResult:
         text = _text_of(ctx)
         return text is not None and (
             _normalise(text, self.ignore_case, self.ignore_space) in self.values
@@ -203,7 +208,7 @@ class Keywords(Filter):
         self.words = words
         self._pattern = re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
 
-    def check(self, ctx: Context) -> FilterResult:
+    def check(self, ctx: HasEvent) -> FilterResult:
         text = _text_of(ctx)
         return text is not None and self._pattern.search(" ".join(text.split())) is not None
 
@@ -238,7 +243,7 @@ class Regex(Filter):
             raise TypeError("Regex(...) takes a pattern string or a compiled re.Pattern")
         self.provides = frozenset({"match", *self.pattern.groupindex})
 
-    def check(self, ctx: Context) -> FilterResult:
+    def check(self, ctx: HasEvent) -> FilterResult:
         text = _text_of(ctx)
         if text is None:
             return False
@@ -313,7 +318,7 @@ class Choices(Filter):
         index = int(number.group(1))
         return self.items[index - 1] if 1 <= index <= len(self.items) else None
 
-    def check(self, ctx: Context) -> FilterResult:
+    def check(self, ctx: HasEvent) -> FilterResult:
         text = _text_of(ctx)
         chosen = None if text is None else self.pick(text)
         return False if chosen is None else {self.name: chosen}
@@ -339,7 +344,7 @@ class MediaType(Filter):
         if not self.kinds:
             raise TypeError("MediaType(...) takes one or more media kinds")
 
-    def check(self, ctx: Context) -> FilterResult:
+    def check(self, ctx: HasEvent) -> FilterResult:
         event = ctx.event
         return isinstance(event, MediaMessage) and event.media.kind in self.kinds
 
@@ -360,7 +365,7 @@ class Mime(Filter):
             raise TypeError("Mime(...) takes one or more MIME patterns such as 'image/*'")
         self.patterns = tuple(p.lower() for p in patterns)
 
-    def check(self, ctx: Context) -> FilterResult:
+    def check(self, ctx: HasEvent) -> FilterResult:
         event = ctx.event
         if not isinstance(event, MediaMessage):
             return False
@@ -381,7 +386,7 @@ class StatusIs(Filter):
             raise TypeError("StatusIs(...) takes one or more status names such as 'delivered'")
         self.statuses = frozenset(s.lower() for s in statuses)
 
-    def check(self, ctx: Context) -> FilterResult:
+    def check(self, ctx: HasEvent) -> FilterResult:
         event = ctx.event
         return isinstance(event, StatusUpdate) and event.status in self.statuses
 
@@ -399,7 +404,7 @@ class ErrorCode(Filter):
             raise TypeError("ErrorCode(...) takes one or more integer codes such as 2312")
         self.codes = frozenset(codes)
 
-    def check(self, ctx: Context) -> FilterResult:
+    def check(self, ctx: HasEvent) -> FilterResult:
         event = ctx.event
         return isinstance(event, StatusUpdate) and event.error_code in self.codes
 
@@ -429,18 +434,18 @@ class Predicate(Filter):
             )
         self._with_ctx = arity >= 2
 
-    def _call(self, ctx: Context) -> Any:
+    def _call(self, ctx: HasEvent) -> Any:
         if self._with_ctx:
             return self.predicate(ctx.event, ctx)
         return self.predicate(ctx.event)
 
-    def check(self, ctx: Context) -> FilterResult:
+    def check(self, ctx: HasEvent) -> FilterResult:
         result = self._call(ctx)
         if inspect.isawaitable(result):
             raise TypeError(f"{self!r} returned an awaitable from a sync check; use async def")
         return _as_result(result)
 
-    async def check_async(self, ctx: Context) -> FilterResult:
+    async def check_async(self, ctx: HasEvent) -> FilterResult:
         result = self._call(ctx)
         if inspect.isawaitable(result):
             result = await result

@@ -18,21 +18,19 @@ other states cost nothing at dispatch.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias, TypeVar
 
 from botkit._events import MESSAGE_KINDS, EventKind
 from botkit._filters import Filter, StatusIs, Text, all_of, as_filter
 from botkit._where import DefinitionError, caller_location
 
-if TYPE_CHECKING:
-    from botkit._context import Context
-    from botkit._flow import Flow
-
+# Handlers, error handlers and middlewares receive the turn's Context, which
+# sits in a layer above this one: here it is ``Any``.
 HandlerFn: TypeAlias = Callable[..., Awaitable[Any]]
-ErrorHandlerFn: TypeAlias = Callable[["Context", BaseException], Awaitable[Any]]
-Middleware: TypeAlias = Callable[["Context", Callable[["Context"], Awaitable[Any]]], Awaitable[Any]]
+ErrorHandlerFn: TypeAlias = Callable[[Any, BaseException], Awaitable[Any]]
+Middleware: TypeAlias = Callable[[Any, Callable[[Any], Awaitable[Any]]], Awaitable[Any]]
 Hook: TypeAlias = Callable[[], Awaitable[Any]]
 H = TypeVar("H", bound=HandlerFn)
 
@@ -72,7 +70,7 @@ class Handler:
     fallback: bool = False
     kwarg_names: frozenset[str] | None = frozenset()
     seq: int = 0
-    invoke: Callable[[Context], Awaitable[Any]] | None = field(default=None, repr=False)
+    invoke: Callable[[Any], Awaitable[Any]] | None = field(default=None, repr=False)
     raw_state: Any = None
 
     @property
@@ -332,23 +330,20 @@ class Router:
         """The ``on_shutdown`` hooks of this router (not of nested ones)."""
         return tuple(self._shutdown)
 
-    def _flatten(
-        self, chain: tuple[Middleware, ...]
+    @property
+    def error_handlers(self) -> tuple[tuple[tuple[type[BaseException], ...], ErrorHandlerFn], ...]:
+        """This router's error handlers (not nested ones'): ``(exception types, handler)``."""
+        return tuple(self._error_handlers)
+
+    def entries(
+        self, chain: tuple[Middleware, ...] = ()
     ) -> Iterable[tuple[Handler, tuple[Middleware, ...]]]:
         """Handlers in dispatch order, each with the router middlewares that wrap it."""
         for item in self._items:
             if isinstance(item, Router):
-                yield from item._flatten(chain + tuple(item._middlewares))
+                yield from item.entries(chain + tuple(item._middlewares))
             else:
                 yield item, chain
-
-    def nested_flows(self) -> Iterable[Flow]:
-        """The flows in this router's tree."""
-        from botkit._flow import Flow
-
-        for router in self.routers():
-            if isinstance(router, Flow):
-                yield router
 
 
 def _check_async(fn: Any, where: str) -> None:
@@ -360,178 +355,3 @@ def _check_async(fn: Any, where: str) -> None:
         raise DefinitionError(
             f"{getattr(fn, '__qualname__', fn)!r} must be an 'async def' function", where
         )
-
-
-def compose(
-    middlewares: Sequence[Middleware], inner: Callable[[Context], Awaitable[Any]]
-) -> Callable[[Context], Awaitable[Any]]:
-    """Wrap ``inner`` in ``middlewares`` (the first is outermost)."""
-    call = inner
-    for mw in reversed(middlewares):
-        call = _wrap(mw, call)
-    return call
-
-
-def _wrap(
-    mw: Middleware, inner: Callable[[Context], Awaitable[Any]]
-) -> Callable[[Context], Awaitable[Any]]:
-    async def run(ctx: Context) -> Any:
-        return await mw(ctx, inner)
-
-    return run
-
-
-_NO_VALUES: dict[str, Any] = {}
-
-
-class HandlerIndex:
-    """The compiled dispatch table of a router tree.
-
-    Built once (at start-up, or after the tree changed). Each event kind and
-    flow state maps to the handlers that can take it, merged in dispatch
-    order and cached, so dispatch cost does not grow with handlers bound to
-    other states.
-    """
-
-    def __init__(
-        self, root: Router, flows: Mapping[str, Flow], front: Sequence[Router] = ()
-    ) -> None:
-        ordered: list[tuple[Handler, tuple[Middleware, ...]]] = []
-        for router in front:
-            ordered.extend(router._flatten(tuple(router._middlewares)))
-        ordered.extend(root._flatten(()))
-        self._keys: dict[tuple[EventKind, bool], dict[str, list[Handler]]] = {}
-        compiled: list[Handler] = []
-        for seq, (registered, chain) in enumerate(ordered):
-            # A copy per index: one router (a plugin's, a module-level bot's) may be
-            # compiled into several runtimes, each with its own order.
-            handler = replace(registered, seq=seq)
-            handler.invoke = compose(chain, _call_handler(handler))
-            self._check_states(handler, flows)
-            for kind in handler.kinds:
-                per_state = self._keys.setdefault((kind, handler.fallback), {})
-                for key in handler.states:
-                    per_state.setdefault(key, []).append(handler)
-            compiled.append(handler)
-        self.handlers = tuple(compiled)
-        self.error_handlers = tuple(
-            eh for router in (*front, root) for r in router.routers() for eh in r._error_handlers
-        )
-        self._cache: dict[tuple[EventKind, bool, str | None], tuple[Handler, ...]] = {}
-
-    @staticmethod
-    def _check_states(handler: Handler, flows: Mapping[str, Flow]) -> None:
-        for key in handler.states:
-            if key in (ANY_KEY, NO_FLOW_KEY):
-                continue
-            flow_name, _, state = key.partition(":")
-            flow = flows.get(flow_name)
-            if flow is None:
-                raise DefinitionError(
-                    f"handler {handler.name} is bound to flow {flow_name!r}, which is not "
-                    f"included in the bot (known flows: {sorted(flows) or 'none'})",
-                    handler.where,
-                )
-            if state != "*" and state not in flow.state_names:
-                raise DefinitionError(
-                    f"handler {handler.name}: flow {flow_name!r} has no state {state!r} "
-                    f"(states: {list(flow.state_names)})",
-                    handler.where,
-                )
-
-    def candidates(
-        self, kind: EventKind, state: str | None, fallback: bool = False
-    ) -> tuple[Handler, ...]:
-        """Handlers that may take an event of ``kind`` from a user in ``state``, in order."""
-        cache_key = (kind, fallback, state)
-        found = self._cache.get(cache_key)
-        if found is not None:
-            return found
-        per_state = self._keys.get((kind, fallback), {})
-        if state is None:
-            keys = [NO_FLOW_KEY, ANY_KEY]
-        else:
-            flow_name = state.partition(":")[0]
-            keys = [state, flow_wide_key(flow_name), ANY_KEY]
-        merged = sorted(
-            {h.seq: h for key in keys for h in per_state.get(key, ())}.values(),
-            key=lambda h: h.seq,
-        )
-        found = tuple(merged)
-        if len(self._cache) < 10_000:  # bounded: states are static, this is a safety net
-            self._cache[cache_key] = found
-        return found
-
-    async def dispatch(self, ctx: Context, kind: EventKind, state: str | None) -> Handler | None:
-        """Run the first matching handler (then fallbacks); return it, or None if none took it."""
-        for fallback in (False, True):
-            for handler in self.candidates(kind, state, fallback):
-                flt = handler.filter
-                if flt is None:
-                    values: Mapping[str, Any] = _NO_VALUES
-                else:
-                    result = await flt.check_async(ctx) if flt.is_async else flt.check(ctx)
-                    if not result:
-                        continue
-                    values = (
-                        result
-                        if isinstance(result, dict)
-                        else (dict(result) if isinstance(result, Mapping) else _NO_VALUES)
-                    )
-                turn = ctx.turn
-                turn.choose(handler, values)
-                try:
-                    assert handler.invoke is not None
-                    await handler.invoke(ctx)
-                except SkipHandler:
-                    turn.choose(None)
-                    continue
-                return handler
-            if kind is EventKind.STATUS:
-                break
-        return None
-
-    def handles(self, kind: EventKind) -> bool:
-        """True when any handler (in any state) takes events of ``kind``."""
-        return any(k == kind and per_state for (k, _), per_state in self._keys.items())
-
-    def error_handler_for(
-        self, exc: BaseException, origin: Router | None = None
-    ) -> ErrorHandlerFn | None:
-        """The error handler for ``exc`` raised in a handler of ``origin``.
-
-        The failing handler's own router is asked first, then its parents up
-        to the bot, so a router's specific handler is not hidden by a
-        catch-all on the bot; then every error handler in registration order.
-        """
-        node = origin
-        while node is not None:
-            for types, fn in node._error_handlers:
-                if isinstance(exc, types):
-                    return fn
-            node = node.parent
-        for types, fn in self.error_handlers:
-            if isinstance(exc, types):
-                return fn
-        return None
-
-
-def _call_handler(handler: Handler) -> Callable[[Context], Awaitable[Any]]:
-    callback = handler.callback
-    names = handler.kwarg_names
-    if names is not None and not names:
-
-        async def call_plain(ctx: Context) -> Any:
-            return await callback(ctx)
-
-        return call_plain
-
-    async def call_with_values(ctx: Context) -> Any:
-        values = ctx.turn.values
-        if names is None:
-            kwargs = {k: v for k, v in values.items() if k.isidentifier()}
-        else:
-            kwargs = {k: values[k] for k in names if k in values}
-        return await callback(ctx, **kwargs)
-
-    return call_with_values

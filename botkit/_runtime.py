@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from botkit._clock import Clock, SystemClock
 from botkit._context import Context
+from botkit._dispatch import HandlerIndex, compose, flows_of
 from botkit._events import AnyMessage, Event, EventKind, Media, StatusUpdate
 from botkit._media import MediaFetcher, MediaPolicy
 from botkit._outbound import Origin, OutboundMessage, Template
 from botkit._plugins import Plugin, resolve_plugins
-from botkit._router import HandlerIndex, Router, compose
+from botkit._router import Router
 from botkit._turn import Outcome, Turn, TurnOutcome
 from botkit._where import raised_at
 from botkit.delivery._policy import DeliveryRefused, ReplyPolicy
@@ -121,7 +122,7 @@ class Runtime:
         front = [p.router for p in self.plugins]
         self.flows: dict[str, Flow] = {}
         for root in (*front, self.bot):
-            for flow in root.nested_flows():
+            for flow in flows_of(root):
                 if flow.name in self.flows and self.flows[flow.name] is not flow:
                     raise ValueError(
                         f"two flows are named {flow.name!r}; flow names must be unique"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import grimp
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "botkit"
@@ -100,3 +101,27 @@ def test_the_check_finds_a_foreign_private_name(tmp_path: Path) -> None:
         "botkit/example.py:1 from botkit._turn import _NO_VALUES",
         "botkit/example.py:6 ._values",
     ]
+
+
+def test_no_import_circle_remains() -> None:
+    # Layers (pyproject's import-linter contract, run by lint-imports in CI) keep
+    # imports one way between layers; this also covers modules within one layer.
+    # TYPE_CHECKING and function-local imports count.
+    graph = grimp.build_graph("botkit")
+    circles = []
+    for module in sorted(graph.modules):
+        for imported in sorted(graph.find_modules_directly_imported_by(module)):
+            if imported.startswith("botkit.") and imported != module:
+                back = graph.find_shortest_chain(importer=imported, imported=module)
+                if back is not None:
+                    circles.append(" -> ".join((module, *back)))
+    assert circles == []
+
+
+def test_the_readme_lists_the_public_api_one_line_each() -> None:
+    import botkit
+
+    readme = (PACKAGE.parent / "README.md").read_text()
+    section = readme.split("## The public API", 1)[1].split("\n## ", 1)[0]
+    listed = [line.split("`")[1] for line in section.splitlines() if line.startswith("- `")]
+    assert listed == list(botkit.__all__)

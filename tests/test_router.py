@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-import botkit._router
+import botkit._dispatch
 from botkit import (
     ANY,
     Bot,
@@ -404,18 +404,22 @@ async def test_middleware_chains_are_built_once_not_per_event(
 
     bot.include_router(inner)
     wraps = 0
-    real_wrap = botkit._router._wrap
+    real_wrap = botkit._dispatch._wrap
 
     def counting_wrap(*args: Any) -> Any:
         nonlocal wraps
         wraps += 1
         return real_wrap(*args)
 
+    monkeypatch.setattr(botkit._dispatch, "_wrap", counting_wrap)
     async with BotTester(bot) as chat:
-        await chat.send_text("warm up")
-        monkeypatch.setattr(botkit._router, "_wrap", counting_wrap)
+        assert (await chat.send_text("warm up")).texts == ["ok"]
+        # The chains were built (the counter sees the real code path)...
+        assert wraps >= 2
+        wraps = 0
         for i in range(20):
             assert (await chat.send_text(str(i))).texts == ["ok"]
+    # ...and never again, however many events follow.
     assert wraps == 0
 
 

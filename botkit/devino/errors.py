@@ -15,12 +15,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from botkit._errors import BotkitError
-
-if TYPE_CHECKING:
-    from botkit.devino.models import SendResult
 
 __all__ = [
     "REASON_TABLE",
@@ -281,7 +278,8 @@ class DevinoError(BotkitError):
     its result when known, None when its request failed. Otherwise it is None.
     """
 
-    partial_results: list[SendResult | None] | None = None
+    # Each a botkit.devino.models.SendResult (models import this module, not the reverse).
+    partial_results: list[Any] | None = None
 
 
 class DevinoConfigError(DevinoError, ValueError):

@@ -1,6 +1,6 @@
 """The developer commands of ``botkit``: ``chat`` and ``graph``.
 
-``botkit.service._cli`` calls :func:`register` to add them; each loads the bot the way
+``botkit._cli`` calls :func:`register` to add them; each loads the bot the way
 ``botkit run`` does (``MODULE[:ATTR]``, ``ATTR`` defaults to ``bot``) and
 exits 2 with one line per problem when it cannot start.
 """
@@ -87,7 +87,7 @@ def _chat(args: argparse.Namespace, load_bot: LoadBot, fail: Fail) -> int:
     from botkit.devino.errors import InvalidPhoneNumber
     from botkit.devino.validation import normalize_phone
     from botkit.devtools._chat import run_chat
-    from botkit.service._cli import BotLoadError
+    from botkit.service import BotLoadError
 
     try:
         user = normalize_phone(args.number)
@@ -107,7 +107,7 @@ def _chat(args: argparse.Namespace, load_bot: LoadBot, fail: Fail) -> int:
 
 def _graph(args: argparse.Namespace, load_bot: LoadBot, fail: Fail) -> int:
     from botkit.devtools._graph import GraphUnavailable, bot_flows, mermaid, render
-    from botkit.service._cli import BotLoadError
+    from botkit.service import BotLoadError
 
     try:
         bot = load_bot(args.target)

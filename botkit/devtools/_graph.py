@@ -27,6 +27,7 @@ from transitions import State as _MachineState
 from transitions.extensions.diagrams import GraphMachine
 
 from botkit._bot import Bot
+from botkit._dispatch import flows_of
 from botkit._errors import BotkitError
 from botkit._flow import Flow
 
@@ -90,7 +91,7 @@ def bot_flows(bot: Bot) -> list[Flow]:
     except UnknownPlugin:
         plugins = []  # the bot's own flows can still be drawn
     for root in (*(p.router for p in plugins), bot):
-        for flow in root.nested_flows():
+        for flow in flows_of(root):
             flows.setdefault(flow.name, flow)
     return list(flows.values())
 

@@ -35,13 +35,15 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from botkit._clock import ManualClock
 from botkit._events import EventKind
 from botkit._outbound import Template
 from botkit._runtime import Runtime
@@ -52,8 +54,21 @@ from botkit.devino.validation import normalize_phone
 from botkit.devtools.emulator import Emulator, EmulatorEvent
 
 if TYPE_CHECKING:
-    from botkit.devtools._server import DevServer
     from botkit.service._app import Service
+
+
+class DevServer(Protocol):
+    """What the chat page needs of the dev server (``botkit.devtools._server``)."""
+
+    @property
+    def app(self) -> Starlette: ...
+
+    @property
+    def emulator(self) -> Emulator: ...
+
+    @property
+    def clock(self) -> ManualClock: ...
+
 
 __all__ = ["DevFeed", "routes"]
 

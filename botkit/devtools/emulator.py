@@ -1014,9 +1014,23 @@ def serve_from_args(args: argparse.Namespace, fail: Callable[[str, int], int]) -
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m botkit.devtools.emulator``: the same as ``botkit emulator``."""
-    from botkit.service import main as botkit_main
+    parser = add_arguments(
+        argparse.ArgumentParser(
+            prog="python -m botkit.devtools.emulator",
+            description="A local stand-in for the Devino WhatsApp API.",
+        )
+    )
+    try:
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
 
-    return botkit_main(["emulator", *(sys.argv[1:] if argv is None else argv)])
+    def fail(message: str, code: int) -> int:
+        for line in message.splitlines():
+            print(f"botkit emulator: {line}", file=sys.stderr)
+        return code
+
+    return serve_from_args(args, fail)
 
 
 if __name__ == "__main__":

@@ -6,14 +6,17 @@
   ``/metrics``;
 - :mod:`botkit.service._logs`: one structured line per turn;
 - :mod:`botkit.service._serving`: uvicorn, embedded or as the main loop;
-- :mod:`botkit.service._cli`: the ``botkit`` command.
+- :mod:`botkit.service._target`: loading a bot from ``MODULE[:ATTR]``.
+
+The ``botkit`` command itself (:mod:`botkit._cli`) sits above the service and
+the dev tools, whose commands it gathers.
 """
 
 from botkit.service._app import Service, build_store, create_app
-from botkit.service._cli import BotLoadError, load_bot, main
 from botkit.service._logs import configure_logging
 from botkit.service._serving import ServingError, run_app, serve_app
 from botkit.service._settings import Settings, SettingsError, load_settings
+from botkit.service._target import BotLoadError, load_bot
 
 __all__ = [
     "BotLoadError",
@@ -26,7 +29,6 @@ __all__ = [
     "create_app",
     "load_bot",
     "load_settings",
-    "main",
     "run_app",
     "serve_app",
 ]

@@ -37,6 +37,7 @@ from typing import Any
 from botkit._bot import Bot
 from botkit._compat import SubParsers
 from botkit._errors import BotkitError
+from botkit.service._target import BotLoadError, load_bot
 
 TARGET_ENV = "BOTKIT_TARGET"
 """``botkit run``'s target when the command line gives none (a container's image sets it)."""
@@ -49,35 +50,6 @@ EXIT_CANNOT_START = 2
 """Bad arguments, a target that is not a bot, a missing or invalid setting."""
 EXIT_CANNOT_SERVE = 3
 """The address cannot be listened on, or the app's start-up failed (as uvicorn's own 3)."""
-
-
-class BotLoadError(BotkitError):
-    """``MODULE[:ATTR]`` does not lead to a Bot; the message says why."""
-
-
-def load_bot(target: str) -> Bot:
-    """Import ``MODULE[:ATTR]`` (ATTR defaults to ``bot``) and return the Bot there."""
-    module_name, _, attr = target.partition(":")
-    attr = attr or "bot"
-    if not module_name:
-        raise BotLoadError(f"{target!r} is not MODULE[:ATTR], e.g. bots.echo:bot")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise BotLoadError(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from exc
-    try:
-        found = getattr(module, attr)
-    except AttributeError:
-        raise BotLoadError(f"module {module_name!r} has no attribute {attr!r}") from None
-    except Exception as exc:  # a bot built on first use (a module __getattr__) failed
-        raise BotLoadError(
-            f"cannot load {module_name}:{attr}: {type(exc).__name__}: {exc}"
-        ) from exc
-    if not isinstance(found, Bot):
-        raise BotLoadError(f"{module_name}:{attr} is a {type(found).__name__}, not a botkit.Bot")
-    return found
 
 
 def _fail(command: str, message: str, code: int = EXIT_CANNOT_START) -> int:
@@ -192,7 +164,7 @@ def _run(args: argparse.Namespace) -> int:
             folder = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="botkit-metrics-"))
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
         uvicorn.run(
-            "botkit.service._cli:service_app",
+            "botkit._cli:service_app",
             factory=True,
             host=args.host,
             port=args.port,
