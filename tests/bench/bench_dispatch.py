@@ -5,7 +5,7 @@ In one run:
 1. turns per second through ``BotTester`` (memory store, the whole turn:
    begin, dispatch, commit, outbox) for an echo bot, and for a bot whose
    handler is bound to a flow state and updates ``ctx.data`` (what the
-   aiogram yardstick in /work/shared/peers measures);
+   aiogram yardstick, a script kept outside this repository, measures);
 2. time per dispatch with 10 handlers against 1,000 handlers spread over 100
    flow states, at the handler index and as whole turns (target ratio <= 1.5);
 3. the cost of one flow transition through the flow's shared AsyncMachine
