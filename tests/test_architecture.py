@@ -125,4 +125,3 @@ def test_the_readme_lists_the_public_api_one_line_each() -> None:
     section = readme.split("## The public API", 1)[1].split("\n## ", 1)[0]
     listed = [line.split("`")[1] for line in section.splitlines() if line.startswith("- `")]
     assert listed == list(botkit.__all__)
-
