@@ -34,7 +34,7 @@ from starlette.routing import Route
 from botkit import Bot
 from botkit.service import serve_app
 from botkit.testing import BotTester
-from tests.service._harness import free_port
+from tests.helpers import free_port
 
 from .test_pytest_plugin import run_pytest
 

@@ -25,9 +25,10 @@ from starlette.routing import Route
 
 from botkit import Bot, Context
 from botkit.devtools._page import STATIC
-from botkit.devtools._server import DevServer, create_dev_app, free_port
+from botkit.devtools._server import DevServer, create_dev_app
 from botkit.service._serving import serve_app
 from tests.devtools import shop_bot
+from tests.helpers import free_port
 
 USER = "79031234567"
 CHROMIUM = os.environ.get("BOTKIT_TEST_CHROMIUM", "/usr/bin/chromium")

@@ -4,7 +4,6 @@ waiting on conditions with deadlines, and the provider's example payloads.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
 import signal
@@ -12,13 +11,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from tests.devino.test_models import PAGE_INCOMING, PAGE_STATUS
+from tests.helpers import free_port, wait_for  # noqa: F401  (the service tests import them from here)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,13 +53,6 @@ def incoming(sender: str, text: str | None = None, **fields: Any) -> dict[str, A
     return payload
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def port_refuses(port: int) -> bool:
     """True when nothing accepts TCP connections on 127.0.0.1:``port``."""
     try:
@@ -67,26 +60,6 @@ def port_refuses(port: int) -> bool:
             return False
     except OSError:
         return True
-
-
-async def wait_for(
-    condition: Callable[[], bool | Awaitable[bool]],
-    *,
-    within: float = 10.0,
-    what: str = "the condition",
-    every: float = 0.02,
-) -> None:
-    """Re-check ``condition`` until it holds; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {within}s")
-        await asyncio.sleep(every)
 
 
 def clean_env(**botkit: str) -> dict[str, str]:

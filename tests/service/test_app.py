@@ -536,8 +536,8 @@ async def test_health_readiness_and_metrics(stack: Stack) -> None:
 
 
 async def test_a_store_down_at_start_up_makes_the_service_unready_not_dead() -> None:
-    from botkit.devtools._server import free_port
     from botkit.storage.redis import RedisStore
+    from tests.helpers import free_port
 
     nowhere = RedisStore(f"redis://127.0.0.1:{free_port()}/0", bot="echo", socket_timeout=0.3)
     async with (

@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import redis
+
+from tests.helpers import free_port
 
 
 def redis_server_binary() -> str:
@@ -30,12 +31,6 @@ def redis_server_binary() -> str:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{message} (CI=true, where Redis is required)", pytrace=False)
     pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisServer:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import redis
 
-from tests.storage._redis_server import free_port, redis_server_binary
+from tests.helpers import free_port
+from tests.storage._redis_server import redis_server_binary
 
 # One node answers PING, CLUSTER INFO... within this.
 _CLIENT_TIMEOUT = 1.0

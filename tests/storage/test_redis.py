@@ -40,8 +40,9 @@ from botkit.storage.base import (
 )
 from botkit.storage.redis import RedisStore, StoreLayoutError
 from botkit.storage.redis.keys import Keys, shard_tags
+from tests.helpers import free_port
 
-from ._redis_server import RedisServer, free_port
+from ._redis_server import RedisServer
 from ._redis_worker import keys as probe_keys
 
 pytestmark = pytest.mark.redis
