@@ -149,7 +149,9 @@ def _run(args: argparse.Namespace) -> int:
         return _fail("run", "\n".join(problems))
     layout = _store_layout_problem(bot, settings)
     if layout:
-        return _fail("run", layout)
+        # The store does not know the target; the command it names needs it.
+        migrate = "`botkit store migrate`"
+        return _fail("run", layout.replace(migrate, f"`botkit store migrate {args.target}`"))
     try:
         check_listen(args.host, args.port)
     except ListenError as exc:
@@ -157,6 +159,12 @@ def _run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
+    from botkit.service._logs import configure_logging
+
+    # This process logs too: with --workers N it is uvicorn's supervisor (the
+    # address it listens on, workers started, restarted or lost), and those
+    # lines must be in the operator's format (JSON for a log collector).
+    configure_logging(settings.log_format, settings.log_level)
     os.environ[TARGET_ENV] = args.target
     with contextlib.ExitStack() as cleanup:
         if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
@@ -474,19 +482,20 @@ def _parser() -> argparse.ArgumentParser:
     add_arguments(emulator, port_type=_port)
     emulator.set_defaults(handler=_emulator)
 
-    autoreply = sub.add_parser(
+    # Listed here for the top-level help; main() hands everything after the
+    # word "autoreply" to _autoreply, whose parser comes with bots/autoreply
+    # (argparse's REMAINDER would refuse a leading --help).
+    sub.add_parser(
         "autoreply",
         help="the auto-reply service's tools: check a rules file (botkit autoreply check FILE)",
         add_help=False,
     )
-    autoreply.add_argument("rest", nargs=argparse.REMAINDER)
-    autoreply.set_defaults(handler=_autoreply)
 
     _add_devtools(sub)
     return parser
 
 
-def _autoreply(args: argparse.Namespace) -> int:
+def _autoreply(argv: list[str]) -> int:
     # The auto-reply service lives in bots/ (a checkout, the image), not in the
     # installed package: found from the working directory, as a bot's target is.
     if os.getcwd() not in sys.path:
@@ -501,7 +510,8 @@ def _autoreply(args: argparse.Namespace) -> int:
         )
     parser = _Parser(
         prog="botkit autoreply",
-        description="Tools for the auto-reply service (bots/autoreply).",
+        description="Tools for the auto-reply service (bots/autoreply), in a botkit "
+        "checkout or the botkit image. 'botkit autoreply check FILE' checks a rules file.",
     )
     tools = parser.add_subparsers(dest="tool", metavar="TOOL", required=True)
     check.add_arguments(
@@ -514,7 +524,7 @@ def _autoreply(args: argparse.Namespace) -> int:
         )
     )
     try:
-        tool_args = parser.parse_args(args.rest)
+        tool_args = parser.parse_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_CANNOT_START
     code: int = check.run(tool_args)
@@ -532,8 +542,11 @@ def _add_devtools(sub: SubParsers[argparse.ArgumentParser]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``botkit`` command; return its exit code."""
     parser = _parser()
+    words = sys.argv[1:] if argv is None else list(argv)
+    if words[:1] == ["autoreply"]:
+        return _autoreply(words[1:])
     try:
-        args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+        args = parser.parse_args(words)
     except SystemExit as exc:  # --help, --version, or a usage error (one line printed)
         return exc.code if isinstance(exc.code, int) else EXIT_CANNOT_START
     if getattr(args, "handler", None) is None:

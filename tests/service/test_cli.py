@@ -80,15 +80,26 @@ def in_process(bots_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None
 
 @pytest.mark.parametrize(
     "args",
-    [["--help"], ["run", "--help"], ["dev", "--help"], ["emulator", "--help"]],
-    ids=["botkit", "run", "dev", "emulator"],
+    [
+        ["--help"],
+        ["run", "--help"],
+        ["dev", "--help"],
+        ["emulator", "--help"],
+        ["chat", "--help"],
+        ["graph", "--help"],
+        ["store", "--help"],
+        ["store", "migrate", "--help"],
+        ["autoreply", "--help"],
+        ["autoreply", "check", "--help"],
+    ],
+    ids=lambda args: " ".join(args[:-1]) or "botkit",
 )
 def test_help_everywhere(
     in_process: None, capsys: pytest.CaptureFixture[str], args: list[str]
 ) -> None:
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert out.startswith("usage: botkit")
+    assert out.startswith(" ".join(["usage: botkit", *args[:-1]]))
     if args[0] in ("run", "dev"):
         assert "--host" in out and "--port" in out
         assert "MODULE[:ATTR]" in out

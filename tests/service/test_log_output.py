@@ -213,3 +213,33 @@ async def test_a_redis_outage_is_one_line_and_its_end_another(
     assert "unlock channel back after " in channel_lines[1]
     assert "Traceback" not in service.log()
     assert not [line for line in lines if line[9:14] == "error"], "\n".join(lines)
+
+
+async def test_run_with_workers_logs_its_address_and_supervisor_in_the_chosen_format(
+    processes: list[BotProcess], tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    # With --workers N, uvicorn's supervisor is the botkit process itself: its
+    # lines (where it listens, the workers it starts) are JSON like the workers'.
+    port = free_port()
+    env = clean_env(
+        BOTKIT_WEBHOOK_TOKEN=WEBHOOK_TOKEN,
+        BOTKIT_DEVINO_API_KEY=API_KEY,
+        BOTKIT_DEVINO_URL=f"http://127.0.0.1:{free_port()}",
+        BOTKIT_SENDER="EchoCo",
+        BOTKIT_REDIS_URL=redis_url,
+        BOTKIT_KEY_PREFIX=redis_prefix,
+        BOTKIT_LOG_FORMAT="json",
+    )
+    service = BotProcess(
+        ["run", "bots.echo:bot", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+        env,
+        tmp_path / "run.log",
+    )
+    processes.append(service)
+    service.start()
+    await service.wait_healthy(f"http://127.0.0.1:{port}", workers=2)
+    await service.wait_for_log("Application startup complete", count=2)
+    records = [json.loads(line) for line in service.log().splitlines()]
+    messages = [record["message"] for record in records]
+    assert f"Uvicorn running on http://127.0.0.1:{port} (Press CTRL+C to quit)" in messages
+    assert any(message.startswith("Started parent process") for message in messages)
