@@ -41,3 +41,26 @@ def test_mypy_sees_botkit_from_a_users_project(tmp_path: Path) -> None:
     assert re.search(r'Revealed type is "botkit\.[\w.]*Bot"', done.stdout), done.stdout
     assert "import-not-found" not in done.stdout and "missing library stubs" not in done.stdout
     assert 'Incompatible types in assignment (expression has type "Bot"' in done.stdout
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_no_file_names_a_path_of_the_development_machine() -> None:
+    # The shared notes beside the checkout are ../shared/...: an absolute path
+    # to them (or to the checkout) means nothing on a user's machine.
+    here = str(ROOT.parent)
+    absolute = re.compile(r"(?<![\w.~-])/[\w.-]+(?:/[\w.-]+)*/shared/|" + re.escape(here + "/"))
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.split(b"\0")
+    found = []
+    for name in filter(None, tracked):
+        path = ROOT / name.decode()
+        if not path.is_file():
+            continue
+        text = path.read_bytes().decode("utf-8", errors="ignore")
+        for number, line in enumerate(text.splitlines(), 1):
+            if absolute.search(line):
+                found.append(f"{name.decode()}:{number}: {line.strip()}")
+    assert found == []
