@@ -45,6 +45,11 @@ RETRIED = Counter(
     "Send attempts repeated: transport errors and 5xx (transport), 2301 (rate).",
     ["cause"],
 )
+RECEIPTED = Counter(
+    "botkit_messages_settled_by_receipt_total",
+    "Messages that may have reached the provider unanswered and were acknowledged, not resent, "
+    "because a status callback named them.",
+)
 FALLBACKS = Counter(
     "botkit_template_fallbacks_total", "Messages resent as their template after a 2312."
 )

@@ -7,6 +7,19 @@ retried with backoff before anything newer is read. Entries are acknowledged
 only after the provider answered; entries another instance read and never
 acknowledged are claimed after ``claim_idle`` seconds.
 
+Status callbacks are receipts. A batch that may have reached the provider
+without its answer reaching botkit (the request went out and timed out, or
+the connection dropped; or a sender died with it in flight and another
+claimed it) is not simply sent again: the sender first looks for a receipt
+of each message (any status callback naming its reference) and waits up to
+``receipt_grace`` seconds for one; a message with a receipt is acknowledged,
+not resent. ``claim_idle`` is derived from the client's longest send (every
+attempt's timeouts and backoffs) plus that grace, and a sender retrying a
+batch restarts its entries' idle time first, so a live slow sender is never
+overtaken and a dead one's receipts have had their grace when it is claimed.
+Without status callbacks (no ``callback_url``) there are no receipts: such a
+batch is sent again (at least once).
+
 A user's replies keep their order across senders: each is numbered when its
 turn commits, and a sender holds a message back until the provider answered
 the one before it, whichever sender had it (``order_wait`` bounds the wait).
@@ -31,7 +44,7 @@ from botkit._outbound import OutboundMessage, SentRecord
 from botkit.delivery._signing import CallbackSigner
 from botkit.devino.client import DevinoClient
 from botkit.devino.convert import to_outgoing
-from botkit.devino.errors import DevinoAuthError, DevinoError, ReasonKey
+from botkit.devino.errors import DevinoAuthError, DevinoError, DevinoTransportError, ReasonKey
 from botkit.devino.models import SendResult
 from botkit.storage.base import ConversationStore, OutboxItem, StorageError, StorageUnavailable
 from botkit.storage.outage import outage_log
@@ -49,7 +62,11 @@ class SenderConfig:
     there. ``retry_base``/``retry_max`` bound the backoff between attempts
     at a batch the provider did not answer. ``claim_idle`` is how long an
     entry read by another (presumably dead) instance stays unacknowledged
-    before this one takes it over. ``order_wait`` is the longest a message
+    before this one takes it over; None derives it from the client: its
+    longest send plus ``receipt_grace`` (see the module docstring).
+    ``receipt_grace`` is how long a batch that may have reached the provider
+    waits for status callbacks naming its messages before what has none is
+    sent again. ``order_wait`` is the longest a message
     waits for the one before it to the same user (sent by another process)
     to be answered; after that it goes anyway, and a warning says so.
     """
@@ -59,12 +76,18 @@ class SenderConfig:
     block: float = 0.5
     retry_base: float = 0.5
     retry_max: float = 30.0
-    claim_idle: float = 60.0
+    claim_idle: float | None = None
+    receipt_grace: float = 10.0
     housekeeping_every: float = 1.0
     order_wait: float = 10.0
 
 
 _REASON_KEYS = frozenset(ReasonKey)
+
+# The claim delay when the client's sends are unbounded (a timeout of None).
+_UNBOUNDED_CLAIM_IDLE = 600.0
+# How often a sender waiting for receipts looks again.
+_RECEIPT_POLL = 0.1
 
 # How often a sender that holds only messages waiting for earlier ones looks again.
 _ORDER_POLL = 0.005
@@ -74,6 +97,12 @@ def _outbox_order(item: OutboxItem) -> tuple[int, int]:
     """An entry's place in the outbox: stream ids (``[<shard>:]<ms>-<n>``) or counters."""
     first, _, second = item.id.rpartition(":")[2].partition("-")
     return int(first), int(second or 0)
+
+
+def _derived_claim_idle(client: DevinoClient, grace: float) -> float:
+    """The client's longest send plus the receipt grace (see the module docstring)."""
+    longest = client.longest_send
+    return _UNBOUNDED_CLAIM_IDLE if longest is None else longest + grace
 
 
 def default_consumer_name() -> str:
@@ -110,6 +139,10 @@ class OutboxWorker:
         self.signer = signer
         self.callback_url = callback_url
         self.config = config or SenderConfig()
+        self.claim_idle: float = self.config.claim_idle or _derived_claim_idle(
+            client, self.config.receipt_grace
+        )
+        """Seconds an entry stays unacknowledged before another sender takes it over."""
         self.consumer = consumer or default_consumer_name()
         self.clock = clock or SystemClock()
         self.on_rejected = on_rejected
@@ -249,19 +282,23 @@ class OutboxWorker:
         return ready
 
     async def _claim(self, size: int) -> list[OutboxItem]:
-        if time.monotonic() - self._last_claim < self.config.claim_idle / 4:
+        if time.monotonic() - self._last_claim < self.claim_idle / 4:
             return []
         self._last_claim = time.monotonic()
-        claimed = await self.store.outbox_claim(self.consumer, self.config.claim_idle, size)
-        if claimed:
-            log.warning("claimed %d outbox entries left by another sender", len(claimed))
-        return claimed
+        claimed = await self.store.outbox_claim(self.consumer, self.claim_idle, size)
+        if not claimed:
+            return []
+        log.warning("claimed %d outbox entries left by another sender", len(claimed))
+        # Idle for claim_idle: the dead sender's last request is older than the
+        # receipt grace, so its receipts are in if the provider took it.
+        return await self._without_receipts(claimed, grace=0.0) or []
 
     async def _deliver(self, items: Sequence[OutboxItem]) -> None:
         """Send one batch until the provider answers; then acknowledge and record it."""
-        results = await self._send_until_answered(items)
-        if results is None:
+        answered = await self._send_until_answered(items)
+        if answered is None:
             return  # stopping: the entries stay pending for a claim or a restart
+        items, results = answered
         sent: list[SentRecord] = []
         rejected: list[tuple[OutboundMessage, SendResult]] = []
         now = self.clock.now()
@@ -310,25 +347,70 @@ class OutboxWorker:
                     raise
                 await asyncio.sleep(self._backoff(failures))
 
-    async def _send_until_answered(self, items: Sequence[OutboxItem]) -> list[SendResult] | None:
-        payloads = [
-            to_outgoing(
-                item.message,
-                sender=self.sender_name,
-                callback_url=self.callback_url,
-                callback_data=self.signer.sign(
-                    item.message.user, item.message.ref, item.message.fallback
-                ),
-            )
-            for item in items
-        ]
+    async def _without_receipts(
+        self, items: Sequence[OutboxItem], *, grace: float
+    ) -> list[OutboxItem] | None:
+        """Acknowledge the items the provider took (a status callback named them); the rest.
+
+        Waits up to ``grace`` seconds for receipts while some items have none.
+        Without status callbacks there are no receipts: all items are returned.
+        None when it is time to stop.
+        """
+        if self.callback_url is None:
+            return list(items)
+        deadline = time.monotonic() + grace
+        rest = list(items)
+        while True:
+            found = await self.store.receipts(rest)
+            settled = [(item, mid) for item, mid in zip(rest, found, strict=True) if mid]
+            if settled:
+                now = self.clock.now()
+                records = [
+                    SentRecord(message_id=m, message=i.message, sent_at=now) for i, m in settled
+                ]
+                done = [item for item, _ in settled]
+                await self._acknowledge([item.id for item in done], records, done)
+                metrics.RECEIPTED.inc(len(done))
+                log.info(
+                    "%d messages the provider had taken already (status callbacks named "
+                    "them) are acknowledged, not sent again",
+                    len(done),
+                )
+                rest = [item for item, mid in zip(rest, found, strict=True) if not mid]
+            if not rest or time.monotonic() >= deadline:
+                return rest
+            if not await self._pause(min(_RECEIPT_POLL, max(0.0, deadline - time.monotonic()))):
+                return None
+
+    async def _send_until_answered(
+        self, items: Sequence[OutboxItem]
+    ) -> tuple[list[OutboxItem], list[SendResult]] | None:
+        """The items the provider answered and its results (others were settled by receipts)."""
+        pending = list(items)
         failures = 0
         while True:
+            if failures:
+                # A live sender keeps its entries: nobody claims them while it retries.
+                held = set(await self.store.outbox_touch(self.consumer, [i.id for i in pending]))
+                pending = [item for item in pending if item.id in held]
+                if not pending:
+                    return [], []
+            payloads = [
+                to_outgoing(
+                    item.message,
+                    sender=self.sender_name,
+                    callback_url=self.callback_url,
+                    callback_data=self.signer.sign(
+                        item.message.user, item.message.ref, item.message.fallback
+                    ),
+                )
+                for item in pending
+            ]
             started = time.perf_counter()
             try:
                 results = await self.client.send(payloads)
                 metrics.observe(metrics.SEND_SECONDS, time.perf_counter() - started)
-                return results
+                return pending, results
             except DevinoAuthError:
                 failures += 1
                 delay = self.config.retry_max
@@ -341,10 +423,18 @@ class OutboxWorker:
             except DevinoError as exc:
                 failures += 1
                 delay = self._backoff(failures)
-                metrics.RETRIED.labels("transport").inc(len(items))
+                if isinstance(exc, DevinoTransportError) and exc.unanswered:
+                    # It may have reached the provider: what has a receipt is not resent.
+                    rest = await self._without_receipts(pending, grace=self.config.receipt_grace)
+                    if rest is None:
+                        return None
+                    if not rest:
+                        return [], []
+                    pending, delay = rest, 0.0
+                metrics.RETRIED.labels("transport").inc(len(pending))
                 log.warning(
                     "provider did not answer a batch of %d (%s); retrying in %.1fs",
-                    len(items),
+                    len(pending),
                     exc,
                     delay,
                 )

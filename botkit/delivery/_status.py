@@ -186,7 +186,9 @@ class StatusTracker:
             if update.user is None
             else await store.get_sent(update.message_id, user=update.user)
         )
-        if record is not None and record.message.ref == update.reference:
+        if record is None or record.message.ref != update.reference:
+            await self._receipt(update)
+        else:
             if not moves_forward(record.status, update.status):
                 self._ignored(record, update)
                 return StatusOutcome.STALE
@@ -194,6 +196,13 @@ class StatusTracker:
                 await store.update_sent(dataclasses.replace(record, status=update.status))
         metrics.count(metrics.STATUSES, *_labels(update))
         return StatusOutcome.HANDLED
+
+    async def _receipt(self, update: StatusUpdate) -> None:
+        """Remember that the provider took the message: its sender must not send it again."""
+        if update.user is not None and update.reference is not None and update.message_id:
+            await self.runtime.store.record_receipt(
+                update.user, update.reference, update.message_id
+            )
 
     def _ignored(self, record: SentRecord, update: StatusUpdate) -> None:
         """Record a status that cannot follow the message's current one."""
@@ -217,7 +226,9 @@ class StatusTracker:
             else await store.get_sent(status.message_id, user=status.user)
         )
         if record is None or record.message.ref != status.reference:
-            # Older than the sent log's 7 days, or not ours: handlers only, no actions.
+            # Not acknowledged yet (or older than the sent log's 7 days): a receipt
+            # for the sender, then handlers only, no actions.
+            await self._receipt(status)
             return True
         if not moves_forward(record.status, status.status):
             self._ignored(record, status)

@@ -82,12 +82,24 @@ class RetryPolicy:
     attempts: int = 4
     base_delay: float = 0.25
     max_delay: float = 8.0
+    retry_unanswered: bool = True
+    """Retry a request that went out but got no answer (read timeout, dropped
+    connection). The provider may have accepted it, so a retry may deliver
+    twice; botkit's sender turns this off and settles such a batch by its
+    status callbacks instead (:attr:`DevinoTransportError.unanswered`)."""
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
             raise DevinoConfigError("RetryPolicy.attempts must be at least 1")
         if self.base_delay < 0 or self.max_delay < 0:
             raise DevinoConfigError("RetryPolicy delays cannot be negative")
+
+    def longest_backoffs(self) -> float:
+        """The most the client sleeps between attempts, all retries together."""
+        return sum(
+            min(self.max_delay, self.base_delay * 2.0 ** min(retry, 32))
+            for retry in range(self.attempts - 1)
+        )
 
     def backoff(self, retry: int) -> float:
         """Seconds to wait before retry number `retry` (0 for the first retry)."""
@@ -156,6 +168,7 @@ class DevinoClient:
         self.batch_cap = batch_cap
         self.concurrency = concurrency
         self.retry = retry or RetryPolicy()
+        self.timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
         self.on_request = on_request
         self.requests_sent = 0
         """How many HTTP requests this client made to the provider, retries included."""
@@ -196,6 +209,19 @@ class DevinoClient:
         """Send one message; see :meth:`send`."""
         [result] = await self.send([message])
         return result
+
+    @property
+    def longest_send(self) -> float | None:
+        """The longest one :meth:`send` of a batch can take, in seconds (None: unbounded).
+
+        Every attempt waiting its full pool, connect, write and read timeouts,
+        plus the longest backoffs between attempts.
+        """
+        phases = (self.timeout.pool, self.timeout.connect, self.timeout.write, self.timeout.read)
+        if any(phase is None for phase in phases):
+            return None
+        per_attempt = sum(phase for phase in phases if phase is not None)
+        return self.retry.attempts * per_attempt + self.retry.longest_backoffs()
 
     async def send(self, messages: Iterable[OutgoingMessage]) -> list[SendResult]:
         """Send `messages`; return one result per message, in the same order.
@@ -260,6 +286,10 @@ class DevinoClient:
             except httpx.TransportError as exc:
                 self._observe(RequestRecord(count, attempt, None, _since(started), exc))
                 cause, status = exc, None
+                if not policy.retry_unanswered and _unanswered(exc):
+                    raise DevinoTransportError(
+                        attempts=attempt, cause=exc, status_code=None, unanswered=True
+                    ) from exc
             else:
                 self._observe(RequestRecord(count, attempt, response.status_code, _since(started)))
                 if response.status_code in (401, 403):
@@ -293,6 +323,11 @@ class DevinoClient:
         except Exception:
             # Metrics must never break sending.
             logger.exception("on_request hook failed")
+
+
+def _unanswered(exc: httpx.TransportError) -> bool:
+    """True when the request may have reached the provider (it went out; no answer came)."""
+    return isinstance(exc, httpx.ReadTimeout | httpx.ReadError | httpx.RemoteProtocolError)
 
 
 def _authorization(api_key: str | None, login: str | None, password: str | None) -> tuple[str, str]:

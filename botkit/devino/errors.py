@@ -327,12 +327,21 @@ class DevinoTransportError(DevinoError):
     `cause` is the last exception (a connection error or timeout) or None
     when the last attempt got an HTTP answer; `status_code` is that answer's
     status (5xx), or None. `attempts` says how many requests were made.
+    `unanswered` is True when the last request went out and no answer came
+    (a read timeout, a dropped connection): the provider may have accepted
+    its messages.
     """
 
     def __init__(
-        self, *, attempts: int, cause: BaseException | None, status_code: int | None
+        self,
+        *,
+        attempts: int,
+        cause: BaseException | None,
+        status_code: int | None,
+        unanswered: bool = False,
     ) -> None:
         self.attempts = attempts
+        self.unanswered = unanswered
         self.cause = cause
         self.status_code = status_code
         last = f"HTTP {status_code}" if status_code is not None else _describe(cause)

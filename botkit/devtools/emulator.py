@@ -283,6 +283,8 @@ class Emulator:
     `clock` None gives the emulator its own clock, which
     :meth:`advance_clock` moves. `senders`, when given, lists the sender
     names allowed in ``from`` (others are rejected ``not.available``).
+    `response_delay` makes every send request wait that many seconds before
+    it is handled and answered, as a slow provider does.
     """
 
     def __init__(
@@ -297,6 +299,7 @@ class Emulator:
         rate_limit: RateLimit | None = None,
         not_on_whatsapp: Iterable[str] = (),
         callback_delay: float = 0.0,
+        response_delay: float = 0.0,
         callback_attempts: int = 4,
         callback_retry_delay: float = 0.05,
         batch_cap: int = DEFAULT_BATCH_CAP,
@@ -315,6 +318,9 @@ class Emulator:
         self.rate_limit = rate_limit or RateLimit()
         self.not_on_whatsapp: set[str] = {normalize_phone(number) for number in not_on_whatsapp}
         self.callback_delay = callback_delay
+        self.response_delay = response_delay
+        self.in_flight = 0
+        """Send requests received and not answered yet."""
         self.callback_attempts = callback_attempts
         self.callback_retry_delay = callback_retry_delay
         self.batch_cap = batch_cap
@@ -598,9 +604,21 @@ class Emulator:
         # Read first: a delayed request must still be handled once its client gave up,
         # as the provider would (it got the whole request before the client timed out).
         raw = await request.body()
+        self.in_flight += 1
+        self._touch()
+        try:
+            return await self._answer(raw)
+        finally:
+            self.in_flight -= 1
+            self._touch()
+
+    async def _answer(self, raw: bytes) -> Response:
         fault = self._faults.popleft() if self._faults else None
-        if fault is not None and fault.delay:
-            await asyncio.sleep(fault.delay)
+        # A slow provider: it takes the whole request, then answers late (and
+        # accepts the messages even when the client gave up meanwhile).
+        delay = self.response_delay + (fault.delay if fault is not None else 0.0)
+        if delay:
+            await asyncio.sleep(delay)
         try:
             payload = json.loads(raw)
         except ValueError:
@@ -870,6 +888,7 @@ class Emulator:
                 "rateLimit": {"messages": self.rate_limit.messages, "per": self.rate_limit.per},
                 "sessionWindow": self.session_window,
                 "callbackDelay": self.callback_delay,
+                "responseDelay": self.response_delay,
                 "webhookUrl": self.webhook_url,
             }
         )
@@ -884,6 +903,8 @@ class Emulator:
             self.session_window = float(body["sessionWindow"])
         if "callbackDelay" in body:
             self.callback_delay = float(body["callbackDelay"])
+        if "responseDelay" in body:
+            self.response_delay = float(body["responseDelay"])
         if "webhookUrl" in body:
             self.webhook_url = body["webhookUrl"] or None
 
@@ -956,6 +977,12 @@ def add_arguments(
         help="seconds between status callbacks",
     )
     parser.add_argument(
+        "--response-delay",
+        type=float,
+        default=0.0,
+        help="seconds before each send request is answered, as a slow provider (0)",
+    )
+    parser.add_argument(
         "--not-on-whatsapp",
         action="append",
         default=[],
@@ -982,6 +1009,7 @@ def serve_from_args(args: argparse.Namespace, fail: Callable[[str, int], int]) -
             webhook_url=args.webhook,
             session_window=args.session_window,
             callback_delay=args.callback_delay,
+            response_delay=args.response_delay,
             not_on_whatsapp=args.not_on_whatsapp,
         )
     except InvalidPhoneNumber as exc:

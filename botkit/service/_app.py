@@ -47,7 +47,7 @@ from botkit.delivery._policy import DeliveryRefused, OutsideSessionWindow, Reply
 from botkit.delivery._sender import OutboxWorker, SenderConfig
 from botkit.delivery._signing import MIN_SECRET_BYTES, CallbackSigner
 from botkit.delivery._status import RateRetry, StatusOutcome, StatusTracker
-from botkit.devino.client import DevinoClient
+from botkit.devino.client import DevinoClient, RetryPolicy
 from botkit.devino.convert import to_event
 from botkit.devino.errors import InvalidPhoneNumber, PayloadError
 from botkit.devino.models import parse_incoming, parse_statuses, repair_text
@@ -146,7 +146,8 @@ class Service:
             sender_name=bot.sender or settings.sender or "botkit",
             signer=self.signer,
             callback_url=callback_url,
-            config=sender_config or SenderConfig(batch_size=settings.batch_size),
+            config=sender_config
+            or SenderConfig(batch_size=settings.batch_size, receipt_grace=settings.receipt_grace),
             clock=self.clock,
             on_rejected=self.tracker.report_rejected,
         )
@@ -328,15 +329,23 @@ def _count_turn(outcome: TurnOutcome) -> None:
 
 
 def _build_client(settings: Settings) -> DevinoClient:
-    api_key = settings.secret("devino_api_key")
+    # A request that went out unanswered is not retried by the client: the
+    # sender settles it by its status callbacks first (receipts), then resends.
+    options: dict[str, Any] = {
+        "batch_cap": settings.batch_size,
+        "retry": RetryPolicy(attempts=settings.devino_attempts, retry_unanswered=False),
+    }
+    if settings.devino_timeout is not None:
+        options["timeout"] = settings.devino_timeout
     if settings.devino_login:
         return DevinoClient(
             settings.devino_url,
             login=settings.devino_login,
             password=settings.secret("devino_password") or "",
-            batch_cap=settings.batch_size,
+            **options,
         )
-    return DevinoClient(settings.devino_url, api_key=api_key or "", batch_cap=settings.batch_size)
+    api_key = settings.secret("devino_api_key")
+    return DevinoClient(settings.devino_url, api_key=api_key or "", **options)
 
 
 # -- request helpers ---------------------------------------------------------

@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     sent_per_user: int = Field(default=32, ge=1, le=10_000)
     redis_shards: int | None = Field(default=None, ge=1, le=16_384)
     batch_size: int = Field(default=100, ge=1, le=1000)
+    devino_timeout: float | None = Field(default=None, gt=0)
+    devino_attempts: int = Field(default=4, ge=1, le=20)
+    receipt_grace: float = Field(default=10.0, ge=0)
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -242,6 +242,15 @@ class ConversationStore(ABC):
         return [True] * len(items)
 
     @abstractmethod
+    async def outbox_touch(self, consumer: str, ids: Sequence[str]) -> list[str]:
+        """Reset the idle time of entries ``consumer`` holds, so nobody claims them yet.
+
+        A live sender calls it before it tries a batch again. Returns the ids
+        still held by ``consumer`` (an entry another consumer claimed meanwhile
+        is theirs now: it is left alone and not returned).
+        """
+
+    @abstractmethod
     async def outbox_release_due(self, now: float) -> int:
         """Move delayed messages whose time has come into the outbox; return how many."""
 
@@ -273,4 +282,21 @@ class ConversationStore(ABC):
         expiry; every later caller (another worker, another instance, a
         restart) gets that same value back. A store private to one process
         keeps it for that process's lifetime.
+        """
+
+    # -- receipts --------------------------------------------------------------
+
+    @abstractmethod
+    async def record_receipt(self, user: str, ref: str, message_id: str) -> None:
+        """Remember that the provider took the message ``ref``: a status callback named it.
+
+        Kept for ``done_ttl``; the first ``message_id`` given stays.
+        """
+
+    @abstractmethod
+    async def receipts(self, items: Sequence[OutboxItem]) -> list[str | None]:
+        """For each item: the provider's ``messageId`` from a receipt of its reference, or None.
+
+        A sender asks before it sends an entry again that may have reached
+        the provider already (claimed from a dead sender, or unanswered).
         """

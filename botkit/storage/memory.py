@@ -76,6 +76,7 @@ class MemoryStore(ConversationStore):
         self._marks_swept_at = 0
         self._sent: dict[str, tuple[SentRecord, float]] = {}
         self._secrets: dict[str, str] = {}
+        self._receipts: dict[str, tuple[str, float]] = {}
         self._ids = itertools.count(1)
         self._unread: deque[tuple[str, OutboundMessage]] = deque()
         self._pending: dict[str, _Pending] = {}
@@ -181,6 +182,16 @@ class MemoryStore(ConversationStore):
             items.append(OutboxItem(entry_id, message, 1))
         return items
 
+    async def outbox_touch(self, consumer: str, ids: Sequence[str]) -> list[str]:
+        """Restart the idle time of the entries ``consumer`` still holds."""
+        held = []
+        for entry_id in ids:
+            pending = self._pending.get(entry_id)
+            if pending is not None and pending.consumer == consumer:
+                pending.read_at = time.monotonic()
+                held.append(entry_id)
+        return held
+
     async def outbox_claim(self, consumer: str, min_idle: float, count: int) -> list[OutboxItem]:
         """Take over entries left unacknowledged for ``min_idle`` seconds."""
         now = time.monotonic()
@@ -223,6 +234,20 @@ class MemoryStore(ConversationStore):
     async def outbox_size(self) -> int:
         """Unread, in-flight and delayed entries."""
         return len(self._unread) + len(self._pending) + len(self._delayed)
+
+    # -- receipts --------------------------------------------------------------
+
+    async def record_receipt(self, user: str, ref: str, message_id: str) -> None:
+        """Keep the first ``message_id`` seen for ``ref``."""
+        found = self._receipts.get(ref)
+        if found is None or found[1] <= self._clock.now():
+            self._receipts[ref] = (message_id, self._clock.now() + self.config.done_ttl)
+
+    async def receipts(self, items: Sequence[OutboxItem]) -> list[str | None]:
+        """The receipts of the items' references."""
+        now = self._clock.now()
+        found = [self._receipts.get(item.message.ref) for item in items]
+        return [None if f is None or f[1] <= now else f[0] for f in found]
 
     # -- shared secrets ------------------------------------------------------
 
@@ -267,6 +292,8 @@ class MemoryStore(ConversationStore):
             del self._marks[key]
         for mid in [m for m, (_, expires) in self._sent.items() if expires <= now]:
             del self._sent[mid]
+        for ref in [r for r, (_, expires) in self._receipts.items() if expires <= now]:
+            del self._receipts[ref]
         for user in [u for u, r in self._records.items() if r.expires_at <= now]:
             del self._records[user]
 

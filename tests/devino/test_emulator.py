@@ -359,3 +359,21 @@ async def test_the_command_serves_until_interrupted() -> None:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_a_response_delay_answers_late_and_accepts_even_when_the_client_gave_up(
+    emulator_url: str, emulator: Emulator
+) -> None:
+    async with httpx.AsyncClient(base_url=emulator_url) as http:
+        config = await http.post("/_emulator/config", json={"responseDelay": 3600})
+        assert config.json()["responseDelay"] == 3600.0
+    message = {"from": SENDER, "to": USER, "templateId": "t"}
+    sending = asyncio.create_task(post_messages(emulator_url, [message]))
+    await emulator.wait_until(lambda: emulator.in_flight == 1, what="the request held")
+    assert emulator.messages == []  # taken, not answered, not yet handled
+    sending.cancel()  # the client gives up, as a sender killed with -9 would
+    emulator.response_delay = 0.0
+    # The next request is answered at once; the held one is still handled later,
+    # when its hour is up, as the provider handles a request it received whole.
+    await post_messages(emulator_url, [message])
+    assert len(emulator.messages) == 1 and emulator.in_flight == 1

@@ -277,6 +277,34 @@ async def test_unacknowledged_entries_are_claimed_by_another_consumer(
     assert await store.outbox_claim("third", 0.0, 10) == []
 
 
+async def test_a_live_consumer_that_touches_its_entries_is_not_overtaken(
+    store: ConversationStore,
+) -> None:
+    user = new_user()
+    await store.enqueue([text(user, "a"), text(user, "b")])
+    held = await store.outbox_read("slow-but-alive", 10, 0.05)
+    await asyncio.sleep(0.3)
+    assert await store.outbox_touch("slow-but-alive", [i.id for i in held]) == [i.id for i in held]
+    assert await store.outbox_claim("other", 0.25, 10) == [], "touched: idle again from now"
+    await asyncio.sleep(0.3)
+    claimed = await store.outbox_claim("other", 0.25, 10)
+    assert [i.message.text for i in claimed] == ["a", "b"]
+    # Claimed meanwhile: the touch leaves them to their new holder.
+    assert await store.outbox_touch("slow-but-alive", [i.id for i in held]) == []
+    assert await store.outbox_claim("third", 0.25, 10) == []
+
+
+async def test_receipts_name_the_provider_id_of_a_reference(store: ConversationStore) -> None:
+    user = new_user()
+    await store.enqueue([text(user, "a"), text(user, "b")])
+    items = await store.outbox_read("c1", 10, 0.05)
+    assert await store.receipts(items) == [None, None]
+    await store.record_receipt(user, items[1].message.ref, "3482512350952730368")
+    await store.record_receipt(user, items[1].message.ref, "a-later-callback-keeps-the-first")
+    assert await store.receipts(items) == [None, "3482512350952730368"]
+    assert await store.receipts([]) == []
+
+
 async def test_delayed_messages_wait_for_their_time(store: ConversationStore) -> None:
     user = new_user()
     at = time.time() + 3600

@@ -16,6 +16,8 @@ so the shards spread evenly over the 16,384 slots (:func:`shard_tags`).
     P:{T}:<user>:order            hash: next, done: the user's send order
     P:{T}:<user>:refs             list: messageId, sent-message record, ...: the user's
                                   last K, newest first (TTL sent_ttl)
+    P:{T}:<user>:receipt:<ref>    the provider's messageId of a reply a status callback
+                                  named before it was acknowledged (a receipt), TTL done_ttl
     P:{T}:outbox                  the shard's stream of messages to send (group "senders")
     P:{T}:delayed                 the shard's zset of messages waiting for ``not_before``
     P:unlock                      pub/sub channel: "<store instance> <user>" wake-ups
@@ -102,6 +104,10 @@ class Keys:
         """conv, lock, waiting, seen: the per-user keys of a turn."""
         base = self.user(user)
         return [f"{base}:conv", f"{base}:lock", f"{base}:waiting", f"{base}:seen"]
+
+    def receipt(self, user: str, ref: str) -> str:
+        """The receipt of the user's outbound message ``ref``."""
+        return f"{self.user(user)}:receipt:{ref}"
 
     def secret(self, name: str) -> str:
         """A secret every process on this Redis shares (no expiry)."""

@@ -66,6 +66,7 @@ UPDATE_SENT = load("update_sent")
 GET_SENT = load("get_sent")
 ACK = load("ack")
 READY = load("ready")
+TOUCH = load("touch")
 
 ALL = (
     BEGIN,
@@ -79,5 +80,6 @@ ALL = (
     ACK,
     READY,
     ENQUEUE,
+    TOUCH,
 )
 """Every script the store loads at open."""

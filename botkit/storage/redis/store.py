@@ -684,6 +684,48 @@ class RedisStore(ConversationStore):
             sizes = await pipe.execute()
         return sum(int(size) for size in sizes)
 
+    async def outbox_touch(self, consumer: str, ids: Sequence[str]) -> list[str]:
+        """Restart the idle time of the entries ``consumer`` still holds (a script per shard)."""
+        if not ids:
+            return []
+        await self._ensure_open()
+        by_shard: dict[int, list[str]] = {}
+        for entry in ids:
+            shard, _, entry_id = entry.partition(":")
+            by_shard.setdefault(int(shard), []).append(entry_id)
+
+        async def touch(shard: int, entry_ids: list[str]) -> list[str]:
+            async with self._runner.guard("touch outbox entries"):
+                held = await self._runner.run(
+                    scripts.TOUCH, [self._keys.outbox(shard)], [self.group, consumer, *entry_ids]
+                )
+            return [f"{shard}:{entry_id}" for entry_id in held]
+
+        found = await asyncio.gather(*(touch(s, e) for s, e in by_shard.items()))
+        return [entry for held in found for entry in held]
+
+    # -- receipts --------------------------------------------------------------
+
+    async def record_receipt(self, user: str, ref: str, message_id: str) -> None:
+        """SET NX with the dedupe marks' lifetime: the first messageId stays."""
+        client = await self._ensure_open()
+        async with self._runner.guard("record a receipt"):
+            await done(
+                client.set(self._keys.receipt(user, ref), message_id, nx=True, px=self._done_ttl_ms)
+            )
+
+    async def receipts(self, items: Sequence[OutboxItem]) -> list[str | None]:
+        """The receipts of the items' references, in one pipeline."""
+        if not items:
+            return []
+        client = await self._ensure_open()
+        guard = self._runner.guard("read receipts")
+        async with guard, client.pipeline(transaction=False) as pipe:
+            for item in items:
+                pipe.get(self._keys.receipt(item.message.user, item.message.ref))
+            found = await pipe.execute()
+        return [None if value is None else str(value) for value in found]
+
     # -- shared secrets ------------------------------------------------------
 
     async def shared_secret(self, name: str, candidate: str) -> str:

@@ -1,0 +1,134 @@
+"""No second copy after a crash: ``kill -9`` of a worker with a batch in flight.
+
+The scenario of the hardening issue, scaled down from 3,000 replies to 600
+(same mechanism, a CI-friendly run): ``botkit run`` with two workers on
+Redis, a provider (the emulator over HTTP) that answers each request after
+4 s and sends status callbacks, and one worker killed with SIGKILL while
+both have a batch at the provider. The dead worker's batch reached the
+provider; the other worker claims its entries after ``claim_idle``, finds
+their receipts (the status callbacks) and acknowledges them instead of
+sending them again. Every reply arrives exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from botkit.storage import RedisStore
+from tests.service._harness import (
+    API_KEY,
+    WEBHOOK_TOKEN,
+    BotProcess,
+    clean_env,
+    free_port,
+    wait_for,
+)
+from tests.service.conftest import Provider
+
+REPLIES = 600
+PROVIDER_SECONDS = 4.0
+
+
+def workers_of(process: BotProcess) -> list[int]:
+    """The pids of uvicorn's worker processes (children of the supervisor)."""
+    assert process.process is not None
+    pid = process.process.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    # Not multiprocessing's resource tracker: the processes that serve.
+    return [
+        int(child)
+        for child in children
+        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
+    ]
+
+
+async def test_kill_9_of_a_worker_with_a_batch_in_flight_sends_no_reply_twice(
+    provider: Provider,
+    processes: list[BotProcess],
+    redis_url: str,
+    redis_prefix: str,
+    tmp_path: Path,
+) -> None:
+    emulator = provider.emulator
+    emulator.response_delay = PROVIDER_SECONDS
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = clean_env(
+        BOTKIT_WEBHOOK_TOKEN=WEBHOOK_TOKEN,
+        BOTKIT_DEVINO_URL=provider.url,
+        BOTKIT_DEVINO_API_KEY=API_KEY,
+        BOTKIT_SENDER="EchoCo",
+        BOTKIT_REDIS_URL=redis_url,
+        BOTKIT_KEY_PREFIX=redis_prefix,
+        BOTKIT_PUBLIC_URL=url,
+        # One attempt of at most 4 x 6 s, plus 3 s of grace: entries are claimed after 27 s.
+        BOTKIT_DEVINO_TIMEOUT="6",
+        BOTKIT_DEVINO_ATTEMPTS="1",
+        BOTKIT_RECEIPT_GRACE="3",
+    )
+    service = BotProcess(
+        ["run", "bots.echo:bot", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+        env,
+        tmp_path / "botkit.log",
+    )
+    processes.append(service)
+    service.start()
+    await service.wait_healthy(url, workers=2)
+    emulator.webhook_url = f"{url}/whatsapp/incoming/{WEBHOOK_TOKEN}"
+
+    users = [f"7903{i:07d}" for i in range(REPLIES)]
+    for start in range(0, REPLIES, 50):
+        answers = await asyncio.gather(
+            *(emulator.inject(u, "hi") for u in users[start : start + 50])
+        )
+        assert {a.status_code for a in answers} == {200}
+
+    # Both workers have a batch at the provider: kill one of them.
+    # (After the first round, which went out while messages were still coming in.)
+    await wait_for(
+        lambda: len(emulator.requests) >= 2 and emulator.in_flight >= 2,
+        within=30,
+        what="two full batches in flight",
+    )
+    workers = workers_of(service)
+    assert len(workers) == 2
+    victim = workers[0]
+    os.kill(victim, signal.SIGKILL)
+
+    def received() -> list[str]:
+        return [m.received["to"] for m in emulator.messages]
+
+    await wait_for(
+        lambda: len(set(received())) == REPLIES, within=120, what="every user's reply", every=0.2
+    )
+    store = RedisStore(redis_url, bot="echo", prefix=redis_prefix)
+    try:
+
+        async def outbox_empty() -> bool:
+            return await store.outbox_size() == 0
+
+        await wait_for(outbox_empty, within=60, what="the outbox to empty", every=0.2)
+    finally:
+        await store.close()
+    await wait_for(lambda: emulator.in_flight == 0, within=30, what="the last batch answered")
+
+    duplicates = len(received()) - len(set(received()))
+    assert duplicates == 0, f"{duplicates} replies reached the provider twice"
+    # The mechanism was exercised: the dead worker's batch was settled by its receipts.
+    async with httpx.AsyncClient(base_url=url) as http:
+        body = (await http.get("/metrics")).text
+    settled = sum(
+        sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+        if sample.name == "botkit_messages_settled_by_receipt_total"
+    )
+    assert settled >= 1
+    assert victim not in workers_of(service)
+    service.stop()  # before the test's Redis keys are deleted
