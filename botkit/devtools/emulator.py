@@ -321,6 +321,8 @@ class Emulator:
         self.response_delay = response_delay
         self.in_flight = 0
         """Send requests received and not answered yet."""
+        self.in_flight_from: list[tuple[str, int]] = []
+        """The client address (host, port) of each of those requests."""
         self.callback_attempts = callback_attempts
         self.callback_retry_delay = callback_retry_delay
         self.batch_cap = batch_cap
@@ -604,12 +606,15 @@ class Emulator:
         # Read first: a delayed request must still be handled once its client gave up,
         # as the provider would (it got the whole request before the client timed out).
         raw = await request.body()
+        peer = (request.client.host, request.client.port) if request.client else ("", 0)
         self.in_flight += 1
+        self.in_flight_from.append(peer)
         self._touch()
         try:
             return await self._answer(raw)
         finally:
             self.in_flight -= 1
+            self.in_flight_from.remove(peer)
             self._touch()
 
     async def _answer(self, raw: bytes) -> Response:

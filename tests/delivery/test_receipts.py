@@ -63,7 +63,7 @@ async def test_an_unanswered_batch_the_provider_took_is_acknowledged_not_resent(
         await emulator.wait_until(
             lambda: sum(c.delivered for c in sent.callbacks) == 3, what="sent, delivered, read"
         )
-        record = await live.service.store.get_sent(sent.message_id)
+        record = await live.service.store.get_sent(sent.message_id, user=USER)
         assert record is not None and record.message.text == "hello"
 
 

@@ -494,7 +494,9 @@ class RedisStore(ConversationStore):
     ) -> list[OutboxItem]:
         """Take over entries idle for ``min_idle`` seconds (XAUTOCLAIM), with delivery counts.
 
-        Up to ``count`` entries in all, from ``shards`` (default: all).
+        Up to ``count`` entries from each of ``shards`` (default: all), all of
+        them returned: an entry claimed and not returned would wait another
+        ``min_idle`` (its idle time restarts when it is claimed).
         """
         if count <= 0:
             return []
@@ -524,7 +526,7 @@ class RedisStore(ConversationStore):
             ]
 
         found = await asyncio.gather(*(claim(s) for s in shards or self.outbox_shards()))
-        return [item for items in found for item in items][:count]
+        return [item for items in found for item in items]
 
     async def outbox_ack(
         self,
