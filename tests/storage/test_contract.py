@@ -283,15 +283,15 @@ async def test_a_live_consumer_that_touches_its_entries_is_not_overtaken(
     user = new_user()
     await store.enqueue([text(user, "a"), text(user, "b")])
     held = await store.outbox_read("slow-but-alive", 10, 0.05)
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(1.0)  # idle for a second: claimable with min_idle 0.9, unless touched
     assert await store.outbox_touch("slow-but-alive", [i.id for i in held]) == [i.id for i in held]
-    assert await store.outbox_claim("other", 0.25, 10) == [], "touched: idle again from now"
-    await asyncio.sleep(0.3)
-    claimed = await store.outbox_claim("other", 0.25, 10)
+    assert await store.outbox_claim("other", 0.9, 10) == [], "touched: idle again from now"
+    await asyncio.sleep(1.0)
+    claimed = await store.outbox_claim("other", 0.9, 10)
     assert [i.message.text for i in claimed] == ["a", "b"]
     # Claimed meanwhile: the touch leaves them to their new holder.
     assert await store.outbox_touch("slow-but-alive", [i.id for i in held]) == []
-    assert await store.outbox_claim("third", 0.25, 10) == []
+    assert await store.outbox_claim("third", 0.9, 10) == []
 
 
 async def test_receipts_name_the_provider_id_of_a_reference(store: ConversationStore) -> None:
