@@ -42,6 +42,7 @@ from botkit import _metrics as metrics
 from botkit._clock import Clock, SystemClock
 from botkit._outbound import OutboundMessage, SentRecord
 from botkit.delivery._signing import CallbackSigner
+from botkit.delivery._status import furthest
 from botkit.devino.client import DevinoClient
 from botkit.devino.convert import to_outgoing
 from botkit.devino.errors import DevinoAuthError, DevinoError, DevinoTransportError, ReasonKey
@@ -362,11 +363,18 @@ class OutboxWorker:
         rest = list(items)
         while True:
             found = await self.store.receipts(rest)
-            settled = [(item, mid) for item, mid in zip(rest, found, strict=True) if mid]
+            settled = [(item, got) for item, got in zip(rest, found, strict=True) if got]
             if settled:
                 now = self.clock.now()
                 records = [
-                    SentRecord(message_id=m, message=i.message, sent_at=now) for i, m in settled
+                    SentRecord(
+                        message_id=got.message_id,
+                        message=item.message,
+                        sent_at=now,
+                        status=furthest(got.statuses),
+                    )
+                    for item, got in settled
+                    if got is not None
                 ]
                 done = [item for item, _ in settled]
                 await self._acknowledge([item.id for item in done], records, done)
@@ -376,7 +384,7 @@ class OutboxWorker:
                     "them) are acknowledged, not sent again",
                     len(done),
                 )
-                rest = [item for item, mid in zip(rest, found, strict=True) if not mid]
+                rest = [item for item, got in zip(rest, found, strict=True) if not got]
             if not rest or time.monotonic() >= deadline:
                 return rest
             if not await self._pause(min(_RECEIPT_POLL, max(0.0, deadline - time.monotonic()))):

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
@@ -132,6 +132,23 @@ def _labels(update: StatusUpdate) -> tuple[str, str]:
     return status, code
 
 
+def furthest(statuses: Iterable[str]) -> str:
+    """The status a message ends at after ``statuses``, whatever order they came in.
+
+    What :func:`moves_forward` would leave: the furthest of delivered, read
+    and visited if any came (a failure after delivery is ignored), else a
+    failure, else sent; ``"accepted"`` when none is known.
+    """
+    known = [s for s in (MessageStatus.parse(name) for name in statuses) if s is not None]
+    reached = [s for s in known if s in _REACHED]
+    if reached:
+        return max(reached, key=lambda s: s.rank).value.lower()
+    failed = [s for s in known if s in _FAILURES]
+    if failed:
+        return failed[0].value.lower() if failed[0] is not MessageStatus.EXPIRED else "expired"
+    return max(known, key=lambda s: s.rank).value.lower() if known else "accepted"
+
+
 def was_delivered(status: str) -> bool:
     """True when ``status`` says the message reached the user's phone."""
     return MessageStatus.parse(status) in _REACHED
@@ -201,7 +218,7 @@ class StatusTracker:
         """Remember that the provider took the message: its sender must not send it again."""
         if update.user is not None and update.reference is not None and update.message_id:
             await self.runtime.store.record_receipt(
-                update.user, update.reference, update.message_id
+                update.user, update.reference, update.message_id, update.status
             )
 
     def _ignored(self, record: SentRecord, update: StatusUpdate) -> None:

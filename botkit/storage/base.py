@@ -144,6 +144,14 @@ class OutboxItem:
     """The message's place in its user's send order (None: sent as it comes)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What status callbacks said of a message not yet acknowledged: the provider took it."""
+
+    message_id: str
+    statuses: frozenset[str]
+
+
 class ConversationStore(ABC):
     """Where conversations, the outbox and the sent-message log live."""
 
@@ -287,15 +295,15 @@ class ConversationStore(ABC):
     # -- receipts --------------------------------------------------------------
 
     @abstractmethod
-    async def record_receipt(self, user: str, ref: str, message_id: str) -> None:
+    async def record_receipt(self, user: str, ref: str, message_id: str, status: str) -> None:
         """Remember that the provider took the message ``ref``: a status callback named it.
 
-        Kept for ``done_ttl``; the first ``message_id`` given stays.
+        Kept for ``done_ttl``: the first ``message_id`` given, and every status seen.
         """
 
     @abstractmethod
-    async def receipts(self, items: Sequence[OutboxItem]) -> list[str | None]:
-        """For each item: the provider's ``messageId`` from a receipt of its reference, or None.
+    async def receipts(self, items: Sequence[OutboxItem]) -> list[Receipt | None]:
+        """For each item: the receipt of its reference, or None.
 
         A sender asks before it sends an entry again that may have reached
         the provider already (claimed from a dead sender, or unanswered).

@@ -24,6 +24,7 @@ from botkit.storage.base import (
     DuplicateMessage,
     LockLost,
     OutboxItem,
+    Receipt,
     StoreConfig,
     TurnLease,
     UserBusy,
@@ -76,7 +77,7 @@ class MemoryStore(ConversationStore):
         self._marks_swept_at = 0
         self._sent: dict[str, tuple[SentRecord, float]] = {}
         self._secrets: dict[str, str] = {}
-        self._receipts: dict[str, tuple[str, float]] = {}
+        self._receipts: dict[str, tuple[str, set[str], float]] = {}
         self._ids = itertools.count(1)
         self._unread: deque[tuple[str, OutboundMessage]] = deque()
         self._pending: dict[str, _Pending] = {}
@@ -237,17 +238,20 @@ class MemoryStore(ConversationStore):
 
     # -- receipts --------------------------------------------------------------
 
-    async def record_receipt(self, user: str, ref: str, message_id: str) -> None:
-        """Keep the first ``message_id`` seen for ``ref``."""
+    async def record_receipt(self, user: str, ref: str, message_id: str, status: str) -> None:
+        """Keep the first ``message_id`` seen for ``ref``, and every status."""
+        now = self._clock.now()
         found = self._receipts.get(ref)
-        if found is None or found[1] <= self._clock.now():
-            self._receipts[ref] = (message_id, self._clock.now() + self.config.done_ttl)
+        if found is None or found[2] <= now:
+            found = (message_id, set(), now + self.config.done_ttl)
+            self._receipts[ref] = found
+        found[1].add(status)
 
-    async def receipts(self, items: Sequence[OutboxItem]) -> list[str | None]:
+    async def receipts(self, items: Sequence[OutboxItem]) -> list[Receipt | None]:
         """The receipts of the items' references."""
         now = self._clock.now()
         found = [self._receipts.get(item.message.ref) for item in items]
-        return [None if f is None or f[1] <= now else f[0] for f in found]
+        return [None if f is None or f[2] <= now else Receipt(f[0], frozenset(f[1])) for f in found]
 
     # -- shared secrets ------------------------------------------------------
 
@@ -292,7 +296,7 @@ class MemoryStore(ConversationStore):
             del self._marks[key]
         for mid in [m for m, (_, expires) in self._sent.items() if expires <= now]:
             del self._sent[mid]
-        for ref in [r for r, (_, expires) in self._receipts.items() if expires <= now]:
+        for ref in [r for r, (_, _, expires) in self._receipts.items() if expires <= now]:
             del self._receipts[ref]
         for user in [u for u, r in self._records.items() if r.expires_at <= now]:
             del self._records[user]

@@ -287,3 +287,16 @@ async def test_without_a_configured_secret_instances_on_one_redis_share_one_key(
         )
         record = await two.service.store.get_sent(sent.message_id, user=USER)
         assert record is not None and record.status == "delivered"
+
+
+def test_the_status_a_receipt_settles_at_does_not_depend_on_the_order_callbacks_came_in() -> None:
+    from botkit.delivery._status import furthest
+
+    # Delivery wins over a failure (a failure after delivery is ignored), whatever the order.
+    for seen in (["sent", "delivered", "read", "failed"], ["failed", "read", "delivered", "sent"]):
+        assert furthest(seen) == "read"
+    assert furthest(["visited", "delivered"]) == "visited"
+    assert furthest(["sent", "failed"]) == "failed"
+    assert furthest(["sent"]) == "sent"
+    assert furthest([]) == "accepted"
+    assert furthest(["bogus"]) == "accepted"

@@ -66,6 +66,18 @@ async def test_an_unanswered_batch_the_provider_took_is_acknowledged_not_resent(
         record = await live.service.store.get_sent(sent.message_id, user=USER)
         ref = sent.received["callbackData"].split(".")[1]
         assert record is not None and (record.message.ref, record.status) == (ref, "read")
+        # Settled as read: a replayed failure cannot bring it back.
+        replay = {
+            "messageId": sent.message_id,
+            "status": "FAILED",
+            "errorCode": 2312,
+            "options": sent.received["callbackData"],
+        }
+        async with httpx.AsyncClient() as http:
+            await http.post(f"{live.url}/whatsapp/status/{live.token}", json=[replay])
+        await _settle(live)
+        assert [m.received.get("text") for m in emulator.messages] == ["hello"]
+        assert not [m for m in emulator.messages if m.received.get("templateId")]
 
 
 async def test_without_status_callbacks_an_unanswered_batch_is_sent_again(

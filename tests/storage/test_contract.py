@@ -14,6 +14,7 @@ from botkit.storage.base import (
     ConversationStore,
     DuplicateMessage,
     LockLost,
+    Receipt,
     StoreConfig,
     UserBusy,
 )
@@ -294,14 +295,20 @@ async def test_a_live_consumer_that_touches_its_entries_is_not_overtaken(
     assert await store.outbox_claim("third", 0.9, 10) == []
 
 
-async def test_receipts_name_the_provider_id_of_a_reference(store: ConversationStore) -> None:
+async def test_receipts_name_the_provider_id_and_the_statuses_seen(
+    store: ConversationStore,
+) -> None:
     user = new_user()
     await store.enqueue([text(user, "a"), text(user, "b")])
     items = await store.outbox_read("c1", 10, 0.05)
     assert await store.receipts(items) == [None, None]
-    await store.record_receipt(user, items[1].message.ref, "3482512350952730368")
-    await store.record_receipt(user, items[1].message.ref, "a-later-callback-keeps-the-first")
-    assert await store.receipts(items) == [None, "3482512350952730368"]
+    ref = items[1].message.ref
+    await store.record_receipt(user, ref, "3482512350952730368", "read")
+    await store.record_receipt(user, ref, "a-later-callback-keeps-the-first", "sent")
+    assert await store.receipts(items) == [
+        None,
+        Receipt("3482512350952730368", frozenset({"read", "sent"})),
+    ]
     assert await store.receipts([]) == []
 
 

@@ -36,6 +36,7 @@ from botkit.storage.base import (
     DuplicateMessage,
     LockLost,
     OutboxItem,
+    Receipt,
     StorageUnavailable,
     StoreConfig,
     TurnLease,
@@ -77,6 +78,10 @@ class _Lease(TurnLease):
     """
 
     stored: Stored = ()
+
+
+# The field of a receipt hash that holds the provider's messageId (statuses are s:<name>).
+_RECEIPT_ID = "id"
 
 
 class RedisStore(ConversationStore):
@@ -708,15 +713,18 @@ class RedisStore(ConversationStore):
 
     # -- receipts --------------------------------------------------------------
 
-    async def record_receipt(self, user: str, ref: str, message_id: str) -> None:
-        """SET NX with the dedupe marks' lifetime: the first messageId stays."""
+    async def record_receipt(self, user: str, ref: str, message_id: str, status: str) -> None:
+        """A hash per reference: its first messageId (HSETNX) and each status seen."""
         client = await self._ensure_open()
-        async with self._runner.guard("record a receipt"):
-            await done(
-                client.set(self._keys.receipt(user, ref), message_id, nx=True, px=self._done_ttl_ms)
-            )
+        key = self._keys.receipt(user, ref)
+        guard = self._runner.guard("record a receipt")
+        async with guard, client.pipeline(transaction=False) as pipe:
+            pipe.hsetnx(key, _RECEIPT_ID, message_id)
+            pipe.hset(key, f"s:{status}", 1)
+            pipe.pexpire(key, self._done_ttl_ms)
+            await pipe.execute()
 
-    async def receipts(self, items: Sequence[OutboxItem]) -> list[str | None]:
+    async def receipts(self, items: Sequence[OutboxItem]) -> list[Receipt | None]:
         """The receipts of the items' references, in one pipeline."""
         if not items:
             return []
@@ -724,9 +732,17 @@ class RedisStore(ConversationStore):
         guard = self._runner.guard("read receipts")
         async with guard, client.pipeline(transaction=False) as pipe:
             for item in items:
-                pipe.get(self._keys.receipt(item.message.user, item.message.ref))
-            found = await pipe.execute()
-        return [None if value is None else str(value) for value in found]
+                pipe.hgetall(self._keys.receipt(item.message.user, item.message.ref))
+            found: list[dict[str, str]] = await pipe.execute()
+        return [
+            Receipt(
+                str(fields[_RECEIPT_ID]),
+                frozenset(name[2:] for name in fields if name.startswith("s:")),
+            )
+            if fields.get(_RECEIPT_ID)
+            else None
+            for fields in found
+        ]
 
     # -- shared secrets ------------------------------------------------------
 
