@@ -68,11 +68,16 @@ CALLBACK_SECRET_NAME = "callback"
 
 
 def build_store(bot: Bot, settings: Settings, clock: Clock | None = None) -> ConversationStore:
-    """The conversation store the settings ask for: Redis when ``BOTKIT_REDIS_URL`` is set."""
+    """The conversation store the settings ask for: Redis when ``BOTKIT_REDIS_URL`` is set.
+
+    The session window is the bot's (``Bot(session_window=...)``) when it sets
+    one, else the settings', as the reply policy resolves it.
+    """
+    window = bot.session_window or settings.session_window
     config = StoreConfig(
         lock_ttl=settings.lock_ttl,
         acquire_timeout=settings.acquire_timeout,
-        conversation_ttl=max(settings.conversation_ttl_days * 86_400.0, settings.session_window),
+        conversation_ttl=max(settings.conversation_ttl_days * 86_400.0, window),
         done_ttl=settings.dedupe_ttl_hours * 3600.0,
         sent_ttl=settings.sent_ttl_days * 86_400.0,
         seen_per_user=settings.seen_per_user,
@@ -86,7 +91,7 @@ def build_store(bot: Bot, settings: Settings, clock: Clock | None = None) -> Con
         bot=bot.name,
         prefix=settings.key_prefix,
         config=config,
-        session_window=settings.session_window,
+        session_window=window,
         clock=clock,
         shards=settings.redis_shards,
     )

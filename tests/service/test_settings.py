@@ -106,6 +106,18 @@ def test_values_given_in_code_win_over_the_environment(monkeypatch: pytest.Monke
     assert (window.length, window.safety_margin) == (7200, 60)
 
 
+def test_the_store_keeps_conversations_for_the_bots_own_session_window() -> None:
+    # A conversation must outlive the window the replies are planned with: the
+    # store follows Bot(session_window=...) as the reply policy does.
+    settings = load_settings(devino_api_key=API_KEY, conversation_ttl_days=1)
+    two_days = 2 * 86_400.0
+    service = Service(Bot("long-window", session_window=two_days), settings)
+    assert service.runtime.policy.window.length == two_days
+    assert service.store.config.conversation_ttl >= two_days
+    plain = Service(Bot("plain"), settings)
+    assert plain.store.config.conversation_ttl == 86_400.0
+
+
 def test_overrides_given_to_load_settings_win(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BOTKIT_SENDER", "EnvSender")
     assert load_settings(sender="Given").sender == "Given"
