@@ -31,6 +31,8 @@ from botkit._events import (
     Message,
     StatusUpdate,
     TextMessage,
+    Timer,
+    TimerFired,
 )
 from botkit._filters import (
     Choices,
@@ -43,6 +45,7 @@ from botkit._filters import (
     Regex,
     StatusIs,
     Text,
+    TimerIs,
 )
 from botkit._flow import Flow, FlowError, InvalidTrigger, NotInFlow, State
 from botkit._media import (
@@ -146,6 +149,9 @@ __all__ = [
     "Template",
     "Text",
     "TextMessage",
+    "Timer",
+    "TimerFired",
+    "TimerIs",
     "Turn",
     "TurnOutcome",
     "UnknownPlugin",

@@ -7,18 +7,22 @@ moment. If the handler raises, none of it happens.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import secrets
 from collections.abc import Callable, Coroutine, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from botkit import _metrics as metrics
 from botkit._bot import Bot
-from botkit._events import Event, Media, MediaMessage, Message, StatusUpdate
+from botkit._events import Event, Media, MediaMessage, Message, StatusUpdate, Timer, TimerFired
 from botkit._flow import Flow, FlowError, NotInFlow
 from botkit._media import MediaFetcher
 from botkit._outbound import Origin, OutboundMessage, Template
-from botkit._turn import Turn
+from botkit._turn import INTERNAL_TIMERS, Turn
 from botkit.delivery._policy import DeliveryRefused, OutsideSessionWindow, ReplyPolicy
 from botkit.storage.base import Conversation
 
@@ -208,10 +212,28 @@ class Context:
 
     @property
     def message(self) -> Message:
-        """The incoming message (TypeError in a status handler)."""
+        """The incoming message (TypeError in a status or timer handler)."""
         if isinstance(self.event, StatusUpdate):
             raise TypeError("this turn handles a delivery status, not a message; use ctx.status")
+        if isinstance(self.event, TimerFired):
+            raise TypeError("this turn runs a timer, not a message; use ctx.timer")
         return self.event
+
+    @property
+    def timer(self) -> Timer:
+        """The timer this turn runs (TypeError in a message or status handler)."""
+        if not isinstance(self.event, TimerFired):
+            raise TypeError(
+                "this turn does not run a timer; ctx.timer is for @router.timer handlers"
+            )
+        return self.event.timer
+
+    @property
+    def timers(self) -> dict[str, Timer]:
+        """The user's pending timers by name, the earliest first (a copy: change them with
+        :meth:`schedule` and :meth:`cancel`)."""
+        pending = (t for t in self.conversation.timers.values() if not _internal(t.name))
+        return {t.name: t for t in sorted(pending, key=lambda t: (t.due, t.name))}
 
     @property
     def status(self) -> StatusUpdate:
@@ -290,6 +312,64 @@ class Context:
         self.turn.queue_reply(planned)
         return planned
 
+    def schedule(
+        self,
+        name: str,
+        *,
+        after: float | None = None,
+        at: datetime | float | None = None,
+        data: Any = None,
+        cancel_on_message: bool = False,
+    ) -> Timer:
+        """Schedule the timer ``name``: ``after`` seconds from now, or ``at`` a time.
+
+        When it is due, the ``@router.timer(name)`` handler runs as a turn of
+        this user (their lock, their data; replies go as free text inside the
+        window, as the template outside it). It is saved when this turn
+        commits, and survives restarts with the Redis store. Scheduling a name
+        again replaces the earlier timer. ``data`` (JSON values) comes back as
+        ``ctx.timer.data``. ``cancel_on_message=True`` drops the timer when
+        the user writes before it is due. ``at`` is an aware datetime or unix
+        seconds; a time in the past fires at once::
+
+            ctx.schedule("nudge", after=600, data={"step": 2}, cancel_on_message=True)
+        """
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError("a timer needs a name: ctx.schedule('nudge', after=60)")
+        if _internal(name):
+            raise ValueError(f"timer names starting with {INTERNAL_TIMERS!r} are botkit's own")
+        if (after is None) == (at is None):
+            raise ValueError("pass exactly one of after=seconds or at=datetime to ctx.schedule()")
+        if after is not None:
+            if isinstance(after, bool) or not isinstance(after, int | float) or after < 0:
+                raise ValueError(f"after={after!r}: give a number of seconds, 0 or more")
+            due = self.now + float(after)
+        elif isinstance(at, datetime):
+            if at.tzinfo is None:
+                raise ValueError(
+                    f"at={at!r} has no time zone; pass an aware datetime such as "
+                    "datetime(2026, 1, 1, 9, tzinfo=ZoneInfo('Europe/Madrid'))"
+                )
+            due = at.timestamp()
+        elif isinstance(at, int | float) and not isinstance(at, bool):
+            due = float(at)
+        else:
+            raise ValueError(f"at={at!r}: give an aware datetime or unix seconds")
+        try:
+            json.dumps(data)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"timer {name!r}: data must be JSON values ({exc})") from None
+        timer = Timer(name, due, data, secrets.token_hex(6), cancel_on_message)
+        self.turn.schedule(timer)
+        return timer
+
+    def cancel(self, name: str) -> bool:
+        """Cancel the pending timer ``name`` (saved when the turn commits); False when none."""
+        if _internal(name) or self.turn.cancel(name) is None:
+            return False
+        metrics.count(metrics.TIMERS_CANCELLED)
+        return True
+
     def opt_out(self) -> None:
         """Stop all messages to this user (saved when the turn commits)."""
         self.conversation.opted_out = True
@@ -320,3 +400,7 @@ class Context:
 
     def __repr__(self) -> str:
         return f"<Context user=...{self.user[-4:]} event={type(self.event).__name__}>"
+
+
+def _internal(name: str) -> bool:
+    return name.startswith(INTERNAL_TIMERS)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -41,6 +42,7 @@ class EventKind(StrEnum):
     CONTACTS = "contacts"
     LOCATION = "location"
     STATUS = "status"
+    TIMER = "timer"
 
 
 MESSAGE_KINDS: tuple[EventKind, ...] = (
@@ -210,5 +212,59 @@ class StatusUpdate:
         return f"{self.message_id}:{self.status}"
 
 
+@dataclass(frozen=True, slots=True)
+class Timer:
+    """A timer pending for a user: ``ctx.schedule(name, ...)`` made it, ``ctx.timer`` is it firing.
+
+    ``due`` is unix seconds (:attr:`due_at` as an aware UTC datetime);
+    ``data`` is what ``schedule(data=...)`` gave (JSON values); ``id`` names
+    this one scheduling (scheduling the same name again makes a new id);
+    ``cancel_on_message`` drops it when the user writes first.
+    """
+
+    name: str
+    due: float
+    data: Any = None
+    id: str = ""
+    cancel_on_message: bool = False
+
+    @property
+    def due_at(self) -> datetime:
+        """When the timer is due, as an aware UTC datetime."""
+        return datetime.fromtimestamp(self.due, UTC)
+
+    def stored(self) -> list[Any]:
+        """The compact form a store keeps under the timer's name: ``[due, id, data?, 1?]``."""
+        out: list[Any] = [self.due, self.id]
+        if self.data is not None or self.cancel_on_message:
+            out.append(self.data)
+        if self.cancel_on_message:
+            out.append(1)
+        return out
+
+    @classmethod
+    def from_stored(cls, name: str, stored: list[Any]) -> Timer:
+        """The timer from :meth:`stored`'s form."""
+        data = stored[2] if len(stored) > 2 else None
+        return cls(
+            name, float(stored[0]), data, str(stored[1]), len(stored) > 3 and bool(stored[3])
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimerFired:
+    """A user's timer came due: the event of a timer turn (``@router.timer(name)``)."""
+
+    kind: ClassVar[EventKind] = EventKind.TIMER
+
+    user: str
+    timer: Timer
+
+    @property
+    def id(self) -> str:
+        """The timer's id: one scheduling fires once."""
+        return self.timer.id
+
+
 AnyMessage = TextMessage | MediaMessage | ContactsMessage | LocationMessage
-Event = AnyMessage | StatusUpdate
+Event = AnyMessage | StatusUpdate | TimerFired

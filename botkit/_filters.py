@@ -330,6 +330,23 @@ class Choices(Filter):
 _MENU_NUMBER = re.compile(r"\s*#?\s*(\d{1,6})\s*[).]?\s*")
 
 
+class TimerIs(Filter):
+    """Passes for the timers with one of these names (``@router.timer("nudge")`` uses it)."""
+
+    provides = frozenset[str]()
+
+    def __init__(self, *names: str) -> None:
+        self.names = frozenset(names)
+
+    def check(self, ctx: HasEvent) -> FilterResult:
+        """True when the turn runs one of the named timers."""
+        timer = getattr(ctx.event, "timer", None)
+        return timer is not None and timer.name in self.names
+
+    def __repr__(self) -> str:
+        return f"TimerIs({', '.join(repr(n) for n in sorted(self.names))})"
+
+
 class MediaType(Filter):
     """The media is one of the given kinds (image, video, audio, voice, document, sticker)."""
 

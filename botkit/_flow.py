@@ -72,11 +72,15 @@ class NotInFlow(FlowError):
 
 @dataclass(frozen=True, slots=True)
 class State:
-    """A flow state with optional enter/exit callbacks (``on_enter(ctx)``, ``on_exit(ctx)``)."""
+    """A flow state with optional enter/exit callbacks (``on_enter(ctx)``, ``on_exit(ctx)``).
+
+    ``timeout`` (seconds or a timedelta) replaces the flow's timeout in this state.
+    """
 
     name: str
     on_enter: Callback | Sequence[Callback] | None = None
     on_exit: Callback | Sequence[Callback] | None = None
+    timeout: float | timedelta | None = None
 
 
 class FlowModel:
@@ -157,6 +161,17 @@ def _adapt(fn: Callback, where: str, what: str) -> Callback:
     return run
 
 
+def _seconds(value: Any, what: str, where: str) -> float | None:
+    """A timeout given as seconds or a timedelta, checked to be positive."""
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise DefinitionError(f"{what} must be positive (seconds or a timedelta)", where)
+    return float(value)
+
+
 def _ctx_of(event: EventData) -> Any:
     model = cast(FlowModel, event.model)
     return model.ctx
@@ -179,8 +194,11 @@ class Flow(Router):
     ``"*"``), ``dest`` (``None`` for an internal transition) and the callback
     keys. ``initial`` defaults to the first state. Entering a state listed in
     ``final`` ends the flow. ``timeout`` (seconds or a timedelta) ends the
-    flow after that much silence; ``on_timeout(ctx)`` runs when the user
-    writes again after it.
+    flow after that much silence (a state may set its own:
+    ``State("address", timeout=600)``): a timer is armed on entering each
+    state and re-armed by every message, and when it fires,
+    ``on_timeout(ctx)`` runs as a turn of the user (its replies are sent at
+    the deadline) and the user leaves the flow.
     """
 
     def __init__(
@@ -212,11 +230,15 @@ class Flow(Router):
         self.final = frozenset(final)
         for state in self.final:
             self._require_state(state, "final", where)
-        if isinstance(timeout, timedelta):
-            timeout = timeout.total_seconds()
-        if timeout is not None and timeout <= 0:
-            raise DefinitionError(f"flow {name!r}: timeout must be positive", where)
-        self.timeout: float | None = timeout
+        self.timeout: float | None = _seconds(timeout, f"flow {name!r}: timeout", where)
+        self._timeouts: dict[str, float | None] = {
+            d["name"]: (
+                self.timeout
+                if d.get("timeout") is None
+                else _seconds(d["timeout"], f"flow {name!r}, state {d['name']!r}: timeout", where)
+            )
+            for d in state_defs
+        }
         if on_timeout is not None and not callable(on_timeout):
             raise DefinitionError(
                 f"on_timeout must be a function of (ctx), not {on_timeout!r}", where
@@ -246,8 +268,9 @@ class Flow(Router):
             out: dict[str, Any] = {"name": state}
         elif isinstance(state, State):
             out = {"name": state.name, "on_enter": state.on_enter, "on_exit": state.on_exit}
+            out["timeout"] = state.timeout
         elif isinstance(state, Mapping) and isinstance(state.get("name"), str):
-            unknown = set(state) - {"name", *_STATE_CALLBACK_KEYS}
+            unknown = set(state) - {"name", "timeout", *_STATE_CALLBACK_KEYS}
             if unknown:
                 raise DefinitionError(
                     f"state {state['name']!r}: unknown keys {sorted(unknown)}", where
@@ -347,13 +370,14 @@ class Flow(Router):
         """The triggers that can fire from ``state``."""
         return self._allowed.get(state, ())
 
-    def expired(self, last_active: float | None, now: float) -> bool:
-        """True when the flow's inactivity timeout has passed since ``last_active``."""
-        return (
-            self.timeout is not None
-            and last_active is not None
-            and now - last_active > self.timeout
-        )
+    def timeout_for(self, state: str) -> float | None:
+        """The inactivity timeout in ``state``: its own, else the flow's (None: none)."""
+        return self._timeouts.get(state, self.timeout)
+
+    def expired(self, last_active: float | None, now: float, state: str | None = None) -> bool:
+        """True when the inactivity timeout (of ``state``) has passed since ``last_active``."""
+        timeout = self.timeout if state is None else self.timeout_for(state)
+        return timeout is not None and last_active is not None and now - last_active > timeout
 
     def model(self, state: str, ctx: Any) -> FlowModel:
         """A model at ``state`` whose callbacks receive ``ctx``: one user, one turn."""

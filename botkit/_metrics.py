@@ -91,6 +91,22 @@ WEBHOOK_REQUESTS = Counter(
 OUTBOX_SIZE = Gauge(
     "botkit_outbox_size", "Outbox entries waiting or in flight.", multiprocess_mode="max"
 )
+TIMERS_FIRED = Counter(
+    "botkit_timers_fired_total",
+    "Timer turns run, by outcome (ignored: cancelled meanwhile).",
+    ["outcome"],
+)
+TIMERS_CANCELLED = Counter(
+    "botkit_timers_cancelled_total", "Timers cancelled by ctx.cancel() or by a message."
+)
+TIMER_LAG_SECONDS = Histogram(
+    "botkit_timer_lag_seconds",
+    "Time from a timer's due time to the start of its turn.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+TIMERS_PENDING = Gauge(
+    "botkit_timers_pending_users", "Users with a pending timer.", multiprocess_mode="max"
+)
 
 
 OTHER = "other"

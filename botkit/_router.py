@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar
 
 from botkit._events import MESSAGE_KINDS, EventKind
-from botkit._filters import Filter, StatusIs, Text, all_of, as_filter
+from botkit._filters import Filter, StatusIs, Text, TimerIs, all_of, as_filter
 from botkit._where import DefinitionError, caller_location
 
 # Handlers, error handlers and middlewares receive the turn's Context, which
@@ -174,6 +174,23 @@ class Router:
         # Several names mean any of them: ``status("read", "delivered")``.
         converted = ((StatusIs(*names),) if names else ()) + others
         return self._decorator((EventKind.STATUS,), converted, ANY, caller_location())
+
+    def timer(self, *names: str, state: Any = ANY) -> Callable[[H], H]:
+        """Register a handler for the user's timers called ``names`` (any timer when none).
+
+        It runs as a turn of the user when a timer ``ctx.schedule(name, ...)``
+        made comes due; ``ctx.timer`` is the timer (name, due time, data)::
+
+            @router.timer("nudge", state=None)
+            async def nudge(ctx: Context) -> None:
+                await ctx.reply("Still there?")
+        """
+        where = caller_location()
+        for name in names:
+            if not isinstance(name, str) or not name:
+                raise DefinitionError(f"timer names are strings, not {name!r}", where)
+        filters = (TimerIs(*names),) if names else ()
+        return self._decorator((EventKind.TIMER,), filters, state, where)
 
     def fallback(self, *filters: object, state: Any = ANY) -> Callable[[H], H]:
         """Register a handler for messages no other handler took."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -20,12 +21,20 @@ from typing import TYPE_CHECKING, Any
 from botkit._clock import Clock, SystemClock
 from botkit._context import Context
 from botkit._dispatch import HandlerIndex, compose, flows_of
-from botkit._events import AnyMessage, Event, EventKind, Media, StatusUpdate
+from botkit._events import (
+    MESSAGE_KINDS,
+    AnyMessage,
+    Event,
+    Media,
+    StatusUpdate,
+    Timer,
+    TimerFired,
+)
 from botkit._media import MediaFetcher, MediaPolicy
 from botkit._outbound import Origin, OutboundMessage, Template
 from botkit._plugins import Plugin, resolve_plugins
 from botkit._router import Router
-from botkit._turn import Outcome, Turn, TurnOutcome
+from botkit._turn import FLOW_TIMEOUT, Outcome, Turn, TurnOutcome
 from botkit._where import raised_at
 from botkit.delivery._policy import DeliveryRefused, ReplyPolicy
 from botkit.storage.base import (
@@ -206,6 +215,16 @@ class Runtime:
             raise ValueError("a status turn needs the user the message was sent to")
         return await self.run_turn(status.user, f"s:{status.id}", status)
 
+    async def run_timer(self, user: str, timer: Timer) -> TurnOutcome:
+        """Run the turn of a due timer of ``user`` (deduplicated on the timer's id).
+
+        The timer leaves the user's pending timers with the turn's commit,
+        whatever its handler does (a handler that fails does not make it fire
+        again). A timer no longer pending (cancelled or replaced since it was
+        read) runs nothing: ``Outcome.IGNORED``.
+        """
+        return await self.run_turn(user, f"t:{timer.id}", TimerFired(user=user, timer=timer))
+
     async def run_turn(
         self,
         user: str,
@@ -253,8 +272,9 @@ class Runtime:
                 _current_turn.reset(token)
             conversation = turn.conversation
             conversation.state = turn.stored_state()
-            if event.kind is not EventKind.STATUS and error is None:
+            if event.kind in MESSAGE_KINDS and error is None:
                 conversation.last_active = turn.now
+            _arm_flow_timeout(turn, lease.conversation.state)
             await self.store.commit_turn(lease, conversation, turn.outgoing())
         except BaseException:
             renewal.cancel()
@@ -283,6 +303,21 @@ class Runtime:
     async def _handle(self, ctx: Context) -> None:
         """Dispatch the event; a handler that raises goes to the error handlers."""
         turn = ctx.turn
+        event = turn.event
+        if isinstance(event, TimerFired):
+            if not turn.fire(event.timer):
+                turn.outcome = Outcome.IGNORED  # cancelled or replaced since it was read
+                return
+            if event.timer.name == FLOW_TIMEOUT:
+                try:
+                    await self._time_out_flow(ctx)
+                except Exception as exc:
+                    await self._handle_error(ctx, exc)
+                    return
+                turn.outcome = Outcome.HANDLED
+                return
+        elif event.kind in MESSAGE_KINDS:
+            turn.cancel_on_message()
         try:
             await self._expire_flow(ctx)
             await self._entry(ctx)
@@ -295,12 +330,15 @@ class Runtime:
             turn.outcome = Outcome.HANDLED if turn.handler is not None else Outcome.UNHANDLED
 
     async def _expire_flow(self, ctx: Context) -> None:
-        turn = ctx.turn
-        if turn.flow_expired():
-            model = turn.end_flow()
-            assert model is not None
-            if model.flow.on_timeout is not None:
-                await _maybe_await(model.flow.on_timeout(ctx))
+        """A message after the flow's deadline whose timer has not fired yet (an outage)."""
+        if ctx.turn.flow_expired():
+            await self._time_out_flow(ctx)
+
+    async def _time_out_flow(self, ctx: Context) -> None:
+        """The user leaves their flow; its ``on_timeout`` runs (no-op when in no flow)."""
+        model = ctx.turn.end_flow()
+        if model is not None and model.flow.on_timeout is not None:
+            await _maybe_await(model.flow.on_timeout(ctx))
 
     async def _dispatch(self, ctx: Context) -> None:
         if isinstance(ctx.event, StatusUpdate):
@@ -397,6 +435,28 @@ class Runtime:
             return planned  # a turn is a transaction: this leaves with its commit
         await self.store.enqueue(planned)
         return planned
+
+
+def _arm_flow_timeout(turn: Turn, stored_state: str | None) -> None:
+    """Keep the flow's timeout timer armed for the state the turn leaves the user in.
+
+    It is armed on entering a state and re-armed by every message; other
+    turns (statuses, timers) leave it as it was. Out of a flow, or in a state
+    without a timeout, there is none.
+    """
+    model = turn.flow
+    timeout = model.flow.timeout_for(model.state) if model is not None else None
+    if model is None or timeout is None:
+        turn.cancel(FLOW_TIMEOUT)
+        return
+    pending = turn.conversation.timers.get(FLOW_TIMEOUT)
+    if (
+        pending is not None
+        and model.stored == stored_state
+        and turn.event.kind not in MESSAGE_KINDS
+    ):
+        return
+    turn.schedule(Timer(FLOW_TIMEOUT, turn.now + timeout, None, secrets.token_hex(6)))
 
 
 async def _maybe_await(value: Any) -> Any:

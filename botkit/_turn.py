@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from botkit._events import Event, EventKind
+from botkit import _metrics as metrics
+from botkit._events import MESSAGE_KINDS, Event, EventKind, Timer
 from botkit._flow import Flow, FlowModel
 from botkit._outbound import OutboundMessage
 from botkit.delivery._policy import DeliveryRefused
@@ -23,6 +24,12 @@ if TYPE_CHECKING:
     from botkit._router import Handler
 
 _NO_VALUES: Mapping[str, Any] = {}
+
+INTERNAL_TIMERS = "botkit."
+"""The prefix of the timers botkit itself schedules (a name a bot may not use)."""
+
+FLOW_TIMEOUT = "botkit.flow-timeout"
+"""The timer a flow's ``timeout`` keeps armed while the user is in one of its states."""
 
 
 class Outcome(StrEnum):
@@ -80,6 +87,7 @@ class Turn:
         "error",
         "error_handled",
         "event",
+        "fired",
         "flow",
         "handler",
         "now",
@@ -108,6 +116,7 @@ class Turn:
         self.outcome: Outcome | None = None
         self.error: BaseException | None = None
         self.error_handled = False
+        self.fired: Timer | None = None
 
     @property
     def user(self) -> str:
@@ -153,9 +162,38 @@ class Turn:
         model = self.flow
         return (
             model is not None
-            and self.event.kind is not EventKind.STATUS
-            and model.flow.expired(self.conversation.last_active, self.now)
+            and self.event.kind in MESSAGE_KINDS
+            and model.flow.expired(self.conversation.last_active, self.now, model.state)
         )
+
+    # -- timers ----------------------------------------------------------------
+
+    def schedule(self, timer: Timer) -> None:
+        """Keep ``timer`` with the conversation (replacing one of the same name)."""
+        self.conversation.timers[timer.name] = timer
+
+    def cancel(self, name: str) -> Timer | None:
+        """Drop the timer called ``name``; returns it (None when there was none)."""
+        return self.conversation.timers.pop(name, None)
+
+    def fire(self, timer: Timer) -> bool:
+        """Take ``timer`` out of the pending ones: this turn runs it.
+
+        False when it is no longer pending (cancelled or replaced since it was claimed).
+        """
+        current = self.conversation.timers.get(timer.name)
+        if current is None or current.id != timer.id:
+            return False
+        del self.conversation.timers[timer.name]
+        self.fired = current
+        return True
+
+    def cancel_on_message(self) -> None:
+        """Drop the timers scheduled with ``cancel_on_message=True`` (the user wrote)."""
+        timers = self.conversation.timers
+        for name in [n for n, t in timers.items() if t.cancel_on_message]:
+            del timers[name]
+            metrics.count(metrics.TIMERS_CANCELLED)
 
     # -- what leaves with the commit -------------------------------------------
 
@@ -198,6 +236,12 @@ class Turn:
         self.restore_flow(self._flows, self.view)
         if self.flow_expired():
             self.flow = None
+        fired = self.fired
+        if fired is not None and self.conversation.timers.get(fired.name) == fired:
+            # A timer whose turn failed has fired all the same: it is not retried forever.
+            del self.conversation.timers[fired.name]
+        if fired is not None and fired.name == FLOW_TIMEOUT:
+            self.flow = None  # the flow timed out, whatever on_timeout did
 
     def __repr__(self) -> str:
         return f"<Turn user=...{self.user[-4:]} event={type(self.event).__name__}>"

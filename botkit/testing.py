@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -30,16 +30,19 @@ from botkit._events import (
     AnyMessage,
     Contact,
     ContactsMessage,
+    EventKind,
     LocationMessage,
     Media,
     MediaMessage,
     StatusUpdate,
     TextMessage,
+    Timer,
 )
 from botkit._media import MediaPolicy
 from botkit._outbound import OutboundMessage, SendMode, Template
 from botkit._runtime import Runtime
 from botkit._turn import TurnOutcome
+from botkit.delivery._timers import fire_due_timers
 from botkit.storage.base import Conversation, StoreConfig
 from botkit.storage.memory import MemoryStore
 
@@ -232,9 +235,52 @@ class BotTester:
         """The user's stored ``ctx.data``."""
         return (await self.conversation(user)).data
 
-    def advance(self, seconds: float = 0.0, *, minutes: float = 0.0, hours: float = 0.0) -> None:
-        """Move the clock forward (flow timeouts, the 24-hour window)."""
+    def advance(
+        self, seconds: float = 0.0, *, minutes: float = 0.0, hours: float = 0.0
+    ) -> Advanced:
+        """Move the clock forward (flow timeouts, the 24-hour window, timers).
+
+        The clock moves at once. Await the result to run the timers that came
+        due, as the service's timer worker would, and get what they sent::
+
+            sent = await chat.advance(minutes=30)
+            assert sent.text == "Your unfinished order was dropped ..."
+
+        Not awaited, due timers wait: a message sent next finds a flow whose
+        timeout passed ended all the same (``on_timeout`` runs first in its turn).
+        """
         self.clock.advance(seconds, minutes=minutes, hours=hours)
+        return Advanced(self)
+
+    async def fire_timers(self) -> Replies:
+        """Run the timers due by the clock now; return what their turns replied."""
+        await self.start()
+        replies: list[OutboundMessage] = []
+        outcomes: list[TurnOutcome] = []
+
+        def keep(outcome: TurnOutcome) -> None:
+            if outcome.kind is EventKind.TIMER:
+                outcomes.append(outcome)
+                replies.extend(outcome.replies)
+
+        self.runtime.on_turn.append(keep)
+        try:
+            await fire_due_timers(self.runtime)
+        finally:
+            self.runtime.on_turn.remove(keep)
+        if outcomes:
+            self.last = outcomes[-1]
+        await self._drain()
+        mine = {m.ref for m in replies}
+        self._proactive[:] = [m for m in self._proactive if m.ref not in mine]
+        for outcome in outcomes:
+            if outcome.error is not None and not outcome.error_handled and self.raise_errors:
+                raise outcome.error
+        return Replies(replies)
+
+    async def timers(self, user: str | None = None) -> dict[str, Timer]:
+        """The user's pending timers by name (botkit's own, such as a flow's timeout, too)."""
+        return dict((await self.conversation(user)).timers)
 
     async def sent(self) -> Replies:
         """Messages queued outside turns (``bot.send``) since the last call."""
@@ -263,6 +309,18 @@ class BotTester:
                 break
             await self.store.outbox_ack([i.id for i in items], answered=items)
             self._proactive.extend(i.message for i in items if i.message.ref not in turn_refs)
+
+
+class Advanced:
+    """What :meth:`BotTester.advance` returns: await it to fire the timers that came due."""
+
+    __slots__ = ("_tester",)
+
+    def __init__(self, tester: BotTester) -> None:
+        self._tester = tester
+
+    def __await__(self) -> Generator[Any, None, Replies]:
+        return self._tester.fire_timers().__await__()
 
 
 def transcript(replies: Iterable[OutboundMessage]) -> str:

@@ -203,6 +203,19 @@ async def fresh_project_from_the_testing_section(block: Block, folder: Path) -> 
     assert "2 passed" in done.stdout, done.stdout
 
 
+async def nudge_bot(block: Block, folder: Path) -> None:
+    bot = run_module(block, "nudge", folder).bot
+    async with BotTester(bot) as chat:
+        assert (await chat.send_text("remind me")).texts == [
+            "I will nudge you in 10 minutes, unless you write first."
+        ]
+        assert (await chat.advance(minutes=9)) == []
+        assert (await chat.advance(minutes=1)).texts == ["Still thinking about your order?"]
+        await chat.send_text("remind me")
+        await chat.send_text("something else")  # the user wrote first
+        assert (await chat.advance(minutes=10)) == []
+
+
 RUNNERS: dict[str, Callable[[Block, Path], Awaitable[None]]] = {
     'bot = Bot("hello"': hello_bot,
     "# mybot.py": tutorial_bot,
@@ -211,6 +224,7 @@ RUNNERS: dict[str, Callable[[Block, Path], Awaitable[None]]] = {
     "@order.text(PIZZAS": pizza_excerpt,
     "await bot.send(user": send_later,
     "# test_hello.py": fresh_project_from_the_testing_section,
+    "# nudge.py": nudge_bot,
 }
 
 

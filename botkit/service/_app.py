@@ -47,6 +47,7 @@ from botkit.delivery._policy import DeliveryRefused, OutsideSessionWindow, Reply
 from botkit.delivery._sender import OutboxWorker, SenderConfig
 from botkit.delivery._signing import MIN_SECRET_BYTES, CallbackSigner
 from botkit.delivery._status import RateRetry, StatusOutcome, StatusTracker
+from botkit.delivery._timers import TimerConfig, TimerWorker
 from botkit.devino.client import DevinoClient, RetryPolicy
 from botkit.devino.convert import to_event
 from botkit.devino.errors import InvalidPhoneNumber, PayloadError
@@ -115,6 +116,7 @@ class Service:
         sender_config: SenderConfig | None = None,
         rate_retry: RateRetry | None = None,
         watch_signals: bool = False,
+        timer_config: TimerConfig | None = None,
     ) -> None:
         self.bot = bot
         self.watch_signals = watch_signals
@@ -156,6 +158,7 @@ class Service:
             clock=self.clock,
             on_rejected=self.tracker.report_rejected,
         )
+        self.timers = TimerWorker(self.runtime, timer_config)
         self.runtime.on_turn.append(_count_turn)
         self.runtime.on_turn.append(log_turn)
         self.runtime.on_refused.append(lambda r: metrics.REFUSED.labels(r.reason).inc())
@@ -175,6 +178,7 @@ class Service:
         still sending their body get 503 instead of holding the shutdown.
         """
         await self.runtime.start()
+        self.timers.start()
         if not self.signer_ready:
             with contextlib.suppress(StorageError):  # down: retried in the background
                 self._use_secret(await self._shared_secret())
@@ -235,6 +239,7 @@ class Service:
             self._loading_secret = None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drained.wait(), grace)
+        await self.timers.stop()
         await self.sender.stop(flush=min(grace, 5.0))
         await self.runtime.stop()
         await self.client.aclose()

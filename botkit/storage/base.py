@@ -10,12 +10,14 @@ live in the same store so that a committed reply is never lost.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from botkit._errors import BotkitError
+from botkit._events import Timer
 from botkit._outbound import OutboundMessage, SentRecord
 
 DAY = 86_400.0
@@ -104,6 +106,11 @@ class Conversation:
     last_active: float | None = None
     opted_out: bool = False
     not_on_whatsapp: bool = False
+    timers: dict[str, Timer] = field(default_factory=dict)
+
+    def next_due(self) -> float | None:
+        """When the earliest pending timer is due (None: no timer)."""
+        return min((t.due for t in self.timers.values()), default=None)
 
     def copy(self) -> Conversation:
         """A deep copy that a handler may change freely."""
@@ -116,6 +123,10 @@ class Conversation:
             last_active=self.last_active,
             opted_out=self.opted_out,
             not_on_whatsapp=self.not_on_whatsapp,
+            timers={
+                name: t if t.data is None else dataclasses.replace(t, data=copy.deepcopy(t.data))
+                for name, t in self.timers.items()
+            },
         )
 
 
@@ -150,6 +161,17 @@ class Receipt:
 
     message_id: str
     statuses: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class TimerClaim:
+    """A user whose timer came due, claimed by :meth:`ConversationStore.timers_claim`.
+
+    ``until`` is the end of the lease (what the claim wrote in the index).
+    """
+
+    user: str
+    until: float
 
 
 class ConversationStore(ABC):
@@ -265,6 +287,29 @@ class ConversationStore(ABC):
     @abstractmethod
     async def outbox_size(self) -> int:
         """Entries waiting or in flight (for metrics and health)."""
+
+    # -- timers --------------------------------------------------------------
+
+    @abstractmethod
+    async def timers_claim(self, now: float, lease: float, count: int) -> list[TimerClaim]:
+        """Claim up to ``count`` users with a timer due by ``now``, for ``lease`` seconds.
+
+        A claimed user is not given to another claim until the lease ends:
+        the claimer runs their due timers as turns, whose commits move the
+        user's place in the index to their next timer (or out of it). A
+        claimer that dies leaves the user to be claimed again after the lease.
+        """
+
+    @abstractmethod
+    async def timers_reschedule(self, claim: TimerClaim, due: float | None) -> None:
+        """After a claim that found nothing due: put the user back at ``due`` (None: drop them).
+
+        Does nothing when a commit moved the user since the claim.
+        """
+
+    @abstractmethod
+    async def timers_pending(self) -> int:
+        """Users with a pending timer (for metrics)."""
 
     # -- sent-message log ----------------------------------------------------
 

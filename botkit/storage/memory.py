@@ -26,6 +26,7 @@ from botkit.storage.base import (
     OutboxItem,
     Receipt,
     StoreConfig,
+    TimerClaim,
     TurnLease,
     UserBusy,
 )
@@ -83,6 +84,10 @@ class MemoryStore(ConversationStore):
         self._pending: dict[str, _Pending] = {}
         self._delayed: list[tuple[float, int, OutboundMessage]] = []
         self._arrived = asyncio.Event()
+        # Users with a pending timer: when the earliest is due (or their claim
+        # ends), and a heap over it whose stale entries are skipped.
+        self._timer_index: dict[str, float] = {}
+        self._timer_heap: list[tuple[float, str]] = []
 
     async def ping(self) -> bool:
         """Always True: memory is always there."""
@@ -143,6 +148,7 @@ class MemoryStore(ConversationStore):
             # The window only moves forward, even if a newer message arrived meanwhile.
             saved.last_inbound = _latest(stored.last_inbound, conversation.last_inbound)
             self._save(saved)
+            self._index_timers(saved.user, saved.next_due())
         if lease.key is not None:
             self._marks[lease.key] = (_DONE, self._clock.now() + self.config.done_ttl)
         self._append(outbox)
@@ -253,6 +259,42 @@ class MemoryStore(ConversationStore):
         found = [self._receipts.get(item.message.ref) for item in items]
         return [None if f is None or f[2] <= now else Receipt(f[0], frozenset(f[1])) for f in found]
 
+    # -- timers --------------------------------------------------------------
+
+    async def timers_claim(self, now: float, lease: float, count: int) -> list[TimerClaim]:
+        """Users whose earliest timer is due by ``now``, each claimed until ``now + lease``."""
+        claims: list[TimerClaim] = []
+        heap = self._timer_heap
+        while heap and heap[0][0] <= now and len(claims) < count:
+            due, user = heapq.heappop(heap)
+            if self._timer_index.get(user) != due:
+                continue  # moved since: a newer entry stands for it
+            claims.append(TimerClaim(user, now + lease))
+        for claim in claims:
+            self._index_timers(claim.user, claim.until)
+        return claims
+
+    async def timers_reschedule(self, claim: TimerClaim, due: float | None) -> None:
+        """Put the claimed user back at ``due`` unless a commit moved them since."""
+        if self._timer_index.get(claim.user) == claim.until:
+            self._index_timers(claim.user, due)
+
+    async def timers_pending(self) -> int:
+        """Users with a pending timer."""
+        return len(self._timer_index)
+
+    def _index_timers(self, user: str, due: float | None) -> None:
+        if due is None:
+            self._timer_index.pop(user, None)
+            return
+        if self._timer_index.get(user) != due:
+            self._timer_index[user] = due
+            heapq.heappush(self._timer_heap, (due, user))
+            if len(self._timer_heap) > 2 * len(self._timer_index) + 1000:
+                # Stale entries pile up when users re-arm often: rebuild from the index.
+                self._timer_heap = [(d, u) for u, d in self._timer_index.items()]
+                heapq.heapify(self._timer_heap)
+
     # -- shared secrets ------------------------------------------------------
 
     async def shared_secret(self, name: str, candidate: str) -> str:
@@ -309,6 +351,9 @@ class MemoryStore(ConversationStore):
 
     def _save(self, conversation: Conversation) -> None:
         ttl = self.config.conversation_ttl
+        last_due = max((t.due for t in conversation.timers.values()), default=None)
+        if last_due is not None:  # kept until its last timer fired, and as long after
+            ttl = max(ttl, last_due - self._clock.now() + ttl)
         self._records[conversation.user] = _Record(conversation, self._clock.now() + ttl)
         # Expired marks, records and sent entries go in bulk, not one timer each.
         writes = len(self._marks) + len(self._records)

@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 
+from botkit._events import Timer
 from botkit._outbound import OutboundMessage, SendMode, SentRecord
 from botkit.storage.base import (
     ConversationStore,
@@ -383,3 +384,60 @@ async def test_a_shared_secret_is_the_first_candidate_for_every_caller(
 
 async def test_ping(store: ConversationStore) -> None:
     assert await store.ping() is True
+
+
+# -- timers ------------------------------------------------------------------
+
+
+async def schedule(store: ConversationStore, user: str, *timers: Timer) -> None:
+    lease = await store.begin_turn(user, None)
+    conv = lease.conversation.copy()
+    conv.timers = {t.name: t for t in timers}
+    await store.commit_turn(lease, conv)
+
+
+async def test_timers_are_saved_with_the_conversation(store: ConversationStore) -> None:
+    user = new_user()
+    nudge = Timer("nudge", 1000.5, {"step": [1, 2]}, "abc", cancel_on_message=True)
+    plain = Timer("plain", 2000.0, None, "def")
+    await schedule(store, user, nudge, plain)
+    assert (await store.load(user)).timers == {"nudge": nudge, "plain": plain}
+
+
+async def test_a_due_timer_is_claimed_once_until_its_lease_ends(store: ConversationStore) -> None:
+    user = new_user()
+    await schedule(store, user, Timer("a", 1000.0, None, "1"), Timer("b", 3000.0, None, "2"))
+    assert [c.user for c in await store.timers_claim(999.0, 60, 100)] == []
+    [claim] = [c for c in await store.timers_claim(1000.0, 60, 100) if c.user == user]
+    assert claim.until == 1060.0
+    assert user not in [c.user for c in await store.timers_claim(1059.0, 60, 100)]
+    again = [c for c in await store.timers_claim(1060.0, 60, 100) if c.user == user]
+    assert again, "a claim whose worker died comes back after the lease"
+
+
+async def test_the_commit_moves_the_user_to_their_next_timer(store: ConversationStore) -> None:
+    user = new_user()
+    await schedule(store, user, Timer("a", 1000.0, None, "1"), Timer("b", 3000.0, None, "2"))
+    assert user in [c.user for c in await store.timers_claim(1000.0, 60, 100)]
+    await schedule(store, user, Timer("b", 3000.0, None, "2"))  # "a" fired
+    assert user not in [c.user for c in await store.timers_claim(2999.0, 60, 100)]
+    assert user in [c.user for c in await store.timers_claim(3000.0, 60, 100)]
+    await schedule(store, user)  # none left
+    assert user not in [c.user for c in await store.timers_claim(10_000.0, 60, 100)]
+
+
+async def test_reschedule_after_a_claim_unless_a_commit_moved_the_user(
+    store: ConversationStore,
+) -> None:
+    user = new_user()
+    await schedule(store, user, Timer("a", 1000.0, None, "1"))
+    [claim] = [c for c in await store.timers_claim(1000.0, 60, 100) if c.user == user]
+    await store.timers_reschedule(claim, 5000.0)
+    assert user not in [c.user for c in await store.timers_claim(4999.0, 60, 100)]
+    [claim] = [c for c in await store.timers_claim(5000.0, 60, 100) if c.user == user]
+    await schedule(store, user, Timer("z", 7000.0, None, "9"))  # a commit moved them
+    await store.timers_reschedule(claim, None)
+    assert user in [c.user for c in await store.timers_claim(7000.0, 60, 100)]
+    [claim] = [c for c in await store.timers_claim(8000.0, 60, 100) if c.user == user]
+    await store.timers_reschedule(claim, None)
+    assert user not in [c.user for c in await store.timers_claim(10**9, 60, 100)]

@@ -12,6 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from botkit._events import Timer
 from botkit._outbound import SentRecord
 from botkit.storage.base import Conversation
 
@@ -23,6 +24,7 @@ FIELDS = (
     "last_active",
     "opted_out",
     "not_on_whatsapp",
+    "timers",
 )
 """The conversation hash's fields, in the order BEGIN and LOAD return them."""
 
@@ -73,7 +75,21 @@ def changes(stored: Stored, new: Conversation) -> tuple[list[str], list[str]]:
     update("last_active", None if new.last_active is None else number(new.last_active))
     update("opted_out", "1" if new.opted_out else "0", "0")
     update("not_on_whatsapp", "1" if new.not_on_whatsapp else "0", "0")
+    update("timers", dump_timers(new) if new.timers else None)
     return put, drop
+
+
+def dump_timers(conversation: Conversation) -> str:
+    """The pending timers as compact JSON: ``{"name": [due, id, data?, 1?], ...}``."""
+    stored = {name: timer.stored() for name, timer in conversation.timers.items()}
+    return dump_data(conversation.user, stored)
+
+
+def load_timers(raw: str | None) -> dict[str, Timer]:
+    """The timers :func:`dump_timers` wrote."""
+    if not raw:
+        return {}
+    return {name: Timer.from_stored(name, value) for name, value in json.loads(raw).items()}
 
 
 def conversation(user: str, stored: Stored) -> Conversation:
@@ -88,6 +104,7 @@ def conversation(user: str, stored: Stored) -> Conversation:
         last_active=None if not f["last_active"] else float(f["last_active"]),
         opted_out=f["opted_out"] == "1",
         not_on_whatsapp=f["not_on_whatsapp"] == "1",
+        timers=load_timers(f["timers"]),
     )
 
 

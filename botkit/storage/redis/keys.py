@@ -20,6 +20,9 @@ so the shards spread evenly over the 16,384 slots (:func:`shard_tags`).
                                   named before it was acknowledged (a receipt), TTL done_ttl
     P:{T}:outbox                  the shard's stream of messages to send (group "senders")
     P:{T}:delayed                 the shard's zset of messages waiting for ``not_before``
+    P:{T}:timers                  the shard's zset of users with a pending timer, scored by
+                                  the earliest one's due time (or by the end of a claim);
+                                  the timers themselves are in the user's conversation
     P:unlock                      pub/sub channel: "<store instance> <user>" wake-ups
 
 A message being handled is "in progress" while its turn holds the lock (the
@@ -124,6 +127,10 @@ class Keys:
     def delayed(self, shard: int) -> str:
         """The shard's delayed messages."""
         return f"{self.base}:{{{self.tags[shard]}}}:delayed"
+
+    def timers(self, shard: int) -> str:
+        """The shard's users with a pending timer, by when the earliest is due."""
+        return f"{self.base}:{{{self.tags[shard]}}}:timers"
 
     # The layout before shards (version 1), for detection and migration.
 

@@ -67,6 +67,8 @@ GET_SENT = load("get_sent")
 ACK = load("ack")
 READY = load("ready")
 TOUCH = load("touch")
+TIMERS_CLAIM = load("timers_claim")
+TIMERS_RESCHEDULE = load("timers_reschedule")
 
 ALL = (
     BEGIN,
@@ -81,5 +83,7 @@ ALL = (
     READY,
     ENQUEUE,
     TOUCH,
+    TIMERS_CLAIM,
+    TIMERS_RESCHEDULE,
 )
 """Every script the store loads at open."""

@@ -39,6 +39,7 @@ from botkit.storage.base import (
     Receipt,
     StorageUnavailable,
     StoreConfig,
+    TimerClaim,
     TurnLease,
     UserBusy,
 )
@@ -280,12 +281,20 @@ class RedisStore(ConversationStore):
             self._keys.outbox(shard),
             self._keys.delayed(shard),
             self._keys.order(lease.user),
+            self._keys.timers(shard),
         ]
         put: list[str] = []
         drop: list[str] = []
+        next_timer = ""  # unchanged
+        conversation_ttl = self._conversation_ttl_ms
+        now = self._clock.now()
         if conversation is not None:
             put, drop = changes(lease.stored, conversation)
-        now = self._clock.now()
+            due = conversation.next_due()
+            next_timer = "-" if due is None else repr(due)
+            if conversation.timers:  # kept until the last timer fired, and as long after
+                last_due = max(t.due for t in conversation.timers.values())
+                conversation_ttl = max(conversation_ttl, _ms(last_due - now) + conversation_ttl)
         entries: list[str] = []
         for message in outbox:
             entries += [
@@ -294,7 +303,7 @@ class RedisStore(ConversationStore):
             ]
         args = [
             lease.token,
-            self._conversation_ttl_ms,
+            conversation_ttl,
             self._done_ttl_ms,
             self._keys.channel,
             f"{self._instance} {lease.user}",
@@ -303,6 +312,8 @@ class RedisStore(ConversationStore):
             len(put) // 2,
             len(drop),
             len(outbox),
+            next_timer,
+            lease.user,
             *put,
             *drop,
             *entries,
@@ -743,6 +754,53 @@ class RedisStore(ConversationStore):
             else None
             for fields in found
         ]
+
+    # -- timers --------------------------------------------------------------
+
+    async def timers_claim(self, now: float, lease: float, count: int) -> list[TimerClaim]:
+        """Claim users with a due timer, shard by shard (the outbox's shards).
+
+        One cheap count per shard first, a script call only where something is due.
+        """
+        client = await self._ensure_open()
+        shards = list(self.outbox_shards())
+        async with (
+            self._runner.guard("look for due timers"),
+            client.pipeline(transaction=False) as pipe,
+        ):
+            for shard in shards:
+                pipe.zcount(self._keys.timers(shard), "-inf", repr(now))
+            counts = await pipe.execute()
+        due = [shard for shard, n in zip(shards, counts, strict=True) if int(n)]
+        until = now + lease
+        claims: list[TimerClaim] = []
+        for shard in due:
+            if len(claims) >= count:
+                break
+            args = [repr(now), repr(until), count - len(claims)]
+            async with self._runner.guard("claim due timers"):
+                users = await self._runner.run(
+                    scripts.TIMERS_CLAIM, [self._keys.timers(shard)], args
+                )
+            claims.extend(TimerClaim(str(user), until) for user in users)
+        return claims
+
+    async def timers_reschedule(self, claim: TimerClaim, due: float | None) -> None:
+        """Put the claimed user back at ``due`` unless a commit moved them since."""
+        key = self._keys.timers(self._keys.shard(claim.user))
+        args = [claim.user, repr(claim.until), "" if due is None else repr(due)]
+        async with self._runner.guard("reschedule timers"):
+            await self._runner.run(scripts.TIMERS_RESCHEDULE, [key], args)
+
+    async def timers_pending(self) -> int:
+        """Users with a pending timer, over all shards."""
+        client = await self._ensure_open()
+        guard = self._runner.guard("count pending timers")
+        async with guard, client.pipeline(transaction=False) as pipe:
+            for shard in range(self._keys.shards):
+                pipe.zcard(self._keys.timers(shard))
+            sizes = await pipe.execute()
+        return sum(int(size) for size in sizes)
 
     # -- shared secrets ------------------------------------------------------
 
