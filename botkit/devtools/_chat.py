@@ -17,7 +17,7 @@ message or look inside (``/help`` lists them)::
     /contact NAME PHONE         a contact card
     /send TEXT                  the bot writes to you unprompted (bot.send)
     /state                      flow, state, ctx.data and the 24-hour window
-    /wait HOURS                 move the clock forward (window, flow timeouts)
+    /wait HOURS                 move the clock forward (window, flow timeouts, timers)
     /quit                       leave (Ctrl-D too)
 
 Any other ``/word`` is sent to the bot as text, for bots with commands of their own.
@@ -39,6 +39,7 @@ from typing import TextIO
 
 from botkit._bot import Bot
 from botkit._clock import ManualClock
+from botkit._events import EventKind
 from botkit._outbound import OutboundMessage, SendMode
 from botkit._turn import Outcome, TurnOutcome
 from botkit._where import raised_at
@@ -57,7 +58,8 @@ Type a message and press Enter to send it as text. Commands:
   /contact NAME PHONE        send a contact card, e.g. /contact Ann 79035551234
   /send TEXT                 the bot writes to you unprompted, as bot.send() would
   /state                     your flow and state, ctx.data and the 24-hour window
-  /wait HOURS                move the clock forward, e.g. /wait 25 closes the window
+  /wait HOURS                move the clock forward, e.g. /wait 25 closes the window;
+                             timers that came due fire (/wait 0.5: half an hour)
   /help                      this list
   /quit                      leave (Ctrl-D too)
 Any other /word goes to the bot as text."""
@@ -183,6 +185,7 @@ class TerminalChat:
         command = word.lower()
         if command in ("/quit", "/exit", "/q"):
             return False
+        await self._fire_due()  # timers that came due while you typed
         action = self._commands.get(command)
         if action is None:
             await self._turn(self.tester.send_text(line))
@@ -249,6 +252,9 @@ class TerminalChat:
         data = json.dumps(conversation.data, ensure_ascii=False, sort_keys=True, default=str)
         lines.append(f"data    {data}")
         lines.append(f"window  {self._window_text(conversation.last_inbound, now)}")
+        for timer in sorted(conversation.timers.values(), key=lambda t: t.due):
+            when = f"{_when(timer.due)} (in {_duration(max(0.0, timer.due - now))})"
+            lines.append(f"timer   {timer.name} at {when}")
         if self.clock.offset:
             lines.append(
                 f"clock   {_when(now)} ({_duration(self.clock.offset)} ahead of real time)"
@@ -271,7 +277,7 @@ class TerminalChat:
         )
         return f"closed since {_when(closes)}: {then} until you write again"
 
-    def _wait(self, args: list[str], rest: str) -> None:
+    async def _wait(self, args: list[str], rest: str) -> None:
         try:
             hours = float(args[0])
             if hours <= 0:
@@ -281,6 +287,22 @@ class TerminalChat:
             return
         now = self.clock.advance(hours=hours)
         self._print(self.style.note(f"  · the clock moved {args[0]} h forward, to {_when(now)}"))
+        await self._fire_due()
+
+    async def _fire_due(self) -> None:
+        """Run the timers due by now and show what they sent (as the bot's messages)."""
+        before = (await self.tester.conversation()).state
+        replies = await self.tester.fire_timers()
+        if self.tester.last is not None and self.tester.last.kind is EventKind.TIMER:
+            error = self.tester.last.error
+            if error is not None and not self.tester.last.error_handled:
+                self._print(self.style.error(f"! a timer handler failed: {error!r}"))
+        if replies:
+            self._print(self.style.note("  · timers fired:"))
+            self._replies(replies)
+        change = describe_state_change(before, (await self.tester.conversation()).state)
+        if change:
+            self._print(self.style.note(f"  · {change}"))
 
     def _help(self, args: list[str], rest: str) -> None:
         self._print(self.style.note(HELP))

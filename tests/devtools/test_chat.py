@@ -104,8 +104,9 @@ def test_a_conversation_in_the_terminal(terminal: Terminal) -> None:
         "window  open, closes ",
     )
 
+    # 25 hours of silence: the order's 30-minute timeout fires on the way.
     terminal.type("/wait 25")
-    terminal.expect("· the clock moved 25 h forward")
+    terminal.expect("· the clock moved 25 h forward", "· left flow order (was at size)")
     terminal.type("/state")
     terminal.expect(
         "window  closed since ", "replies go as template come_back", "ahead of real time"
@@ -115,9 +116,8 @@ def test_a_conversation_in_the_terminal(terminal: Terminal) -> None:
     terminal.type("/send Your pizza is ready")
     terminal.expect("bot: [template come_back friend]")
 
-    # 25 hours of silence also ended the order (30-minute timeout).
     terminal.type("/location 55.75 37.62")
-    terminal.expect("bot: You are at 55.75, 37.62.", "· left flow order (was at size)")
+    terminal.expect("bot: You are at 55.75, 37.62.")
 
     terminal.type("/media https://example.com/a.jpg image/jpeg")
     terminal.expect("bot: Nice image!")
@@ -242,3 +242,22 @@ def test_a_failing_handler_is_one_line_unless_the_traceback_is_asked_for(
         assert 'failing.py", line 8, in quantity' in trace
     else:
         assert said[2:] == ["you: "]
+
+
+def test_state_shows_pending_timers_and_wait_fires_them() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "botkit", "chat", "bots.reminder"],
+        cwd=ROOT,
+        input="remind me in 2 minutes tea\n/state\n/wait 0.05\n/state\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+    assert run.returncode == 0, run.stderr
+    out = run.stdout
+    assert "bot: ok, I will remind you in 2 minutes" in out
+    first_state, _, after_wait = out.partition("/wait")
+    assert re.search(r"timer   reminder-1 at .* \(in 1m", first_state), first_state
+    assert "  · timers fired:\nbot: reminder: tea" in after_wait
+    assert "timer   reminder-1" not in after_wait, "fired: no longer pending"
