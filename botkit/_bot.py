@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
 from botkit._dispatch import flows_of
@@ -128,10 +129,41 @@ class Bot(Router):
         handler, the message leaves when that turn commits, and not at all
         if the handler fails.
         """
+        return await self._running().send(to, text, media=media, template=template)
+
+    async def send_at(
+        self,
+        to: str,
+        text: str | None = None,
+        *,
+        media: Media | None = None,
+        template: Template | None = None,
+        at: datetime | float | None = None,
+        after: float | None = None,
+    ) -> str:
+        """Send a message to ``to`` later: ``at`` an aware datetime (or unix seconds) or
+        ``after`` seconds. Returns its id; :meth:`cancel_scheduled` takes it back.
+
+        The message is kept durably (a timer of the user) and the window is
+        decided when it is due: free text if the user's window is open then,
+        else ``template``; with neither it is refused then (logged and
+        counted), not now::
+
+            await bot.send_at(user, "Your table is ready", after=3600,
+                              template=Template("table_ready", []))
+        """
+        runtime = self._running()
+        return await runtime.send_at(to, text, media=media, template=template, at=at, after=after)
+
+    async def cancel_scheduled(self, scheduled: str) -> bool:
+        """Cancel a message :meth:`send_at` scheduled; False when it is no longer pending."""
+        return await self._running().cancel_scheduled(scheduled)
+
+    def _running(self) -> Runtime:
         if self.runtime is None:
             raise BotNotRunning(
                 f"bot {self.name!r} is not running in this process: start it with "
                 "'botkit run' or 'botkit dev', or use BotTester in tests; from another "
                 "process use the service's POST /api/send"
             )
-        return await self.runtime.send(to, text, media=media, template=template)
+        return self.runtime

@@ -22,7 +22,7 @@ from botkit._events import Event, Media, MediaMessage, Message, StatusUpdate, Ti
 from botkit._flow import Flow, FlowError, NotInFlow
 from botkit._media import MediaFetcher
 from botkit._outbound import Origin, OutboundMessage, Template
-from botkit._turn import INTERNAL_TIMERS, Turn
+from botkit._turn import INTERNAL_TIMERS, Turn, due_time
 from botkit.delivery._policy import DeliveryRefused, OutsideSessionWindow, ReplyPolicy
 from botkit.storage.base import Conversation
 
@@ -338,23 +338,7 @@ class Context:
             raise ValueError("a timer needs a name: ctx.schedule('nudge', after=60)")
         if _internal(name):
             raise ValueError(f"timer names starting with {INTERNAL_TIMERS!r} are botkit's own")
-        if (after is None) == (at is None):
-            raise ValueError("pass exactly one of after=seconds or at=datetime to ctx.schedule()")
-        if after is not None:
-            if isinstance(after, bool) or not isinstance(after, int | float) or after < 0:
-                raise ValueError(f"after={after!r}: give a number of seconds, 0 or more")
-            due = self.now + float(after)
-        elif isinstance(at, datetime):
-            if at.tzinfo is None:
-                raise ValueError(
-                    f"at={at!r} has no time zone; pass an aware datetime such as "
-                    "datetime(2026, 1, 1, 9, tzinfo=ZoneInfo('Europe/Madrid'))"
-                )
-            due = at.timestamp()
-        elif isinstance(at, int | float) and not isinstance(at, bool):
-            due = float(at)
-        else:
-            raise ValueError(f"at={at!r}: give an aware datetime or unix seconds")
+        due = due_time(self.now, at, after)
         try:
             json.dumps(data)
         except (TypeError, ValueError) as exc:

@@ -11,13 +11,16 @@ The web service, the test kit and the dev tools all run turns through here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from botkit import _metrics as metrics
 from botkit._clock import Clock, SystemClock
 from botkit._context import Context
 from botkit._dispatch import HandlerIndex, compose, flows_of
@@ -34,10 +37,11 @@ from botkit._media import MediaFetcher, MediaPolicy
 from botkit._outbound import Origin, OutboundMessage, Template
 from botkit._plugins import Plugin, resolve_plugins
 from botkit._router import Router
-from botkit._turn import FLOW_TIMEOUT, Outcome, Turn, TurnOutcome
+from botkit._turn import FLOW_TIMEOUT, SCHEDULED_SEND, Outcome, Turn, TurnOutcome, due_time
 from botkit._where import raised_at
 from botkit.delivery._policy import DeliveryRefused, ReplyPolicy
 from botkit.storage.base import (
+    Conversation,
     ConversationStore,
     DuplicateMessage,
     StorageUnavailable,
@@ -308,6 +312,10 @@ class Runtime:
             if not turn.fire(event.timer):
                 turn.outcome = Outcome.IGNORED  # cancelled or replaced since it was read
                 return
+            if event.timer.name.startswith(SCHEDULED_SEND):
+                self._send_scheduled(ctx, event.timer)
+                turn.outcome = Outcome.HANDLED
+                return
             if event.timer.name == FLOW_TIMEOUT:
                 try:
                     await self._time_out_flow(ctx)
@@ -398,6 +406,113 @@ class Runtime:
             listener(refused)
 
     # -- proactive sends -----------------------------------------------------
+
+    async def send_at(
+        self,
+        to: str,
+        text: str | None = None,
+        *,
+        media: Media | None = None,
+        template: Template | None = None,
+        at: datetime | float | None = None,
+        after: float | None = None,
+    ) -> str:
+        """Schedule a message to ``to`` for ``at`` (an aware datetime or unix seconds) or
+        ``after`` seconds; returns its id (for :meth:`cancel_scheduled`).
+
+        It is kept as a timer of the user (durable with Redis) and planned
+        when it is due, under the reply policy then: free text if the user's
+        window is open at that moment, else ``template``; with neither (or
+        when the user opted out meanwhile) it is refused then, logged and
+        counted. Raises ``InvalidPhoneNumber``, :class:`~botkit.ReplyTooLong`
+        or ValueError (bad time, no content) now; nothing is scheduled then.
+        """
+        from botkit.devino.validation import normalize_phone
+
+        user = normalize_phone(to)
+        if text is None and media is None and template is None:
+            raise ValueError("give text, media or template to send")
+        now = self.clock.now()
+        due = due_time(now, at, after)
+        # The content is checked now (length, media); the window waits for the due time.
+        self.policy.plan(
+            Conversation(user=user, last_inbound=now),
+            now,
+            text=text,
+            media=media,
+            template=template,
+            origin=Origin.SEND,
+        )
+        token = secrets.token_hex(8)
+        data: dict[str, Any] = {}
+        if text is not None:
+            data["text"] = text
+        if media is not None:
+            data["media"] = [media.url, media.mime_type, media.name]
+        if template is not None:
+            data["template"] = template.to_dict()
+        timer = Timer(f"{SCHEDULED_SEND}{token}", due, data, token)
+        current = _current_turn.get()
+        if current is not None and current[0] is self and current[1].user == user:
+            current[1].schedule(timer)  # this user's turn holds the lock: it saves the timer
+        else:
+            await self._change_timers(user, lambda timers: timers.__setitem__(timer.name, timer))
+        return f"{user}.{token}"
+
+    async def cancel_scheduled(self, scheduled: str) -> bool:
+        """Cancel a message :meth:`send_at` scheduled, by its id; False when not pending."""
+        user, _, token = scheduled.partition(".")
+        if not user.isdigit() or not token.isalnum() or len(token) > 32:
+            return False
+        name = f"{SCHEDULED_SEND}{token}"
+        found: list[Timer] = []
+
+        def drop(timers: dict[str, Timer]) -> None:
+            timer = timers.pop(name, None)
+            if timer is not None:
+                found.append(timer)
+
+        await self._change_timers(user, drop)
+        if found:
+            metrics.count(metrics.TIMERS_CANCELLED)
+        return bool(found)
+
+    async def _change_timers(self, user: str, change: Callable[[dict[str, Timer]], None]) -> None:
+        """Change a user's timers in a turn of their own (their lock, one commit)."""
+        lease = await self.store.begin_turn(user, None)
+        try:
+            conversation = lease.conversation.copy()
+            before = dict(conversation.timers)
+            change(conversation.timers)
+            if conversation.timers == before:
+                await self.store.abort_turn(lease)
+                return
+            await self.store.commit_turn(lease, conversation)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.store.abort_turn(lease)
+            raise
+
+    def _send_scheduled(self, ctx: Context, timer: Timer) -> None:
+        """A scheduled send is due: plan it under the policy now and queue it with the turn."""
+        data = timer.data if isinstance(timer.data, dict) else {}
+        media = data.get("media")
+        template = data.get("template")
+        turn = ctx.turn
+        try:
+            planned = self.policy.plan(
+                turn.conversation,
+                turn.now,
+                text=data.get("text"),
+                media=Media(media[0], media[1], media[2]) if media else None,
+                template=Template.from_dict(template) if template else None,
+                origin=Origin.SEND,
+            )
+        except DeliveryRefused as refused:
+            turn.refuse(refused)
+            self.report_refused(refused)
+            return
+        turn.queue_send(planned)
 
     async def send(
         self,

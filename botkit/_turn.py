@@ -8,8 +8,10 @@ router and the status tracker change it only through its methods.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +30,28 @@ _NO_VALUES: Mapping[str, Any] = {}
 INTERNAL_TIMERS = "botkit."
 """The prefix of the timers botkit itself schedules (a name a bot may not use)."""
 
+SCHEDULED_SEND = "botkit.send."
+"""The prefix of the timers ``bot.send_at`` schedules (one per message)."""
+
 FLOW_TIMEOUT = "botkit.flow-timeout"
 """The timer a flow's ``timeout`` keeps armed while the user is in one of its states."""
+
+
+def due_time(now: float, at: datetime | float | None, after: float | None) -> float:
+    """When a scheduled thing is due: ``at`` (aware datetime or unix seconds) or ``after`` s."""
+    if (at is None) == (after is None):
+        raise ValueError("give exactly one of at (a time) or after (seconds)")
+    if after is not None:
+        if isinstance(after, bool) or not isinstance(after, int | float) or not after >= 0:
+            raise ValueError(f"after={after!r}: give a number of seconds, 0 or more")
+        return now + float(after)
+    if isinstance(at, datetime):
+        if at.tzinfo is None:
+            raise ValueError(f"at={at.isoformat()} has no time zone; give an aware time")
+        return at.timestamp()
+    if isinstance(at, int | float) and not isinstance(at, bool) and math.isfinite(at):
+        return float(at)
+    raise ValueError(f"at={at!r}: give an aware datetime or unix seconds")
 
 
 class Outcome(StrEnum):

@@ -369,3 +369,64 @@ async def test_pizza_says_the_order_was_dropped_at_the_deadline() -> None:
             "Your unfinished order was dropped after 30 minutes without an answer."
         ]
         assert await chat.state() is None
+
+
+# -- scheduled sends: bot.send_at ------------------------------------------------
+
+
+async def test_send_at_decides_the_window_when_due_and_can_be_cancelled() -> None:
+    bot = Bot("t")
+
+    @bot.text()
+    async def hello(ctx: Context) -> None:
+        await ctx.reply("hi")
+
+    async with BotTester(bot) as chat:
+        await chat.send_text("hello")
+        first = await bot.send_at(chat.user, "in an hour", after=3600)
+        await bot.send_at(
+            chat.user, "tomorrow", after=25 * 3600, template=Template("come_back", ["x"])
+        )
+        refused = await bot.send_at(chat.user, "tomorrow, text only", after=25 * 3600 + 1)
+        assert refused.startswith(chat.user + ".")
+        assert (await chat.advance(minutes=59)) == []
+        assert await chat.sent() == []
+        await chat.advance(minutes=1)
+        assert (await chat.sent()).texts == ["in an hour"]
+        assert await bot.cancel_scheduled(first) is False, "already sent"
+        await chat.advance(hours=25)
+        [sent] = await chat.sent()
+        assert sent.template == Template("come_back", ["x"])
+        assert chat.last is not None and [r.reason for r in chat.last.refused] == [
+            "outside_session_window"
+        ]
+
+
+async def test_a_cancelled_send_at_is_not_sent() -> None:
+    async with BotTester(reminder_bot()) as chat:
+        await chat.send_text("pending")
+        scheduled = await chat.bot.send_at(chat.user, "never", after=60)
+        assert await chat.bot.cancel_scheduled(scheduled) is True
+        assert await chat.bot.cancel_scheduled(scheduled) is False
+        await chat.advance(120)
+        assert await chat.sent() == []
+
+
+async def test_send_at_from_a_handler_joins_its_turn() -> None:
+    bot = Bot("t")
+
+    @bot.text("book")
+    async def book(ctx: Context) -> None:
+        await ctx.bot.send_at(ctx.user, "your table is ready", after=60)
+        await ctx.reply("booked")
+
+    @bot.text("fail")
+    async def fail(ctx: Context) -> None:
+        await ctx.bot.send_at(ctx.user, "never", after=60)
+        raise RuntimeError("the booking failed")
+
+    async with BotTester(bot, raise_errors=False) as chat:
+        assert (await chat.send_text("book")).texts == ["booked"]
+        await chat.send_text("fail")
+        await chat.advance(60)
+        assert (await chat.sent()).texts == ["your table is ready"]

@@ -5,7 +5,9 @@
 ==========================================  =====================================
 ``POST /whatsapp/incoming/{token}``          incoming messages (one or an array)
 ``POST /whatsapp/status/{token}``            status callbacks (one or an array)
-``POST /api/send``                           send from another system (Bearer token)
+``POST /api/send``                           send from another system (Bearer token); with
+                                             "at"/"after": later (202 with its id)
+``DELETE /api/scheduled/{id}``               cancel a message scheduled for later
 ``GET /healthz``, ``/readyz``, ``/metrics``  liveness, readiness, Prometheus
 ==========================================  =====================================
 
@@ -29,7 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import FrameType
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
@@ -447,6 +449,8 @@ class _ApiSend(BaseModel):
     text: str | None = Field(default=None, min_length=1)
     media: _ApiMedia | None = None
     template: _ApiTemplate | None = None
+    at: AwareDatetime | float | None = None
+    after: float | None = Field(default=None, ge=0, allow_inf_nan=False)
 
 
 def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
@@ -546,7 +550,8 @@ def create_app(
         # the answer is still 200, or the provider would retry it for 24 hours.
         return _EMPTY
 
-    async def api_send(request: Request) -> Response:
+    def api_refusal(request: Request) -> Response | None:
+        """The 404/401 for a request the API may not take, or None when it may."""
         # An empty BOTKIT_API_TOKEN (``BOTKIT_API_TOKEN=`` in an env file) disables the
         # API like an unset one: it must not accept an empty bearer token.
         if not api_token:
@@ -557,6 +562,12 @@ def create_app(
             given.strip().encode(), api_token.encode()
         ):
             return _error(401, "unauthorized", "send 'Authorization: Bearer <BOTKIT_API_TOKEN>'")
+        return None
+
+    async def api_send(request: Request) -> Response:
+        refusal = api_refusal(request)
+        if refusal is not None:
+            return refusal
         body = await _json_body(request)
         if isinstance(body, Response):
             return body
@@ -574,6 +585,16 @@ def create_app(
         if payload.media is not None:
             media = Media(payload.media.url, payload.media.type, payload.media.name)
         try:
+            if payload.at is not None or payload.after is not None:
+                scheduled = await service.runtime.send_at(
+                    payload.to,
+                    payload.text,
+                    media=media,
+                    template=template,
+                    at=payload.at,
+                    after=payload.after,
+                )
+                return JSONResponse({"status": "scheduled", "id": scheduled}, status_code=202)
             queued = await service.runtime.send(
                 payload.to, payload.text, media=media, template=template
             )
@@ -597,6 +618,18 @@ def create_app(
             },
             status_code=202,
         )
+
+    async def api_cancel_scheduled(request: Request) -> Response:
+        refusal = api_refusal(request)
+        if refusal is not None:
+            return refusal
+        try:
+            cancelled = await service.runtime.cancel_scheduled(request.path_params["id"])
+        except StorageError as exc:
+            return _store_failed("cancel a scheduled send", exc, outage)
+        if not cancelled:
+            return _error(404, "not_found", "no pending scheduled message with this id")
+        return JSONResponse({"status": "cancelled"})
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -633,6 +666,11 @@ def create_app(
             Route("/whatsapp/incoming/{token}/", _observed(incoming, "incoming"), methods=["POST"]),
             Route("/whatsapp/status/{token}/", _observed(status, "status"), methods=["POST"]),
             Route("/api/send", _observed(api_send, "send"), methods=["POST"]),
+            Route(
+                "/api/scheduled/{id}",
+                _observed(api_cancel_scheduled, "scheduled"),
+                methods=["DELETE"],
+            ),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
