@@ -31,6 +31,19 @@ class BotRuntime(Protocol):
         template: Template | None = None,
     ) -> list[OutboundMessage]: ...
 
+    async def send_at(
+        self,
+        to: str,
+        text: str | None = None,
+        *,
+        media: Media | None = None,
+        template: Template | None = None,
+        at: datetime | float | None = None,
+        after: float | None = None,
+    ) -> str: ...
+
+    async def cancel_scheduled(self, scheduled: str) -> bool: ...
+
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -159,7 +172,7 @@ class Bot(Router):
         """Cancel a message :meth:`send_at` scheduled; False when it is no longer pending."""
         return await self._running().cancel_scheduled(scheduled)
 
-    def _running(self) -> Runtime:
+    def _running(self) -> BotRuntime:
         if self.runtime is None:
             raise BotNotRunning(
                 f"bot {self.name!r} is not running in this process: start it with "

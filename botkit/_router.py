@@ -52,6 +52,15 @@ ANY_KEY = "*"
 NO_FLOW_KEY = ""
 
 
+WINDOW_TIMERS = "botkit.window-closes."
+"""The prefix of the timers ``before_window_closes`` keeps armed (one per margin)."""
+
+
+def window_timer(margin: float) -> str:
+    """The name of the timer that fires ``margin`` seconds before the window closes."""
+    return f"{WINDOW_TIMERS}{margin:g}"
+
+
 def flow_wide_key(flow: str) -> str:
     """The index key of handlers bound to every state of ``flow``."""
     return f"{flow}:*"
@@ -135,6 +144,7 @@ class Router:
         self._error_handlers: list[tuple[tuple[type[BaseException], ...], ErrorHandlerFn]] = []
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
+        self._window_margins: list[float] = []
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
@@ -191,6 +201,31 @@ class Router:
                 raise DefinitionError(f"timer names are strings, not {name!r}", where)
         filters = (TimerIs(*names),) if names else ()
         return self._decorator((EventKind.TIMER,), filters, state, where)
+
+    def before_window_closes(self, *, margin: float, state: Any = ANY) -> Callable[[H], H]:
+        """Register a handler run ``margin`` minutes before a user's 24-hour window closes.
+
+        It runs as a turn of the user while free text may still be sent (the
+        window's safety margin included), so the bot can ask "Still there?
+        Reply to keep chatting". Every message from the user moves it (the
+        window moved). Off unless a handler is registered::
+
+            @bot.before_window_closes(margin=60)
+            async def still_there(ctx: Context) -> None:
+                await ctx.reply("Still there? Reply to keep chatting.")
+        """
+        where = caller_location()
+        if isinstance(margin, bool) or not isinstance(margin, int | float) or margin <= 0:
+            raise DefinitionError(f"margin={margin!r}: give a positive number of minutes", where)
+        seconds = float(margin) * 60
+        self._window_margins.append(seconds)
+        self._changed()
+        return self._decorator((EventKind.TIMER,), (TimerIs(window_timer(seconds)),), state, where)
+
+    @property
+    def window_margins(self) -> tuple[float, ...]:
+        """The ``before_window_closes`` margins of this router (seconds; not nested ones)."""
+        return tuple(self._window_margins)
 
     def fallback(self, *filters: object, state: Any = ANY) -> Callable[[H], H]:
         """Register a handler for messages no other handler took."""

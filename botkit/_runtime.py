@@ -36,7 +36,7 @@ from botkit._events import (
 from botkit._media import MediaFetcher, MediaPolicy
 from botkit._outbound import Origin, OutboundMessage, Template
 from botkit._plugins import Plugin, resolve_plugins
-from botkit._router import Router
+from botkit._router import Router, window_timer
 from botkit._turn import FLOW_TIMEOUT, SCHEDULED_SEND, Outcome, Turn, TurnOutcome, due_time
 from botkit._where import raised_at
 from botkit.delivery._policy import DeliveryRefused, ReplyPolicy
@@ -142,6 +142,9 @@ class Runtime:
                     )
                 self.flows[flow.name] = flow
         self.index = HandlerIndex(self.bot, self.flows, front)
+        self.window_margins = sorted(
+            {m for root in (*front, self.bot) for r in root.routers() for m in r.window_margins}
+        )
         self._entry = compose(self.bot.middlewares, self._dispatch)
         self._generation = self.bot.generation
 
@@ -279,6 +282,8 @@ class Runtime:
             if event.kind in MESSAGE_KINDS and error is None:
                 conversation.last_active = turn.now
             _arm_flow_timeout(turn, lease.conversation.state)
+            if self.window_margins and event.kind in MESSAGE_KINDS:
+                self._arm_window_reminders(turn)
             await self.store.commit_turn(lease, conversation, turn.outgoing())
         except BaseException:
             renewal.cancel()
@@ -336,6 +341,16 @@ class Runtime:
             return
         if turn.outcome is None:
             turn.outcome = Outcome.HANDLED if turn.handler is not None else Outcome.UNHANDLED
+
+    def _arm_window_reminders(self, turn: Turn) -> None:
+        """Re-arm the ``before_window_closes`` timers: the user's message moved the window."""
+        closes = self.policy.window.closes_at(turn.conversation.last_inbound)
+        for margin in self.window_margins:
+            name = window_timer(margin)
+            if closes is None or closes - margin <= turn.now:
+                turn.cancel(name)
+            else:
+                turn.schedule(Timer(name, closes - margin, None, secrets.token_hex(6)))
 
     async def _expire_flow(self, ctx: Context) -> None:
         """A message after the flow's deadline whose timer has not fired yet (an outage)."""

@@ -430,3 +430,46 @@ async def test_send_at_from_a_handler_joins_its_turn() -> None:
         await chat.send_text("fail")
         await chat.advance(60)
         assert (await chat.sent()).texts == ["your table is ready"]
+
+
+# -- before the window closes --------------------------------------------------
+
+
+def window_bot() -> Bot:
+    bot = Bot("t")
+
+    @bot.text()
+    async def hello(ctx: Context) -> None:
+        await ctx.reply("hi")
+
+    @bot.before_window_closes(margin=60)
+    async def still_there(ctx: Context) -> None:
+        assert ctx.in_session_window
+        await ctx.reply("Still there? Reply to keep chatting.")
+
+    return bot
+
+
+async def test_the_window_reminder_fires_its_margin_before_the_window_closes() -> None:
+    async with BotTester(window_bot()) as chat:
+        await chat.send_text("hello")
+        margin = chat.runtime.policy.window.safety_margin
+        assert (await chat.advance(hours=23, seconds=-margin - 1)) == []
+        [sent] = await chat.advance(1)
+        assert sent.mode.value == "text" and sent.text == "Still there? Reply to keep chatting."
+        assert (await chat.advance(hours=2)) == [], "once per window"
+
+
+async def test_a_newer_message_moves_the_window_reminder() -> None:
+    async with BotTester(window_bot()) as chat:
+        await chat.send_text("hello")
+        await chat.advance(hours=12)
+        await chat.send_text("hello again")
+        assert (await chat.advance(hours=12)) == [], "the window moved with the new message"
+        assert (await chat.advance(hours=11)).texts == ["Still there? Reply to keep chatting."]
+
+
+async def test_without_a_handler_no_window_timer_is_kept() -> None:
+    async with BotTester(reminder_bot()) as chat:
+        await chat.send_text("hello")
+        assert await chat.timers() == {}
