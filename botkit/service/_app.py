@@ -160,7 +160,9 @@ class Service:
             clock=self.clock,
             on_rejected=self.tracker.report_rejected,
         )
-        self.timers = TimerWorker(self.runtime, timer_config)
+        self.timers = TimerWorker(
+            self.runtime, timer_config or TimerConfig(lease=settings.timer_lease)
+        )
         self.runtime.on_turn.append(_count_turn)
         self.runtime.on_turn.append(log_turn)
         self.runtime.on_refused.append(lambda r: metrics.REFUSED.labels(r.reason).inc())

@@ -95,6 +95,7 @@ class Settings(BaseSettings):
     devino_timeout: float | None = Field(default=None, gt=0)
     devino_attempts: int = Field(default=4, ge=1, le=20)
     receipt_grace: float = Field(default=10.0, ge=0)
+    timer_lease: float = Field(default=60.0, gt=0)
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
