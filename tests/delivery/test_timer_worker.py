@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +23,7 @@ from botkit.delivery._timers import TimerConfig, TimerWorker
 from botkit.storage import RedisStore
 from botkit.testing import LiveBot
 from tests.delivery.conftest import StoreMaker
+from tests.storage._redis_server import RedisServer
 
 FAST = TimerConfig(poll=0.02, lease=2.0)
 
@@ -199,3 +201,27 @@ async def test_a_flow_timeout_fires_over_http_with_no_further_message(
         assert texts == ["which size?", "which address?", "your unfinished order was dropped"]
         conversation = await store.load("79031234567")
         assert conversation.state is None and conversation.timers == {}
+
+
+async def test_a_timer_due_while_redis_is_down_fires_after_it_returns(tmp_path: Path) -> None:
+    from bots.reminder import bot as reminder
+
+    server = RedisServer(tmp_path)
+    server.start()
+    clock = ManualClock()
+    try:
+        store = RedisStore(server.url, bot="reminder", prefix="outage", clock=clock)
+        async with LiveBot(reminder, store=store, clock=clock) as live:
+            await live.say("79031234567", "remind me in 60 seconds stretch")
+            await live.replies(1)
+            server.kill()
+            clock.advance(120)  # due while Redis is down
+            await until(lambda: not server.answers())
+            server.start()
+            replies = await live.replies(2, within=30)
+            assert [r.message.text for r in replies] == [
+                "ok, I will remind you in 60 seconds",
+                "reminder: stretch",
+            ]
+    finally:
+        server.close()
