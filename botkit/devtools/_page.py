@@ -488,6 +488,10 @@ def routes(server: DevServer) -> list[BaseRoute]:
                     "closesAt": window.closes_at(stored.last_inbound),
                     "length": window.length,
                 },
+                "timers": [
+                    {"name": t.name, "due": t.due, "data": t.data}
+                    for t in sorted(stored.timers.values(), key=lambda t: t.due)
+                ],
                 "now": now,
                 "clockOffset": server.clock.offset,
             }

@@ -508,3 +508,23 @@ async def test_dev_mode_downloads_media_a_developer_serves_on_this_machine() -> 
         await server.emulator.wait_for_messages(1)
     assert answer.json()["webhookStatus"] == 200
     assert got == [photo]  # `botkit run` would refuse this loopback address
+
+
+async def test_the_page_shows_pending_timers_and_a_clock_jump_fires_them() -> None:
+    from bots import reminder
+
+    port = free_port()
+    server = create_dev_app(reminder.bot, port=port)
+    async with (
+        serve_app(server.app, port=port),
+        httpx.AsyncClient(base_url=server.base_url, timeout=10) as http,
+    ):
+        await http.post("/_dev/api/send", json={"user": USER, "text": "remind me in 5 minutes tea"})
+        await server.emulator.wait_for_messages(1)
+        pending = (await http.get(f"/_dev/api/conversation/{USER}")).json()["timers"]
+        assert [(t["name"], t["data"]) for t in pending] == [("reminder-1", "tea")]
+
+        await http.post("/_dev/api/clock", json={"hours": 0.1})
+        [_, reminder_sent] = await server.emulator.wait_for_messages(2)
+        assert reminder_sent.received["text"] == "reminder: tea"
+        assert (await http.get(f"/_dev/api/conversation/{USER}")).json()["timers"] == []

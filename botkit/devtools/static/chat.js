@@ -479,6 +479,18 @@
         (fallback ? "template " + fallback.id : "a template (the bot has no default_template)"));
     }
     if (c.lastInbound) box.append(el("div", { class: "muted small", text: "Last message from the user: " + dateTime(c.lastInbound) }));
+    renderTimers(c);
+  }
+
+  function renderTimers(c) {
+    const timers = c.timers || [];
+    if (!timers.length) return;
+    const list = el("ul", { class: "timers small" });
+    for (const t of timers) {
+      const left = t.due > c.now ? "in " + duration(t.due - c.now) : "due now";
+      list.append(el("li", { class: "timer", text: t.name + " at " + dateTime(t.due) + " (" + left + ")" }));
+    }
+    $("window").append(el("div", { class: "muted small", text: "Pending timers (a clock jump fires them):" }), list);
   }
 
   // -- actions -------------------------------------------------------------------------
