@@ -157,6 +157,10 @@ class OutboxWorker:
         # Read, but an earlier message to the same user has no answer yet.
         self._waiting: list[OutboxItem] = []
         self._waiting_since: dict[str, float] = {}
+        # A read or claim failed: what it took (its answer lost) may be ours now.
+        self._reread = False
+        # Sent, but the acknowledgement failed for good: never re-read and resent.
+        self._sent_unacked: set[str] = set()
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -234,20 +238,45 @@ class OutboxWorker:
             metrics.OUTBOX_SIZE.set(await self.store.outbox_size())
 
     async def _next_batch(self) -> list[OutboxItem]:
-        """Messages still waiting for earlier ones, then claimed or new ones, in outbox order."""
+        """Messages still waiting for earlier ones, then claimed or new ones, in outbox order.
+
+        When a read fails, the entries it took may be this sender's without
+        it knowing (the reply was lost with the connection): the next round
+        takes them back (:meth:`ConversationStore.outbox_unacked`) instead of
+        leaving them, and every later reply to their users, to a claim.
+        """
         waiting, self._waiting = self._waiting, []
-        size = self.config.batch_size - len(waiting)
-        if size <= 0:
-            return waiting
-        claimed = await self._claim(size)
-        if claimed:
-            return sorted([*waiting, *claimed], key=_outbox_order)
-        block = 0.0 if self._draining.is_set() or waiting else self.config.block
-        items = await self.store.outbox_read(self.consumer, size, block)
-        if items and len(items) < size and self.config.linger > 0:
-            await asyncio.sleep(self.config.linger)
-            items += await self.store.outbox_read(self.consumer, size - len(items), 0)
+        try:
+            if self._reread:
+                waiting = await self._take_back(waiting)
+            size = self.config.batch_size - len(waiting)
+            if size <= 0:
+                return waiting
+            claimed = await self._claim(size)
+            if claimed:
+                return sorted([*waiting, *claimed], key=_outbox_order)
+            block = 0.0 if self._draining.is_set() or waiting else self.config.block
+            items = await self.store.outbox_read(self.consumer, size, block)
+            if items and len(items) < size and self.config.linger > 0:
+                await asyncio.sleep(self.config.linger)
+                items += await self.store.outbox_read(self.consumer, size - len(items), 0)
+        except BaseException:
+            self._waiting = waiting
+            self._reread = True
+            raise
         return [*waiting, *items]
+
+    async def _take_back(self, waiting: list[OutboxItem]) -> list[OutboxItem]:
+        """``waiting`` plus the entries this sender read without hearing of them."""
+        held = {item.id for item in waiting} | self._sent_unacked
+        room = self.config.batch_size - len(waiting)
+        found = await self.store.outbox_unacked(self.consumer, room + len(held))
+        again = [item for item in found if item.id not in held][:room]
+        if again:
+            log.warning("took back %d outbox entries a failed read had taken", len(again))
+        # All of them fitted, or another round takes the rest.
+        self._reread = len(found) >= room + len(held)
+        return sorted([*waiting, *again], key=_outbox_order)
 
     async def _in_order(self, items: list[OutboxItem]) -> list[OutboxItem]:
         """The items that may go now; the others wait for the messages before them.
@@ -345,6 +374,7 @@ class OutboxWorker:
                     log.error(
                         "could not acknowledge %d sent messages; they may be sent again", len(ids)
                     )
+                    self._sent_unacked.update(ids)
                     raise
                 await asyncio.sleep(self._backoff(failures))
 

@@ -246,6 +246,15 @@ class ConversationStore(ABC):
         """Take up to ``count`` new entries for ``consumer``, waiting up to ``block`` seconds."""
 
     @abstractmethod
+    async def outbox_unacked(self, consumer: str, count: int) -> list[OutboxItem]:
+        """Up to ``count`` entries already read by ``consumer`` and not acknowledged.
+
+        After a read whose answer was lost (the connection died with the reply
+        on its way), the entries it took are this consumer's and nobody
+        else's: this gives them back now rather than after a claim.
+        """
+
+    @abstractmethod
     async def outbox_claim(self, consumer: str, min_idle: float, count: int) -> list[OutboxItem]:
         """Take over entries another consumer read but did not acknowledge for ``min_idle`` s."""
 

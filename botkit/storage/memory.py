@@ -199,6 +199,14 @@ class MemoryStore(ConversationStore):
                 held.append(entry_id)
         return held
 
+    async def outbox_unacked(self, consumer: str, count: int) -> list[OutboxItem]:
+        """Entries ``consumer`` read and did not acknowledge, oldest first."""
+        return [
+            OutboxItem(entry_id, pending.message, pending.deliveries)
+            for entry_id, pending in self._pending.items()
+            if pending.consumer == consumer
+        ][:count]
+
     async def outbox_claim(self, consumer: str, min_idle: float, count: int) -> list[OutboxItem]:
         """Take over entries left unacknowledged for ``min_idle`` seconds."""
         now = time.monotonic()

@@ -165,3 +165,51 @@ async def test_messages_read_before_a_failed_order_check_go_out_next_round() -> 
         finally:
             await sender.stop(flush=1)
             await client.aclose()
+
+
+class LostReadStore(MemoryStore):
+    """A store whose first outbox read takes the entries but loses its answer.
+
+    That is what a Redis crash between writing a read (its pending entries)
+    and sending the reply looks like to the sender.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost = 1
+
+    async def outbox_read(self, consumer: str, count: int, block: float) -> list[OutboxItem]:
+        items = await super().outbox_read(consumer, count, block)
+        if items and self.lost:
+            self.lost -= 1
+            raise StorageUnavailable("the connection died with the reply on its way")
+        return items
+
+
+async def test_entries_a_failed_read_took_go_out_next_round_once_and_in_order() -> None:
+    store = LostReadStore()
+    emulator = Emulator(api_key="k")
+    async with emulator.serve() as provider:
+        client = DevinoClient(provider, api_key="k")
+        # A long claim_idle: only taking its own entries back sends them soon.
+        config = SenderConfig(block=0.05, linger=0.0, retry_base=0.05, claim_idle=600)
+        signer = CallbackSigner("order-test-secret-0123")
+        sender = Sender(store, client, sender_name="Order", signer=signer, config=config)
+        lease = await store.begin_turn(USER, "m:1")
+        replies = [OutboundMessage(user=USER, mode=SendMode.TEXT, text=t) for t in ("1", "2")]
+        await store.commit_turn(lease, None, replies)
+        sender.start()
+        try:
+            await emulator.wait_for_messages(2, within=5)
+            assert store.lost == 0
+            lease = await store.begin_turn(USER, "m:2")
+            third = OutboundMessage(user=USER, mode=SendMode.TEXT, text="3")
+            await store.commit_turn(lease, None, [third])
+            await emulator.wait_for_messages(3, within=5)
+            assert [m.received["text"] for m in emulator.messages] == ["1", "2", "3"]
+            async with asyncio.timeout(5):  # acknowledged right after the provider answered
+                while await store.outbox_size():  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+        finally:
+            await sender.stop(flush=1)
+            await client.aclose()

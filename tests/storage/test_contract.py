@@ -313,6 +313,22 @@ async def test_receipts_name_the_provider_id_and_the_statuses_seen(
     assert await store.receipts([]) == []
 
 
+async def test_a_consumer_gets_back_what_it_read_and_did_not_acknowledge(
+    store: ConversationStore,
+) -> None:
+    user = new_user()
+    await store.enqueue([text(user, "a"), text(user, "b"), text(user, "c")])
+    read = await store.outbox_read("reader", 2, 0.05)  # as if this answer were lost
+    assert [i.message.text for i in read] == ["a", "b"]
+    assert await store.outbox_unacked("someone-else", 10) == []
+    again = await store.outbox_unacked("reader", 10)
+    assert [(i.id, i.message.text) for i in again] == [(i.id, i.message.text) for i in read]
+    assert [i.message.text for i in await store.outbox_unacked("reader", 1)] == ["a"]
+    await store.outbox_ack([read[0].id])
+    assert [i.message.text for i in await store.outbox_unacked("reader", 10)] == ["b"]
+    assert [i.message.text for i in await store.outbox_read("reader", 10, 0.05)] == ["c"]
+
+
 async def test_delayed_messages_wait_for_their_time(store: ConversationStore) -> None:
     user = new_user()
     at = time.time() + 3600

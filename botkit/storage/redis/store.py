@@ -477,17 +477,7 @@ class RedisStore(ConversationStore):
                     if not str(exc).startswith("NOGROUP") or attempt:
                         raise
             await self._ensure_group()  # the server lost it (restart without data)
-        items = [
-            OutboxItem(
-                f"{streams[stream]}:{entry_id}",
-                OutboundMessage.from_json(fields["m"]),
-                1,
-                _seq(fields.get("s")),
-            )
-            for stream, entries in _streams(found)
-            for entry_id, fields in entries
-            if fields and "m" in fields
-        ]
+        items = _items(streams, found)
         if len(items) > count:
             items.sort(key=_entry_order)
             self._carried[consumer] = items[count:]
@@ -499,6 +489,30 @@ class RedisStore(ConversationStore):
         self._queued_to.add(shard)
         if self._news is not None:
             self._news.set()
+
+    async def outbox_unacked(
+        self, consumer: str, count: int, *, shards: Sequence[int] | None = None
+    ) -> list[OutboxItem]:
+        """Entries delivered to ``consumer`` and not acknowledged (XREADGROUP from id 0).
+
+        From ``shards`` (default: all), oldest first, without those this store
+        already holds for the consumer's next read.
+        """
+        client = await self._ensure_open()
+        held = {item.id for item in self._carried.get(consumer, ())}
+        streams = {self._keys.outbox(shard): shard for shard in shards or self.outbox_shards()}
+        async with self._runner.guard("read unacknowledged outbox entries"):
+            try:
+                found = await done(
+                    client.xreadgroup(self.group, consumer, dict.fromkeys(streams, "0"), count)
+                )
+            except rerr.ResponseError as exc:
+                if not str(exc).startswith("NOGROUP"):
+                    raise
+                await self._ensure_group()  # the server lost it: nothing was pending
+                return []
+        items = [item for item in _items(streams, found) if item.id not in held]
+        return sorted(items, key=_entry_order)[:count]
 
     async def outbox_claim(
         self,
@@ -996,6 +1010,21 @@ def _streams(found: Any) -> list[tuple[str, list[Any]]]:
     if isinstance(found, dict):  # stream -> [entries]
         return [(stream, value[0] if value else []) for stream, value in found.items()]
     return [(stream, entries) for stream, entries in found]
+
+
+def _items(streams: dict[str, int], found: Any) -> list[OutboxItem]:
+    """The outbox items of an XREADGROUP answer over ``streams`` (stream key -> shard)."""
+    return [
+        OutboxItem(
+            f"{streams[stream]}:{entry_id}",
+            OutboundMessage.from_json(fields["m"]),
+            1,
+            _seq(fields.get("s")),
+        )
+        for stream, entries in _streams(found)
+        for entry_id, fields in entries
+        if fields and "m" in fields
+    ]
 
 
 def _entry_order(item: OutboxItem) -> tuple[int, int]:
