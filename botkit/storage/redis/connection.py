@@ -9,12 +9,14 @@ query parameter.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit
 
 import hiredis
 import redis.asyncio as aioredis
 from redis import exceptions as rerr
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
@@ -41,6 +43,16 @@ UNAVAILABLE_REPLIES = (
 
 # What redis-py's BlockingConnectionPool says when no connection freed up in time.
 _POOL_EXHAUSTED = "No connection available."
+
+# redis-py's names for a cluster that cannot serve a slot right now (its
+# messages lose the CLUSTERDOWN/TRYAGAIN/MASTERDOWN prefix the server sent).
+_CLUSTER_UNAVAILABLE = (
+    rerr.ClusterDownError,
+    rerr.TryAgainError,
+    rerr.MasterDownError,
+    rerr.SlotNotCoveredError,
+    rerr.RedisClusterException,
+)
 
 SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
 """The URL schemes :func:`build_client` knows."""
@@ -117,11 +129,7 @@ def sentinel_client(
     ``?sentinel_password=...`` when the sentinels need a password of their own.
     """
     parts = urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    sentinels: list[tuple[str, int]] = []
-    for node in netloc.split(","):
-        host, _, port = node.rpartition(":") if ":" in node else (node, "", "")
-        sentinels.append((host or node, int(port or 26379)))
+    sentinels = hosts(url, default_port=26379)
     path = [p for p in parts.path.split("/") if p]
     if not path:
         raise ValueError(
@@ -154,6 +162,107 @@ def sentinel_client(
             timeout=pool_timeout,
         ),
     )
+
+
+def hosts(url: str, *, default_port: int) -> list[tuple[str, int]]:
+    """The ``host[:port]`` list of a multi-host URL (``[v6]:port`` too), after any credentials."""
+    netloc = urlsplit(url).netloc.rsplit("@", 1)[-1]
+    found: list[tuple[str, int]] = []
+    for node in netloc.split(","):
+        if not node:
+            continue
+        if node.startswith("["):  # [::1]:7000
+            host, _, rest = node[1:].partition("]")
+            port = rest.lstrip(":")
+        else:
+            host, _, port = node.partition(":")
+        try:
+            found.append((host or "127.0.0.1", int(port) if port else default_port))
+        except ValueError:
+            raise ValueError(f"the Redis URL names a host with a bad port: {node!r}") from None
+    if not found:
+        raise ValueError("the Redis URL names no host: give at least one host[:port]")
+    return found
+
+
+def cluster_client(url: str, options: dict[str, Any]) -> RedisCluster:
+    """A Redis Cluster client from ``redis+cluster://[[user]:pass@]h1[:p][,h2[:p]...]``.
+
+    Any reachable node finds the others. ``rediss+cluster://`` speaks TLS
+    (``?ssl_ca_certs=...``, ``ssl_certfile``, ``ssl_keyfile``,
+    ``ssl_cert_reqs=none|optional|required``); ``?username=``/``?password=``
+    may stand for the user part. Cluster has one database: no ``/db``.
+    ``options`` are the store's client options; ``max_connections`` bounds
+    each node's pool. MOVED, ASK and TRYAGAIN answers are followed by
+    redis-py; a node that fails makes the next command re-read the slots.
+    """
+    nodes = [ClusterNode(host, port) for host, port in hosts(url, default_port=6379)]
+    return RedisCluster(
+        startup_nodes=nodes, require_full_coverage=True, **_cluster_options(url, options)
+    )
+
+
+def node_client_factory(url: str, options: dict[str, Any]) -> Callable[[str, int], aioredis.Redis]:
+    """For a cluster URL: ``make(host, port)`` opens a client to that one node.
+
+    It carries the URL's credentials and TLS settings (for what must talk to
+    one node itself, like the sharded pub/sub listener).
+    """
+    kwargs = _cluster_options(url, options)
+    kwargs.pop("max_connections", None)
+
+    def make(host: str, port: int) -> aioredis.Redis:
+        return aioredis.Redis(host=host, port=port, **kwargs)
+
+    return make
+
+
+def _cluster_options(url: str, options: dict[str, Any]) -> dict[str, Any]:
+    """redis-py keyword arguments for the nodes of a ``redis+cluster://`` URL."""
+    parts = urlsplit(url)
+    path = [p for p in parts.path.split("/") if p]
+    if path not in ([], ["0"]):
+        raise ValueError(
+            "Redis Cluster has only database 0: drop the /<db> from the "
+            f"{parts.scheme}:// URL ({mask(url)})"
+        )
+    query = dict(parse_qsl(parts.query))
+    unknown = sorted(set(query) - _CLUSTER_QUERY)
+    if unknown:
+        raise ValueError(
+            f"unknown {parts.scheme}:// URL parameter(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(_CLUSTER_QUERY))}"
+        )
+    kwargs: dict[str, Any] = {
+        name: options[name]
+        for name in (
+            "decode_responses",
+            "socket_timeout",
+            "socket_connect_timeout",
+            "socket_keepalive",
+            "retry",
+            "max_connections",
+        )
+        if name in options
+    }
+    username = unquote(parts.username) if parts.username else query.get("username")
+    password = unquote(parts.password) if parts.password is not None else query.get("password")
+    if username:
+        kwargs["username"] = username
+    if password is not None:
+        kwargs["password"] = password
+    if parts.scheme == "rediss+cluster":
+        kwargs["ssl"] = True
+        for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs"):
+            if name in query:
+                kwargs[name] = query[name]
+    return kwargs
+
+
+_CLUSTER_QUERY = frozenset(
+    ("username", "password", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
+)
+"""The query parameters a ``redis+cluster://`` URL may carry."""
 
 
 def mask(url: str) -> str:
@@ -189,6 +298,11 @@ def named_error(url: str, prefix: str, doing: str, exc: BaseException) -> Storag
             f"could not {doing}: Redis at {mask(url)} did not answer ({exc}). "
             "Check that it runs and that BOTKIT_REDIS_URL points at it; the "
             "operation was not applied, or applied whole (scripts are atomic)"
+        )
+    if isinstance(exc, _CLUSTER_UNAVAILABLE):
+        return StorageUnavailable(
+            f"could not {doing}: the Redis Cluster at {mask(url)} is failing over or "
+            f"resharding ({type(exc).__name__}: {exc}); it was not changed. Try again shortly"
         )
     if isinstance(exc, rerr.ResponseError):
         if str(exc).split(" ", 1)[0] in UNAVAILABLE_REPLIES or isinstance(exc, rerr.ReadOnlyError):

@@ -23,7 +23,8 @@ so the shards spread evenly over the 16,384 slots (:func:`shard_tags`).
     P:{T}:timers                  the shard's zset of users with a pending timer, scored by
                                   the earliest one's due time (or by the end of a claim);
                                   the timers themselves are in the user's conversation
-    P:unlock                      pub/sub channel: "<store instance> <user>" wake-ups
+    P:{T}:unlock                  the shard's wake-up channel (SPUBLISH, sharded pub/sub):
+                                  "<store instance> <user>" when a user's lock is let go
 
 A message being handled is "in progress" while its turn holds the lock (the
 lock names the dedupe key); once committed its key joins ``seen``.
@@ -72,7 +73,7 @@ def shard_of(user: str, shards: int) -> int:
 class Keys:
     """Key names of one bot under one prefix, over ``shards`` shards."""
 
-    __slots__ = ("base", "channel", "meta", "shards", "tags")
+    __slots__ = ("base", "meta", "shards", "tags")
 
     def __init__(self, prefix: str, bot: str, shards: int = DEFAULT_SHARDS) -> None:
         for name, value in (("prefix", prefix), ("bot", bot)):
@@ -83,7 +84,6 @@ class Keys:
                 )
         self.base = f"{prefix}:{bot}"
         self.meta = f"{self.base}:meta"
-        self.channel = f"{self.base}:unlock"
         self.shards = shards
         self.tags = shard_tags(shards)
 
@@ -123,6 +123,14 @@ class Keys:
     def outbox(self, shard: int) -> str:
         """The shard's outbox stream."""
         return f"{self.base}:{{{self.tags[shard]}}}:outbox"
+
+    def unlock(self, shard: int) -> str:
+        """The shard's wake-up channel (a shard channel: SPUBLISH / SSUBSCRIBE)."""
+        return f"{self.base}:{{{self.tags[shard]}}}:unlock"
+
+    def user_unlock(self, user: str) -> str:
+        """The wake-up channel of the user's shard."""
+        return self.unlock(self.shard(user))
 
     def delayed(self, shard: int) -> str:
         """The shard's delayed messages."""

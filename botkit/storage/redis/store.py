@@ -201,7 +201,10 @@ class RedisStore(ConversationStore):
                 await self._ensure_group()
             self._opened = True
         listener = self._listener = UnlockListener(
-            client, self._keys.channel, self._on_unlock, self._waiters.wake_all
+            client,
+            [self._keys.unlock(shard) for shard in self.outbox_shards()],
+            self._on_unlock,
+            self._waiters.wake_all,
         )
         listener.start()
         # Best effort: a wake-up missed before the subscription only costs latency.
@@ -305,7 +308,7 @@ class RedisStore(ConversationStore):
             lease.token,
             conversation_ttl,
             self._done_ttl_ms,
-            self._keys.channel,
+            self._keys.user_unlock(lease.user),
             f"{self._instance} {lease.user}",
             lease.key or "",
             self.config.seen_per_user,
@@ -335,7 +338,7 @@ class RedisStore(ConversationStore):
     async def abort_turn(self, lease: TurnLease) -> None:
         """Unlock (its message is no longer in progress), if the lock is still the lease's."""
         _, lock, waiting, _ = self._keys.turn(lease.user)
-        args = [lease.token, self._keys.channel, f"{self._instance} {lease.user}"]
+        args = [lease.token, self._keys.user_unlock(lease.user), f"{self._instance} {lease.user}"]
         async with self._runner.guard("abort a turn"):
             released = await self._runner.run(scripts.ABORT, [lock, waiting], args)
         if released:
@@ -902,7 +905,7 @@ class RedisStore(ConversationStore):
 
     async def _forget(self, user: str, key: str | None, token: str) -> None:
         _, lock, waiting, _ = self._keys.turn(user)
-        args = [token, self._keys.channel, f"{self._instance} {user}"]
+        args = [token, self._keys.user_unlock(user), f"{self._instance} {user}"]
         try:
             async with self._runner.guard("release a lock after a failed begin"):
                 await self._runner.run(scripts.ABORT, [lock, waiting], args)

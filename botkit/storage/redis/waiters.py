@@ -15,13 +15,16 @@ import asyncio
 import logging
 import random
 import time
+from asyncio import FIRST_COMPLETED
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import TypeVar
 
 import redis.asyncio as aioredis
+from redis.crc import key_slot
+from redis.exceptions import RedisError
 
 from botkit.storage.base import StorageUnavailable
 
@@ -33,6 +36,8 @@ _BACKOFF_MIN, _BACKOFF_MAX = 0.05, 2.0
 _PUBSUB_PING_EVERY = 5.0
 # ... and reconnects when it heard nothing (not even the pong) for this long.
 _PUBSUB_SILENCE = 15.0
+# The longest a follower waits for a message before it looks at its stop flag.
+_READ_TIMEOUT = 1.0
 
 T = TypeVar("T")
 
@@ -146,77 +151,204 @@ class Waiters:
 
 
 class UnlockListener:
-    """Follows the unlock channel while the store is open, reconnecting with backoff.
+    """Follows the unlock channels (sharded pub/sub) while the store is open.
 
-    ``on_payload`` gets each published wake-up; after every (re)subscription
-    ``on_subscribe`` runs, since wake-ups may have been missed meanwhile.
+    The scripts announce a released lock with ``SPUBLISH`` on a shard channel;
+    this follows every channel in ``channels`` with ``SSUBSCRIBE``. On
+    standalone Redis and Sentinel all go over one connection of ``client``.
+    On Redis Cluster (``client=None``) each channel is followed on the primary
+    that serves its slot, one connection per primary: ``node_client(host,
+    port)`` opens them, and the slots are read (``CLUSTER SLOTS``) from the
+    primaries known so far or the ``seeds``. ``on_payload`` gets each wake-up.
+
+    When any connection fails, goes silent, or the server drops a
+    subscription (its slot moved: a failover or a reshard), every
+    subscription is made again from a fresh view of the slots, with backoff;
+    after each complete (re)subscription ``on_subscribe`` runs, since wake-ups
+    may have been missed meanwhile.
     """
 
     def __init__(
         self,
-        client: aioredis.Redis,
-        channel: str,
+        client: aioredis.Redis | None,
+        channels: Sequence[str],
         on_payload: Callable[[str], None],
         on_subscribe: Callable[[], None],
+        *,
+        seeds: Sequence[tuple[str, int]] = (),
+        node_client: Callable[[str, int], aioredis.Redis] | None = None,
     ) -> None:
+        if client is None and (not seeds or node_client is None):
+            raise ValueError(
+                "on Redis Cluster (client=None) the listener needs seeds and node_client"
+            )
         self._client = client
-        self._channel = channel
+        self._channels = list(channels)
         self._on_payload = on_payload
         self._on_subscribe = on_subscribe
+        self._seeds = [(str(host), int(port)) for host, port in seeds]
+        self._node_client = node_client
+        self._nodes: dict[tuple[str, int], aioredis.Redis] = {}
+        self._primaries: list[tuple[str, int]] = []
         self.subscribed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        """Start following the channel in a task of its own."""
+        """Start following the channels in a task of its own."""
         self._task = asyncio.create_task(self._listen(), name="botkit-redis-unlock-listener")
 
     async def stop(self) -> None:
-        """Stop following (idempotent)."""
+        """Stop following and close the per-node connections (idempotent)."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             with suppress(BaseException):
                 await task
+        nodes, self._nodes = self._nodes, {}
+        for node in nodes.values():
+            with suppress(Exception):
+                await node.aclose()
+
+    def _node(self, address: tuple[str, int]) -> aioredis.Redis:
+        node = self._nodes.get(address)
+        if node is None:
+            assert self._node_client is not None
+            node = self._nodes[address] = self._node_client(*address)
+        return node
+
+    async def _slots(self) -> list[tuple[int, int, tuple[str, int]]]:
+        """(first slot, last slot, primary address) from the first node that answers."""
+        for address in dict.fromkeys([*self._primaries, *self._seeds]):
+            try:
+                answer = await self._node(address).execute_command(  # type: ignore[no-untyped-call]
+                    "CLUSTER SLOTS"
+                )
+            except (RedisError, OSError):
+                continue
+            # Each range: [start, end, [host, port, id, ...], replicas...]; an
+            # empty host means "the address you reached me at".
+            return [
+                (int(start), int(end), (str(primary[0]) or address[0], int(primary[1])))
+                for start, end, primary, *_ in answer
+            ]
+        raise StorageUnavailable("no Redis Cluster node answered CLUSTER SLOTS")
+
+    async def _groups(self) -> list[tuple[aioredis.Redis, list[str]]]:
+        """Which connection follows which channels: one per primary that serves some."""
+        if self._client is not None:
+            return [(self._client, self._channels)]
+        ranges = await self._slots()
+        self._primaries = list(dict.fromkeys(owner for _, _, owner in ranges))
+        owned: dict[tuple[str, int], list[str]] = {}
+        for channel in self._channels:
+            slot = key_slot(channel.encode())
+            owner = next((o for start, end, o in ranges if start <= slot <= end), None)
+            if owner is None:
+                raise StorageUnavailable(f"no Redis Cluster node serves slot {slot} right now")
+            owned.setdefault(owner, []).append(channel)
+        return [(self._node(address), channels) for address, channels in owned.items()]
 
     async def _listen(self) -> None:
         backoff = _BACKOFF_MIN
         lost_at: float | None = None  # an outage is a line at its start and one at its end
         while True:
-            # Every reply counts as a sign of life (the pong too, whatever shape
-            # redis-py gives it), so no reply is filtered out here.
-            pubsub = self._client.pubsub(ignore_subscribe_messages=False)
+            followers: list[asyncio.Task[None]] = []
+            stop = asyncio.Event()
             try:
-                await pubsub.subscribe(self._channel)
-                self.subscribed.set()
-                if lost_at is not None:
-                    log.info("unlock channel back after %.1fs", time.monotonic() - lost_at)
-                    lost_at = None
-                backoff = _BACKOFF_MIN
-                self._on_subscribe()
-                heard = pinged = time.monotonic()
-                while True:
-                    message = await pubsub.get_message(timeout=_PUBSUB_PING_EVERY)
-                    now = time.monotonic()
-                    if message is not None:
-                        heard = now
-                        if message.get("type") == "message":
-                            self._on_payload(str(message["data"]))
-                    if now - heard > _PUBSUB_SILENCE:
-                        raise StorageUnavailable("the unlock channel went silent")
-                    if now - pinged >= _PUBSUB_PING_EVERY:
-                        pinged = now
-                        await pubsub.ping()
+                groups = await self._groups()
+                ready = _Countdown(len(groups))
+                followers = [
+                    asyncio.create_task(self._follow(node, channels, ready, stop))
+                    for node, channels in groups
+                ]
+                readiness = asyncio.create_task(ready.done.wait())
+                try:
+                    await asyncio.wait([*followers, readiness], return_when=FIRST_COMPLETED)
+                finally:
+                    readiness.cancel()
+                if ready.done.is_set():
+                    self.subscribed.set()
+                    if lost_at is not None:
+                        log.info("unlock channels back after %.1fs", time.monotonic() - lost_at)
+                        lost_at = None
+                    backoff = _BACKOFF_MIN
+                    self._on_subscribe()
+                    await asyncio.wait(followers, return_when=FIRST_COMPLETED)
+                for follower in followers:
+                    if follower.done():
+                        follower.result()  # raises what ended it
+                raise StorageUnavailable("an unlock channel follower stopped")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 if lost_at is None:
                     lost_at = time.monotonic()
-                    log.info("unlock channel lost (%s); reconnecting", exc)
+                    log.info("unlock channels lost (%s); resubscribing", exc)
                 else:
-                    log.debug("unlock channel still lost (%s); retrying in %.2fs", exc, backoff)
+                    log.debug("unlock channels still lost (%s); retrying in %.2fs", exc, backoff)
             finally:
                 self.subscribed.clear()
-                with suppress(BaseException):
-                    await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
+                # A cancel can be lost inside redis-py's read with a timeout: the
+                # followers also stop on the flag, at their next read timeout.
+                stop.set()
+                for follower in followers:
+                    follower.cancel()
+                if followers:
+                    await asyncio.wait(followers)
             await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, _BACKOFF_MAX)
+
+    async def _follow(
+        self, node: aioredis.Redis, channels: list[str], ready: _Countdown, stop: asyncio.Event
+    ) -> None:
+        """Subscribe ``channels`` on one connection, count down ``ready``, deliver wake-ups."""
+        # Every reply counts as a sign of life (the pong too, whatever shape
+        # redis-py gives it), so no reply is filtered out here.
+        pubsub = node.pubsub(ignore_subscribe_messages=False)
+        try:
+            for channel in channels:  # one slot per SSUBSCRIBE on a cluster
+                await pubsub.ssubscribe(channel)
+            confirmed = 0
+            heard = pinged = time.monotonic()
+            while not stop.is_set():
+                message = await pubsub.get_message(timeout=min(_READ_TIMEOUT, _PUBSUB_PING_EVERY))
+                now = time.monotonic()
+                if message is not None:
+                    heard = now
+                    kind = message.get("type")
+                    if kind == "smessage":
+                        self._on_payload(str(message["data"]))
+                    elif kind == "ssubscribe":
+                        confirmed += 1
+                        if confirmed == len(channels):
+                            ready.count_down()
+                    elif kind == "sunsubscribe":
+                        raise StorageUnavailable(
+                            f"the server dropped the subscription to {message.get('channel')} "
+                            "(its slot moved)"
+                        )
+                if now - heard > _PUBSUB_SILENCE:
+                    raise StorageUnavailable("an unlock channel went silent")
+                if now - pinged >= _PUBSUB_PING_EVERY:
+                    pinged = now
+                    await pubsub.ping()
+        finally:
+            with suppress(BaseException):
+                await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
+
+
+class _Countdown:
+    """``done`` is set once ``count_down()`` was called ``count`` times."""
+
+    __slots__ = ("done", "left")
+
+    def __init__(self, count: int) -> None:
+        self.left = count
+        self.done = asyncio.Event()
+        if count <= 0:
+            self.done.set()
+
+    def count_down(self) -> None:
+        self.left -= 1
+        if self.left <= 0:
+            self.done.set()

@@ -1,7 +1,7 @@
 -- COMMIT: check the lock, save, remember the message as handled, queue the replies, unlock.
 -- KEYS: conv, lock, waiting, seen, the shard's outbox stream, its delayed zset, order hash,
 --       the shard's timers zset
--- ARGV: 1 token, 2 conversation_ttl_ms, 3 done_ttl_ms, 4 unlock channel,
+-- ARGV: 1 token, 2 conversation_ttl_ms, 3 done_ttl_ms, 4 the shard's unlock channel (SPUBLISH),
 --       5 wake-up payload, 6 dedupe key or "", 7 dedupe keys kept per user,
 --       8 nset, 9 ndel, 10 nout, 11 the user's next timer ("" unchanged,
 --       "-" none, else its due time), 12 the user, then nset field/value pairs to set in the
@@ -33,5 +33,5 @@ if ARGV[6] ~= '' then
 end
 append(stream, delayed, order, ARGV[2], i, i + 2 * nout - 1)
 -- The lock is there (checked above): 2 deleted means a turn was waiting.
-if redis.call('DEL', lock, waiting) == 2 then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+if redis.call('DEL', lock, waiting) == 2 then redis.call('SPUBLISH', ARGV[4], ARGV[5]) end
 return 1
