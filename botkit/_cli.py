@@ -220,6 +220,8 @@ def _store_layout_problem(bot: Bot, settings: Any) -> str | None:
 def _store_migrate(args: argparse.Namespace) -> int:
     import asyncio
 
+    from redis.asyncio.cluster import RedisCluster
+
     from botkit.service._settings import SettingsError, load_settings
     from botkit.storage.base import StorageError
     from botkit.storage.redis import connection
@@ -239,6 +241,9 @@ def _store_migrate(args: argparse.Namespace) -> int:
         client = connection.build_client(
             url, socket_timeout=30.0, connect_timeout=5.0, max_connections=4
         )
+        if isinstance(client, RedisCluster):
+            await client.aclose()
+            return "nothing to migrate: botkit's earlier layout never ran on Redis Cluster"
         try:
             keys = Keys(settings.key_prefix, bot.name, args.shards or DEFAULT_SHARDS)
             meta: dict[str, str] = await client.hgetall(keys.meta)  # type: ignore[assignment]

@@ -41,13 +41,20 @@ from dataclasses import dataclass
 from botkit import _metrics as metrics
 from botkit._clock import Clock, SystemClock
 from botkit._outbound import OutboundMessage, SentRecord
+from botkit.delivery._shards import ShardOwnership
 from botkit.delivery._signing import CallbackSigner
 from botkit.delivery._status import furthest
 from botkit.devino.client import DevinoClient
 from botkit.devino.convert import to_outgoing
 from botkit.devino.errors import DevinoAuthError, DevinoError, DevinoTransportError, ReasonKey
 from botkit.devino.models import SendResult
-from botkit.storage.base import ConversationStore, OutboxItem, StorageError, StorageUnavailable
+from botkit.storage.base import (
+    ConversationStore,
+    OutboxItem,
+    ShardedOutbox,
+    StorageError,
+    StorageUnavailable,
+)
 from botkit.storage.outage import outage_log
 
 log = logging.getLogger("botkit.sender")
@@ -70,6 +77,9 @@ class SenderConfig:
     sent again. ``order_wait`` is the longest a message
     waits for the one before it to the same user (sent by another process)
     to be answered; after that it goes anyway, and a warning says so.
+    ``heartbeat_ttl``: with a sharded outbox (Redis), how long a sender
+    counts as live after its last heartbeat (it beats every third of it); the
+    shards of a sender that stopped beating move to the others after that.
     """
 
     batch_size: int = 100
@@ -81,6 +91,7 @@ class SenderConfig:
     receipt_grace: float = 10.0
     housekeeping_every: float = 1.0
     order_wait: float = 10.0
+    heartbeat_ttl: float = 6.0
 
 
 _REASON_KEYS = frozenset(ReasonKey)
@@ -161,6 +172,13 @@ class OutboxWorker:
         self._reread = False
         # Sent, but the acknowledgement failed for good: never re-read and resent.
         self._sent_unacked: set[str] = set()
+        # With a sharded outbox: the shards this sender reads (see _shards.py).
+        self._outbox = store if isinstance(store, ShardedOutbox) else None
+        self._ownership = (
+            None
+            if self._outbox is None
+            else ShardOwnership(self._outbox, self.consumer, ttl=self.config.heartbeat_ttl)
+        )
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -179,6 +197,8 @@ class OutboxWorker:
         """
         if self._task is None:
             return
+        if self._ownership is not None:
+            await self._ownership.leave()  # its shards move to the others at once
         self._drain_until = time.monotonic() + flush
         self._draining.set()
         try:
@@ -230,6 +250,11 @@ class OutboxWorker:
         if now - self._last_housekeeping < self.config.housekeeping_every:
             return
         self._last_housekeeping = now
+        if self._ownership is not None and not self._draining.is_set():
+            taken = await self._ownership.refresh(self.config.batch_size)
+            if taken:
+                log.warning("took over %d outbox entries of a sender that left", len(taken))
+                self._waiting = sorted([*self._waiting, *taken], key=_outbox_order)
         await self.store.outbox_release_due(self.clock.now())
         # A gauge: measuring every shard of a Redis outbox costs more than the
         # release above, so at most every 10 s (or housekeeping_every).
@@ -251,20 +276,32 @@ class OutboxWorker:
                 waiting = await self._take_back(waiting)
             size = self.config.batch_size - len(waiting)
             if size <= 0:
+                cap = self.config.batch_size
+                waiting, self._waiting = waiting[:cap], waiting[cap:]
                 return waiting
             claimed = await self._claim(size)
             if claimed:
                 return sorted([*waiting, *claimed], key=_outbox_order)
             block = 0.0 if self._draining.is_set() or waiting else self.config.block
-            items = await self.store.outbox_read(self.consumer, size, block)
+            items = await self._read(size, block)
             if items and len(items) < size and self.config.linger > 0:
                 await asyncio.sleep(self.config.linger)
-                items += await self.store.outbox_read(self.consumer, size - len(items), 0)
+                items += await self._read(size - len(items), 0)
         except BaseException:
             self._waiting = waiting
             self._reread = True
             raise
         return [*waiting, *items]
+
+    async def _read(self, count: int, block: float) -> list[OutboxItem]:
+        """New entries: from the shards this sender owns, or all (not sharded, or unknown)."""
+        owned = None if self._ownership is None else self._ownership.shards
+        if owned is None or self._outbox is None:
+            return await self.store.outbox_read(self.consumer, count, block)
+        if not owned:  # more senders than shards: this one has none for now
+            await self._pause(block)
+            return []
+        return await self._outbox.outbox_read(self.consumer, count, block, shards=owned)
 
     async def _take_back(self, waiting: list[OutboxItem]) -> list[OutboxItem]:
         """``waiting`` plus the entries this sender read without hearing of them."""

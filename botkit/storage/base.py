@@ -12,9 +12,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from botkit._errors import BotkitError
 from botkit._events import Timer
@@ -362,3 +362,48 @@ class ConversationStore(ABC):
         A sender asks before it sends an entry again that may have reached
         the provider already (claimed from a dead sender, or unanswered).
         """
+
+
+@runtime_checkable
+class ShardedOutbox(Protocol):
+    """An outbox split into shards that several senders share out (the Redis store).
+
+    Senders announce themselves with :meth:`senders_heartbeat` and read the
+    shards they own (see ``botkit.delivery``'s shard ownership).
+    """
+
+    def outbox_shards(self) -> Sequence[int]:
+        """The shards' numbers."""
+        ...
+
+    async def senders_heartbeat(self, consumer: str, ttl: float) -> list[str]:
+        """Announce ``consumer`` as a live sender for ``ttl`` s; return every live sender."""
+        ...
+
+    async def senders_leave(self, consumer: str) -> None:
+        """Take ``consumer`` out of the live senders at once."""
+        ...
+
+    async def outbox_read(
+        self,
+        consumer: str,
+        count: int,
+        block: float,
+        *,
+        shards: Sequence[int] | None = None,
+    ) -> list[OutboxItem]:
+        """Like :meth:`ConversationStore.outbox_read`, from ``shards`` only when given."""
+        ...
+
+    async def outbox_take_over(
+        self,
+        consumer: str,
+        live: Collection[str],
+        count: int,
+        *,
+        shards: Sequence[int],
+        min_idle: float,
+    ) -> list[OutboxItem]:
+        """Take up to ``count`` entries of ``shards`` that senders not in ``live`` read and
+        did not acknowledge, idle for ``min_idle`` s at least, now (not after a claim)."""
+        ...

@@ -1,7 +1,9 @@
 """A sender that dies between reading its outbox entries and sending them.
 
-Another instance claims what the dead one left pending: every reply is
-delivered, and none twice, because the dead one never reached the provider.
+Another instance takes what the dead one left pending: by a claim after
+``claim_idle``, or at once as the new owner of its shards when its heartbeat
+expires. Every reply is delivered, and none twice, because the dead one never
+reached the provider.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import signal
 import sys
 import uuid
 from pathlib import Path
+
+import pytest
 
 from botkit._outbound import OutboundMessage, SendMode
 from botkit.delivery._sender import OutboxWorker, SenderConfig
@@ -30,7 +34,18 @@ async def _never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
     writer.close()
 
 
-async def test_a_dead_senders_entries_are_claimed_and_sent_once() -> None:
+@pytest.mark.parametrize(
+    ("claim_idle", "heartbeat_ttl"),
+    [
+        pytest.param(0.5, 6.0, id="claimed-after-claim_idle"),
+        # No claim for 10 minutes: only the shard owner's take-over, once the
+        # dead sender's heartbeat expired, sends its entries this soon.
+        pytest.param(600.0, 1.0, id="taken-over-when-its-heartbeat-expires"),
+    ],
+)
+async def test_a_dead_senders_entries_are_claimed_and_sent_once(
+    claim_idle: float, heartbeat_ttl: float
+) -> None:
     url = require_redis()
     prefix = f"botkit-test-{uuid.uuid4().hex[:12]}"
     store = RedisStore(url, bot="claim", prefix=prefix, consumer="survivor")
@@ -56,6 +71,7 @@ async def test_a_dead_senders_entries_are_claimed_and_sent_once() -> None:
                 url,
                 prefix,
                 f"http://127.0.0.1:{hole_port}",
+                str(heartbeat_ttl),
             ],
             cwd=ROOT,
             stdout=asyncio.subprocess.PIPE,
@@ -77,7 +93,12 @@ async def test_a_dead_senders_entries_are_claimed_and_sent_once() -> None:
                 sender_name="Claim",
                 signer=CallbackSigner("claim-test-secret-0123456789abcdef0123"),
                 consumer="survivor",
-                config=SenderConfig(claim_idle=0.5, block=0.1),
+                config=SenderConfig(
+                    claim_idle=claim_idle,
+                    block=0.1,
+                    heartbeat_ttl=heartbeat_ttl,
+                    housekeeping_every=0.1,
+                ),
             )
             sender.start()
             try:

@@ -193,8 +193,8 @@ async def test_entries_a_failed_read_took_go_out_next_round_once_and_in_order() 
         client = DevinoClient(provider, api_key="k")
         # A long claim_idle: only taking its own entries back sends them soon.
         config = SenderConfig(block=0.05, linger=0.0, retry_base=0.05, claim_idle=600)
-        signer = CallbackSigner("order-test-secret-0123")
-        sender = Sender(store, client, sender_name="Order", signer=signer, config=config)
+        signer = CallbackSigner("order-test-secret-0123456789abcdef0123")
+        sender = OutboxWorker(store, client, sender_name="Order", signer=signer, config=config)
         lease = await store.begin_turn(USER, "m:1")
         replies = [OutboundMessage(user=USER, mode=SendMode.TEXT, text=t) for t in ("1", "2")]
         await store.commit_turn(lease, None, replies)

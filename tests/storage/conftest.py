@@ -28,8 +28,9 @@ StoreFactory = Callable[..., Awaitable[ConversationStore]]
 
 # "redis-resp3": the same server spoken to in RESP3 (``?protocol=3``), whose
 # replies the store must read as well as RESP2's (through redis-py's parser).
-# "redis-sentinel": a primary, a replica and three sentinels of the test's own.
-BACKENDS = ["memory", "redis", "redis-resp3", "redis-sentinel"]
+# "redis-sentinel": a primary, a replica and three sentinels of the test's own;
+# "redis-cluster": a local 6-node Redis Cluster (3 primaries, 3 replicas).
+BACKENDS = ["memory", "redis", "redis-resp3", "redis-sentinel", "redis-cluster"]
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +64,8 @@ async def store_factory(request: pytest.FixtureRequest) -> AsyncIterator[StoreFa
     url = ""
     if backend == "redis-sentinel":
         url = request.getfixturevalue("redis_sentinel").url
+    elif backend == "redis-cluster":
+        url = request.getfixturevalue("redis_cluster").url
     elif redis:
         url = require_redis()
     prefix = f"botkit-test-{uuid.uuid4().hex[:12]}"

@@ -54,8 +54,13 @@ _CLUSTER_UNAVAILABLE = (
     rerr.RedisClusterException,
 )
 
-SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
+SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "rediss+cluster")
 """The URL schemes :func:`build_client` knows."""
+
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+
+Client = aioredis.Redis | RedisCluster
+"""What the store talks to: one Redis (standalone or Sentinel's primary) or a cluster."""
 
 
 class HiredisConnection(aioredis.Connection):
@@ -75,13 +80,43 @@ class HiredisConnection(aioredis.Connection):
 
 def build_client(
     url: str, *, socket_timeout: float, connect_timeout: float, max_connections: int
-) -> aioredis.Redis:
+) -> Client:
     """A client for ``url`` with the store's timeouts, no silent retries and a bounded pool.
 
     At most ``max_connections`` connections are open; a command that finds
     them all busy waits up to ``socket_timeout`` for one
-    (:class:`~redis.asyncio.BlockingConnectionPool`).
+    (:class:`~redis.asyncio.BlockingConnectionPool`). On Redis Cluster the
+    bound is per node, and a command over it fails at once (redis-py's own
+    cluster pool).
     """
+    options = _options(socket_timeout, connect_timeout, max_connections)
+    scheme = urlsplit(url).scheme
+    if scheme == "redis+sentinel":
+        return sentinel_client(url, options, pool_timeout=socket_timeout)
+    if scheme in CLUSTER_SCHEMES:
+        return cluster_client(url, options)
+    if scheme not in SCHEMES:
+        raise ValueError(
+            f"unsupported Redis URL scheme {scheme!r}: use redis://, rediss://, unix://, "
+            "redis+sentinel:// or redis+cluster:// (rediss+cluster:// with TLS)"
+        )
+    if scheme == "redis":  # rediss:// and unix:// keep the URL's own connection class
+        options["connection_class"] = HiredisConnection
+    pool = aioredis.BlockingConnectionPool.from_url(url, timeout=socket_timeout, **options)
+    return aioredis.Redis(connection_pool=pool)
+
+
+def cluster_nodes(
+    url: str, *, socket_timeout: float, connect_timeout: float
+) -> tuple[list[tuple[str, int]], Callable[[str, int], aioredis.Redis]]:
+    """For a cluster URL: its seed nodes, and ``make(host, port)`` for a client of one node."""
+    return hosts(url, default_port=6379), node_client_factory(
+        url, _options(socket_timeout, connect_timeout, 1)
+    )
+
+
+def _options(socket_timeout: float, connect_timeout: float, max_connections: int) -> dict[str, Any]:
+    """The store's client options: timeouts, no silent retries, a bounded pool."""
     options: dict[str, Any] = {
         "decode_responses": True,
         "socket_timeout": socket_timeout,
@@ -98,19 +133,7 @@ def build_client(
         # restart) would fail the next batch for nothing. The store does not
         # use maintenance notifications (a managed-service feature).
         options["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
-    scheme = urlsplit(url).scheme
-    if scheme == "redis+sentinel":
-        return sentinel_client(url, options, pool_timeout=socket_timeout)
-    # redis+cluster:// and rediss+cluster:// (Redis Cluster) are dispatched here.
-    if scheme not in SCHEMES:
-        raise ValueError(
-            f"unsupported Redis URL scheme {scheme!r}: use redis://, rediss://, unix:// "
-            "or redis+sentinel:// (Redis Cluster is not supported yet)"
-        )
-    if scheme == "redis":  # rediss:// and unix:// keep the URL's own connection class
-        options["connection_class"] = HiredisConnection
-    pool = aioredis.BlockingConnectionPool.from_url(url, timeout=socket_timeout, **options)
-    return aioredis.Redis(connection_pool=pool)
+    return options
 
 
 class BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):

@@ -8,6 +8,8 @@ so the shards spread evenly over the 16,384 slots (:func:`shard_tags`).
 ``P`` = ``<prefix>:<bot>``, ``T`` = the shard's tag::
 
     P:meta                        hash: layout (2), shards (N)
+    P:senders                     zset: live senders (member: consumer name, score: the
+                                  heartbeat's expiry); a key of its own slot
     P:secret:<name>               a secret every process shares (no expiry)
     P:{T}:<user>:conv             hash: the conversation (see fields.py); sliding TTL
     P:{T}:<user>:lock             the turn lock: "<token> <dedupe key>", PX lock_ttl
@@ -73,7 +75,7 @@ def shard_of(user: str, shards: int) -> int:
 class Keys:
     """Key names of one bot under one prefix, over ``shards`` shards."""
 
-    __slots__ = ("base", "meta", "shards", "tags")
+    __slots__ = ("base", "meta", "senders", "shards", "tags")
 
     def __init__(self, prefix: str, bot: str, shards: int = DEFAULT_SHARDS) -> None:
         for name, value in (("prefix", prefix), ("bot", bot)):
@@ -84,6 +86,7 @@ class Keys:
                 )
         self.base = f"{prefix}:{bot}"
         self.meta = f"{self.base}:meta"
+        self.senders = f"{self.base}:senders"
         self.shards = shards
         self.tags = shard_tags(shards)
 

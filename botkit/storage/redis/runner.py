@@ -12,16 +12,18 @@ loading the script and calling it once more).
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections.abc import Awaitable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, cast
 
-import redis.asyncio as aioredis
 from redis import exceptions as rerr
+from redis.asyncio.cluster import RedisCluster
 
 from botkit.storage.base import StorageError, StorageUnavailable
-from botkit.storage.redis.connection import named_error
+from botkit.storage.redis.connection import Client, named_error
 from botkit.storage.redis.scripts import Script
 
 
@@ -52,11 +54,12 @@ class ScriptRunner:
     """
 
     def __init__(self, *, url: str, prefix: str, socket_timeout: float) -> None:
-        self.client: aioredis.Redis | None = None
+        self.client: Client | None = None
         self.url = url
         self.prefix = prefix
         self.socket_timeout = socket_timeout
         self._batch: list[_Call] = []
+        self._restarted_at = -math.inf
         self._background: set[asyncio.Task[Any]] = set()
 
     def guard(self, doing: str) -> Guard:
@@ -89,6 +92,30 @@ class ScriptRunner:
                 client.evalsha(script.sha, len(keys), *_encoded(keys), *_encoded(args))
             )
 
+    async def notice_lost_nodes(self, results: Sequence[Any] | BaseException) -> None:
+        """After a pipeline on Redis Cluster: if a node did not answer, start afresh.
+
+        redis-py's cluster pipeline keeps a node's connection failure in that
+        command's result (or raises it) without marking its slot map stale,
+        as a single command would: the calls for a failed-over primary's
+        slots would keep going to the dead node. Closing the client is what
+        redis-py's own pipeline retry does: the next command re-reads the
+        slots from the seed nodes. At most once per ``socket_timeout``.
+        """
+        client = self.client
+        if not isinstance(client, RedisCluster):
+            return
+        lost = (rerr.ConnectionError, rerr.TimeoutError, rerr.ClusterDownError)
+        if isinstance(results, BaseException):
+            failed = isinstance(results, lost)
+        else:
+            failed = any(isinstance(result, lost) for result in results)
+        now = time.monotonic()
+        if failed and now - self._restarted_at >= self.socket_timeout:
+            self._restarted_at = now
+            with suppress(Exception):
+                await client.aclose()
+
     async def close(self) -> None:
         """Stop the batches in flight (their callers get CancelledError)."""
         tasks = list(self._background)
@@ -111,12 +138,16 @@ class ScriptRunner:
             if client is None:
                 raise StorageUnavailable("the store is closed")
             try:
-                sent, results = await self._execute(client, batch, check=False)
+                # A cluster pipeline packs per node: one node's part may be sent
+                # before another's fails to pack, so there each call is checked first.
+                checked = isinstance(client, RedisCluster)
+                sent, results = await self._execute(client, batch, check=checked)
             except UnicodeEncodeError:
                 # Packing failed before anything was sent: find the calls whose
                 # text has no UTF-8 form (lone surrogates), fail them alone.
                 sent, results = await self._execute(client, batch, check=True)
         except BaseException as exc:
+            await self.notice_lost_nodes(exc)
             # The connection failed (or the store closed): no call of the batch
             # knows whether it ran, each is told so.
             for call in batch:
@@ -125,6 +156,7 @@ class ScriptRunner:
             if not isinstance(exc, Exception):
                 raise
             return
+        await self.notice_lost_nodes(results)
         for call, result in zip(sent, results, strict=True):
             if call.result.done():
                 continue
@@ -134,7 +166,7 @@ class ScriptRunner:
                 call.result.set_result(result)
 
     async def _execute(
-        self, client: aioredis.Redis, batch: list[_Call], *, check: bool
+        self, client: Client, batch: list[_Call], *, check: bool
     ) -> tuple[list[_Call], list[Any]]:
         """One pipeline of the batch's EVALSHA calls; with ``check``, unencodable calls left out."""
         sent: list[_Call] = []
@@ -152,7 +184,9 @@ class ScriptRunner:
                             )
                         )
                         continue
-                pipe.evalsha(call.script.sha, len(keys), *keys, *args)
+                # As a command: the cluster pipeline refuses its evalsha() method
+                # but routes the command by its first key like any other.
+                pipe.execute_command("EVALSHA", call.script.sha, len(keys), *keys, *args)
                 sent.append(call)
             results = await pipe.execute(raise_on_error=False) if sent else []
         return sent, results
@@ -176,5 +210,6 @@ class Guard:
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, _: Any
     ) -> None:
-        if isinstance(exc, rerr.RedisError):
+        if isinstance(exc, rerr.RedisError | rerr.RedisClusterException):
+            await self._runner.notice_lost_nodes(exc)
             raise self._runner.named_error(self._doing, exc) from exc

@@ -61,6 +61,7 @@ ENQUEUE = load("enqueue")
 RENEW = load("renew")
 ABORT = load("abort")
 CLAIM = load("claim")
+TAKE_OVER = load("take_over")
 RELEASE_DUE = load("release_due")
 UPDATE_SENT = load("update_sent")
 GET_SENT = load("get_sent")
@@ -76,6 +77,7 @@ ALL = (
     RENEW,
     ABORT,
     CLAIM,
+    TAKE_OVER,
     RELEASE_DUE,
     UPDATE_SENT,
     GET_SENT,

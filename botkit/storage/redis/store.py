@@ -19,13 +19,13 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Collection, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-import redis.asyncio as aioredis
 from redis import exceptions as rerr
+from redis.asyncio.cluster import RedisCluster
 
 from botkit._clock import Clock, SystemClock
 from botkit._outbound import OutboundMessage, SentRecord, new_ref
@@ -44,7 +44,7 @@ from botkit.storage.base import (
     UserBusy,
 )
 from botkit.storage.redis import scripts
-from botkit.storage.redis.connection import build_client, mask
+from botkit.storage.redis.connection import Client, build_client, cluster_nodes, mask
 from botkit.storage.redis.fields import (
     FIELDS,
     Stored,
@@ -66,6 +66,8 @@ _FULL_READ_EVERY = 0.5
 # Every shard's delayed set is looked at this often (seconds); in between, the
 # shards this store delayed messages to.
 _FULL_RELEASE_EVERY = 30.0
+# On Redis Cluster a read of several shards cannot block: it looks again this often.
+_CLUSTER_POLL = 0.1
 # How many delayed messages one RELEASE_DUE call moves (keeps each script short).
 _RELEASE_BATCH = 500
 
@@ -125,7 +127,7 @@ class RedisStore(ConversationStore):
         prefix: str = "botkit",
         config: StoreConfig | None = None,
         session_window: float = DAY,
-        client: aioredis.Redis | None = None,
+        client: Client | None = None,
         socket_timeout: float = 2.0,
         connect_timeout: float | None = None,
         max_connections: int = 50,
@@ -155,7 +157,7 @@ class RedisStore(ConversationStore):
         self._done_ttl_ms = _ms(self.config.done_ttl)
         self._sent_ttl_ms = _ms(self.config.sent_ttl)
         self._given_client = client
-        self._client: aioredis.Redis | None = client
+        self._client: Client | None = client
         self._instance = secrets.token_hex(6)
         self._waiters = Waiters()
         # Entries a read took beyond its count, per consumer, for its next read.
@@ -193,19 +195,29 @@ class RedisStore(ConversationStore):
                 )
             client = self._runner.client = self._client
             guard = self._runner.guard("open the store")
-            async with guard, client.pipeline(transaction=False) as pipe:
+            async with guard:
+                # One by one: on a cluster each goes to every primary.
                 for script in scripts.ALL:
-                    pipe.script_load(script.source)
-                await pipe.execute()
+                    await done(client.script_load(script.source))
                 await self._check_layout(client)
                 await self._ensure_group()
             self._opened = True
-        listener = self._listener = UnlockListener(
-            client,
-            [self._keys.unlock(shard) for shard in self.outbox_shards()],
-            self._on_unlock,
-            self._waiters.wake_all,
-        )
+        channels = [self._keys.unlock(shard) for shard in self.outbox_shards()]
+        if isinstance(client, RedisCluster):
+            seeds, node_client = cluster_nodes(
+                self.url, socket_timeout=self._socket_timeout, connect_timeout=self._connect_timeout
+            )
+            listener = UnlockListener(
+                None,
+                channels,
+                self._on_unlock,
+                self._waiters.wake_all,
+                seeds=seeds,
+                node_client=node_client,
+            )
+        else:
+            listener = UnlockListener(client, channels, self._on_unlock, self._waiters.wake_all)
+        self._listener = listener
         listener.start()
         # Best effort: a wake-up missed before the subscription only costs latency.
         with suppress(TimeoutError):
@@ -459,7 +471,7 @@ class RedisStore(ConversationStore):
 
     async def _read(
         self,
-        client: aioredis.Redis,
+        client: Client,
         consumer: str,
         count: int,
         shards: Sequence[int],
@@ -470,11 +482,7 @@ class RedisStore(ConversationStore):
         for attempt in range(2):
             async with self._runner.guard("read the outbox"):
                 try:
-                    found = await done(
-                        client.xreadgroup(
-                            self.group, consumer, dict.fromkeys(streams, ">"), count, block_ms
-                        )
-                    )
+                    found = await self._xreadgroup(client, consumer, streams, ">", count, block_ms)
                     break
                 except rerr.ResponseError as exc:
                     if not str(exc).startswith("NOGROUP") or attempt:
@@ -486,6 +494,43 @@ class RedisStore(ConversationStore):
             self._carried[consumer] = items[count:]
             return items[:count]
         return items
+
+    async def _xreadgroup(
+        self,
+        client: Client,
+        consumer: str,
+        streams: dict[str, int],
+        start: str,
+        count: int,
+        block_ms: int | None,
+    ) -> list[tuple[str, list[Any]]]:
+        """XREADGROUP over ``streams`` from ``start``, as (stream, entries) pairs.
+
+        One command; on Redis Cluster, where each shard is a slot of its own,
+        one per stream in a pipeline (redis-py sends each node its part), which
+        cannot block: it looks again every ``_CLUSTER_POLL`` s instead.
+        """
+        if not isinstance(client, RedisCluster):
+            return _streams(
+                await done(
+                    client.xreadgroup(
+                        self.group, consumer, dict.fromkeys(streams, start), count, block_ms
+                    )
+                )
+            )
+        async with client.pipeline(transaction=False) as pipe:
+            for stream in streams:
+                pipe.xreadgroup(self.group, consumer, {stream: start}, count)
+            answers = await pipe.execute(raise_on_error=False)
+        await self._runner.notice_lost_nodes(answers)
+        found: list[tuple[str, list[Any]]] = []
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+            found += _streams(answer)
+        if not found and block_ms:
+            await asyncio.sleep(min(block_ms / 1000, _CLUSTER_POLL))
+        return found
 
     def _queued(self, shard: int) -> None:
         """This store queued a message to ``shard``: the next read looks there at once."""
@@ -506,9 +551,7 @@ class RedisStore(ConversationStore):
         streams = {self._keys.outbox(shard): shard for shard in shards or self.outbox_shards()}
         async with self._runner.guard("read unacknowledged outbox entries"):
             try:
-                found = await done(
-                    client.xreadgroup(self.group, consumer, dict.fromkeys(streams, "0"), count)
-                )
+                found = await self._xreadgroup(client, consumer, streams, "0", count, None)
             except rerr.ResponseError as exc:
                 if not str(exc).startswith("NOGROUP"):
                     raise
@@ -560,6 +603,71 @@ class RedisStore(ConversationStore):
 
         found = await asyncio.gather(*(claim(s) for s in shards or self.outbox_shards()))
         return [item for items in found for item in items]
+
+    async def outbox_take_over(
+        self,
+        consumer: str,
+        live: Collection[str],
+        count: int,
+        *,
+        shards: Sequence[int],
+        min_idle: float,
+    ) -> list[OutboxItem]:
+        """Take now the entries of ``shards`` that senders not in ``live`` read (XCLAIM).
+
+        Up to ``count`` per shard, idle for ``min_idle`` s at least (an entry
+        another taker took a moment ago is not), in outbox order.
+        """
+        await self._ensure_open()
+        args: list[str | int] = [self.group, consumer, _ms(min_idle), count, *sorted(live)]
+
+        async def take(shard: int) -> list[OutboxItem]:
+            async with self._runner.guard("take over outbox entries"):
+                try:
+                    taken = await self._runner.run(
+                        scripts.TAKE_OVER, [self._keys.outbox(shard)], args
+                    )
+                except rerr.ResponseError as exc:
+                    if not str(exc).startswith("NOGROUP"):
+                        raise
+                    await self._ensure_group()
+                    return []
+            return [
+                OutboxItem(
+                    f"{shard}:{entry_id}", OutboundMessage.from_json(raw), int(times), _seq(seq)
+                )
+                for entry_id, raw, times, seq in taken
+                if raw
+            ]
+
+        found = await asyncio.gather(*(take(shard) for shard in shards))
+        return sorted((item for items in found for item in items), key=_entry_order)
+
+    async def senders_heartbeat(self, consumer: str, ttl: float) -> list[str]:
+        """Announce ``consumer`` as a live sender for ``ttl`` s; return the live senders.
+
+        The set is a sorted set scored by each heartbeat's expiry (this
+        machine's clock: keep the hosts' clocks within a fraction of ``ttl``).
+        """
+        client = await self._ensure_open()
+        now = time.time()
+        key = self._keys.senders
+        async with (
+            self._runner.guard("announce the sender"),
+            client.pipeline(transaction=False) as pipe,
+        ):
+            pipe.zadd(key, {consumer: now + ttl})
+            pipe.zremrangebyscore(key, "-inf", now)
+            pipe.zrange(key, 0, -1)
+            pipe.pexpire(key, _ms(ttl * 10))
+            _, _, live, _ = await pipe.execute()
+        return [str(name) for name in live]
+
+    async def senders_leave(self, consumer: str) -> None:
+        """Take ``consumer`` out of the live senders at once."""
+        client = await self._ensure_open()
+        async with self._runner.guard("take the sender out"):
+            await done(client.zrem(self._keys.senders, consumer))
 
     async def outbox_ack(
         self,
@@ -926,7 +1034,7 @@ class RedisStore(ConversationStore):
 
     # -- plumbing ------------------------------------------------------------
 
-    async def _ensure_open(self) -> aioredis.Redis:
+    async def _ensure_open(self) -> Client:
         if not self._opened:
             await self.open()
         assert self._client is not None
@@ -943,12 +1051,13 @@ class RedisStore(ConversationStore):
             if isinstance(result, Exception) and not str(result).startswith("BUSYGROUP"):
                 raise result
 
-    async def _check_layout(self, client: aioredis.Redis) -> None:
+    async def _check_layout(self, client: Client) -> None:
         """Read (or, on first use, write) the meta key; refuse a layout this store cannot run."""
         keys = self._keys
         meta: dict[str, str] = await done(client.hgetall(keys.meta))
         if not meta:
-            if await legacy_data(client, keys):
+            # The earlier layout never ran on Redis Cluster (its scripts crossed slots).
+            if not isinstance(client, RedisCluster) and await legacy_data(client, keys):
                 raise StoreLayoutError(
                     f"Redis at {mask(self.url)} holds data of botkit's earlier store layout "
                     f"under {keys.base!r} (one outbox, keys per message). Stop every "
@@ -1015,8 +1124,8 @@ def _streams(found: Any) -> list[tuple[str, list[Any]]]:
     return [(stream, entries) for stream, entries in found]
 
 
-def _items(streams: dict[str, int], found: Any) -> list[OutboxItem]:
-    """The outbox items of an XREADGROUP answer over ``streams`` (stream key -> shard)."""
+def _items(streams: dict[str, int], found: list[tuple[str, list[Any]]]) -> list[OutboxItem]:
+    """The outbox items of XREADGROUP's (stream, entries) over ``streams`` (key -> shard)."""
     return [
         OutboxItem(
             f"{streams[stream]}:{entry_id}",
@@ -1024,7 +1133,7 @@ def _items(streams: dict[str, int], found: Any) -> list[OutboxItem]:
             1,
             _seq(fields.get("s")),
         )
-        for stream, entries in _streams(found)
+        for stream, entries in found
         for entry_id, fields in entries
         if fields and "m" in fields
     ]

@@ -269,7 +269,7 @@ class UnlockListener:
                 if ready.done.is_set():
                     self.subscribed.set()
                     if lost_at is not None:
-                        log.info("unlock channels back after %.1fs", time.monotonic() - lost_at)
+                        log.info("unlock channel back after %.1fs", time.monotonic() - lost_at)
                         lost_at = None
                     backoff = _BACKOFF_MIN
                     self._on_subscribe()
@@ -283,9 +283,9 @@ class UnlockListener:
             except Exception as exc:
                 if lost_at is None:
                     lost_at = time.monotonic()
-                    log.info("unlock channels lost (%s); resubscribing", exc)
+                    log.info("unlock channel lost (%s); resubscribing", exc)
                 else:
-                    log.debug("unlock channels still lost (%s); retrying in %.2fs", exc, backoff)
+                    log.debug("unlock channel still lost (%s); retrying in %.2fs", exc, backoff)
             finally:
                 self.subscribed.clear()
                 # A cancel can be lost inside redis-py's read with a timeout: the
