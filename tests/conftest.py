@@ -16,6 +16,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from tests.storage._redis_topologies import RedisClusterNodes, SentinelGroup
+
 REDIS_URL = os.environ.get("BOTKIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
@@ -65,3 +67,25 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
     prefix = f"botkit-test-{uuid.uuid4().hex[:12]}"
     yield prefix
     delete_prefix(redis_url, prefix)
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
+    """One primary, one replica and three sentinels on free ports, for the whole session."""
+    group = SentinelGroup(tmp_path_factory.mktemp("sentinel"))
+    try:
+        group.start()
+        yield group
+    finally:
+        group.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    """A 6-node Redis Cluster (3 primaries, 3 replicas) on free ports, for the whole session."""
+    cluster = RedisClusterNodes(tmp_path_factory.mktemp("cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()

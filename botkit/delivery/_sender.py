@@ -188,6 +188,8 @@ class OutboxWorker:
             self._stopping.clear()
             self._draining.clear()
             self._task = asyncio.get_running_loop().create_task(self._run(), name="botkit-sender")
+            if self._ownership is not None:
+                self._ownership.start()
 
     async def stop(self, *, flush: float = 5.0) -> None:
         """Send what is ready for up to ``flush`` seconds, then stop.
@@ -197,8 +199,6 @@ class OutboxWorker:
         """
         if self._task is None:
             return
-        if self._ownership is not None:
-            await self._ownership.leave()  # its shards move to the others at once
         self._drain_until = time.monotonic() + flush
         self._draining.set()
         try:
@@ -209,6 +209,9 @@ class OutboxWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._task = None
+        if self._ownership is not None:
+            # Only now: what it read is sent or left idle, then its shards move at once.
+            await self._ownership.stop()
 
     def _past_drain(self) -> bool:
         return self._draining.is_set() and time.monotonic() >= self._drain_until
@@ -251,7 +254,7 @@ class OutboxWorker:
             return
         self._last_housekeeping = now
         if self._ownership is not None and not self._draining.is_set():
-            taken = await self._ownership.refresh(self.config.batch_size)
+            taken = await self._ownership.take_over(self.config.batch_size)
             if taken:
                 log.warning("took over %d outbox entries of a sender that left", len(taken))
                 self._waiting = sorted([*self._waiting, *taken], key=_outbox_order)

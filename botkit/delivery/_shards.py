@@ -16,6 +16,8 @@ user's replies keep their order through the send-order check, whoever sends.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -43,10 +45,17 @@ def owned_shards(sender: str, senders: Iterable[str], shards: Iterable[int]) -> 
 
 
 class ShardOwnership:
-    """One sender's heartbeat and the shards it owns, refreshed every ``ttl / 3`` s.
+    """One sender's heartbeat (a task of its own, every ``ttl / 3`` s) and the shards it owns.
 
-    ``shards`` is None until the first heartbeat answered: read every shard
-    meanwhile (and whenever the heartbeat fails, so nothing goes unread).
+    The heartbeat runs beside the send loop, so a sender busy retrying the
+    provider still counts as live. ``shards`` is None until a heartbeat
+    answered, and again after one failed: read every shard meanwhile, so
+    nothing goes unread.
+
+    Taking over a departed sender's entries waits until this sender's own
+    heartbeats have succeeded for a whole ``ttl``: after an outage every
+    sender's heartbeat has lapsed, and the others, alive, beat again within
+    that time; only a sender that really left stays absent.
     """
 
     def __init__(self, outbox: ShardedOutbox, consumer: str, *, ttl: float) -> None:
@@ -57,45 +66,72 @@ class ShardOwnership:
         self.ttl = ttl
         self.shards: list[int] | None = None
         self.live: frozenset[str] = frozenset()
-        self._beat_at = -float("inf")
+        self._healthy_since: float | None = None
+        self._take_over = False
+        self._task: asyncio.Task[None] | None = None
 
-    async def refresh(self, count: int) -> list[OutboxItem]:
-        """Heartbeat when due; on a change, take over up to ``count`` orphaned entries.
+    def start(self) -> None:
+        """Start heartbeating."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._beat(), name="botkit-sender-heartbeat")
 
-        Returns the entries taken over (read by senders no longer live, in the
-        shards this sender owns now), for the caller to send.
-        """
-        now = time.monotonic()
-        if now - self._beat_at < self.ttl / 3:
-            return []
-        self._beat_at = now
-        try:
-            live = frozenset(await self.outbox.senders_heartbeat(self.consumer, self.ttl))
-        except Exception:
-            self.shards = None  # read everything until the heartbeat answers again
-            raise
-        live |= {self.consumer}
-        shards = owned_shards(self.consumer, live, self.outbox.outbox_shards())
-        changed = live != self.live or shards != self.shards
-        if changed and self.shards is not None:
-            log.info(
-                "senders now %d: this one reads %d of %d outbox shards",
-                len(live),
-                len(shards),
-                len(self.outbox.outbox_shards()),
-            )
-        self.live, self.shards = live, shards
-        if not changed or not shards:
-            return []
-        # Entries idle for half the TTL at least: a sender that left has not
-        # touched its own for that long, and a second taker finds them fresh.
-        return await self.outbox.outbox_take_over(
-            self.consumer, live, count, shards=shards, min_idle=self.ttl / 2
-        )
-
-    async def leave(self) -> None:
-        """Say this sender is gone (its shards move at once); best effort."""
+    async def stop(self) -> None:
+        """Stop heartbeating and leave the live senders (its shards move at once)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
         try:
             await self.outbox.senders_leave(self.consumer)
         except Exception:
             log.debug("could not leave the senders' set; the heartbeat expires", exc_info=True)
+
+    async def _beat(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.debug("sender heartbeat failed", exc_info=True)
+            await asyncio.sleep(self.ttl / 3)
+
+    async def refresh(self) -> None:
+        """One heartbeat: the live senders, and the shards this sender owns among them."""
+        try:
+            live = frozenset(await self.outbox.senders_heartbeat(self.consumer, self.ttl))
+        except Exception:
+            self.shards, self._healthy_since = None, None
+            raise
+        if self._healthy_since is None:
+            self._healthy_since = time.monotonic()
+        live |= {self.consumer}
+        shards = owned_shards(self.consumer, live, self.outbox.outbox_shards())
+        if live != self.live or shards != self.shards:
+            if self.shards is not None:
+                log.info(
+                    "senders now %d: this one reads %d of %d outbox shards",
+                    len(live),
+                    len(shards),
+                    len(self.outbox.outbox_shards()),
+                )
+            self._take_over = True
+        self.live, self.shards = live, shards
+
+    async def take_over(self, count: int) -> list[OutboxItem]:
+        """After a change of the live senders: up to ``count`` entries of departed senders.
+
+        Only once this sender's heartbeats have held for ``ttl`` (see the class).
+        """
+        shards, healthy = self.shards, self._healthy_since
+        if not self._take_over or not shards or healthy is None:
+            return []
+        if time.monotonic() - healthy < self.ttl:
+            return []
+        self._take_over = False
+        # Entries idle for half the TTL at least: a sender that left has not
+        # touched its own for that long, and a second taker finds them fresh.
+        return await self.outbox.outbox_take_over(
+            self.consumer, self.live, count, shards=shards, min_idle=self.ttl / 2
+        )

@@ -45,6 +45,10 @@ _PLACEHOLDER_WORDS = (
 _PLACEHOLDER_VALUES = frozenset({"secret", "password", "token", "test", "dev", "admin", "default"})
 
 
+# The URL forms the Redis store takes (botkit.storage.redis.connection.SCHEMES).
+_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "rediss+cluster")
+
+
 class SettingsError(BotkitError, ValueError):
     """The configuration is missing or invalid; the message has one line per problem."""
 
@@ -122,8 +126,11 @@ class Settings(BaseSettings):
         if value is None or not value.get_secret_value():
             return None
         scheme = value.get_secret_value().partition("://")[0].lower()
-        if scheme not in ("redis", "rediss", "unix", "redis+sentinel"):
-            raise ValueError("must be a redis://, rediss://, unix:// or redis+sentinel:// URL")
+        if scheme not in _REDIS_SCHEMES:
+            raise ValueError(
+                "must be a redis://, rediss://, unix://, redis+sentinel://, redis+cluster:// "
+                "or rediss+cluster:// URL"
+            )
         return value
 
     @field_validator("callback_secret")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from tests.service._harness import (
 )
 from tests.service.conftest import Provider
 from tests.storage._redis_server import RedisServer
+from tests.storage._redis_topologies import RedisClusterNodes
 
 pytestmark = pytest.mark.redis
 
@@ -105,6 +107,7 @@ async def start_workers(
         BOTKIT_DEVINO_API_KEY=API_KEY,
         BOTKIT_SENDER="EchoCo",
         BOTKIT_REDIS_URL=redis_url,
+        BOTKIT_KEY_PREFIX=f"outage-{uuid.uuid4().hex[:8]}",
         BOTKIT_PUBLIC_URL=url,
     )
     args = ["run", "bots.echo:bot", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
@@ -153,3 +156,31 @@ async def test_a_5s_redis_outage_under_load_loses_nothing_doubles_nothing_keeps_
         server.close()
     record_property("pause_seconds", round(pause, 2))
     print(f"\n5 s Redis outage under load: webhooks paused {pause:.2f}s")
+
+
+async def test_a_cluster_primary_killed_under_load_loses_nothing_doubles_nothing_keeps_order(
+    provider: Provider,
+    processes: list[BotProcess],
+    tmp_path: Path,
+    redis_cluster: RedisClusterNodes,
+    record_property: Callable[[str, object], None],
+) -> None:
+    """The same load on the local 6-node cluster; SIGKILL of a primary mid-load."""
+    webhook = await start_workers(processes, provider, tmp_path, redis_cluster.url)
+    users = [user_number(n) for n in range(USERS)]
+    traffic = Traffic(webhook)
+    killed: list[int] = []
+
+    async def failover() -> None:
+        killed.append(redis_cluster.kill_primary())
+        await asyncio.to_thread(redis_cluster.wait_promoted, killed[0])
+
+    try:
+        pause = await traffic.run(users, failover)
+        await check_every_message_answered_once_in_order(provider, users)
+    finally:
+        for process in processes:
+            process.stop()
+        await asyncio.to_thread(redis_cluster.heal)
+    record_property("pause_seconds", round(pause, 2))
+    print(f"\nCluster primary SIGKILLed under load: webhooks paused {pause:.2f}s")

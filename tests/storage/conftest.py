@@ -5,16 +5,17 @@ the factory closes (and for Redis, cleans up) what it built. The Redis
 backends skip when no Redis answers (or no ``redis-server`` binary is there
 to start a Sentinel group) locally, and fail in CI (see ``tests/conftest.py``).
 
-``redis_sentinel`` and ``redis_cluster`` are session-scoped: one Sentinel
-group and one 6-node cluster serve every test that asks for them, and are
-stopped when the session ends. A test that kills a node heals the topology
-before it returns (``heal()``), so the next test finds it whole.
+``redis_sentinel`` and ``redis_cluster`` (in ``tests/conftest.py``) are
+session-scoped: one Sentinel group and one 6-node cluster serve every test
+that asks for them, and are stopped when the session ends. A test that kills
+a node heals the topology before it returns (``heal()``), so the next test
+finds it whole.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -22,7 +23,6 @@ from botkit.storage.base import ConversationStore, StoreConfig
 from botkit.storage.memory import MemoryStore
 from botkit.storage.redis import RedisStore
 from tests.conftest import delete_prefix, require_redis
-from tests.storage._redis_topologies import RedisClusterNodes, SentinelGroup
 
 StoreFactory = Callable[..., Awaitable[ConversationStore]]
 
@@ -31,28 +31,6 @@ StoreFactory = Callable[..., Awaitable[ConversationStore]]
 # "redis-sentinel": a primary, a replica and three sentinels of the test's own;
 # "redis-cluster": a local 6-node Redis Cluster (3 primaries, 3 replicas).
 BACKENDS = ["memory", "redis", "redis-resp3", "redis-sentinel", "redis-cluster"]
-
-
-@pytest.fixture(scope="session")
-def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
-    """One primary, one replica and three sentinels on free ports, for the whole session."""
-    group = SentinelGroup(tmp_path_factory.mktemp("sentinel"))
-    try:
-        group.start()
-        yield group
-    finally:
-        group.close()
-
-
-@pytest.fixture(scope="session")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
-    """A 6-node Redis Cluster (3 primaries, 3 replicas) on free ports, for the whole session."""
-    cluster = RedisClusterNodes(tmp_path_factory.mktemp("cluster"))
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.close()
 
 
 @pytest.fixture(params=BACKENDS)

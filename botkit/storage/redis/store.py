@@ -24,6 +24,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import redis.asyncio as aioredis
 from redis import exceptions as rerr
 from redis.asyncio.cluster import RedisCluster
 
@@ -94,12 +95,16 @@ class RedisStore(ConversationStore):
 
         store = RedisStore("redis://127.0.0.1:6379/0", bot="pizza")
         store = RedisStore("redis+sentinel://sentinel-1:26379,sentinel-2:26379/mymaster/0")
+        store = RedisStore("redis+cluster://node-1:6379,node-2:6379,node-3:6379")
 
-    ``url`` is a ``redis://``, ``rediss://`` or ``unix://`` URL, or a
+    ``url`` is a ``redis://``, ``rediss://`` or ``unix://`` URL, a
     ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]``
-    URL (``?sentinel_password=...`` when the sentinels need one). ``client``
-    replaces the URL with a ready ``redis.asyncio.Redis`` built with
-    ``decode_responses=True``; the store uses it as given and does not close it.
+    URL (``?sentinel_password=...`` when the sentinels need one), or a
+    ``redis+cluster://[[user]:password@]host[:port][,host[:port]...]`` URL
+    (``rediss+cluster://`` for TLS; one reachable node finds the others).
+    ``client`` replaces the URL with a ready ``redis.asyncio.Redis`` (not a
+    cluster: give its URL) built with ``decode_responses=True``; the store
+    uses it as given and does not close it.
 
     ``bot`` and ``prefix`` namespace the keys (``<prefix>:<bot>:...``) so
     several bots share one Redis. ``session_window`` (seconds) is the least a
@@ -127,7 +132,7 @@ class RedisStore(ConversationStore):
         prefix: str = "botkit",
         config: StoreConfig | None = None,
         session_window: float = DAY,
-        client: Client | None = None,
+        client: aioredis.Redis | None = None,
         socket_timeout: float = 2.0,
         connect_timeout: float | None = None,
         max_connections: int = 50,
