@@ -24,7 +24,7 @@ from datetime import datetime
 
 from botkit import Bot, Context, ManualClock
 from botkit.testing import BotTester
-from bots.autoreply.rules import Choice, Rules, RulesError, load_rules
+from bots.autoreply.rules import Choice, Rules, RulesError, counted, load_rules
 
 __all__ = ["add_arguments", "main", "run"]
 
@@ -97,10 +97,10 @@ async def _choices(rules: Rules, messages: list[str], at: float) -> list[Choice]
 
 
 def _summary(path: str, rules: Rules, when: datetime) -> str:
-    parts = [f"{len(rules.rules)} rules"]
+    parts = [counted(len(rules.rules), "rule")]
     if rules.hours is not None:
         closed = len(rules.hours.closed) + len(rules.hours.closed_yearly)
-        parts.append(f"hours in {rules.hours.zone.key}, {closed} closed dates")
+        parts.append(f"hours in {rules.hours.zone.key}, {counted(closed, 'closed date')}")
     cooldown = rules.cooldown / 3600
     parts.append(f"cooldown {cooldown:g} h" if cooldown else "no cooldown")
     state = "open" if rules.is_open(when.timestamp()) else "closed"

@@ -21,7 +21,7 @@ import os
 import signal
 from pathlib import Path
 
-from bots.autoreply.rules import Rules, RulesError, load_rules
+from bots.autoreply.rules import Rules, RulesError, counted, load_rules
 
 __all__ = ["POLL_SECONDS", "LiveRules"]
 
@@ -73,7 +73,9 @@ class LiveRules:
                 log.error("rules not reloaded (%s), the previous ones stay: %s", why, problem)
             return False
         self.rules = rules
-        log.info("rules reloaded from %s (%s): %d rules", self.path, why, len(rules.rules))
+        log.info(
+            "rules reloaded from %s (%s): %s", self.path, why, counted(len(rules.rules), "rule")
+        )
         return True
 
     def check(self) -> bool:

@@ -566,3 +566,8 @@ def _keys(text: str, terminator: str) -> tuple[str, ...] | None:
             return tuple(parts)
         if found[2] != ".":
             return None
+
+
+def counted(number: int, noun: str) -> str:
+    """``1 rule``, ``2 rules``: a count and its noun, singular for one."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"

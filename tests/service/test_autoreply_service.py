@@ -104,6 +104,7 @@ async def test_sighup_reloads_the_rules_and_a_bad_file_keeps_them(
     write_rules(rules, "Prices: 120.")
     service.signal(signal.SIGHUP)
     await service.wait_for_log("rules reloaded from")
+    assert f"rules reloaded from {rules} (SIGHUP): 1 rule\n" in service.log()
     assert await answer_to(provider, "price?") == "Prices: 120."
     assert service.running, "SIGHUP reloads; it does not stop the service"
 
