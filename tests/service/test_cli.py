@@ -89,8 +89,6 @@ def in_process(bots_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None
         ["graph", "--help"],
         ["store", "--help"],
         ["store", "migrate", "--help"],
-        ["autoreply", "--help"],
-        ["autoreply", "check", "--help"],
     ],
     ids=lambda args: " ".join(args[:-1]) or "botkit",
 )
@@ -105,6 +103,13 @@ def test_help_everywhere(
         assert "MODULE[:ATTR]" in out
     if args[0] == "run":
         assert "--workers" in out
+
+
+@pytest.mark.parametrize("args", [["autoreply", "--help"], ["autoreply", "check", "--help"]])
+def test_the_autoreply_tools_have_help_in_a_checkout(args: list[str]) -> None:
+    done = run_cli(args, clean_env())  # from the checkout, where bots/autoreply is
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(" ".join(["usage: botkit", *args[:-1]]))
 
 
 def test_the_command_exits_with_the_code_main_returns(bots_dir: Path) -> None:
