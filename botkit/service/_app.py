@@ -139,7 +139,7 @@ class Service:
         self.webhook_token = token or secrets.token_urlsafe(24)
         # The configured secret, or (at start) the one the store shares: never
         # one derived from the webhook token, which would let the token sign.
-        configured = settings.secret("callback_secret")
+        configured = settings.signing_secret()
         self.signer = CallbackSigner(configured or secrets.token_bytes(MIN_SECRET_BYTES))
         self.signer_ready = bool(configured)
         """False until the callback secret the store shares is loaded (nothing is signed before)."""

@@ -133,16 +133,6 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("callback_secret")
-    @classmethod
-    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value().encode()) < MIN_CALLBACK_SECRET_BYTES:
-            raise ValueError(
-                f"must be at least {MIN_CALLBACK_SECRET_BYTES} bytes long (a long random string); "
-                f"generate one with: {GENERATE_SECRET}"
-            )
-        return value
-
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
@@ -154,6 +144,22 @@ class Settings(BaseSettings):
         """The plain value of a secret setting (``webhook_token``, ``api_token``...)."""
         value = getattr(self, name)
         return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+    def signing_secret(self) -> str | None:
+        """The configured callback secret; :class:`SettingsError` when it is too short to sign.
+
+        A short secret is not refused while the settings load, so that
+        ``botkit run`` can report it together with every other weak secret
+        (:meth:`weak_secrets`); whatever builds a service from the settings
+        (``create_app``, ``botkit dev``) refuses it here, in one line.
+        """
+        value = self.secret("callback_secret")
+        if value is not None and len(value.encode()) < MIN_CALLBACK_SECRET_BYTES:
+            raise SettingsError(
+                f"BOTKIT_CALLBACK_SECRET: must be at least {MIN_CALLBACK_SECRET_BYTES} bytes long "
+                f"(a long random string); generate one with: {GENERATE_SECRET}"
+            )
+        return value
 
     def weak_secrets(self) -> list[str]:
         """One line per secret that is a placeholder or too short to keep a service safe.

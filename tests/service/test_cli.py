@@ -237,6 +237,26 @@ def test_run_refuses_a_placeholder_or_short_secret_with_one_line_saying_how_to_m
     assert value not in done.stderr + done.stdout
 
 
+def test_run_reports_every_weak_secret_in_one_pass(bots_dir: Path) -> None:
+    weak = {
+        "BOTKIT_WEBHOOK_TOKEN": "short-token-123",
+        "BOTKIT_API_TOKEN": "change-me-too",
+        "BOTKIT_CALLBACK_SECRET": "short-pw",
+    }
+    done = run_cli(["run", "mybot"], clean_env(**{**READY, **weak}), cwd=bots_dir)
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert [line.split(":")[1].strip() for line in lines] == [
+        "BOTKIT_WEBHOOK_TOKEN",
+        "BOTKIT_API_TOKEN",
+        "BOTKIT_CALLBACK_SECRET",
+    ], done.stderr
+    for line in lines:
+        assert line.endswith(GENERATE)
+    for value in weak.values():
+        assert value not in done.stderr + done.stdout
+
+
 @pytest.mark.parametrize(
     "args",
     [["--workers", "0"], ["--workers", "two"], ["--port", "70000"], ["--port", "http"]],
