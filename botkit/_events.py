@@ -173,7 +173,12 @@ class LocationMessage(Message):
 
 
 class DeliveryStatus(StrEnum):
-    """Known delivery statuses; unknown ones are kept as plain strings."""
+    """Known delivery statuses, in lower case; unknown ones are kept as plain strings.
+
+    The one status enum: the provider's upper-case names parse into it
+    (:meth:`parse`, case-insensitive; ``VP_EXPIRED`` is :attr:`EXPIRED`) and
+    :attr:`wire` gives them back.
+    """
 
     ENQUEUED = "enqueued"
     SENT = "sent"
@@ -184,6 +189,53 @@ class DeliveryStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     EXPIRED = "expired"
+
+    @classmethod
+    def parse(cls, name: str) -> DeliveryStatus | None:
+        """The status called ``name`` in any case, or None when it is not known.
+
+        >>> DeliveryStatus.parse("VP_EXPIRED")
+        <DeliveryStatus.EXPIRED: 'expired'>
+        """
+        key = name.strip().lower()
+        if key == "vp_expired":
+            return cls.EXPIRED
+        try:
+            return cls(key)
+        except ValueError:
+            return None
+
+    @property
+    def wire(self) -> str:
+        """The provider's name for it: upper case, ``VP_EXPIRED`` for :attr:`EXPIRED`."""
+        return "VP_EXPIRED" if self is DeliveryStatus.EXPIRED else self.value.upper()
+
+    @property
+    def is_final(self) -> bool:
+        """True when no later status can follow (the message failed or was read)."""
+        return _STATUS_RANK[self] >= 3
+
+    @property
+    def rank(self) -> int:
+        """Progress order: a status only moves forward to a higher rank.
+
+        ENQUEUED < SENT < DELIVERED < READ/VISITED; the failures rank above
+        all of them since they are final.
+        """
+        return _STATUS_RANK[self]
+
+
+_STATUS_RANK = {
+    DeliveryStatus.ENQUEUED: 0,
+    DeliveryStatus.SENT: 1,
+    DeliveryStatus.DELIVERED: 2,
+    DeliveryStatus.READ: 3,
+    DeliveryStatus.VISITED: 3,
+    DeliveryStatus.UNDELIVERED: 4,
+    DeliveryStatus.FAILED: 4,
+    DeliveryStatus.CANCELLED: 4,
+    DeliveryStatus.EXPIRED: 4,
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -63,7 +63,7 @@ RejectionHandler = Callable[[OutboundMessage, SendResult], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
-class SenderConfig:
+class OutboxWorkerConfig:
     """How the sender batches, retries and claims.
 
     ``linger`` is the longest it waits to fill a batch once one message is
@@ -139,7 +139,7 @@ class OutboxWorker:
         sender_name: str,
         signer: CallbackSigner,
         callback_url: str | None = None,
-        config: SenderConfig | None = None,
+        config: OutboxWorkerConfig | None = None,
         consumer: str | None = None,
         clock: Clock | None = None,
         on_rejected: RejectionHandler | None = None,
@@ -150,7 +150,7 @@ class OutboxWorker:
         self.sender_name = sender_name
         self.signer = signer
         self.callback_url = callback_url
-        self.config = config or SenderConfig()
+        self.config = config or OutboxWorkerConfig()
         self.claim_idle: float = self.config.claim_idle or _derived_claim_idle(
             client, self.config.receipt_grace
         )

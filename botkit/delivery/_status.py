@@ -44,7 +44,7 @@ from botkit._turn import Outcome
 from botkit.delivery._signing import CallbackSigner, fallback_digest
 from botkit.devino.convert import to_status
 from botkit.devino.errors import StatusErrorCode
-from botkit.devino.models import MessageStatus, SendResult, StatusReport
+from botkit.devino.models import SendResult, StatusReport
 
 if TYPE_CHECKING:
     from botkit._context import Context
@@ -89,13 +89,13 @@ class RateRetry:
 
 _FAILURES = frozenset(
     {
-        MessageStatus.UNDELIVERED,
-        MessageStatus.FAILED,
-        MessageStatus.CANCELLED,
-        MessageStatus.EXPIRED,
+        DeliveryStatus.UNDELIVERED,
+        DeliveryStatus.FAILED,
+        DeliveryStatus.CANCELLED,
+        DeliveryStatus.EXPIRED,
     }
 )
-_REACHED = frozenset({MessageStatus.DELIVERED, MessageStatus.READ, MessageStatus.VISITED})
+_REACHED = frozenset({DeliveryStatus.DELIVERED, DeliveryStatus.READ, DeliveryStatus.VISITED})
 
 
 def moves_forward(current: str, new: str) -> bool:
@@ -108,10 +108,10 @@ def moves_forward(current: str, new: str) -> bool:
     """
     if current == new:
         return True
-    new_status = MessageStatus.parse(new)
+    new_status = DeliveryStatus.parse(new)
     if new_status is None:
         return False
-    current_status = MessageStatus.parse(current)
+    current_status = DeliveryStatus.parse(current)
     if current_status is None:  # "accepted": the provider took it, nothing more is known
         return True
     if current_status.is_final:
@@ -139,19 +139,19 @@ def furthest(statuses: Iterable[str]) -> str:
     and visited if any came (a failure after delivery is ignored), else a
     failure, else sent; ``"accepted"`` when none is known.
     """
-    known = [s for s in (MessageStatus.parse(name) for name in statuses) if s is not None]
+    known = [s for s in (DeliveryStatus.parse(name) for name in statuses) if s is not None]
     reached = [s for s in known if s in _REACHED]
     if reached:
-        return max(reached, key=lambda s: s.rank).value.lower()
+        return max(reached, key=lambda s: s.rank).value
     failed = [s for s in known if s in _FAILURES]
     if failed:
-        return failed[0].value.lower() if failed[0] is not MessageStatus.EXPIRED else "expired"
-    return max(known, key=lambda s: s.rank).value.lower() if known else "accepted"
+        return failed[0].value
+    return max(known, key=lambda s: s.rank).value if known else "accepted"
 
 
 def was_delivered(status: str) -> bool:
     """True when ``status`` says the message reached the user's phone."""
-    return MessageStatus.parse(status) in _REACHED
+    return DeliveryStatus.parse(status) in _REACHED
 
 
 class StatusTracker:

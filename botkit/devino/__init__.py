@@ -12,6 +12,9 @@ The local stand-in for the provider is a dev tool:
 The rest of botkit imports from here, never the wire format itself.
 """
 
+import warnings
+
+from botkit._events import DeliveryStatus
 from botkit.devino.client import DevinoClient, RequestRecord, RetryPolicy
 from botkit.devino.errors import (
     DevinoAuthError,
@@ -30,7 +33,6 @@ from botkit.devino.models import (
     ContactCard,
     GeoLocation,
     IncomingMessage,
-    MessageStatus,
     OutgoingMessage,
     Reason,
     SendResult,
@@ -60,7 +62,6 @@ __all__ = [
     "IncomingMessage",
     "InvalidPhoneNumber",
     "MediaKind",
-    "MessageStatus",
     "OutgoingMessage",
     "PayloadError",
     "Reason",
@@ -79,3 +80,16 @@ __all__ = [
     "status_error",
     "validate_message",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # Deprecated names, kept importable for a while with a warning.
+    if name == "MessageStatus":
+        warnings.warn(
+            "botkit.devino.MessageStatus is botkit.DeliveryStatus now (one status enum; "
+            "values are lower case, .wire gives the provider's name)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return DeliveryStatus
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,7 +24,6 @@ from botkit._outbound import OutboundMessage, SendMode
 from botkit.devino.errors import InvalidPhoneNumber
 from botkit.devino.models import (
     IncomingMessage,
-    MessageStatus,
     OutgoingMessage,
     StatusReport,
 )
@@ -118,10 +117,8 @@ def _contact(contact: Any) -> Contact:
 def status_name(report: StatusReport) -> str:
     """The status in lower case (``vp_expired`` becomes ``expired``)."""
     known = report.known_status
-    if known is MessageStatus.EXPIRED:
-        return "expired"
     if known is not None:
-        return known.value.lower()
+        return known.value
     return str(report.status).strip().lower()
 
 

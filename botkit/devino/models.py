@@ -35,6 +35,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from botkit._events import DeliveryStatus
 from botkit.devino.errors import (
     PayloadError,
     ReasonKey,
@@ -58,7 +59,6 @@ __all__ = [
     "ContactUrl",
     "GeoLocation",
     "IncomingMessage",
-    "MessageStatus",
     "OutgoingMessage",
     "Reason",
     "ResultCode",
@@ -279,67 +279,10 @@ class SendResponse(WireModel):
 # -------------------------------------------------------------------- statuses
 
 
-class MessageStatus(StrEnum):
-    """A status name the provider is known to send.
-
-    Parsed case-insensitively (:meth:`parse`); values are upper case as in the
-    page's example. ``vp_expired`` and ``expired`` are both :attr:`EXPIRED`.
-    """
-
-    ENQUEUED = "ENQUEUED"
-    SENT = "SENT"
-    DELIVERED = "DELIVERED"
-    READ = "READ"
-    VISITED = "VISITED"
-    UNDELIVERED = "UNDELIVERED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    EXPIRED = "VP_EXPIRED"
-
-    @classmethod
-    def parse(cls, name: str) -> MessageStatus | None:
-        """The status called `name` in any case, or None when it is not known."""
-        key = name.strip().upper()
-        if key == "EXPIRED":
-            return cls.EXPIRED
-        try:
-            return cls(key)
-        except ValueError:
-            return None
-
-    @property
-    def is_final(self) -> bool:
-        """True when no later status can follow (the message failed or was read)."""
-        return self in _FINAL
-
-    @property
-    def rank(self) -> int:
-        """Progress order: a status only moves forward to a higher rank.
-
-        ENQUEUED < SENT < DELIVERED < READ/VISITED; the failures rank above
-        all of them since they are final.
-        """
-        return _RANK[self]
-
-
-_RANK = {
-    MessageStatus.ENQUEUED: 0,
-    MessageStatus.SENT: 1,
-    MessageStatus.DELIVERED: 2,
-    MessageStatus.READ: 3,
-    MessageStatus.VISITED: 3,
-    MessageStatus.UNDELIVERED: 4,
-    MessageStatus.FAILED: 4,
-    MessageStatus.CANCELLED: 4,
-    MessageStatus.EXPIRED: 4,
-}
-_FINAL = frozenset(status for status, rank in _RANK.items() if rank >= 3)
-
-
 class StatusReport(WireModel):
     """One status callback posted to a message's `callbackUrl`.
 
-    `status` is a :class:`MessageStatus` when known, else the raw string.
+    `status` is a :class:`~botkit.DeliveryStatus` when known, else the raw string.
     `error_code` is an int (0 or None means no error), or the raw string when
     it is not numeric; :attr:`error` maps it to a ``StatusErrorCode``.
     `options` echoes the message's `callbackData`. `ts` is UNIX seconds.
@@ -347,7 +290,7 @@ class StatusReport(WireModel):
 
     message_id: str
     ts: int | None = None
-    status: MessageStatus | str = Field(union_mode="left_to_right")
+    status: DeliveryStatus | str = Field(union_mode="left_to_right")
     error_code: int | str | None = Field(default=None, union_mode="left_to_right")
     ip: str | None = None
     browser: str | None = None
@@ -367,10 +310,10 @@ class StatusReport(WireModel):
 
     @field_validator("status", mode="before")
     @classmethod
-    def _status(cls, value: object) -> MessageStatus | str:
+    def _status(cls, value: object) -> DeliveryStatus | str:
         if not isinstance(value, str) or not value.strip():
             raise ValueError("status must be a non-empty string")
-        return MessageStatus.parse(value) or value
+        return DeliveryStatus.parse(value) or value
 
     @field_validator("error_code", mode="before")
     @classmethod
@@ -394,10 +337,14 @@ class StatusReport(WireModel):
     def _message_id_out(self, value: str) -> int | str:
         return _id_to_wire(value)
 
+    @field_serializer("status")
+    def _status_out(self, value: DeliveryStatus | str) -> str:
+        return value.wire if isinstance(value, DeliveryStatus) else value
+
     @property
-    def known_status(self) -> MessageStatus | None:
-        """`status` when it is a known :class:`MessageStatus`, else None."""
-        return self.status if isinstance(self.status, MessageStatus) else None
+    def known_status(self) -> DeliveryStatus | None:
+        """`status` when it is a known :class:`~botkit.DeliveryStatus`, else None."""
+        return self.status if isinstance(self.status, DeliveryStatus) else None
 
     @property
     def error(self) -> StatusErrorCode | None:

@@ -54,7 +54,7 @@ from botkit.devino.validation import normalize_phone
 from botkit.devtools.emulator import Emulator, EmulatorEvent
 
 if TYPE_CHECKING:
-    from botkit.service._app import Service
+    from botkit.service._service import Service
 
 
 class DevServer(Protocol):

@@ -67,6 +67,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from botkit._events import DeliveryStatus
 from botkit.devino.client import SEND_PATH
 from botkit.devino.errors import (
     DevinoConfigError,
@@ -77,7 +78,6 @@ from botkit.devino.errors import (
 from botkit.devino.models import (
     DEFAULT_BATCH_CAP,
     IncomingMessage,
-    MessageStatus,
     OutgoingMessage,
     Reason,
     ResultCode,
@@ -122,13 +122,13 @@ class RateLimit:
 class StatusRecord:
     """A status the emulator gave a message (whether or not a callback went out)."""
 
-    status: MessageStatus
+    status: DeliveryStatus
     error_code: int
     ts: int
 
     def to_json(self) -> dict[str, Any]:
         """The record as JSON, for ``GET /_emulator/messages``."""
-        return {"status": self.status.value, "errorCode": self.error_code, "ts": self.ts}
+        return {"status": self.status.wire, "errorCode": self.error_code, "ts": self.ts}
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +136,7 @@ class CallbackAttempt:
     """One attempt to post a status callback; `http_status` is None when no answer came."""
 
     message_id: str
-    status: MessageStatus
+    status: DeliveryStatus
     url: str
     attempt: int
     http_status: int | None
@@ -152,7 +152,7 @@ class CallbackAttempt:
         """The attempt as JSON."""
         return {
             "messageId": self.message_id,
-            "status": self.status.value,
+            "status": self.status.wire,
             "url": self.url,
             "attempt": self.attempt,
             "httpStatus": self.http_status,
@@ -174,7 +174,7 @@ class AcceptedMessage:
     callbacks: list[CallbackAttempt] = field(default_factory=list)
 
     @property
-    def status(self) -> MessageStatus | None:
+    def status(self) -> DeliveryStatus | None:
         """The latest status, or None before the first one."""
         return self.statuses[-1].status if self.statuses else None
 
@@ -710,10 +710,10 @@ class Emulator:
     # ----------------------------------------------------------- callbacks
 
     async def _deliver(self, record: AcceptedMessage, failure: StatusErrorCode | None) -> None:
-        steps: list[tuple[MessageStatus, int]] = (
-            [(MessageStatus.FAILED, int(failure))]
+        steps: list[tuple[DeliveryStatus, int]] = (
+            [(DeliveryStatus.FAILED, int(failure))]
             if failure is not None
-            else [(MessageStatus.SENT, 0), (MessageStatus.DELIVERED, 0), (MessageStatus.READ, 0)]
+            else [(DeliveryStatus.SENT, 0), (DeliveryStatus.DELIVERED, 0), (DeliveryStatus.READ, 0)]
         )
         for status, error_code in steps:
             if self.callback_delay:
@@ -753,7 +753,7 @@ class Emulator:
                 await asyncio.sleep(self.callback_retry_delay * 2 ** (attempt - 1))
         logger.warning(
             "status callback %s for message %s to %s failed %d times; giving up",
-            entry.status.value,
+            entry.status.wire,
             record.message_id,
             url,
             self.callback_attempts,

@@ -1,9 +1,14 @@
 """The service tier: what runs a bot as a web service.
 
 - :mod:`botkit.service._settings`: :class:`Settings` from the environment;
-- :mod:`botkit.service._app`: the composition root (:class:`Service`) and the
-  Starlette application (:func:`create_app`): webhooks, ``/api/send``, health,
-  ``/metrics``;
+- :mod:`botkit.service._service`: the composition root, :class:`Service`
+  (runtime, store, client, outbox worker, status tracker, timer worker);
+- :mod:`botkit.service._app`: :func:`create_app`, the Starlette application,
+  which mounts each feature's routes:
+  :mod:`~botkit.service._webhooks` (the provider's webhooks),
+  :mod:`~botkit.service._send_api` (``/api/send``, ``/api/scheduled``),
+  :mod:`~botkit.service._health` (``/healthz``, ``/readyz``, ``/metrics``);
+  their shared answers and helpers are in :mod:`~botkit.service._http`;
 - :mod:`botkit.service._logs`: one structured line per turn;
 - :mod:`botkit.service._serving`: uvicorn, embedded or as the main loop;
 - :mod:`botkit.service._target`: loading a bot from ``MODULE[:ATTR]``.
@@ -12,8 +17,9 @@ The ``botkit`` command itself (:mod:`botkit._cli`) sits above the service and
 the dev tools, whose commands it gathers.
 """
 
-from botkit.service._app import Service, build_store, create_app
+from botkit.service._app import create_app
 from botkit.service._logs import configure_logging
+from botkit.service._service import Service, build_store
 from botkit.service._serving import ServingError, run_app, serve_app
 from botkit.service._settings import Settings, SettingsError, load_settings
 from botkit.service._target import BotLoadError, load_bot

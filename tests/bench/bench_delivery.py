@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from bench_client import API_KEY, start_emulator  # noqa: E402
 
 from botkit._outbound import OutboundMessage, SendMode, Template  # noqa: E402
-from botkit.delivery._sender import OutboxWorker, SenderConfig  # noqa: E402
+from botkit.delivery._sender import OutboxWorker, OutboxWorkerConfig  # noqa: E402
 from botkit.delivery._signing import CallbackSigner  # noqa: E402
 from botkit.devino import DevinoClient  # noqa: E402
 from botkit.storage.base import ConversationStore  # noqa: E402
@@ -61,7 +61,7 @@ async def run(store: ConversationStore, base_url: str, count: int, batch: int) -
         client,
         sender_name="Bench",
         signer=CallbackSigner("bench-secret-0123456789abcdef0123456789"),
-        config=SenderConfig(batch_size=batch, block=0.05),
+        config=OutboxWorkerConfig(batch_size=batch, block=0.05),
     )
     started = time.perf_counter()
     sender.start()

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from botkit.delivery._sender import OutboxWorker, SenderConfig
+from botkit.delivery._sender import OutboxWorker, OutboxWorkerConfig
 from botkit.delivery._signing import CallbackSigner
 from botkit.devino.client import DevinoClient, RetryPolicy
 from botkit.storage import OutboxItem, RedisStore
@@ -41,7 +41,7 @@ async def main(url: str, prefix: str, provider: str, heartbeat_ttl: str = "6") -
         sender_name="Claim",
         signer=CallbackSigner("claim-test-secret-0123456789abcdef0123"),
         consumer="doomed",
-        config=SenderConfig(linger=0.05, heartbeat_ttl=float(heartbeat_ttl)),
+        config=OutboxWorkerConfig(linger=0.05, heartbeat_ttl=float(heartbeat_ttl)),
     )
     sender.start()
     await asyncio.Event().wait()

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from botkit._outbound import OutboundMessage, SendMode
-from botkit.delivery._sender import OutboxWorker, SenderConfig
+from botkit.delivery._sender import OutboxWorker, OutboxWorkerConfig
 from botkit.delivery._signing import CallbackSigner
 from botkit.devino.client import DevinoClient
 from botkit.devtools.emulator import Emulator
@@ -93,7 +93,7 @@ async def test_a_dead_senders_entries_are_claimed_and_sent_once(
                 sender_name="Claim",
                 signer=CallbackSigner("claim-test-secret-0123456789abcdef0123"),
                 consumer="survivor",
-                config=SenderConfig(
+                config=OutboxWorkerConfig(
                     claim_idle=claim_idle,
                     block=0.1,
                     heartbeat_ttl=heartbeat_ttl,

@@ -11,8 +11,8 @@ import asyncio
 import httpx
 import pytest
 
-from botkit import Bot, Context, ManualClock, OutsideSessionWindow, Template
-from botkit.delivery._sender import SenderConfig
+from botkit import Bot, Context, DeliveryStatus, ManualClock, OutsideSessionWindow, Template
+from botkit.delivery._sender import OutboxWorkerConfig
 from botkit.delivery._status import RateRetry
 from botkit.devino.client import RetryPolicy
 from botkit.devtools.emulator import Emulator, RateLimit
@@ -21,7 +21,7 @@ from botkit.testing import LiveBot
 from .conftest import StoreMaker
 
 USER = "79031234567"
-FAST = SenderConfig(retry_base=0.02, retry_max=0.1, block=0.2, housekeeping_every=0.05)
+FAST = OutboxWorkerConfig(retry_base=0.02, retry_max=0.1, block=0.2, housekeeping_every=0.05)
 
 
 def make_bot() -> Bot:
@@ -112,7 +112,9 @@ async def test_a_2312_is_resent_once_as_the_fallback_template(make_store: StoreM
         live.clock.advance(seconds=120)
         await live.bot.send(USER, "late text", template=Template("come_back", ["x"]))
         await emulator.wait_until(
-            lambda: any(c.status == "FAILED" and c.delivered for c in emulator.callbacks),
+            lambda: any(
+                c.status is DeliveryStatus.FAILED and c.delivered for c in emulator.callbacks
+            ),
             what="the 2312 callback acknowledged",
         )
         await live.replies(3)
@@ -159,7 +161,9 @@ async def test_a_2301_is_retried_later(make_store: StoreMaker) -> None:
         await live.replies(1)
         await live.bot.send(USER, "two")
         await emulator.wait_until(
-            lambda: any(c.status == "FAILED" and c.delivered for c in emulator.callbacks),
+            lambda: any(
+                c.status is DeliveryStatus.FAILED and c.delivered for c in emulator.callbacks
+            ),
             what="the 2301 callback acknowledged",
         )
         assert len(emulator.messages) == 2
@@ -168,7 +172,7 @@ async def test_a_2301_is_retried_later(make_store: StoreMaker) -> None:
         assert [m.received.get("text") for m in messages] == ["one", "two", "two"]
         retried = messages[2]
         await emulator.wait_until(lambda: retried.status is not None, what="a status")
-        assert retried.status is not None and retried.status.value == "SENT"
+        assert retried.status is not None and retried.status.wire == "SENT"
 
 
 async def test_five_hundreds_then_ok_is_delivered_exactly_once(make_store: StoreMaker) -> None:

@@ -14,7 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from botkit._outbound import OutboundMessage, SendMode
-from botkit.delivery._sender import OutboxWorker, SenderConfig
+from botkit.delivery._sender import OutboxWorker, OutboxWorkerConfig
 from botkit.delivery._signing import CallbackSigner
 from botkit.devino.client import DevinoClient
 from botkit.devtools.emulator import Emulator
@@ -99,7 +99,7 @@ async def test_two_senders_post_one_users_replies_in_commit_order(
     first, second, url, prefix = stores
     emulator = Emulator(api_key="k")
     signer = CallbackSigner("order-test-secret-0123456789abcdef0123")
-    config = SenderConfig(block=0.05, linger=0.0)
+    config = OutboxWorkerConfig(block=0.05, linger=0.0)
     check = aioredis.Redis.from_url(url, decode_responses=True)
     async with emulator.serve() as provider:
         clients = [DevinoClient(provider, api_key="k") for _ in range(2)]
@@ -151,7 +151,7 @@ async def test_messages_read_before_a_failed_order_check_go_out_next_round() -> 
     async with emulator.serve() as provider:
         client = DevinoClient(provider, api_key="k")
         # A long claim_idle: only the sender's own memory brings the message back soon.
-        config = SenderConfig(block=0.05, linger=0.0, retry_base=0.05, claim_idle=600)
+        config = OutboxWorkerConfig(block=0.05, linger=0.0, retry_base=0.05, claim_idle=600)
         signer = CallbackSigner("order-test-secret-0123456789abcdef0123")
         sender = OutboxWorker(store, client, sender_name="Order", signer=signer, config=config)
         lease = await store.begin_turn(USER, "m:1")
@@ -192,7 +192,7 @@ async def test_entries_a_failed_read_took_go_out_next_round_once_and_in_order() 
     async with emulator.serve() as provider:
         client = DevinoClient(provider, api_key="k")
         # A long claim_idle: only taking its own entries back sends them soon.
-        config = SenderConfig(block=0.05, linger=0.0, retry_base=0.05, claim_idle=600)
+        config = OutboxWorkerConfig(block=0.05, linger=0.0, retry_base=0.05, claim_idle=600)
         signer = CallbackSigner("order-test-secret-0123456789abcdef0123")
         sender = OutboxWorker(store, client, sender_name="Order", signer=signer, config=config)
         lease = await store.begin_turn(USER, "m:1")

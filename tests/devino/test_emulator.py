@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
+from botkit import DeliveryStatus
 from botkit.devino import (
     DevinoClient,
     DevinoConfigError,
-    MessageStatus,
     OutgoingMessage,
     StatusErrorCode,
     parse_incoming,
@@ -47,7 +47,7 @@ def template(callback_url: str, to: str = USER) -> OutgoingMessage:
 async def statuses_of(receiver: Receiver, count: int) -> list[tuple[str, int | None]]:
     bodies = await receiver.wait_for(count, "/status")
     reports = [report for body in bodies for report in parse_statuses(body)]
-    return [(str(report.status), report.error_code) for report in reports]
+    return [(report.to_wire()["status"], report.error_code) for report in reports]
 
 
 async def test_a_message_is_sent_delivered_and_read(
@@ -65,7 +65,7 @@ async def test_a_message_is_sent_delivered_and_read(
         "messageId", "ts", "status", "errorCode", "ip", "browser", "os", "userAgent", "options"
     }  # fmt: skip
     record = emulator.message(result.message_id or "")
-    assert record is not None and record.status is MessageStatus.READ
+    assert record is not None and record.status is DeliveryStatus.READ
 
 
 async def test_free_text_outside_the_window_fails_with_2312(
@@ -118,16 +118,16 @@ async def test_too_many_messages_to_one_user_fail_with_2301(
     )
     outcomes = [(m.message.to, m.status, m.statuses[-1].error_code) for m in emulator.messages]
     assert outcomes == [
-        (USER, MessageStatus.READ, 0),
-        (USER, MessageStatus.READ, 0),
-        (USER, MessageStatus.READ, 0),
-        (USER, MessageStatus.FAILED, 2301),
-        ("79035550000", MessageStatus.READ, 0),
+        (USER, DeliveryStatus.READ, 0),
+        (USER, DeliveryStatus.READ, 0),
+        (USER, DeliveryStatus.READ, 0),
+        (USER, DeliveryStatus.FAILED, 2301),
+        ("79035550000", DeliveryStatus.READ, 0),
     ]
 
     emulator.advance_clock(61)  # the rate window slid past
     await devino_send(emulator_url, template(callback))
-    await emulator.wait_until(lambda: emulator.messages[-1].status is MessageStatus.READ)
+    await emulator.wait_until(lambda: emulator.messages[-1].status is DeliveryStatus.READ)
 
 
 async def devino_send(url: str, message: OutgoingMessage) -> None:

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from botkit import DeliveryStatus
 from botkit.devino import (
     IncomingMessage,
-    MessageStatus,
     OutgoingMessage,
     PayloadError,
     StatusErrorCode,
@@ -74,7 +74,7 @@ def test_page_send_responses_read_as_results() -> None:
 def test_page_status_round_trips() -> None:
     [report] = parse_statuses(PAGE_STATUS)
     assert report.message_id == "1"
-    assert report.status is MessageStatus.DELIVERED
+    assert report.status is DeliveryStatus.DELIVERED
     assert report.error_code == 0 and report.error is None
     assert report.options == "string"
     assert [report.to_wire()] == PAGE_STATUS
@@ -133,23 +133,23 @@ def test_business_rule_breaches_still_build() -> None:
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        ("delivered", MessageStatus.DELIVERED),
-        ("Read", MessageStatus.READ),
-        ("SENT", MessageStatus.SENT),
-        ("vp_expired", MessageStatus.EXPIRED),
-        ("EXPIRED", MessageStatus.EXPIRED),
-        ("enqueued", MessageStatus.ENQUEUED),
-        ("undelivered", MessageStatus.UNDELIVERED),
-        ("failed", MessageStatus.FAILED),
-        ("cancelled", MessageStatus.CANCELLED),
-        ("visited", MessageStatus.VISITED),
+        ("delivered", DeliveryStatus.DELIVERED),
+        ("Read", DeliveryStatus.READ),
+        ("SENT", DeliveryStatus.SENT),
+        ("vp_expired", DeliveryStatus.EXPIRED),
+        ("EXPIRED", DeliveryStatus.EXPIRED),
+        ("enqueued", DeliveryStatus.ENQUEUED),
+        ("undelivered", DeliveryStatus.UNDELIVERED),
+        ("failed", DeliveryStatus.FAILED),
+        ("cancelled", DeliveryStatus.CANCELLED),
+        ("visited", DeliveryStatus.VISITED),
         ("REACTED", "REACTED"),  # unknown: kept as given, never rejected
     ],
 )
 def test_status_names_parse_case_insensitively(raw: str, expected: object) -> None:
     [report] = parse_statuses({"messageId": "5", "status": raw})
     assert report.status == expected
-    assert (report.known_status is None) == (not isinstance(expected, MessageStatus))
+    assert (report.known_status is None) == (not isinstance(expected, DeliveryStatus))
 
 
 @pytest.mark.parametrize(
@@ -167,11 +167,11 @@ def test_error_code_maps_to_its_action() -> None:
 
 
 def test_statuses_only_move_forward_by_rank() -> None:
-    order = [MessageStatus.ENQUEUED, MessageStatus.SENT, MessageStatus.DELIVERED]
+    order = [DeliveryStatus.ENQUEUED, DeliveryStatus.SENT, DeliveryStatus.DELIVERED]
     assert [status.rank for status in order] == sorted(status.rank for status in order)
-    assert MessageStatus.READ.rank > MessageStatus.DELIVERED.rank
-    assert MessageStatus.FAILED.is_final and MessageStatus.READ.is_final
-    assert not MessageStatus.DELIVERED.is_final
+    assert DeliveryStatus.READ.rank > DeliveryStatus.DELIVERED.rank
+    assert DeliveryStatus.FAILED.is_final and DeliveryStatus.READ.is_final
+    assert not DeliveryStatus.DELIVERED.is_final
 
 
 def test_unknown_fields_are_kept() -> None:
@@ -323,3 +323,15 @@ def test_lone_surrogates_are_repaired_and_the_fields_named() -> None:
     assert message.text == "\ufffd"
     # A valid pair, escaped, is left alone.
     assert repair_text(b'"\\ud83d\\ude00"', "\U0001f600") == ("\U0001f600", [])
+
+
+def test_one_status_enum_the_old_provider_name_warns_and_is_the_same_enum() -> None:
+    import botkit.devino
+
+    with pytest.warns(DeprecationWarning, match="DeliveryStatus"):
+        old = botkit.devino.MessageStatus  # type: ignore[attr-defined]
+    assert old is DeliveryStatus
+    [report] = parse_statuses({"messageId": 3, "status": "vp_expired"})
+    assert report.status is DeliveryStatus.EXPIRED
+    # Back on the wire, the provider's own name.
+    assert report.to_wire()["status"] == "VP_EXPIRED" == DeliveryStatus.EXPIRED.wire

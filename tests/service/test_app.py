@@ -16,9 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from botkit import Bot, Context, StoreConfig
-from botkit.delivery._sender import SenderConfig
-from botkit.devino.models import MessageStatus
+from botkit import Bot, Context, DeliveryStatus, StoreConfig
+from botkit.delivery._sender import OutboxWorkerConfig
 from botkit.devtools.emulator import AcceptedMessage
 from botkit.storage.memory import MemoryStore
 from botkit.testing import LiveBot
@@ -33,7 +32,7 @@ from tests.service._harness import (
 
 ANNA = "79031234567"
 BORIS = "491791112233"
-FAST = SenderConfig(retry_base=0.02, retry_max=0.2, block=0.2, housekeeping_every=0.05)
+FAST = OutboxWorkerConfig(retry_base=0.02, retry_max=0.2, block=0.2, housekeeping_every=0.05)
 
 
 class Stack:
@@ -63,7 +62,7 @@ class Stack:
 
     async def callbacks_acknowledged(self) -> None:
         """Wait until every accepted message's last status callback was answered 2xx."""
-        final = {MessageStatus.READ, MessageStatus.FAILED}
+        final = {DeliveryStatus.READ, DeliveryStatus.FAILED}
 
         def acknowledged(m: AcceptedMessage) -> bool:
             return m.status in final and any(
@@ -356,7 +355,7 @@ async def test_status_callbacks_are_acknowledged_200_empty(stack: Stack) -> None
     [reply] = await stack.live.replies(1)
     emulator = stack.live.emulator
     await emulator.wait_for_callbacks(3)
-    assert [(c.status.value, c.http_status) for c in emulator.callbacks] == [
+    assert [(c.status.wire, c.http_status) for c in emulator.callbacks] == [
         ("SENT", 200),
         ("DELIVERED", 200),
         ("READ", 200),

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from botkit.delivery._sender import SenderConfig
+from botkit.delivery._sender import OutboxWorkerConfig
 from botkit.testing import LiveBot
 from bots import echo
 from tests.service._harness import (
@@ -33,7 +33,7 @@ from tests.storage._redis_server import RedisServer
 
 ANNA = "79031234567"
 BORIS = "491791112233"
-FAST = SenderConfig(retry_base=0.02, retry_max=0.2, block=0.2, housekeeping_every=0.05)
+FAST = OutboxWorkerConfig(retry_base=0.02, retry_max=0.2, block=0.2, housekeeping_every=0.05)
 
 
 def replies_to(provider: Provider, user: str) -> list[str]:

@@ -21,8 +21,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from botkit import Bot, Context
-from botkit.delivery._sender import SenderConfig
-from botkit.service._app import create_app
+from botkit.delivery._sender import OutboxWorkerConfig
+from botkit.service import create_app
 from botkit.service._serving import serve_app
 from botkit.service._settings import load_settings
 from bots import echo
@@ -170,7 +170,7 @@ async def test_what_could_not_be_sent_at_shutdown_is_sent_by_the_next_instance(
         redis_url=redis_url,
         key_prefix=redis_prefix,
     )
-    quick = SenderConfig(retry_base=0.05, retry_max=0.1, block=0.1, claim_idle=0.5)
+    quick = OutboxWorkerConfig(retry_base=0.05, retry_max=0.1, block=0.1, claim_idle=0.5)
     webhook = f"/whatsapp/incoming/{WEBHOOK_TOKEN}"
 
     # The provider is down while the first instance runs and stops.
