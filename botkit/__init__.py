@@ -58,6 +58,7 @@ from botkit._media import (
 )
 from botkit._outbound import OutboundMessage, SendMode, Template
 from botkit._plugins import InvalidPlugin, Plugin, UnknownPlugin
+from botkit._retry import RetryPolicy, RetryPolicyError
 from botkit._router import ANY, Router, SkipHandler
 from botkit._turn import Outcome, Turn, TurnOutcome
 from botkit._where import DefinitionError
@@ -135,6 +136,8 @@ __all__ = [
     "Regex",
     "ReplyPolicy",
     "ReplyTooLong",
+    "RetryPolicy",
+    "RetryPolicyError",
     "Router",
     "SendMode",
     "SessionWindow",

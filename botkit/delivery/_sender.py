@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import socket
 import time
 import uuid
@@ -41,6 +40,7 @@ from dataclasses import dataclass
 from botkit import _metrics as metrics
 from botkit._clock import Clock, SystemClock
 from botkit._outbound import OutboundMessage, SentRecord
+from botkit._retry import RetryPolicy
 from botkit.delivery._shards import ShardOwnership
 from botkit.delivery._signing import CallbackSigner
 from botkit.delivery._status import furthest
@@ -62,13 +62,18 @@ log = logging.getLogger("botkit.sender")
 RejectionHandler = Callable[[OutboundMessage, SendResult], Awaitable[None]]
 
 
+OUTBOX_RETRY = RetryPolicy(attempts=None, base_delay=0.5, max_delay=10.0)
+"""The outbox worker's default backoff (the service's comes from its settings)."""
+
+
 @dataclass(frozen=True, slots=True)
 class OutboxWorkerConfig:
     """How the sender batches, retries and claims.
 
     ``linger`` is the longest it waits to fill a batch once one message is
-    there. ``retry_base``/``retry_max`` bound the backoff between attempts
-    at a batch the provider did not answer. ``claim_idle`` is how long an
+    there. ``retry`` is the backoff between attempts at a batch the provider
+    did not answer (and after a failed read or acknowledgement); it never
+    gives up on a message, whatever its ``attempts``. ``claim_idle`` is how long an
     entry read by another (presumably dead) instance stays unacknowledged
     before this one takes it over; None derives it from the client: its
     longest send plus ``receipt_grace`` (see the module docstring).
@@ -85,8 +90,7 @@ class OutboxWorkerConfig:
     batch_size: int = 100
     linger: float = 0.005
     block: float = 0.5
-    retry_base: float = 0.5
-    retry_max: float = 30.0
+    retry: RetryPolicy = OUTBOX_RETRY
     claim_idle: float | None = None
     receipt_grace: float = 10.0
     housekeeping_every: float = 1.0
@@ -496,7 +500,7 @@ class OutboxWorker:
                 return pending, results
             except DevinoAuthError:
                 failures += 1
-                delay = self.config.retry_max
+                delay = self.config.retry.max_delay
                 log.error(
                     "the provider refused botkit's credentials; check BOTKIT_DEVINO_API_KEY. "
                     "Holding %d messages and retrying in %.0fs",
@@ -525,8 +529,7 @@ class OutboxWorker:
                 return None
 
     def _backoff(self, failures: int) -> float:
-        ceiling = min(self.config.retry_max, self.config.retry_base * 2 ** min(failures - 1, 16))
-        return random.uniform(ceiling / 2, ceiling)
+        return self.config.retry.delay(failures - 1)
 
     async def _pause(self, delay: float) -> bool:
         """Sleep ``delay`` seconds; False when it is time to stop instead."""

@@ -18,12 +18,17 @@ import time
 from dataclasses import dataclass
 
 from botkit import _metrics as metrics
+from botkit._retry import RetryPolicy
 from botkit._runtime import Runtime
 from botkit._turn import Outcome
 from botkit.storage.base import StorageError, StorageUnavailable, TimerClaim
 from botkit.storage.outage import outage_log
 
 log = logging.getLogger("botkit.timers")
+
+
+TIMER_RETRY = RetryPolicy(attempts=None, base_delay=0.5, max_delay=5.0)
+"""The timer worker's default backoff after a failed pass."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,12 +39,14 @@ class TimerConfig:
     is how long a claimed user is left to this worker before another may
     claim them (longer than a turn takes); ``batch`` bounds the users one
     pass claims and ``concurrency`` the timer turns running at once.
+    ``retry`` is the pause after a pass that failed (the store down, say).
     """
 
     poll: float = 0.25
     lease: float = 60.0
     batch: int = 100
     concurrency: int = 32
+    retry: RetryPolicy = TIMER_RETRY
 
 
 class TimerWorker:
@@ -95,7 +102,7 @@ class TimerWorker:
                 log.exception("timer pass failed")
             if fired:
                 continue  # more may be due: look again at once
-            delay = self.config.poll if not failures else min(5.0, self.config.poll * 2**failures)
+            delay = self.config.retry.delay(failures - 1) if failures else self.config.poll
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
 

@@ -2,8 +2,9 @@
 
 Async only. One shared :class:`httpx.AsyncClient` (connection pool, timeouts);
 local validation before anything leaves; batches split at the provider's cap
-and sent a few at a time; connection errors, timeouts and 5xx retried with
-exponential backoff and full jitter; one typed :class:`SendResult` per message.
+and sent a few at a time; connection errors, timeouts and 5xx retried by its
+:class:`~botkit.RetryPolicy` (exponential backoff, full jitter); one typed
+:class:`SendResult` per message.
 
 Delivery is *at least once*: a request that timed out may have reached the
 provider, and its retry can then send the same messages again.
@@ -22,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import random
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import ValidationError
 
+from botkit._retry import RetryPolicy
 from botkit.devino.errors import (
     DevinoAuthError,
     DevinoConfigError,
@@ -67,44 +68,6 @@ DEFAULT_TIMEOUT: Final = httpx.Timeout(connect=5.0, read=15.0, write=10.0, pool=
 
 # 429 is not documented by the provider; if a proxy in front of it says so, back off.
 _RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """How hard the client tries before raising :class:`DevinoTransportError`.
-
-    `attempts` counts every request, the first included. Before retry *n*
-    (0-based) the client sleeps a random time in
-    ``[0, min(max_delay, base_delay * 2**n)]`` ("full jitter"), so clients that
-    failed together do not retry together.
-    """
-
-    attempts: int = 4
-    base_delay: float = 0.25
-    max_delay: float = 8.0
-    retry_unanswered: bool = True
-    """Retry a request that went out but got no answer (read timeout, dropped
-    connection). The provider may have accepted it, so a retry may deliver
-    twice; botkit's sender turns this off and settles such a batch by its
-    status callbacks instead (:attr:`DevinoTransportError.unanswered`)."""
-
-    def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise DevinoConfigError("RetryPolicy.attempts must be at least 1")
-        if self.base_delay < 0 or self.max_delay < 0:
-            raise DevinoConfigError("RetryPolicy delays cannot be negative")
-
-    def longest_backoffs(self) -> float:
-        """The most the client sleeps between attempts, all retries together."""
-        return sum(
-            min(self.max_delay, self.base_delay * 2.0 ** min(retry, 32))
-            for retry in range(self.attempts - 1)
-        )
-
-    def backoff(self, retry: int) -> float:
-        """Seconds to wait before retry number `retry` (0 for the first retry)."""
-        ceiling = min(self.max_delay, self.base_delay * 2.0 ** min(retry, 32))
-        return random.uniform(0.0, ceiling)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +115,7 @@ class DevinoClient:
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         limits: httpx.Limits | None = None,
         retry: RetryPolicy | None = None,
+        retry_unanswered: bool = True,
         transport: httpx.AsyncBaseTransport | None = None,
         on_request: RequestHook | None = None,
     ) -> None:
@@ -168,6 +132,13 @@ class DevinoClient:
         self.batch_cap = batch_cap
         self.concurrency = concurrency
         self.retry = retry or RetryPolicy()
+        if self.retry.attempts is None:
+            raise DevinoConfigError("the client's RetryPolicy needs a number of attempts")
+        self.retry_unanswered = retry_unanswered
+        """Retry a request that went out but got no answer (read timeout, dropped
+        connection). The provider may have accepted it, so a retry may deliver
+        twice; botkit's service makes one attempt per request and settles such
+        a batch by its status callbacks (:attr:`DevinoTransportError.unanswered`)."""
         self.timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
         self.on_request = on_request
         self.requests_sent = 0
@@ -221,7 +192,7 @@ class DevinoClient:
         if any(phase is None for phase in phases):
             return None
         per_attempt = sum(phase for phase in phases if phase is not None)
-        return self.retry.attempts * per_attempt + self.retry.longest_backoffs()
+        return (self.retry.attempts or 1) * per_attempt + self.retry.longest_backoffs()
 
     async def send(self, messages: Iterable[OutgoingMessage]) -> list[SendResult]:
         """Send `messages`; return one result per message, in the same order.
@@ -277,16 +248,17 @@ class DevinoClient:
 
     async def _post(self, body: bytes, count: int) -> list[SendResult]:
         policy = self.retry
+        attempts = policy.attempts or 1  # never None: checked in __init__
         cause: BaseException | None = None
         status: int | None = None
-        for attempt in range(1, policy.attempts + 1):
+        for attempt in range(1, attempts + 1):
             started = time.perf_counter()
             try:
                 response = await self._http.post(SEND_PATH, content=body)
             except httpx.TransportError as exc:
                 self._observe(RequestRecord(count, attempt, None, _since(started), exc))
                 cause, status = exc, None
-                if not policy.retry_unanswered and _unanswered(exc):
+                if not self.retry_unanswered and _unanswered(exc):
                     raise DevinoTransportError(
                         attempts=attempt, cause=exc, status_code=None, unanswered=True
                     ) from exc
@@ -300,19 +272,17 @@ class DevinoClient:
                     if response.status_code not in _RETRYABLE_STATUS:
                         raise
                     cause, status = exc, response.status_code
-            if attempt < policy.attempts:
-                delay = policy.backoff(attempt - 1)
+            if attempt < attempts:
+                delay = policy.delay(attempt - 1)
                 logger.warning(
                     "provider request failed (attempt %d of %d): %s; retrying in %.2fs",
                     attempt,
-                    policy.attempts,
+                    attempts,
                     f"HTTP {status}" if status is not None else _describe(cause),
                     delay,
                 )
                 await asyncio.sleep(delay)
-        raise DevinoTransportError(
-            attempts=policy.attempts, cause=cause, status_code=status
-        ) from cause
+        raise DevinoTransportError(attempts=attempts, cause=cause, status_code=status) from cause
 
     def _observe(self, record: RequestRecord) -> None:
         self.requests_sent += 1

@@ -25,13 +25,14 @@ from botkit import _metrics as metrics
 from botkit._bot import Bot
 from botkit._clock import Clock, SystemClock
 from botkit._events import AnyMessage
+from botkit._retry import RetryPolicy
 from botkit._runtime import Runtime
 from botkit._turn import Outcome, TurnOutcome
 from botkit.delivery._sender import OutboxWorker, OutboxWorkerConfig
 from botkit.delivery._signing import MIN_SECRET_BYTES, CallbackSigner
 from botkit.delivery._status import RateRetry, StatusTracker
 from botkit.delivery._timers import TimerConfig, TimerWorker
-from botkit.devino.client import DevinoClient, RetryPolicy
+from botkit.devino.client import DevinoClient
 from botkit.service._body_guard import BodyGuard
 from botkit.service._logs import log_turn
 from botkit.service._settings import Settings
@@ -61,6 +62,7 @@ def build_store(bot: Bot, settings: Settings, clock: Clock | None = None) -> Con
         sent_ttl=settings.sent_ttl_days * 86_400.0,
         seen_per_user=settings.seen_per_user,
         sent_per_user=settings.sent_per_user,
+        reconnect=settings.retry_policy(),
     )
     url = settings.secret("redis_url")
     if not url:
@@ -133,13 +135,16 @@ class Service:
             callback_url=callback_url,
             config=sender_config
             or OutboxWorkerConfig(
-                batch_size=settings.batch_size, receipt_grace=settings.receipt_grace
+                batch_size=settings.batch_size,
+                receipt_grace=settings.receipt_grace,
+                retry=settings.retry_policy(),
             ),
             clock=self.clock,
             on_rejected=self.tracker.report_rejected,
         )
         self.timers = TimerWorker(
-            self.runtime, timer_config or TimerConfig(lease=settings.timer_lease)
+            self.runtime,
+            timer_config or TimerConfig(lease=settings.timer_lease, retry=settings.retry_policy()),
         )
         self.runtime.on_turn.append(_count_turn)
         self.runtime.on_turn.append(log_turn)
@@ -185,15 +190,15 @@ class Service:
         A store that is down at start-up makes the service unready, not dead:
         this retries until the store answers.
         """
-        delay = 0.2
+        retry, failures = self.settings.retry_policy(), 0
         while True:
             try:
                 secret = await self._shared_secret()
                 break
             except StorageError as exc:
                 log.warning("could not load the callback secret from the store: %s", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await asyncio.sleep(retry.delay(failures))
+                failures += 1
         self._use_secret(secret)
         self.sender.start()
 
@@ -325,11 +330,13 @@ def _count_turn(outcome: TurnOutcome) -> None:
 
 
 def _build_client(settings: Settings) -> DevinoClient:
-    # A request that went out unanswered is not retried by the client: the
-    # sender settles it by its status callbacks first (receipts), then resends.
+    # One try per request: the outbox worker is the one that tries again (with
+    # the settings' backoff), so retries are not nested. A request that went out
+    # unanswered is settled by its status callbacks first (receipts).
     options: dict[str, Any] = {
         "batch_cap": settings.batch_size,
-        "retry": RetryPolicy(attempts=settings.devino_attempts, retry_unanswered=False),
+        "retry": RetryPolicy(attempts=1),
+        "retry_unanswered": False,
     }
     if settings.devino_timeout is not None:
         options["timeout"] = settings.devino_timeout

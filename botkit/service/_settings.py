@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from botkit._errors import BotkitError
 from botkit._media import MediaPolicy
+from botkit._retry import RetryPolicy
 
 DEFAULT_DEVINO_URL = "https://api.devino.online"
 
@@ -97,7 +98,9 @@ class Settings(BaseSettings):
     redis_shards: int | None = Field(default=None, ge=1, le=16_384)
     batch_size: int = Field(default=100, ge=1, le=1000)
     devino_timeout: float | None = Field(default=None, gt=0)
-    devino_attempts: int = Field(default=4, ge=1, le=20)
+    retry_base_delay: float = Field(default=0.5, ge=0, allow_inf_nan=False)
+    retry_max_delay: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+    retry_jitter: float = Field(default=1.0, ge=0, le=1)
     receipt_grace: float = Field(default=10.0, ge=0)
     timer_lease: float = Field(default=60.0, gt=0)
     log_format: Literal["console", "json"] = "console"
@@ -188,6 +191,21 @@ class Settings(BaseSettings):
             hint = "" if name == "devino_api_key" else f"; generate one with: {GENERATE_SECRET}"
             problems.append(f"BOTKIT_{name.upper()}: {problem}{hint}")
         return problems
+
+    def retry_policy(self) -> RetryPolicy:
+        """The one backoff of every retrying path of the service; it never gives up.
+
+        The outbox worker (sends, reads, acknowledgements), the timer worker,
+        the store's reconnects and loading the callback secret wait this long
+        between tries; the provider client tries each request once, so
+        retries are never nested.
+        """
+        return RetryPolicy(
+            attempts=None,
+            base_delay=self.retry_base_delay,
+            max_delay=self.retry_max_delay,
+            jitter=self.retry_jitter,
+        )
 
     def media_policy(self) -> MediaPolicy:
         """Where ``ctx.download_media`` may fetch from, how much and how long."""

@@ -19,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 from botkit._errors import BotkitError
 from botkit._events import Timer
 from botkit._outbound import OutboundMessage, SentRecord
+from botkit._retry import RetryPolicy
 
 DAY = 86_400.0
 
@@ -61,6 +62,10 @@ class DuplicateMessage(StorageError):
         self.state = state
 
 
+RECONNECT_RETRY = RetryPolicy(attempts=None, base_delay=0.05, max_delay=2.0)
+"""A store's default backoff when it reconnects."""
+
+
 @dataclass(slots=True)
 class StoreConfig:
     """Timings of a conversation store.
@@ -77,6 +82,9 @@ class StoreConfig:
     ``done_ttl`` after the last one), and the records status callbacks need
     as their last ``sent_per_user`` sent messages (for ``sent_ttl`` after the
     last one). A provider retry of a message older than that runs again.
+
+    ``reconnect`` is the backoff of the store's own reconnecting (the Redis
+    store's wake-up listener); it never gives up.
     """
 
     lock_ttl: float = 30.0
@@ -86,6 +94,7 @@ class StoreConfig:
     sent_ttl: float = 7 * DAY
     seen_per_user: int = 32
     sent_per_user: int = 32
+    reconnect: RetryPolicy = RECONNECT_RETRY
 
 
 @dataclass(slots=True)

@@ -10,18 +10,30 @@ import asyncio
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
-from botkit import Bot, Context, DeliveryStatus, ManualClock, OutsideSessionWindow, Template
+from botkit import (
+    Bot,
+    Context,
+    DeliveryStatus,
+    ManualClock,
+    OutsideSessionWindow,
+    RetryPolicy,
+    Template,
+)
 from botkit.delivery._sender import OutboxWorkerConfig
 from botkit.delivery._status import RateRetry
-from botkit.devino.client import RetryPolicy
 from botkit.devtools.emulator import Emulator, RateLimit
 from botkit.testing import LiveBot
 
 from .conftest import StoreMaker
 
 USER = "79031234567"
-FAST = OutboxWorkerConfig(retry_base=0.02, retry_max=0.1, block=0.2, housekeeping_every=0.05)
+FAST = OutboxWorkerConfig(
+    retry=RetryPolicy(attempts=None, base_delay=0.02, max_delay=0.1),
+    block=0.2,
+    housekeeping_every=0.05,
+)
 
 
 def make_bot() -> Bot:
@@ -175,19 +187,25 @@ async def test_a_2301_is_retried_later(make_store: StoreMaker) -> None:
         assert retried.status is not None and retried.status.wire == "SENT"
 
 
+def retried_for_transport() -> float:
+    return REGISTRY.get_sample_value("botkit_messages_retried_total", {"cause": "transport"}) or 0
+
+
 async def test_five_hundreds_then_ok_is_delivered_exactly_once(make_store: StoreMaker) -> None:
     clock = ManualClock()
     emulator = Emulator(api_key="live-test", clock=clock.now)
-    client_retry = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02)
     async with LiveBot(
         make_bot(), emulator=emulator, clock=clock, store=make_store(clock), sender_config=FAST
     ) as live:
-        live.service.client.retry = client_retry
         emulator.fail_next(4, status=500)
+        before = retried_for_transport()
         await live.say(USER, "persist")
         [sent] = await live.replies(1, within=10)
         assert sent.received["text"] == "persist"
         assert [r.http_status for r in emulator.requests][:5] == [500, 500, 500, 500, 200]
+        # Retries are not nested: the client tried each request once, and the
+        # outbox worker (with its RetryPolicy) made each of the four retries.
+        assert retried_for_transport() - before == 4
         await _settle(live)
         assert texts(live) == ["persist"]
 

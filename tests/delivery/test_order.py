@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 import redis.asyncio as aioredis
 
+from botkit import RetryPolicy
 from botkit._outbound import OutboundMessage, SendMode
 from botkit.delivery._sender import OutboxWorker, OutboxWorkerConfig
 from botkit.delivery._signing import CallbackSigner
@@ -151,7 +152,12 @@ async def test_messages_read_before_a_failed_order_check_go_out_next_round() -> 
     async with emulator.serve() as provider:
         client = DevinoClient(provider, api_key="k")
         # A long claim_idle: only the sender's own memory brings the message back soon.
-        config = OutboxWorkerConfig(block=0.05, linger=0.0, retry_base=0.05, claim_idle=600)
+        config = OutboxWorkerConfig(
+            retry=RetryPolicy(attempts=None, base_delay=0.05),
+            block=0.05,
+            linger=0.0,
+            claim_idle=600,
+        )
         signer = CallbackSigner("order-test-secret-0123456789abcdef0123")
         sender = OutboxWorker(store, client, sender_name="Order", signer=signer, config=config)
         lease = await store.begin_turn(USER, "m:1")
@@ -192,7 +198,12 @@ async def test_entries_a_failed_read_took_go_out_next_round_once_and_in_order() 
     async with emulator.serve() as provider:
         client = DevinoClient(provider, api_key="k")
         # A long claim_idle: only taking its own entries back sends them soon.
-        config = OutboxWorkerConfig(block=0.05, linger=0.0, retry_base=0.05, claim_idle=600)
+        config = OutboxWorkerConfig(
+            retry=RetryPolicy(attempts=None, base_delay=0.05),
+            block=0.05,
+            linger=0.0,
+            claim_idle=600,
+        )
         signer = CallbackSigner("order-test-secret-0123456789abcdef0123")
         sender = OutboxWorker(store, client, sender_name="Order", signer=signer, config=config)
         lease = await store.begin_turn(USER, "m:1")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from botkit import ManualClock
+from botkit import ManualClock, RetryPolicy
 from botkit.delivery._sender import OutboxWorkerConfig
 from botkit.devtools.emulator import Emulator
 from botkit.testing import LiveBot
@@ -22,7 +22,9 @@ from .conftest import StoreMaker
 from .test_delivery import USER, _settle, make_bot
 
 # The sender's own retries are quick; the provider's answer comes after the read timeout.
-QUICK = OutboxWorkerConfig(retry_base=0.05, retry_max=0.1, block=0.1, receipt_grace=10.0)
+QUICK = OutboxWorkerConfig(
+    retry=RetryPolicy(attempts=None, base_delay=0.05, max_delay=0.1), block=0.1, receipt_grace=10.0
+)
 TIMEOUT = 0.5
 LATE = 1.5
 

@@ -261,12 +261,3 @@ def test_credentials_are_required_once() -> None:
         DevinoClient(login="a")
     with pytest.raises(DevinoConfigError, match="BOTKIT_DEVINO_URL"):
         DevinoClient("api.devino.online", api_key="k")
-
-
-def test_retry_backoff_is_bounded_full_jitter() -> None:
-    policy = RetryPolicy(attempts=5, base_delay=0.5, max_delay=2.0)
-    for retry in range(10):
-        ceiling = min(2.0, 0.5 * 2**retry)
-        assert all(0.0 <= policy.backoff(retry) <= ceiling for _ in range(50))
-    with pytest.raises(DevinoConfigError):
-        RetryPolicy(attempts=0)

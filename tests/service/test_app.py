@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from botkit import Bot, Context, DeliveryStatus, StoreConfig
+from botkit import Bot, Context, DeliveryStatus, RetryPolicy, StoreConfig
 from botkit.delivery._sender import OutboxWorkerConfig
 from botkit.devtools.emulator import AcceptedMessage
 from botkit.storage.memory import MemoryStore
@@ -32,7 +32,11 @@ from tests.service._harness import (
 
 ANNA = "79031234567"
 BORIS = "491791112233"
-FAST = OutboxWorkerConfig(retry_base=0.02, retry_max=0.2, block=0.2, housekeeping_every=0.05)
+FAST = OutboxWorkerConfig(
+    retry=RetryPolicy(attempts=None, base_delay=0.02, max_delay=0.2),
+    block=0.2,
+    housekeeping_every=0.05,
+)
 
 
 class Stack:

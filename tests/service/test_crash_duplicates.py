@@ -88,7 +88,6 @@ async def test_kill_9_of_a_worker_with_a_batch_in_flight_sends_no_reply_twice(
         BOTKIT_PUBLIC_URL=url,
         # One attempt of at most 4 x 6 s, plus 3 s of grace: entries are claimed after 27 s.
         BOTKIT_DEVINO_TIMEOUT="6",
-        BOTKIT_DEVINO_ATTEMPTS="1",
         BOTKIT_RECEIPT_GRACE="3",
     )
     service = BotProcess(

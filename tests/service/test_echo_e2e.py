@@ -15,6 +15,7 @@ import httpx
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from botkit import RetryPolicy
 from botkit.delivery._sender import OutboxWorkerConfig
 from botkit.testing import LiveBot
 from bots import echo
@@ -33,7 +34,11 @@ from tests.storage._redis_server import RedisServer
 
 ANNA = "79031234567"
 BORIS = "491791112233"
-FAST = OutboxWorkerConfig(retry_base=0.02, retry_max=0.2, block=0.2, housekeeping_every=0.05)
+FAST = OutboxWorkerConfig(
+    retry=RetryPolicy(attempts=None, base_delay=0.02, max_delay=0.2),
+    block=0.2,
+    housekeeping_every=0.05,
+)
 
 
 def replies_to(provider: Provider, user: str) -> list[str]:

@@ -210,3 +210,23 @@ def test_a_short_callback_secret_is_refused_by_whatever_builds_a_service(
     settings = load_settings()
     assert settings.weak_secrets() == []
     assert Service(Bot("long"), settings).signer_ready
+
+
+def test_one_retry_policy_from_the_settings_drives_every_retrying_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BOTKIT_RETRY_BASE_DELAY", "0.1")
+    monkeypatch.setenv("BOTKIT_RETRY_MAX_DELAY", "3")
+    monkeypatch.setenv("BOTKIT_RETRY_JITTER", "0")
+    settings = load_settings(devino_api_key=API_KEY)
+    policy = settings.retry_policy()
+    assert [policy.delay(n) for n in range(7)] == [0.1, 0.2, 0.4, 0.8, 1.6, 3.0, 3.0]
+    service = Service(Bot("retrying"), settings)
+    assert service.sender.config.retry == policy
+    assert service.timers.config.retry == policy
+    assert service.store.config.reconnect == policy
+    # Not nested: the provider client tries each request once.
+    assert service.client.retry.attempts == 1
+    monkeypatch.setenv("BOTKIT_RETRY_JITTER", "2")
+    with pytest.raises(SettingsError, match=r"retry_jitter|RETRY_JITTER"):
+        load_settings()

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from botkit import Bot, Context
+from botkit import Bot, Context, RetryPolicy
 from botkit.delivery._sender import OutboxWorkerConfig
 from botkit.service import create_app
 from botkit.service._serving import serve_app
@@ -170,7 +170,9 @@ async def test_what_could_not_be_sent_at_shutdown_is_sent_by_the_next_instance(
         redis_url=redis_url,
         key_prefix=redis_prefix,
     )
-    quick = OutboxWorkerConfig(retry_base=0.05, retry_max=0.1, block=0.1, claim_idle=0.5)
+    quick = OutboxWorkerConfig(
+        retry=RetryPolicy(attempts=None, base_delay=0.05, max_delay=0.1), block=0.1, claim_idle=0.5
+    )
     webhook = f"/whatsapp/incoming/{WEBHOOK_TOKEN}"
 
     # The provider is down while the first instance runs and stops.

@@ -219,9 +219,16 @@ class RedisStore(ConversationStore):
                 self._waiters.wake_all,
                 seeds=seeds,
                 node_client=node_client,
+                retry=self.config.reconnect,
             )
         else:
-            listener = UnlockListener(client, channels, self._on_unlock, self._waiters.wake_all)
+            listener = UnlockListener(
+                client,
+                channels,
+                self._on_unlock,
+                self._waiters.wake_all,
+                retry=self.config.reconnect,
+            )
         self._listener = listener
         listener.start()
         # Best effort: a wake-up missed before the subscription only costs latency.

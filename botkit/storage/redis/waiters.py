@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from asyncio import FIRST_COMPLETED
 from collections import deque
@@ -26,12 +25,11 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from botkit.storage.base import StorageUnavailable
+from botkit._retry import RetryPolicy
+from botkit.storage.base import StorageUnavailable, StoreConfig
 
 log = logging.getLogger("botkit.storage.redis")
 
-# The listener's reconnect backoff, in seconds.
-_BACKOFF_MIN, _BACKOFF_MAX = 0.05, 2.0
 # The listener pings the server this often when the channel is quiet ...
 _PUBSUB_PING_EVERY = 5.0
 # ... and reconnects when it heard nothing (not even the pong) for this long.
@@ -177,6 +175,7 @@ class UnlockListener:
         *,
         seeds: Sequence[tuple[str, int]] = (),
         node_client: Callable[[str, int], aioredis.Redis] | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         if client is None and (not seeds or node_client is None):
             raise ValueError(
@@ -188,6 +187,7 @@ class UnlockListener:
         self._on_subscribe = on_subscribe
         self._seeds = [(str(host), int(port)) for host, port in seeds]
         self._node_client = node_client
+        self._retry = retry or StoreConfig().reconnect
         self._nodes: dict[tuple[str, int], aioredis.Redis] = {}
         self._primaries: list[tuple[str, int]] = []
         self.subscribed = asyncio.Event()
@@ -249,11 +249,12 @@ class UnlockListener:
         return [(self._node(address), channels) for address, channels in owned.items()]
 
     async def _listen(self) -> None:
-        backoff = _BACKOFF_MIN
+        failures = 0
         lost_at: float | None = None  # an outage is a line at its start and one at its end
         while True:
             followers: list[asyncio.Task[None]] = []
             stop = asyncio.Event()
+            backoff = 0.0
             try:
                 groups = await self._groups()
                 ready = _Countdown(len(groups))
@@ -271,7 +272,7 @@ class UnlockListener:
                     if lost_at is not None:
                         log.info("unlock channel back after %.1fs", time.monotonic() - lost_at)
                         lost_at = None
-                    backoff = _BACKOFF_MIN
+                    failures = 0
                     self._on_subscribe()
                     await asyncio.wait(followers, return_when=FIRST_COMPLETED)
                 for follower in followers:
@@ -281,6 +282,8 @@ class UnlockListener:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                backoff = self._retry.delay(failures)
+                failures += 1
                 if lost_at is None:
                     lost_at = time.monotonic()
                     log.info("unlock channel lost (%s); resubscribing", exc)
@@ -295,8 +298,7 @@ class UnlockListener:
                     follower.cancel()
                 if followers:
                     await asyncio.wait(followers)
-            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
-            backoff = min(backoff * 2, _BACKOFF_MAX)
+            await asyncio.sleep(backoff)
 
     async def _follow(
         self, node: aioredis.Redis, channels: list[str], ready: _Countdown, stop: asyncio.Event
