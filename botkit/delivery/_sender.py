@@ -172,7 +172,9 @@ class OutboxWorker:
         # Read, but an earlier message to the same user has no answer yet.
         self._waiting: list[OutboxItem] = []
         self._waiting_since: dict[str, float] = {}
-        # A read or claim failed: what it took (its answer lost) may be ours now.
+        # A round failed: what it had taken from the outbox and not settled (a
+        # read, claim or take-over whose answer was lost, a batch dropped on the
+        # way) is this sender's in the store: the next round takes it back.
         self._reread = False
         # Sent, but the acknowledgement failed for good: never re-read and resent.
         self._sent_unacked: set[str] = set()
@@ -244,10 +246,12 @@ class OutboxWorker:
                 # Redis down: the outage is a line when it starts and one when it
                 # ends, not a traceback per retry.
                 failures += 1
+                self._reread = True
                 self._outage.failed(exc)
                 await self._pause(self._backoff(failures))
             except Exception:
                 failures += 1
+                self._reread = True
                 delay = self._backoff(failures)
                 log.exception("sender loop failed; retrying in %.1fs", delay)
                 await self._pause(delay)
@@ -321,10 +325,13 @@ class OutboxWorker:
         room = self.config.batch_size - len(waiting)
         found = await self.store.outbox_unacked(self.consumer, room + len(held))
         again = [item for item in found if item.id not in held][:room]
-        if again:
-            log.warning("took back %d outbox entries a failed read had taken", len(again))
         # All of them fitted, or another round takes the rest.
         self._reread = len(found) >= room + len(held)
+        if again:
+            log.warning("took back %d outbox entries a failed round had taken", len(again))
+            # Some may be a departed sender's, taken over with the answer lost:
+            # what a receipt names reached the provider already.
+            again = await self._without_receipts(again, grace=0.0) or []
         return sorted([*waiting, *again], key=_outbox_order)
 
     async def _in_order(self, items: list[OutboxItem]) -> list[OutboxItem]:

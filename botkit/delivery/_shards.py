@@ -130,8 +130,13 @@ class ShardOwnership:
         if time.monotonic() - healthy < self.ttl:
             return []
         self._take_over = False
-        # Entries idle for half the TTL at least: a sender that left has not
-        # touched its own for that long, and a second taker finds them fresh.
-        return await self.outbox.outbox_take_over(
-            self.consumer, self.live, count, shards=shards, min_idle=self.ttl / 2
-        )
+        try:
+            # Entries idle for half the TTL at least: a sender that left has not
+            # touched its own for that long, and a second taker finds them fresh.
+            return await self.outbox.outbox_take_over(
+                self.consumer, self.live, count, shards=shards, min_idle=self.ttl / 2
+            )
+        except BaseException:
+            # Try again next time (what a lost answer took is the sender's to take back).
+            self._take_over = True
+            raise

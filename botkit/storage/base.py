@@ -401,7 +401,11 @@ class ShardedOutbox(Protocol):
         *,
         shards: Sequence[int] | None = None,
     ) -> list[OutboxItem]:
-        """Like :meth:`ConversationStore.outbox_read`, from ``shards`` only when given."""
+        """Like :meth:`ConversationStore.outbox_read`, new entries from ``shards`` only when given.
+
+        Entries an earlier read of ``consumer`` took beyond its count come
+        first, from whatever shard: they are the consumer's already.
+        """
         ...
 
     async def outbox_take_over(

@@ -14,6 +14,7 @@ import signal
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,7 +23,8 @@ from botkit.delivery._sender import OutboxWorker, OutboxWorkerConfig
 from botkit.delivery._signing import CallbackSigner
 from botkit.devino.client import DevinoClient
 from botkit.devtools.emulator import Emulator
-from botkit.storage import RedisStore
+from botkit.storage import OutboxItem, RedisStore
+from botkit.storage.base import StorageUnavailable
 from tests.conftest import delete_prefix, require_redis
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,6 +34,22 @@ REPLIES = 30
 async def _never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     await reader.read()  # read the request and sit on it until the client is gone
     writer.close()
+
+
+def survivor(
+    store: RedisStore, client: DevinoClient, *, claim_idle: float, heartbeat_ttl: float
+) -> OutboxWorker:
+    """The sender that lives on ("survivor"), looking for others' entries every 0.1 s."""
+    return OutboxWorker(
+        store,
+        client,
+        sender_name="Claim",
+        signer=CallbackSigner("claim-test-secret-0123456789abcdef0123"),
+        consumer="survivor",
+        config=OutboxWorkerConfig(
+            claim_idle=claim_idle, block=0.1, heartbeat_ttl=heartbeat_ttl, housekeeping_every=0.1
+        ),
+    )
 
 
 @pytest.mark.parametrize(
@@ -87,19 +105,7 @@ async def test_a_dead_senders_entries_are_claimed_and_sent_once(
         emulator = Emulator(api_key="k")
         async with emulator.serve() as provider:
             client = DevinoClient(provider, api_key="k")
-            sender = OutboxWorker(
-                store,
-                client,
-                sender_name="Claim",
-                signer=CallbackSigner("claim-test-secret-0123456789abcdef0123"),
-                consumer="survivor",
-                config=OutboxWorkerConfig(
-                    claim_idle=claim_idle,
-                    block=0.1,
-                    heartbeat_ttl=heartbeat_ttl,
-                    housekeeping_every=0.1,
-                ),
-            )
+            sender = survivor(store, client, claim_idle=claim_idle, heartbeat_ttl=heartbeat_ttl)
             sender.start()
             try:
                 await emulator.wait_for_messages(REPLIES, within=15)
@@ -118,5 +124,54 @@ async def test_a_dead_senders_entries_are_claimed_and_sent_once(
             dying.kill()
             await dying.wait()
         black_hole.close()
+        await store.close()
+        delete_prefix(url, prefix)
+
+
+class LostTakeOverStore(RedisStore):
+    """A store whose first take-over takes the entries but loses its answer.
+
+    That is what a Redis node failing (or a cluster client reset by another
+    call's failure) between running the script and replying looks like.
+    """
+
+    lost = 1
+
+    async def outbox_take_over(self, *args: Any, **kw: Any) -> list[OutboxItem]:
+        taken = await super().outbox_take_over(*args, **kw)
+        if taken and self.lost:
+            self.lost -= 1
+            raise StorageUnavailable("the connection died with the reply on its way")
+        return taken
+
+
+async def test_entries_a_failed_take_over_took_are_sent_soon_not_after_claim_idle() -> None:
+    url = require_redis()
+    prefix = f"botkit-test-{uuid.uuid4().hex[:12]}"
+    store = LostTakeOverStore(url, bot="claim", prefix=prefix, consumer="survivor")
+    try:
+        await store.open()
+        user = "79030000009"
+        lease = await store.begin_turn(user, "m:1")
+        replies = [OutboundMessage(user=user, mode=SendMode.TEXT, text=f"#{i}") for i in range(5)]
+        await store.commit_turn(lease, None, replies)
+        # A sender that read them and left without a heartbeat: not a live sender.
+        assert len(await store.outbox_read("departed", 10, 0)) == 5
+
+        emulator = Emulator(api_key="k")
+        async with emulator.serve() as provider:
+            client = DevinoClient(provider, api_key="k")
+            # No claim for 10 minutes: only the take-over (and taking back
+            # what its lost answer took) sends them this soon.
+            sender = survivor(store, client, claim_idle=600, heartbeat_ttl=1.0)
+            sender.start()
+            try:
+                await emulator.wait_for_messages(5, within=15)
+                assert store.lost == 0, "the take-over's answer was lost once"
+            finally:
+                await sender.stop(flush=1)
+                await client.aclose()
+            assert [m.received["text"] for m in emulator.messages] == [f"#{i}" for i in range(5)]
+    finally:
         await store.close()
         delete_prefix(url, prefix)

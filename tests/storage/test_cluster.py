@@ -13,11 +13,14 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError, RedisError
 
+from botkit._outbound import OutboundMessage, SendMode
+from botkit.storage import RedisStore, StoreConfig
 from botkit.storage.redis.connection import (
     cluster_client,
     hosts,
@@ -125,3 +128,39 @@ async def test_wakeups_reach_every_primary_and_resume_after_a_failover(
         await listener.stop()
         await publisher.aclose()
         await asyncio.to_thread(redis_cluster.heal)
+
+
+async def test_a_store_runs_on_a_cluster_client_given_to_it(
+    redis_cluster: RedisClusterNodes,
+) -> None:
+    """``RedisStore(client=RedisCluster(...))``: turns, wake-ups across processes, the outbox."""
+    host, port = hosts(redis_cluster.url, default_port=6379)[0]
+    given = RedisCluster(host=host, port=port, decode_responses=True)
+    prefix = f"botkit-test-{uuid.uuid4().hex[:12]}"
+    config = StoreConfig(lock_ttl=30.0, acquire_timeout=10.0)
+    mine = RedisStore(client=given, bot="given", prefix=prefix, config=config)
+    other = RedisStore(redis_cluster.url, bot="given", prefix=prefix, config=config)
+    user = "79050000001"
+    try:
+        await mine.open()
+        await other.open()
+        held = await other.begin_turn(user, "m:1")
+        # Waits for the other store's commit: only its wake-up (sharded pub/sub,
+        # followed on the given client's nodes) ends the wait before lock_ttl.
+        waiting = asyncio.create_task(mine.begin_turn(user, "m:2"))
+        await asyncio.sleep(0.2)  # let it queue behind the lock
+        assert not waiting.done()
+        reply = OutboundMessage(user=user, mode=SendMode.TEXT, text="first")
+        await other.commit_turn(held, None, [reply])
+        lease = await asyncio.wait_for(waiting, 5)
+        await mine.commit_turn(lease, None)
+        [item] = await mine.outbox_read("c", 10, 1.0)
+        assert item.message.text == "first"
+        await mine.outbox_ack([item.id])
+    finally:
+        await mine.close()
+        await other.close()
+    assert await given.ping(), "the store leaves a given client open"
+    await given.aclose()
+    with pytest.raises(ValueError, match="decode_responses=True"):
+        RedisStore(client=RedisCluster(host=host, port=port))

@@ -540,6 +540,27 @@ async def test_dedupe_and_sent_records_stay_bounded_per_user(
     check.close()
 
 
+async def test_entries_a_read_took_beyond_its_count_come_back_when_other_shards_are_read(
+    make_store: Callable[..., Any],
+) -> None:
+    """A sender whose shards moved (a failover made it read every shard for a while)
+    still gets what its wide read took: nothing stays pending with a live sender."""
+    store = await make_store(shards=8)
+    users: dict[int, str] = {}
+    while len(users) < 2:
+        user = new_user()
+        users.setdefault(Keys("x", "y", 8).shard(user), user)
+    (first, a), (second, b) = sorted(users.items())
+    await store.enqueue([text(a, "to a"), text(b, "to b")])
+    # Every shard, one entry wanted: one shard's entry comes back, the other's is taken too.
+    [taken] = await store.outbox_read("sender", 1, 0)
+    [other] = [shard for shard in (first, second) if not taken.id.startswith(f"{shard}:")]
+    # Now only the taken entry's shard: the other one's entry still comes.
+    again = await store.outbox_read("sender", 10, 0, shards=[int(taken.id.partition(":")[0])])
+    assert [item.id.partition(":")[0] for item in again] == [str(other)]
+    assert {taken.message.text, *(item.message.text for item in again)} == {"to a", "to b"}
+
+
 async def test_a_conversation_lives_at_least_the_session_window(
     make_store: Callable[..., Any], redis_url: str, redis_prefix: str
 ) -> None:

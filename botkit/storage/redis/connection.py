@@ -240,6 +240,47 @@ def node_client_factory(url: str, options: dict[str, Any]) -> Callable[[str, int
     return make
 
 
+# What a cluster client's connections carry that a client of one of its nodes needs too.
+_NODE_OPTIONS = (
+    "username",
+    "password",
+    "credential_provider",
+    "decode_responses",
+    "socket_timeout",
+    "socket_connect_timeout",
+    "socket_keepalive",
+    "retry",
+    "protocol",
+    "ssl_ca_certs",
+    "ssl_ca_data",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_cert_reqs",
+    "ssl_check_hostname",
+)
+
+
+def nodes_of(
+    cluster: RedisCluster,
+) -> tuple[list[tuple[str, int]], Callable[[str, int], aioredis.Redis]]:
+    """For a ready cluster client: its known nodes (or startup nodes), and ``make(host, port)``.
+
+    ``make`` opens a client to one node with the cluster client's credentials,
+    timeouts and TLS settings (read through its public ``get_connection_kwargs``).
+    """
+    given = cluster.get_connection_kwargs()
+    kwargs: dict[str, Any] = {name: given[name] for name in _NODE_OPTIONS if name in given}
+    connection_class = given.get("connection_class")
+    if isinstance(connection_class, type) and issubclass(connection_class, aioredis.SSLConnection):
+        kwargs["ssl"] = True
+
+    def make(host: str, port: int) -> aioredis.Redis:
+        return aioredis.Redis(host=host, port=port, **kwargs)
+
+    seeds = [(node.host, int(node.port)) for node in cluster.get_nodes()]
+    return seeds, make
+
+
 def _cluster_options(url: str, options: dict[str, Any]) -> dict[str, Any]:
     """redis-py keyword arguments for the nodes of a ``redis+cluster://`` URL."""
     parts = urlsplit(url)

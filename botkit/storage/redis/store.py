@@ -24,7 +24,6 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-import redis.asyncio as aioredis
 from redis import exceptions as rerr
 from redis.asyncio.cluster import RedisCluster
 
@@ -45,7 +44,13 @@ from botkit.storage.base import (
     UserBusy,
 )
 from botkit.storage.redis import scripts
-from botkit.storage.redis.connection import Client, build_client, cluster_nodes, mask
+from botkit.storage.redis.connection import (
+    Client,
+    build_client,
+    cluster_nodes,
+    mask,
+    nodes_of,
+)
 from botkit.storage.redis.fields import (
     FIELDS,
     Stored,
@@ -102,9 +107,12 @@ class RedisStore(ConversationStore):
     URL (``?sentinel_password=...`` when the sentinels need one), or a
     ``redis+cluster://[[user]:password@]host[:port][,host[:port]...]`` URL
     (``rediss+cluster://`` for TLS; one reachable node finds the others).
-    ``client`` replaces the URL with a ready ``redis.asyncio.Redis`` (not a
-    cluster: give its URL) built with ``decode_responses=True``; the store
-    uses it as given and does not close it.
+    ``client`` replaces the URL with a ready ``redis.asyncio.Redis`` or
+    ``redis.asyncio.RedisCluster`` built with ``decode_responses=True``; the
+    store uses it as given and does not close it (on a cluster, it resets the
+    client's connections after a node failure, so the next command re-reads
+    the slots; the wake-up listener opens its own connection to each primary
+    with the client's credentials and TLS settings).
 
     ``bot`` and ``prefix`` namespace the keys (``<prefix>:<bot>:...``) so
     several bots share one Redis. ``session_window`` (seconds) is the least a
@@ -132,7 +140,7 @@ class RedisStore(ConversationStore):
         prefix: str = "botkit",
         config: StoreConfig | None = None,
         session_window: float = DAY,
-        client: aioredis.Redis | None = None,
+        client: Client | None = None,
         socket_timeout: float = 2.0,
         connect_timeout: float | None = None,
         max_connections: int = 50,
@@ -161,6 +169,10 @@ class RedisStore(ConversationStore):
         self._conversation_ttl_ms = _ms(max(self.config.conversation_ttl, session_window))
         self._done_ttl_ms = _ms(self.config.done_ttl)
         self._sent_ttl_ms = _ms(self.config.sent_ttl)
+        if client is not None and not client.get_encoder().decode_responses:
+            raise ValueError(
+                "RedisStore(client=...) needs a client built with decode_responses=True"
+            )
         self._given_client = client
         self._client: Client | None = client
         self._instance = secrets.token_hex(6)
@@ -209,9 +221,14 @@ class RedisStore(ConversationStore):
             self._opened = True
         channels = [self._keys.unlock(shard) for shard in self.outbox_shards()]
         if isinstance(client, RedisCluster):
-            seeds, node_client = cluster_nodes(
-                self.url, socket_timeout=self._socket_timeout, connect_timeout=self._connect_timeout
-            )
+            if client is self._given_client:
+                seeds, node_client = nodes_of(client)
+            else:
+                seeds, node_client = cluster_nodes(
+                    self.url,
+                    socket_timeout=self._socket_timeout,
+                    connect_timeout=self._connect_timeout,
+                )
             listener = UnlockListener(
                 None,
                 channels,
@@ -422,7 +439,8 @@ class RedisStore(ConversationStore):
 
         Waits up to ``block`` seconds when there are none. One read may take
         more than ``count`` (up to ``count`` from each shard read): the rest
-        are kept for this consumer's next read.
+        are kept for this consumer's next reads, which return them first,
+        from whatever shards they are.
 
         With ``shards`` given, the read blocks on those shards' streams. By
         default (every shard) a read looks at the shards this store queued
@@ -433,18 +451,14 @@ class RedisStore(ConversationStore):
         streams at every wake-up would cost Redis far more.
         """
         client = await self._ensure_open()
+        # Entries an earlier read took beyond its count come first, whatever
+        # their shard: they are this consumer's in Redis now, and a sender that
+        # meanwhile reads other shards (its shards moved) would never see them.
         carried = self._carried.pop(consumer, None)
         if carried:
-            if shards is not None:
-                wanted = set(shards)
-                kept = [i for i in carried if int(i.id.partition(":")[0]) not in wanted]
-                carried = [i for i in carried if int(i.id.partition(":")[0]) in wanted]
-                if kept:
-                    self._carried[consumer] = kept
             if len(carried) > count:
-                self._carried[consumer] = [*carried[count:], *self._carried.get(consumer, [])]
-            if carried:
-                return carried[:count]
+                self._carried[consumer] = carried[count:]
+            return carried[:count]
         deadline = time.monotonic() + max(block, 0.0)
         if shards is not None:
             step = max(self._socket_timeout * 0.75, 0.05)
