@@ -24,6 +24,7 @@ from botkit._events import (
     DeliveryStatus,
     Event,
     EventKind,
+    HandoffEnded,
     LocationMessage,
     Media,
     MediaKind,
@@ -48,6 +49,7 @@ from botkit._filters import (
     TimerIs,
 )
 from botkit._flow import Flow, FlowError, InvalidTrigger, NotInFlow, State
+from botkit._handoff import HandoffError
 from botkit._media import (
     MediaBlocked,
     MediaDownloadFailed,
@@ -60,6 +62,7 @@ from botkit._outbound import OutboundMessage, SendMode, Template
 from botkit._plugins import InvalidPlugin, Plugin, UnknownPlugin
 from botkit._retry import RetryPolicy, RetryPolicyError
 from botkit._router import ANY, Router, SkipHandler
+from botkit._transcript import Handoff, HandoffEnd, HandoffStatus, TranscriptEntry, TranscriptPage
 from botkit._turn import Outcome, Turn, TurnOutcome
 from botkit._where import DefinitionError
 from botkit.delivery._policy import (
@@ -106,6 +109,11 @@ __all__ = [
     "Flow",
     "FlowControl",
     "FlowError",
+    "Handoff",
+    "HandoffEnd",
+    "HandoffEnded",
+    "HandoffError",
+    "HandoffStatus",
     "InvalidPhoneNumber",
     "InvalidPlugin",
     "InvalidTrigger",
@@ -155,6 +163,8 @@ __all__ = [
     "Timer",
     "TimerFired",
     "TimerIs",
+    "TranscriptEntry",
+    "TranscriptPage",
     "Turn",
     "TurnOutcome",
     "UnknownPlugin",

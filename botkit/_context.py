@@ -16,13 +16,23 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from botkit import _handoff
 from botkit import _metrics as metrics
 from botkit._bot import Bot
-from botkit._events import Event, Media, MediaMessage, Message, StatusUpdate, Timer, TimerFired
+from botkit._events import (
+    Event,
+    HandoffEnded,
+    Media,
+    MediaMessage,
+    Message,
+    StatusUpdate,
+    Timer,
+    TimerFired,
+)
 from botkit._flow import Flow, FlowError, NotInFlow
 from botkit._media import MediaFetcher
 from botkit._outbound import Origin, OutboundMessage, Template
-from botkit._turn import INTERNAL_TIMERS, Turn, due_time
+from botkit._turn import INTERNAL_TIMERS, FlowMove, Turn, due_time
 from botkit.delivery._policy import DeliveryRefused, OutsideSessionWindow, ReplyPolicy
 from botkit.storage.base import Conversation
 
@@ -41,6 +51,9 @@ class TurnHost(Protocol):
 
     @property
     def media(self) -> MediaFetcher: ...
+
+    @property
+    def handoff_timeout(self) -> float: ...
 
     def report_refused(self, refused: DeliveryRefused) -> None: ...
 
@@ -99,9 +112,12 @@ class FlowControl:
                 f"NotInFlow: cannot {trigger!r}: user ...{turn.user[-4:]} is in no flow; "
                 "enter one first with await ctx.flow.start(flow)"
             )
+        source = model.state
         moved = await model.trigger(trigger, kwargs)
+        if moved and turn.flow is model and model.state != source:
+            turn.moved(FlowMove(model.flow.name, source, model.state))
         if moved and turn.flow is model and model.finished:
-            turn.end_flow()
+            turn.end_flow("final")
         return moved
 
     async def start(self, flow: Flow | str, state: str | None = None) -> None:
@@ -217,6 +233,8 @@ class Context:
             raise TypeError("this turn handles a delivery status, not a message; use ctx.status")
         if isinstance(self.event, TimerFired):
             raise TypeError("this turn runs a timer, not a message; use ctx.timer")
+        if isinstance(self.event, HandoffEnded):
+            raise TypeError("this turn ends a handoff, not a message; see ctx.event.reason")
         return self.event
 
     @property
@@ -268,6 +286,11 @@ class Context:
     def opted_out(self) -> bool:
         """True when the user opted out of messages."""
         return self.conversation.opted_out
+
+    @property
+    def handed_off(self) -> bool:
+        """True while the conversation is handed off to a person (see :meth:`handoff`)."""
+        return self.conversation.handoff is not None
 
     @property
     def replies(self) -> tuple[OutboundMessage, ...]:
@@ -353,6 +376,31 @@ class Context:
             return False
         metrics.count(metrics.TIMERS_CANCELLED)
         return True
+
+    async def handoff(self, reason: str = "", note: str = "") -> None:
+        """Hand the conversation to a person: the bot stops answering this user.
+
+        From the commit of this turn, the user's messages are kept in their
+        transcript and announced to agents (the agent API, its webhook and
+        the ``/agent`` page), and the bot's handlers do not run for them
+        (plugins such as opt-out still do). The user's flow state is kept
+        and goes on after the handoff ends: released by an agent, or timed
+        out after ``BOTKIT_HANDOFF_TIMEOUT`` without an agent message; then
+        the ``@router.handoff_ended`` handlers run. Replies queued in this
+        turn still go out. A no-op when already handed off::
+
+            @bot.text("agent", "human")
+            async def to_a_person(ctx: Context) -> None:
+                await ctx.handoff(reason="asked for a person")
+                await ctx.reply("Connecting you to a person. They will answer here.")
+        """
+        _handoff.start(
+            self.turn,
+            reason=str(reason),
+            note=str(note),
+            by="bot",
+            timeout=self._runtime.handoff_timeout,
+        )
 
     def opt_out(self) -> None:
         """Stop all messages to this user (saved when the turn commits)."""

@@ -43,6 +43,7 @@ class EventKind(StrEnum):
     LOCATION = "location"
     STATUS = "status"
     TIMER = "timer"
+    HANDOFF = "handoff"
 
 
 MESSAGE_KINDS: tuple[EventKind, ...] = (
@@ -318,5 +319,27 @@ class TimerFired:
         return self.timer.id
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandoffEnded:
+    """A handoff to a person ended: the event of a ``@router.handoff_ended`` turn.
+
+    ``reason`` is ``"released"`` (an agent gave the conversation back) or
+    ``"timed_out"`` (no agent wrote for the handoff timeout); ``agent`` is
+    who had claimed it (None when nobody had).
+    """
+
+    kind: ClassVar[EventKind] = EventKind.HANDOFF
+
+    user: str
+    reason: str
+    agent: str | None = None
+    timestamp: float = 0.0
+
+    @property
+    def id(self) -> str:
+        """An id for logs: the reason and the time."""
+        return f"handoff-ended:{self.reason}:{self.timestamp!r}"
+
+
 AnyMessage = TextMessage | MediaMessage | ContactsMessage | LocationMessage
-Event = AnyMessage | StatusUpdate | TimerFired
+Event = AnyMessage | StatusUpdate | TimerFired | HandoffEnded

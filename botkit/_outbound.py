@@ -96,6 +96,7 @@ class Origin(StrEnum):
     SEND = "send"
     FALLBACK = "fallback"
     RETRY = "retry"
+    AGENT = "agent"
 
 
 class _Refs:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar, overload
 
 from botkit._events import MESSAGE_KINDS, EventKind
 from botkit._filters import Filter, StatusIs, Text, TimerIs, all_of, as_filter
@@ -221,6 +221,28 @@ class Router:
         self._window_margins.append(seconds)
         self._changed()
         return self._decorator((EventKind.TIMER,), (TimerIs(window_timer(seconds)),), state, where)
+
+    @overload
+    def handoff_ended(self, fn: H, /) -> H: ...  # type: ignore[overload-overlap]
+
+    @overload
+    def handoff_ended(self, *filters: object, state: Any = ANY) -> Callable[[H], H]: ...
+
+    def handoff_ended(self, *filters: Any, state: Any = ANY) -> Any:
+        """Register a handler run when a handoff to a person ends: the bot is back.
+
+        ``ctx.event.reason`` is ``"released"`` (an agent gave the conversation
+        back) or ``"timed_out"`` (no agent wrote for the handoff timeout); the
+        user is in the flow state they were in before. Usable bare or called::
+
+            @bot.handoff_ended
+            async def back(ctx: Context) -> None:
+                await ctx.reply("The bot again. Where were we?")
+        """
+        where = caller_location()
+        if len(filters) == 1 and inspect.isfunction(filters[0]) and state is ANY:
+            return self._decorator((EventKind.HANDOFF,), (), ANY, where)(filters[0])
+        return self._decorator((EventKind.HANDOFF,), filters, state, where)
 
     @property
     def window_margins(self) -> tuple[float, ...]:

@@ -18,8 +18,9 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from botkit import _handoff
 from botkit import _metrics as metrics
 from botkit._clock import Clock, SystemClock
 from botkit._context import Context
@@ -28,18 +29,37 @@ from botkit._events import (
     MESSAGE_KINDS,
     AnyMessage,
     Event,
+    EventKind,
+    HandoffEnded,
     Media,
     StatusUpdate,
     Timer,
     TimerFired,
 )
+from botkit._handoff import DEFAULT_TIMEOUT as DEFAULT_HANDOFF_TIMEOUT
 from botkit._media import MediaFetcher, MediaPolicy
 from botkit._outbound import Origin, OutboundMessage, Template
 from botkit._plugins import Plugin, resolve_plugins
-from botkit._router import Router, window_timer
-from botkit._turn import FLOW_TIMEOUT, SCHEDULED_SEND, Outcome, Turn, TurnOutcome, due_time
+from botkit._router import WINDOW_TIMERS, Router, window_timer
+from botkit._transcript import (
+    Handoff,
+    HandoffEnd,
+    TranscriptEntry,
+    TranscriptPage,
+    incoming_entry,
+    outgoing_entry,
+)
+from botkit._turn import (
+    FLOW_TIMEOUT,
+    HANDOFF_TIMEOUT,
+    SCHEDULED_SEND,
+    Outcome,
+    Turn,
+    TurnOutcome,
+    due_time,
+)
 from botkit._where import raised_at
-from botkit.delivery._policy import DeliveryRefused, ReplyPolicy
+from botkit.delivery._policy import DeliveryRefused, OutsideSessionWindow, ReplyPolicy
 from botkit.storage.base import (
     Conversation,
     ConversationStore,
@@ -59,6 +79,11 @@ log = logging.getLogger("botkit.turn")
 _current_turn: contextvars.ContextVar[tuple[Runtime, Turn] | None] = contextvars.ContextVar(
     "botkit_current_turn", default=None
 )
+
+_T = TypeVar("_T")
+
+AGENT_ACTION = "botkit.agent"
+"""The (never dispatched) timer event of a turn an agent's action runs in."""
 
 StatusHook = Callable[[Context], Awaitable[bool]]
 """Runs in a status turn before the status handlers; False ignores the status."""
@@ -104,6 +129,8 @@ class Runtime:
     ``plugins`` adds plugin names to the bot's own (``Bot(plugins=[...])``);
     plugin handlers run before the bot's own handlers. ``media`` is where
     ``ctx.download_media`` may fetch from (default: public addresses only).
+    ``handoff_timeout`` (seconds, default 30 minutes) ends a handoff in which
+    no agent wrote for that long.
     """
 
     def __init__(
@@ -115,7 +142,13 @@ class Runtime:
         policy: ReplyPolicy | None = None,
         plugins: Sequence[str] = (),
         media: MediaPolicy | None = None,
+        handoff_timeout: float = DEFAULT_HANDOFF_TIMEOUT,
     ) -> None:
+        if not handoff_timeout > 0:
+            raise ValueError(
+                f"handoff_timeout={handoff_timeout!r}: give a positive number of seconds"
+            )
+        self.handoff_timeout = float(handoff_timeout)
         self.bot = bot
         self.store = store
         self.clock: Clock = clock or SystemClock()
@@ -142,6 +175,8 @@ class Runtime:
                     )
                 self.flows[flow.name] = flow
         self.index = HandlerIndex(self.bot, self.flows, front)
+        # While a user is handed off, only the plugins see their messages.
+        self.plugin_index = HandlerIndex(Router("no-bot-handlers"), self.flows, front)
         self.window_margins = sorted(
             {m for root in (*front, self.bot) for r in root.routers() for m in r.window_margins}
         )
@@ -284,7 +319,14 @@ class Runtime:
             _arm_flow_timeout(turn, lease.conversation.state)
             if self.window_margins and event.kind in MESSAGE_KINDS:
                 self._arm_window_reminders(turn)
-            await self.store.commit_turn(lease, conversation, turn.outgoing())
+            if event.kind in MESSAGE_KINDS and lease.conversation.handoff is not None:
+                _handoff.heard(
+                    turn, getattr(event, "text", None) or getattr(event, "caption", None)
+                )
+            outgoing = turn.outgoing()
+            await self.store.commit_turn(
+                lease, conversation, outgoing, _transcript_of(turn, outgoing, lease.key)
+            )
         except BaseException:
             renewal.cancel()
             try:
@@ -305,6 +347,8 @@ class Runtime:
             error_handled=turn.error_handled,
             state=conversation.state,
             duration=time.perf_counter() - started,
+            notices=tuple(turn.notices),
+            moves=tuple(turn.moves),
         )
         self._report(outcome)
         return outcome
@@ -329,8 +373,20 @@ class Runtime:
                     return
                 turn.outcome = Outcome.HANDLED
                 return
+            if event.timer.name == HANDOFF_TIMEOUT:
+                await self._end_handoff(ctx, HandoffEnd.TIMED_OUT)
+                return
+            if event.timer.name.startswith(WINDOW_TIMERS) and ctx.handed_off:
+                turn.outcome = Outcome.IGNORED  # a person is answering: no "still there?"
+                return
+        elif isinstance(event, HandoffEnded):
+            await self._end_handoff(ctx, HandoffEnd(event.reason), event.agent)
+            return
         elif event.kind in MESSAGE_KINDS:
             turn.cancel_on_message()
+            if ctx.handed_off:
+                await self._handed_off(ctx)
+                return
         try:
             await self._expire_flow(ctx)
             await self._entry(ctx)
@@ -341,6 +397,38 @@ class Runtime:
             return
         if turn.outcome is None:
             turn.outcome = Outcome.HANDLED if turn.handler is not None else Outcome.UNHANDLED
+
+    async def _handed_off(self, ctx: Context) -> None:
+        """A message of a handed-off user: the plugins may take it, the bot's handlers do not."""
+        turn = ctx.turn
+        try:
+            taken = await self.plugin_index.dispatch(ctx, ctx.event.kind, turn.stored_state())
+        except Exception as exc:
+            failed = turn.handler
+            await self._handle_error(ctx, exc, failed.router if failed is not None else None)
+            turn.handler = failed
+            return
+        turn.outcome = Outcome.HANDLED if taken is not None else Outcome.HANDED_OFF
+
+    async def _end_handoff(
+        self, ctx: Context, reason: HandoffEnd, agent: str | None = None
+    ) -> None:
+        """End the user's handoff and run the ``handoff_ended`` handlers (IGNORED: none)."""
+        turn = ctx.turn
+        ended = _handoff.end(turn, reason, agent)
+        if ended is None:
+            turn.outcome = Outcome.IGNORED
+            return
+        turn.event = ended
+        turn.on_reset(lambda t: _handoff.end(t, reason, agent))
+        try:
+            taken = await self.index.dispatch(ctx, EventKind.HANDOFF, turn.stored_state())
+        except Exception as exc:
+            failed = turn.handler
+            await self._handle_error(ctx, exc, failed.router if failed is not None else None)
+            turn.handler = failed
+            return
+        turn.outcome = Outcome.HANDLED if taken is not None else Outcome.UNHANDLED
 
     def _arm_window_reminders(self, turn: Turn) -> None:
         """Re-arm the ``before_window_closes`` timers: the user's message moved the window."""
@@ -354,12 +442,12 @@ class Runtime:
 
     async def _expire_flow(self, ctx: Context) -> None:
         """A message after the flow's deadline whose timer has not fired yet (an outage)."""
-        if ctx.turn.flow_expired():
+        if ctx.turn.flow_expired() and not ctx.handed_off:
             await self._time_out_flow(ctx)
 
     async def _time_out_flow(self, ctx: Context) -> None:
         """The user leaves their flow; its ``on_timeout`` runs (no-op when in no flow)."""
-        model = ctx.turn.end_flow()
+        model = ctx.turn.end_flow("timeout")
         if model is not None and model.flow.on_timeout is not None:
             await _maybe_await(model.flow.on_timeout(ctx))
 
@@ -529,6 +617,130 @@ class Runtime:
             return
         turn.queue_send(planned)
 
+    # -- handoff: what agents and operators do --------------------------------
+
+    async def hand_off(self, user: str, *, reason: str = "", note: str = "") -> bool:
+        """An operator takes over ``user``'s conversation from the bot (as ``ctx.handoff``).
+
+        False when it was handed off already.
+        """
+        return await self._agent_turn(
+            user,
+            lambda turn: _handoff.start(
+                turn, reason=reason, note=note, by="operator", timeout=self.handoff_timeout
+            ),
+        )
+
+    async def claim(self, user: str, agent: str) -> Handoff:
+        """``agent`` takes the handed-off conversation of ``user``.
+
+        Raises :class:`~botkit.HandoffError` when it is not handed off
+        (``not_handed_off``) or another agent has it (``claimed_by_another``).
+        """
+        return await self._agent_turn(
+            user, lambda turn: _handoff.claim(turn, agent, self.handoff_timeout)
+        )
+
+    async def agent_reply(
+        self,
+        user: str,
+        agent: str,
+        text: str | None = None,
+        *,
+        template: Template | None = None,
+    ) -> list[OutboundMessage]:
+        """Queue ``agent``'s message to the handed-off ``user``, under the window policy.
+
+        Inside the window ``text`` goes as it is; outside it only ``template``
+        may go (the bot's default template is not used for a person's words):
+        :class:`~botkit.OutsideSessionWindow` otherwise. It claims the
+        conversation if nobody had, and restarts the handoff timeout. Raises
+        :class:`~botkit.HandoffError` like :meth:`claim`, and the reply
+        policy's refusals (opted out, too long); nothing is queued then.
+        """
+
+        def reply(turn: Turn) -> list[OutboundMessage]:
+            conversation = turn.conversation
+            _handoff.agent_wrote(turn, agent, self.handoff_timeout)
+            window_open = self.policy.window.is_open(conversation.last_inbound, turn.now)
+            if template is None and not window_open:
+                raise OutsideSessionWindow(user, conversation.last_inbound)
+            planned = self.policy.plan(
+                conversation,
+                turn.now,
+                text=text if window_open else None,
+                template=template,
+                origin=Origin.AGENT,
+            )
+            turn.queue_send(planned)
+            turn.notify(
+                _handoff.Notice(
+                    "message.sent",
+                    user,
+                    turn.now,
+                    {"agent": agent, "messages": [m.ref for m in planned]},
+                )
+            )
+            return planned
+
+        return await self._agent_turn(user, reply)
+
+    async def release(self, user: str, agent: str | None = None) -> TurnOutcome:
+        """Give the handed-off conversation back to the bot; its ``handoff_ended`` handlers
+        run (reason ``released``). ``Outcome.IGNORED`` when it was not handed off."""
+        from botkit.devino.validation import normalize_phone
+
+        user = normalize_phone(user)
+        event = HandoffEnded(
+            user=user, reason=HandoffEnd.RELEASED.value, agent=agent, timestamp=self.clock.now()
+        )
+        return await self.run_turn(user, None, event)
+
+    async def transcript(
+        self, user: str, *, before: str | None = None, limit: int = 50
+    ) -> TranscriptPage:
+        """A page of ``user``'s transcript, oldest first (see the store's ``transcript``)."""
+        from botkit.devino.validation import normalize_phone
+
+        return await self.store.transcript(normalize_phone(user), before=before, limit=limit)
+
+    async def _agent_turn(self, user: str, act: Callable[[Turn], _T]) -> _T:
+        """Run ``act`` in a turn of ``user`` of its own: their lock, one commit, no handler.
+
+        What ``act`` raises drops the turn (nothing saved) and propagates.
+        """
+        from botkit.devino.validation import normalize_phone
+
+        user = normalize_phone(user)
+        now = self.clock.now()
+        lease = await self.store.begin_turn(user, None)
+        try:
+            turn = Turn(
+                TimerFired(user=user, timer=Timer(AGENT_ACTION, now)), lease.conversation, now
+            )
+            result = act(turn)
+            outgoing = turn.outgoing()
+            await self.store.commit_turn(
+                lease, turn.conversation, outgoing, _transcript_of(turn, outgoing, None)
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.store.abort_turn(lease)
+            raise
+        self._report(
+            TurnOutcome(
+                user=user,
+                kind=EventKind.TIMER,
+                outcome=Outcome.HANDLED,
+                handler=AGENT_ACTION,
+                replies=tuple(outgoing),
+                state=turn.conversation.state,
+                notices=tuple(turn.notices),
+                moves=tuple(turn.moves),
+            )
+        )
+        return result
+
     async def send(
         self,
         to: str,
@@ -567,6 +779,25 @@ class Runtime:
         return planned
 
 
+def _transcript_of(
+    turn: Turn, outgoing: Sequence[OutboundMessage], key: str | None
+) -> list[TranscriptEntry]:
+    """What the turn adds to the user's transcript: the message in (once: a turn that runs
+    again after a failed commit writes it then), what happened, the messages out."""
+    entries: list[TranscriptEntry] = []
+    if key is not None and key.startswith("m:"):
+        entry = incoming_entry(turn.event, turn.now)
+        if entry is not None:
+            entries.append(entry)
+    entries.extend(turn.notes)
+    agent = turn.agent
+    for message in outgoing:
+        entries.append(
+            outgoing_entry(message, turn.now, agent if message.origin is Origin.AGENT else None)
+        )
+    return entries
+
+
 def _arm_flow_timeout(turn: Turn, stored_state: str | None) -> None:
     """Keep the flow's timeout timer armed for the state the turn leaves the user in.
 
@@ -576,8 +807,8 @@ def _arm_flow_timeout(turn: Turn, stored_state: str | None) -> None:
     """
     model = turn.flow
     timeout = model.flow.timeout_for(model.state) if model is not None else None
-    if model is None or timeout is None:
-        turn.cancel(FLOW_TIMEOUT)
+    if model is None or timeout is None or turn.conversation.handoff is not None:
+        turn.cancel(FLOW_TIMEOUT)  # while handed off, the flow waits for the bot's return
         return
     pending = turn.conversation.timers.get(FLOW_TIMEOUT)
     if (

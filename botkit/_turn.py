@@ -9,7 +9,7 @@ router and the status tracker change it only through its methods.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -19,6 +19,7 @@ from botkit import _metrics as metrics
 from botkit._events import MESSAGE_KINDS, Event, EventKind, Timer
 from botkit._flow import Flow, FlowModel
 from botkit._outbound import OutboundMessage
+from botkit._transcript import TranscriptEntry, flow_entry
 from botkit.delivery._policy import DeliveryRefused
 from botkit.storage.base import Conversation
 
@@ -35,6 +36,23 @@ SCHEDULED_SEND = "botkit.send."
 
 FLOW_TIMEOUT = "botkit.flow-timeout"
 """The timer a flow's ``timeout`` keeps armed while the user is in one of its states."""
+
+HANDOFF_TIMEOUT = "botkit.handoff-timeout"
+"""The timer that ends a handoff no agent wrote in for the handoff timeout."""
+
+
+@dataclass(frozen=True, slots=True)
+class FlowMove:
+    """A user entered a flow (``source`` None), moved in it, or left it (``dest`` None).
+
+    ``reason`` says why they left: ``final`` (a final state), ``cancel``
+    (finished or replaced), ``timeout`` or ``handoff``.
+    """
+
+    flow: str
+    source: str | None
+    dest: str | None
+    reason: str | None = None
 
 
 def due_time(now: float, at: datetime | float | None, after: float | None) -> float:
@@ -69,6 +87,8 @@ class Outcome(StrEnum):
     """The same event is running elsewhere right now: nothing ran."""
     IGNORED = "ignored"
     """A status that does not move its message forward: no handler ran."""
+    HANDED_OFF = "handed_off"
+    """The user is handed off to a person: the message was recorded, no bot handler ran."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +105,10 @@ class TurnOutcome:
     error_handled: bool = False
     state: str | None = None
     duration: float = 0.0
+    notices: tuple[Any, ...] = ()
+    """What agents hear of this turn (``botkit._handoff.Notice``): handoffs, messages."""
+    moves: tuple[FlowMove, ...] = ()
+    """The flow moves this turn committed (for the funnel metrics)."""
 
 
 class Turn:
@@ -102,9 +126,11 @@ class Turn:
     """
 
     __slots__ = (
+        "_ended",
         "_flows",
         "_sends_open",
         "_stored",
+        "agent",
         "conversation",
         "error",
         "error_handled",
@@ -112,6 +138,9 @@ class Turn:
         "fired",
         "flow",
         "handler",
+        "moves",
+        "notes",
+        "notices",
         "now",
         "outcome",
         "refused",
@@ -139,6 +168,11 @@ class Turn:
         self.error: BaseException | None = None
         self.error_handled = False
         self.fired: Timer | None = None
+        self.notes: list[TranscriptEntry] = []
+        self.notices: list[Any] = []
+        self.moves: list[FlowMove] = []
+        self.agent: str | None = None
+        self._ended: Callable[[Turn], object] | None = None
 
     @property
     def user(self) -> str:
@@ -168,12 +202,46 @@ class Turn:
     def enter_flow(self, flow: Flow, state: str) -> FlowModel:
         """Put the user in ``flow`` at ``state`` (callbacks not run: see ``FlowModel.enter``)."""
         self.flow = flow.model(state, self.view)
+        self.moved(FlowMove(flow.name, None, state))
         return self.flow
 
-    def end_flow(self) -> FlowModel | None:
-        """Take the user out of their flow; returns where they were (for ``on_exit``)."""
+    def end_flow(self, reason: str = "cancel") -> FlowModel | None:
+        """Take the user out of their flow; returns where they were (for ``on_exit``).
+
+        ``reason`` is why, for the funnels: ``final``, ``cancel`` or ``timeout``.
+        """
         model, self.flow = self.flow, None
+        if model is not None:
+            self.moved(FlowMove(model.flow.name, model.state, None, reason))
         return model
+
+    def moved(self, move: FlowMove) -> None:
+        """Record a flow move (saved in the transcript and counted when the turn commits)."""
+        self.moves.append(move)
+        self.notes.append(
+            flow_entry(move.flow, self.now, source=move.source, dest=move.dest, reason=move.reason)
+        )
+
+    def suspend_flow(self) -> None:
+        """The user is handed off: their flow waits (its state is kept, its timeout dropped)."""
+        self.cancel(FLOW_TIMEOUT)
+        model = self.flow
+        if model is not None:
+            self.moves.append(FlowMove(model.flow.name, model.state, None, "handoff"))
+
+    # -- what agents and the transcript hear -------------------------------------
+
+    def note(self, entry: TranscriptEntry) -> None:
+        """Add an entry to the user's transcript with this turn's commit."""
+        self.notes.append(entry)
+
+    def notify(self, notice: Any) -> None:
+        """Tell agents (the webhook, the inbox page) once this turn committed."""
+        self.notices.append(notice)
+
+    def on_reset(self, redo: Callable[[Turn], object] | None) -> None:
+        """What to do again after a handler failed and the turn was reset (ending a handoff)."""
+        self._ended = redo
 
     def stored_state(self) -> str | None:
         """The state to save: ``"<flow>:<state>"`` or None."""
@@ -253,6 +321,7 @@ class Turn:
         """
         self.conversation = self._stored.copy()
         self.replies, self.sends, self.refused = [], [], []
+        self.notes, self.notices, self.moves, self.agent = [], [], [], None
         self._sends_open = True
         self.handler, self.values = None, _NO_VALUES
         self.restore_flow(self._flows, self.view)
@@ -264,6 +333,8 @@ class Turn:
             del self.conversation.timers[fired.name]
         if fired is not None and fired.name == FLOW_TIMEOUT:
             self.flow = None  # the flow timed out, whatever on_timeout did
+        if self._ended is not None:
+            self._ended(self)  # a handoff that ended stays ended, whatever its handler did
 
     def __repr__(self) -> str:
         return f"<Turn user=...{self.user[-4:]} event={type(self.event).__name__}>"

@@ -40,6 +40,7 @@ from botkit import _metrics as metrics
 from botkit._errors import BotkitError
 from botkit._events import DeliveryStatus, EventKind, StatusUpdate, masked
 from botkit._outbound import OutboundMessage, SendMode, SentRecord
+from botkit._transcript import status_entry
 from botkit._turn import Outcome
 from botkit.delivery._signing import CallbackSigner, fallback_digest
 from botkit.devino.convert import to_status
@@ -205,12 +206,14 @@ class StatusTracker:
         )
         if record is None or record.message.ref != update.reference:
             await self._receipt(update)
+            await self._transcribe(update)
         else:
             if not moves_forward(record.status, update.status):
                 self._ignored(record, update)
                 return StatusOutcome.STALE
             if record.status != update.status:
                 await store.update_sent(dataclasses.replace(record, status=update.status))
+                await self._transcribe(update)
         metrics.count(metrics.STATUSES, *_labels(update))
         return StatusOutcome.HANDLED
 
@@ -220,6 +223,14 @@ class StatusTracker:
             await self.runtime.store.record_receipt(
                 update.user, update.reference, update.message_id, update.status
             )
+
+    async def _transcribe(self, update: StatusUpdate) -> None:
+        """Add the status to the user's transcript (outside a turn: no handler runs for it)."""
+        if update.user is not None and update.reference is not None:
+            entry = status_entry(
+                update.reference, update.status, update.timestamp, update.error_code
+            )
+            await self.runtime.store.transcript_append(update.user, [entry])
 
     def _ignored(self, record: SentRecord, update: StatusUpdate) -> None:
         """Record a status that cannot follow the message's current one."""
@@ -246,6 +257,7 @@ class StatusTracker:
             # Not acknowledged yet (or older than the sent log's 7 days): a receipt
             # for the sender, then handlers only, no actions.
             await self._receipt(status)
+            self._note(ctx, status)
             return True
         if not moves_forward(record.status, status.status):
             self._ignored(record, status)
@@ -262,6 +274,8 @@ class StatusTracker:
         elif code == StatusErrorCode.NOT_ON_WHATSAPP:
             ctx.conversation.not_on_whatsapp = True
             log.info("user ...%s is not on WhatsApp; nothing more is sent", ctx.user[-4:])
+        if status.status != record.status:
+            self._note(ctx, status)
         if status.status != record.status or resend is not None:
             # Written before the commit that queues the resend: if that commit
             # fails, the resend is lost rather than sent twice by a retried callback.
@@ -273,6 +287,13 @@ class StatusTracker:
         if resend is not None:
             ctx.turn.queue_reply([resend])
         return True
+
+    @staticmethod
+    def _note(ctx: Context, status: StatusUpdate) -> None:
+        if status.reference is not None:
+            ctx.turn.note(
+                status_entry(status.reference, status.status, status.timestamp, status.error_code)
+            )
 
     def _fallback(
         self, ctx: Context, message: OutboundMessage, status: StatusUpdate

@@ -30,7 +30,7 @@ from botkit._clock import Clock
 from botkit.delivery._sender import OutboxWorkerConfig
 from botkit.delivery._status import RateRetry
 from botkit.devino.client import DevinoClient
-from botkit.service import _health, _send_api, _webhooks
+from botkit.service import _agent, _health, _send_api, _webhooks
 from botkit.service._service import Service, build_store
 from botkit.service._settings import Settings, SettingsError, load_settings
 from botkit.storage.base import ConversationStore
@@ -39,6 +39,7 @@ FEATURES: tuple[Callable[[], list[BaseRoute]], ...] = (
     _webhooks.routes,
     _send_api.routes,
     _health.routes,
+    _agent.routes,
 )
 """The ``routes()`` of each feature module, mounted by :func:`create_app` in this order."""
 

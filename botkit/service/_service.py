@@ -33,6 +33,7 @@ from botkit.delivery._signing import MIN_SECRET_BYTES, CallbackSigner
 from botkit.delivery._status import RateRetry, StatusTracker
 from botkit.delivery._timers import TimerConfig, TimerWorker
 from botkit.devino.client import DevinoClient
+from botkit.service._agent import desk_for
 from botkit.service._body_guard import BodyGuard
 from botkit.service._logs import log_turn
 from botkit.service._settings import Settings
@@ -63,6 +64,8 @@ def build_store(bot: Bot, settings: Settings, clock: Clock | None = None) -> Con
         seen_per_user=settings.seen_per_user,
         sent_per_user=settings.sent_per_user,
         reconnect=settings.retry_policy(),
+        transcript_length=settings.transcript_length,
+        transcript_ttl=settings.transcript_ttl_days * 86_400.0,
     )
     url = settings.secret("redis_url")
     if not url:
@@ -112,7 +115,9 @@ class Service:
             ),
             plugins=settings.plugins,
             media=settings.media_policy(),
+            handoff_timeout=settings.handoff_timeout,
         )
+        self.agents = desk_for(self.runtime, settings)
         token = settings.secret("webhook_token")
         self.webhook_token = token or secrets.token_urlsafe(24)
         # The configured secret, or (at start) the one the store shares: never
@@ -170,6 +175,7 @@ class Service:
         """
         await self.runtime.start()
         self.timers.start()
+        self.agents.start()
         if not self.signer_ready:
             with contextlib.suppress(StorageError):  # down: retried in the background
                 self._use_secret(await self._shared_secret())
@@ -231,6 +237,7 @@ class Service:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drained.wait(), grace)
         await self.timers.stop()
+        await self.agents.stop(grace=min(grace, 5.0))
         await self.sender.stop(flush=min(grace, 5.0))
         await self.runtime.stop()
         await self.client.aclose()

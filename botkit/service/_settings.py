@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     public_url: str | None = None
     api_token: SecretStr | None = None
     callback_secret: SecretStr | None = None
+    agent_token: SecretStr | None = None
+    agent_webhook_url: str | None = None
+    agent_webhook_secret: SecretStr | None = None
+    handoff_timeout: float = Field(default=1800.0, gt=0)
+    transcript_length: int = Field(default=500, ge=0, le=100_000)
+    transcript_ttl_days: float = Field(default=30.0, gt=0)
     session_window: float = Field(default=86_400.0, gt=0)
     safety_margin: float | None = Field(default=None, ge=0)
     plugins: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -113,7 +119,7 @@ class Settings(BaseSettings):
             return [name.strip() for name in value.split(",") if name.strip()]
         return value
 
-    @field_validator("devino_url", "public_url")
+    @field_validator("devino_url", "public_url", "agent_webhook_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is None or value == "":
@@ -168,13 +174,16 @@ class Settings(BaseSettings):
         """One line per secret that is a placeholder or too short to keep a service safe.
 
         ``botkit run`` refuses to start with any: the webhook token, the API
-        token and the callback secret must be long and random, and the
+        and agent tokens, the agent webhook's secret and the callback secret
+        must be long and random, and the
         provider key must not be an example's placeholder.
         """
         minimum = {
             "devino_api_key": 1,
             "webhook_token": MIN_TOKEN_CHARS,
             "api_token": MIN_TOKEN_CHARS,
+            "agent_token": MIN_TOKEN_CHARS,
+            "agent_webhook_secret": MIN_TOKEN_CHARS,
             "callback_secret": MIN_CALLBACK_SECRET_BYTES,
         }
         problems = []

@@ -20,6 +20,7 @@ from botkit._errors import BotkitError
 from botkit._events import Timer
 from botkit._outbound import OutboundMessage, SentRecord
 from botkit._retry import RetryPolicy
+from botkit._transcript import Handoff, TranscriptEntry, TranscriptPage
 
 DAY = 86_400.0
 
@@ -95,6 +96,10 @@ class StoreConfig:
     seen_per_user: int = 32
     sent_per_user: int = 32
     reconnect: RetryPolicy = RECONNECT_RETRY
+    transcript_length: int = 500
+    """Entries kept per user's transcript (the oldest go first); 0 keeps no transcript."""
+    transcript_ttl: float = 30 * DAY
+    """How long a transcript is kept after its last entry."""
 
 
 @dataclass(slots=True)
@@ -116,6 +121,8 @@ class Conversation:
     opted_out: bool = False
     not_on_whatsapp: bool = False
     timers: dict[str, Timer] = field(default_factory=dict)
+    handoff: Handoff | None = None
+    """Set while the conversation is handed off to a person (see ``ctx.handoff``)."""
 
     def next_due(self) -> float | None:
         """When the earliest pending timer is due (None: no timer)."""
@@ -136,6 +143,7 @@ class Conversation:
                 name: t if t.data is None else dataclasses.replace(t, data=copy.deepcopy(t.data))
                 for name, t in self.timers.items()
             },
+            handoff=self.handoff,
         )
 
 
@@ -225,9 +233,12 @@ class ConversationStore(ABC):
         lease: TurnLease,
         conversation: Conversation | None,
         outbox: Sequence[OutboundMessage] = (),
+        transcript: Sequence[TranscriptEntry] = (),
     ) -> None:
         """Save ``conversation`` (None: keep the stored one), mark the key done,
-        append ``outbox`` and release the lock, all at once.
+        append ``outbox`` and ``transcript`` (to the user's transcript, unless
+        ``config.transcript_length`` is 0) and release the lock, all at once.
+        The user's place in the handoff list follows ``conversation.handoff``.
 
         Raises :class:`LockLost` (and writes nothing) when the lease's lock
         expired and was taken or dropped.
@@ -247,8 +258,27 @@ class ConversationStore(ABC):
     async def enqueue(self, messages: Sequence[OutboundMessage]) -> None:
         """Append messages to the outbox outside a turn (proactive sends).
 
-        A message with ``not_before`` in the future waits until then.
+        A message with ``not_before`` in the future waits until then. Each
+        message joins its user's transcript in the same step.
         """
+
+    # -- transcripts and handoffs ----------------------------------------------
+
+    @abstractmethod
+    async def transcript(
+        self, user: str, *, before: str | None = None, limit: int = 50
+    ) -> TranscriptPage:
+        """Up to ``limit`` of the user's latest transcript entries (before the entry id
+        ``before`` when given), oldest first."""
+
+    @abstractmethod
+    async def transcript_append(self, user: str, entries: Sequence[TranscriptEntry]) -> None:
+        """Append entries to the user's transcript outside a turn (delivery statuses)."""
+
+    @abstractmethod
+    async def handoffs(self, limit: int = 100) -> tuple[list[Conversation], int]:
+        """The conversations handed off to a person, the longest waiting first (up to
+        ``limit``), and how many there are in all."""
 
     @abstractmethod
     async def outbox_read(self, consumer: str, count: int, block: float) -> list[OutboxItem]:

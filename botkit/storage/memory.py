@@ -9,6 +9,7 @@ entry of a user exists only while a turn holds or awaits it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import itertools
 import time
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 
 from botkit._clock import Clock, SystemClock
 from botkit._outbound import OutboundMessage, SentRecord, new_ref
+from botkit._transcript import TranscriptEntry, TranscriptPage, outgoing_entry
 from botkit.storage.base import (
     Conversation,
     ConversationStore,
@@ -57,6 +59,12 @@ class _Pending:
 
 
 @dataclass(slots=True)
+class _Transcript:
+    entries: deque[TranscriptEntry]
+    expires_at: float
+
+
+@dataclass(slots=True)
 class _Record:
     conversation: Conversation
     expires_at: float
@@ -88,6 +96,9 @@ class MemoryStore(ConversationStore):
         # ends), and a heap over it whose stale entries are skipped.
         self._timer_index: dict[str, float] = {}
         self._timer_heap: list[tuple[float, str]] = []
+        self._transcripts: dict[str, _Transcript] = {}
+        self._entry_ids = itertools.count(1)
+        self._handoffs: dict[str, float] = {}
 
     async def ping(self) -> bool:
         """Always True: memory is always there."""
@@ -133,6 +144,7 @@ class MemoryStore(ConversationStore):
         lease: TurnLease,
         conversation: Conversation | None,
         outbox: Sequence[OutboundMessage] = (),
+        transcript: Sequence[TranscriptEntry] = (),
     ) -> None:
         """Save, mark done, queue replies and unlock; see :meth:`ConversationStore.commit_turn`."""
         lock = self._locks.get(lease.user)
@@ -149,9 +161,14 @@ class MemoryStore(ConversationStore):
             saved.last_inbound = _latest(stored.last_inbound, conversation.last_inbound)
             self._save(saved)
             self._index_timers(saved.user, saved.next_due())
+            if saved.handoff is None:
+                self._handoffs.pop(saved.user, None)
+            else:
+                self._handoffs[saved.user] = saved.handoff.since
         if lease.key is not None:
             self._marks[lease.key] = (_DONE, self._clock.now() + self.config.done_ttl)
         self._append(outbox)
+        self._record(lease.user, transcript)
         self._release(lease.user, lease.token)
 
     async def abort_turn(self, lease: TurnLease) -> None:
@@ -170,8 +187,55 @@ class MemoryStore(ConversationStore):
     # -- outbox --------------------------------------------------------------
 
     async def enqueue(self, messages: Sequence[OutboundMessage]) -> None:
-        """Append to the outbox (delayed ones wait for their time)."""
+        """Append to the outbox (delayed ones wait for their time) and the transcripts."""
         self._append(messages)
+        now = self._clock.now()
+        for message in messages:
+            self._record(message.user, [outgoing_entry(message, now)])
+
+    # -- transcripts and handoffs ----------------------------------------------
+
+    async def transcript(
+        self, user: str, *, before: str | None = None, limit: int = 50
+    ) -> TranscriptPage:
+        """The user's latest entries before ``before``, oldest first."""
+        cut = None
+        if before is not None:
+            if not before.isdigit():
+                raise ValueError(f"before={before!r} is not an entry id of this store")
+            cut = int(before)
+        found = self._transcripts.get(user)
+        if found is None or found.expires_at <= self._clock.now():
+            return TranscriptPage((), None)
+        entries = list(found.entries)
+        if cut is not None:
+            entries = [e for e in entries if int(e.id) < cut]
+        page = entries[-limit:] if limit > 0 else []
+        older = bool(page) and len(entries) > len(page)
+        return TranscriptPage(tuple(page), page[0].id if older else None)
+
+    async def transcript_append(self, user: str, entries: Sequence[TranscriptEntry]) -> None:
+        """Append to the user's transcript."""
+        self._record(user, entries)
+
+    async def handoffs(self, limit: int = 100) -> tuple[list[Conversation], int]:
+        """Handed-off conversations, the longest waiting first."""
+        for user in [u for u in self._handoffs if self._conversation(u).handoff is None]:
+            del self._handoffs[user]  # expired with its conversation
+        ordered = sorted(self._handoffs.items(), key=lambda item: (item[1], item[0]))
+        return [self._conversation(u).copy() for u, _ in ordered[:limit]], len(ordered)
+
+    def _record(self, user: str, entries: Sequence[TranscriptEntry]) -> None:
+        length = self.config.transcript_length
+        if not entries or length <= 0:
+            return
+        now = self._clock.now()
+        found = self._transcripts.get(user)
+        if found is None or found.expires_at <= now:
+            found = self._transcripts[user] = _Transcript(deque(maxlen=length), 0.0)
+        for entry in entries:
+            found.entries.append(dataclasses.replace(entry, id=str(next(self._entry_ids))))
+        found.expires_at = now + self.config.transcript_ttl
 
     async def outbox_read(self, consumer: str, count: int, block: float) -> list[OutboxItem]:
         """Take new entries, waiting up to ``block`` seconds for the first."""
@@ -350,6 +414,8 @@ class MemoryStore(ConversationStore):
             del self._receipts[ref]
         for user in [u for u, r in self._records.items() if r.expires_at <= now]:
             del self._records[user]
+        for user in [u for u, t in self._transcripts.items() if t.expires_at <= now]:
+            del self._transcripts[user]
 
     def _conversation(self, user: str) -> Conversation:
         record = self._records.get(user)

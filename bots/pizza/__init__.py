@@ -13,12 +13,18 @@ The conversation, state by state (``order`` flow)::
     confirm     yes                -> "Order #<id> confirmed ..."   (flow ends)
     confirm     no                 -> the menu again                -> menu
     any state   cancel             -> "Order cancelled ..."         (flow ends)
+    any state   agent or human     -> "Connecting you to a person..." (handed off)
 
 Each state asks its question when it is entered (``State(on_enter=...)``), so
 a transition is all a handler does to move on. A wrong answer gets a hint and
 the same question; a picture, a file or a contact card gets a short
 explanation and the current question again. 30 minutes of silence drops the
 order. The opt-out plugin is on: "STOP" silences the bot for that user.
+
+"agent" or "human" hands the conversation to a person (``ctx.handoff``): the
+bot stays quiet while an agent answers from the ``/agent`` page or the agent
+API, and when the agent releases it (or 30 minutes pass without an agent
+message) the bot is back, at the step the order was at.
 
 When the kitchen is done, another part of the system calls
 :func:`notify_order_ready` (or ``POST /api/send``); outside the 24-hour window
@@ -126,6 +132,27 @@ order = Flow(
 )
 
 bot = Bot("pizza", plugins=["optout"])
+
+CONNECTING = "Connecting you to a person. They will answer here."
+
+
+# Registered before the flow, so it wins in every state.
+@bot.text(Text("agent", "human"))
+async def to_a_person(ctx: Context) -> None:
+    """``agent`` or ``human``: hand the conversation to a person."""
+    await ctx.handoff(reason="asked for a person", note=f"step: {ctx.state or 'no order'}")
+    await ctx.reply(CONNECTING)
+
+
+@bot.handoff_ended
+async def back_from_a_person(ctx: Context) -> None:
+    """The person is done (or did not answer in time): the bot is back, where it was."""
+    if ctx.flow.active:
+        await ask(ctx, "You are back with the pizza bot.")
+    else:
+        await ctx.reply("You are back with the pizza bot. Send any message to order.")
+
+
 bot.include_router(order)
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from botkit import ManualClock, OptedOut, Template
 from botkit.testing import BotTester, LiveBot
-from bots.pizza import bot, notify_order_ready
+from bots.pizza import CONNECTING, bot, notify_order_ready
 
 USER = "79031234567"
 MENU_LINES = ("1) Margherita", "2) Pepperoni", "3) Veggie")
@@ -209,6 +209,27 @@ async def test_stop_silences_the_pizza_bot_until_start() -> None:
             await notify_order_ready(chat.user, "123456")
         assert (await chat.send_text("start")).texts[0].startswith("Welcome back")
         assert shows_menu((await chat.send_text("hi")).text)
+
+
+async def test_agent_or_human_hands_off_in_any_state_and_release_brings_the_bot_back() -> None:
+    async with BotTester(bot) as chat:
+        await chat.send_text("hi")
+        await chat.send_text("1")
+        for word in ("agent", "Human"):
+            user = chat.user if word == "agent" else "79030000099"
+            replies = await chat.send_text(word, user=user)
+            assert replies.texts == [CONNECTING]
+            assert (await chat.conversation(user)).handoff is not None
+        for text in ("L", "cancel", "hi"):
+            assert (await chat.send_text(text)).texts == []  # the bot does not answer
+        assert await chat.state() == "order:size"
+        released = await chat.runtime.release(chat.user, "alice")
+        assert [m.text for m in released.replies] == [
+            "You are back with the pizza bot.\n\nMargherita, good choice! Which size: S, M or L?"
+        ]
+        assert (await chat.send_text("L")).texts == [
+            "What is the delivery address? Type it, or share a location."
+        ]
 
 
 # -- end to end: webhook in, provider emulator out -----------------------------

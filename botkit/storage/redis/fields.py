@@ -14,6 +14,7 @@ from typing import Any
 
 from botkit._events import Timer
 from botkit._outbound import SentRecord
+from botkit._transcript import Handoff
 from botkit.storage.base import Conversation
 
 FIELDS = (
@@ -25,6 +26,7 @@ FIELDS = (
     "opted_out",
     "not_on_whatsapp",
     "timers",
+    "handoff",
 )
 """The conversation hash's fields, in the order BEGIN and LOAD return them."""
 
@@ -76,6 +78,7 @@ def changes(stored: Stored, new: Conversation) -> tuple[list[str], list[str]]:
     update("opted_out", "1" if new.opted_out else "0", "0")
     update("not_on_whatsapp", "1" if new.not_on_whatsapp else "0", "0")
     update("timers", dump_timers(new) if new.timers else None)
+    update("handoff", None if new.handoff is None else new.handoff.to_json())
     return put, drop
 
 
@@ -105,6 +108,7 @@ def conversation(user: str, stored: Stored) -> Conversation:
         opted_out=f["opted_out"] == "1",
         not_on_whatsapp=f["not_on_whatsapp"] == "1",
         timers=load_timers(f["timers"]),
+        handoff=Handoff.from_json(f["handoff"]) if f["handoff"] else None,
     )
 
 

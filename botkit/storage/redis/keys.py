@@ -20,6 +20,9 @@ so the shards spread evenly over the 16,384 slots (:func:`shard_tags`).
                                   last K, newest first (TTL sent_ttl)
     P:{T}:<user>:receipt:<ref>    the provider's messageId of a reply a status callback
                                   named before it was acknowledged (a receipt), TTL done_ttl
+    P:{T}:<user>:transcript       stream: the user's transcript (field "e": an entry's JSON),
+                                  capped at transcript_length, TTL transcript_ttl
+    P:{T}:handoffs                the shard's zset of handed-off users, scored by since when
     P:{T}:outbox                  the shard's stream of messages to send (group "senders")
     P:{T}:delayed                 the shard's zset of messages waiting for ``not_before``
     P:{T}:timers                  the shard's zset of users with a pending timer, scored by
@@ -114,6 +117,14 @@ class Keys:
     def receipt(self, user: str, ref: str) -> str:
         """The receipt of the user's outbound message ``ref``."""
         return f"{self.user(user)}:receipt:{ref}"
+
+    def transcript(self, user: str) -> str:
+        """The user's transcript stream."""
+        return f"{self.user(user)}:transcript"
+
+    def handoffs(self, shard: int) -> str:
+        """The shard's handed-off users, by when they were handed off."""
+        return f"{self.base}:{{{self.tags[shard]}}}:handoffs"
 
     def secret(self, name: str) -> str:
         """A secret every process on this Redis shares (no expiry)."""

@@ -13,9 +13,11 @@ calls in :mod:`botkit.storage.redis.runner`, URLs in
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import math
 import os
+import re
 import secrets
 import socket
 import time
@@ -29,6 +31,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from botkit._clock import Clock, SystemClock
 from botkit._outbound import OutboundMessage, SentRecord, new_ref
+from botkit._transcript import TranscriptEntry, TranscriptPage, outgoing_entry
 from botkit.storage.base import (
     DAY,
     Conversation,
@@ -88,6 +91,8 @@ class _Lease(TurnLease):
 
     stored: Stored = ()
 
+
+_STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
 
 # The field of a receipt hash that holds the provider's messageId (statuses are s:<name>).
 _RECEIPT_ID = "id"
@@ -169,6 +174,7 @@ class RedisStore(ConversationStore):
         self._conversation_ttl_ms = _ms(max(self.config.conversation_ttl, session_window))
         self._done_ttl_ms = _ms(self.config.done_ttl)
         self._sent_ttl_ms = _ms(self.config.sent_ttl)
+        self._transcript_ttl_ms = _ms(self.config.transcript_ttl)
         if client is not None and not client.get_encoder().decode_responses:
             raise ValueError(
                 "RedisStore(client=...) needs a client built with decode_responses=True"
@@ -311,8 +317,9 @@ class RedisStore(ConversationStore):
         lease: TurnLease,
         conversation: Conversation | None,
         outbox: Sequence[OutboundMessage] = (),
+        transcript: Sequence[TranscriptEntry] = (),
     ) -> None:
-        """Save, mark done, queue replies and unlock in one script call.
+        """Save, mark done, queue replies, append the transcript and unlock in one script call.
 
         See :meth:`ConversationStore.commit_turn`. Raises :class:`LockLost`
         (nothing written, the outbox unchanged) when the lock is not the lease's.
@@ -326,10 +333,13 @@ class RedisStore(ConversationStore):
             self._keys.delayed(shard),
             self._keys.order(lease.user),
             self._keys.timers(shard),
+            self._keys.transcript(lease.user),
+            self._keys.handoffs(shard),
         ]
         put: list[str] = []
         drop: list[str] = []
         next_timer = ""  # unchanged
+        handoff = ""  # unchanged
         conversation_ttl = self._conversation_ttl_ms
         now = self._clock.now()
         if conversation is not None:
@@ -339,6 +349,13 @@ class RedisStore(ConversationStore):
             if conversation.timers:  # kept until the last timer fired, and as long after
                 last_due = max(t.due for t in conversation.timers.values())
                 conversation_ttl = max(conversation_ttl, _ms(last_due - now) + conversation_ttl)
+            before = lease.conversation.handoff
+            if conversation.handoff is not None:
+                if before is None or before.since != conversation.handoff.since:
+                    handoff = repr(conversation.handoff.since)
+            elif before is not None:
+                handoff = "-"
+        lines = self._lines(transcript)
         entries: list[str] = []
         for message in outbox:
             entries += [
@@ -358,9 +375,14 @@ class RedisStore(ConversationStore):
             len(outbox),
             next_timer,
             lease.user,
+            len(lines),
+            self.config.transcript_length,
+            self._transcript_ttl_ms,
+            handoff,
             *put,
             *drop,
             *entries,
+            *lines,
         ]
         async with self._runner.guard("commit a turn"):
             committed = await self._runner.run(scripts.COMMIT, keys, args)
@@ -392,6 +414,77 @@ class RedisStore(ConversationStore):
             fields: list[str | None] = await done(client.hmget(self._keys.conv(user), FIELDS))
         return conversation(user, fields)
 
+    # -- transcripts and handoffs ----------------------------------------------
+
+    def _lines(self, entries: Sequence[TranscriptEntry]) -> list[str]:
+        """The entries as stored (none when transcripts are off)."""
+        if self.config.transcript_length <= 0:
+            return []
+        return [entry.to_json() for entry in entries]
+
+    async def transcript(
+        self, user: str, *, before: str | None = None, limit: int = 50
+    ) -> TranscriptPage:
+        """The user's latest entries before ``before`` (a stream id), oldest first."""
+        client = await self._ensure_open()
+        if limit <= 0:
+            return TranscriptPage((), None)
+        end = "+" if before is None else f"({before}"
+        if before is not None and not _STREAM_ID.fullmatch(before):
+            raise ValueError(f"before={before!r} is not an entry id of this store")
+        async with self._runner.guard("read a transcript"):
+            found = await done(
+                client.xrevrange(self._keys.transcript(user), end, "-", count=limit + 1)
+            )
+        entries = [TranscriptEntry.from_json(str(i), str(f["e"])) for i, f in found[:limit]]
+        entries.reverse()
+        older = len(found) > limit
+        return TranscriptPage(tuple(entries), entries[0].id if older else None)
+
+    async def transcript_append(self, user: str, entries: Sequence[TranscriptEntry]) -> None:
+        """XADD the entries (capped) and slide the transcript's TTL, in one pipeline."""
+        lines = self._lines(entries)
+        if not lines:
+            return
+        client = await self._ensure_open()
+        key = self._keys.transcript(user)
+        guard = self._runner.guard("append to a transcript")
+        async with guard, client.pipeline(transaction=False) as pipe:
+            for line in lines:
+                pipe.xadd(key, {"e": line}, maxlen=self.config.transcript_length, approximate=False)
+            pipe.pexpire(key, self._transcript_ttl_ms)
+            await pipe.execute()
+
+    async def handoffs(self, limit: int = 100) -> tuple[list[Conversation], int]:
+        """The oldest ``limit`` of every shard's handoff zset, merged; then their conversations.
+
+        Two pipelines: one ZRANGE (and ZCARD) per shard, one HMGET per user shown.
+        """
+        client = await self._ensure_open()
+        shards = list(self.outbox_shards())
+        guard = self._runner.guard("list handoffs")
+        async with guard, client.pipeline(transaction=False) as pipe:
+            for shard in shards:
+                key = self._keys.handoffs(shard)
+                pipe.zrange(key, 0, max(limit, 1) - 1, withscores=True)
+                pipe.zcard(key)
+            answers = await pipe.execute()
+        total = sum(int(n) for n in answers[1::2])
+        oldest = heapq.nsmallest(
+            limit,
+            ((float(score), str(user)) for found in answers[0::2] for user, score in found),
+        )
+        if not oldest:
+            return [], total
+        async with guard, client.pipeline(transaction=False) as pipe:
+            for _, user in oldest:
+                pipe.hmget(self._keys.conv(user), FIELDS)
+            stored = await pipe.execute()
+        conversations = [
+            conversation(user, fields) for (_, user), fields in zip(oldest, stored, strict=True)
+        ]
+        return [c for c in conversations if c.handoff is not None], total
+
     @property
     def waiting_users(self) -> int:
         """How many users have turns of this process waiting for their lock (0 when idle)."""
@@ -411,11 +504,31 @@ class RedisStore(ConversationStore):
                 (repr(message.not_before) if message.not_before > now else "", message.to_json())
             )
 
+        lines_of: dict[str, list[str]] = {}
+        for message in messages:
+            lines_of.setdefault(message.user, []).extend(
+                self._lines([outgoing_entry(message, now)])
+            )
+
         async def append(user: str, entries: list[str]) -> None:
             shard = self._keys.shard(user)
-            keys = [self._keys.outbox(shard), self._keys.delayed(shard), self._keys.order(user)]
+            keys = [
+                self._keys.outbox(shard),
+                self._keys.delayed(shard),
+                self._keys.order(user),
+                self._keys.transcript(user),
+            ]
+            lines = lines_of.get(user, [])
+            args = [
+                self._conversation_ttl_ms,
+                self.config.transcript_length,
+                self._transcript_ttl_ms,
+                len(lines),
+                *lines,
+                *entries,
+            ]
             async with self._runner.guard("queue messages"):
-                await self._runner.run(scripts.ENQUEUE, keys, [self._conversation_ttl_ms, *entries])
+                await self._runner.run(scripts.ENQUEUE, keys, args)
             self._queued(shard)
             for not_before in entries[::2]:
                 if not_before:

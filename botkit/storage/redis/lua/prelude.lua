@@ -54,3 +54,13 @@ local function remember(refs, id, record, ttl, keep)
   end
   redis.call('PEXPIRE', refs, ttl)
 end
+
+-- Append the transcript entries ARGV[first..last] to the user's transcript
+-- stream, capped at ``length`` entries, kept ``ttl`` ms after the last one.
+local function record(transcript, length, ttl, first, last)
+  if last < first then return end
+  for j = first, last do
+    redis.call('XADD', transcript, 'MAXLEN', length, '*', 'e', ARGV[j])
+  end
+  redis.call('PEXPIRE', transcript, ttl)
+end
