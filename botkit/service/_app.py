@@ -30,7 +30,7 @@ from botkit._clock import Clock
 from botkit.delivery._sender import OutboxWorkerConfig
 from botkit.delivery._status import RateRetry
 from botkit.devino.client import DevinoClient
-from botkit.service import _agent, _health, _send_api, _webhooks
+from botkit.service import _agent, _agent_page, _health, _send_api, _webhooks
 from botkit.service._service import Service, build_store
 from botkit.service._settings import Settings, SettingsError, load_settings
 from botkit.storage.base import ConversationStore
@@ -40,6 +40,7 @@ FEATURES: tuple[Callable[[], list[BaseRoute]], ...] = (
     _send_api.routes,
     _health.routes,
     _agent.routes,
+    _agent_page.routes,
 )
 """The ``routes()`` of each feature module, mounted by :func:`create_app` in this order."""
 
