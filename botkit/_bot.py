@@ -64,11 +64,14 @@ class Bot(Router):
             await ctx.reply(ctx.message.text)
 
     ``name`` namespaces the bot's keys in a shared Redis. ``sender`` is the
-    provider's ``from`` name (else ``BOTKIT_SENDER``). ``default_template`` is
+    provider's ``from`` name. ``default_template`` is
     sent instead of free text outside the 24-hour window when a reply names no
-    template. ``plugins`` are enabled by name. ``session_window`` (seconds)
-    and ``safety_margin`` override ``BOTKIT_SESSION_WINDOW``; values given
-    here win over the environment.
+    template. ``plugins`` are enabled by name (with ``BOTKIT_PLUGINS``').
+    ``session_window`` (seconds) and ``safety_margin`` are the bot's own
+    defaults: ``BOTKIT_SESSION_WINDOW``, ``BOTKIT_SAFETY_MARGIN`` and
+    ``BOTKIT_SENDER``, when set, win over them (an operator can change a
+    deployed bot without editing its code), and an explicit argument to
+    ``load_settings`` wins over both.
     """
 
     def __init__(
@@ -115,9 +118,13 @@ class Bot(Router):
         safety_margin: float | None = None,
         max_text: int = MAX_REPLY_CHARS,
     ) -> ReplyPolicy:
-        """The reply policy: this bot's values, else the environment's, else the defaults."""
-        length = self.session_window or session_window or SessionWindow().length
-        margin = self.safety_margin if self.safety_margin is not None else safety_margin
+        """The reply policy: the values given (the service's resolved settings), else the bot's.
+
+        Else the defaults. The service passes what its settings resolved
+        (explicit argument > environment > ``Bot(...)`` > default).
+        """
+        length = session_window or self.session_window or SessionWindow().length
+        margin = safety_margin if safety_margin is not None else self.safety_margin
         return ReplyPolicy(
             window=SessionWindow(length=length, margin=margin),
             default_template=self.default_template,

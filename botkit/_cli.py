@@ -138,7 +138,7 @@ def _run(args: argparse.Namespace) -> int:
     problems.extend(settings.weak_secrets())
     if not settings.devino_api_key and not settings.devino_login:
         problems.append("BOTKIT_DEVINO_API_KEY: required (or BOTKIT_DEVINO_LOGIN and _PASSWORD)")
-    if not (bot.sender or settings.sender):
+    if not settings.for_bot(bot).sender:
         problems.append("BOTKIT_SENDER: required (the sender name), or Bot(sender=...)")
     if args.workers > 1 and not settings.redis_url:
         problems.append(

@@ -400,7 +400,7 @@ class LiveBot:
                 "devino_api_key": "live-test",
                 "webhook_token": self.token,
                 "public_url": self.url,
-                "sender": "botkit-test",
+                "sender": self.bot.sender or "botkit-test",
                 **self._settings,
             }
             settings = load_settings(**fields)

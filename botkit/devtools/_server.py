@@ -100,11 +100,11 @@ def create_dev_app(bot: Bot, *, host: str = "127.0.0.1", port: int = 8000) -> De
             "devino_login": None,
             "media_allow_hosts": [*LOOPBACK, *settings.media_allow_hosts],
         }
-    )
+    ).for_bot(bot)
     emulator = Emulator(
         api_key="dev",
         clock=clock.now,
-        session_window=bot.session_window or settings.session_window,
+        session_window=settings.session_window,
         webhook_url=f"{base_url}/whatsapp/incoming/{token}",
     )
     store = MemoryStore(

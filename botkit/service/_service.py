@@ -51,10 +51,11 @@ CALLBACK_SECRET_NAME = "callback"
 def build_store(bot: Bot, settings: Settings, clock: Clock | None = None) -> ConversationStore:
     """The conversation store the settings ask for: Redis when ``BOTKIT_REDIS_URL`` is set.
 
-    The session window is the bot's (``Bot(session_window=...)``) when it sets
-    one, else the settings', as the reply policy resolves it.
+    It keeps conversations at least as long as the session window the
+    settings resolve for ``bot`` (:meth:`~botkit.service.Settings.for_bot`).
     """
-    window = bot.session_window or settings.session_window
+    settings = settings.for_bot(bot)
+    window = settings.session_window
     config = StoreConfig(
         lock_ttl=settings.lock_ttl,
         acquire_timeout=settings.acquire_timeout,
@@ -103,7 +104,8 @@ class Service:
     ) -> None:
         self.bot = bot
         self.watch_signals = watch_signals
-        self.settings = settings
+        # The one place the bot's own values meet the environment's.
+        self.settings = settings = settings.for_bot(bot)
         self.clock = clock or SystemClock()
         self.store = store or build_store(bot, settings, self.clock)
         self.runtime = Runtime(
@@ -135,7 +137,7 @@ class Service:
         self.sender = OutboxWorker(
             self.store,
             self.client,
-            sender_name=bot.sender or settings.sender or "botkit",
+            sender_name=settings.sender or "botkit",
             signer=self.signer,
             callback_url=callback_url,
             config=sender_config

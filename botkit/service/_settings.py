@@ -1,7 +1,13 @@
 """Configuration from the environment (prefix ``BOTKIT_``) and a ``.env`` file.
 
-Values given in code on the :class:`~botkit.Bot` (``sender``,
-``session_window``, ``plugins``...) win over the environment. A missing or
+One precedence, resolved here and only here (:meth:`Settings.for_bot`):
+
+1. an explicit argument (``load_settings(sender=...)``, ``Settings(...)``);
+2. the environment (``BOTKIT_*``, or the ``.env`` file);
+3. the bot's own values (``Bot(sender=..., session_window=..., safety_margin=...)``);
+4. the default.
+
+Plugins add up instead: the bot's and ``BOTKIT_PLUGINS``'. A missing or
 invalid value fails at start-up with one line per problem; secrets are never
 printed (they are ``SecretStr``).
 """
@@ -13,6 +19,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from botkit._bot import Bot
 from botkit._errors import BotkitError
 from botkit._media import MediaPolicy
 from botkit._retry import RetryPolicy
@@ -48,6 +55,10 @@ _PLACEHOLDER_VALUES = frozenset({"secret", "password", "token", "test", "dev", "
 
 # The URL forms the Redis store takes (botkit.storage.redis.connection.SCHEMES).
 _REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "rediss+cluster")
+
+
+# The settings a Bot may give values for (``Bot(sender=...)``, ...).
+_BOT_VALUES = ("sender", "session_window", "safety_margin")
 
 
 class SettingsError(BotkitError, ValueError):
@@ -148,6 +159,24 @@ class Settings(BaseSettings):
         return value.upper() if isinstance(value, str) else value
 
     # -- derived -------------------------------------------------------------
+
+    def for_bot(self, bot: Bot) -> Settings:
+        """These settings, with ``bot``'s values where no argument or variable set one.
+
+        The one place the precedence is decided: explicit argument >
+        environment > ``Bot(...)`` > default. ``plugins`` are the bot's
+        followed by the environment's. Applying it twice changes nothing.
+        """
+        fixed = self.model_fields_set
+        update: dict[str, object] = {}
+        for name in _BOT_VALUES:
+            value = getattr(bot, name)
+            if value is not None and name not in fixed:
+                update[name] = value
+        plugins = [*bot.plugins, *(p for p in self.plugins if p not in bot.plugins)]
+        if plugins != self.plugins:
+            update["plugins"] = plugins
+        return self.model_copy(update=update) if update else self
 
     def secret(self, name: str) -> str | None:
         """The plain value of a secret setting (``webhook_token``, ``api_token``...)."""

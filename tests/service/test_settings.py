@@ -86,24 +86,58 @@ def test_a_dotenv_file_is_read_and_the_environment_wins_over_it(
     assert load_settings().sender == "FromEnv"
 
 
-def test_values_given_in_code_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+CODED = Bot("coded", sender="CodeSender", session_window=600, safety_margin=5)
+
+
+def resolved(bot: Bot, **explicit: object) -> tuple[str, float, float | None]:
+    """What a service built for ``bot`` uses: sender name, window length, safety margin."""
+    service = Service(bot, load_settings(devino_api_key=API_KEY, **explicit))
+    window = service.runtime.policy.window
+    return service.sender.sender_name, window.length, window.safety_margin
+
+
+def test_precedence_default_then_bot() -> None:
+    assert resolved(Bot("plain")) == ("botkit", 86_400, 300)  # 5 minutes of 24 hours
+    assert resolved(CODED) == ("CodeSender", 600, 5)
+
+
+def test_precedence_the_environment_wins_over_the_bot(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BOTKIT_SENDER", "EnvSender")
     monkeypatch.setenv("BOTKIT_SESSION_WINDOW", "7200")
     monkeypatch.setenv("BOTKIT_SAFETY_MARGIN", "60")
-    monkeypatch.setenv("BOTKIT_DEVINO_API_KEY", API_KEY)
-    settings = load_settings()
+    assert resolved(CODED) == ("EnvSender", 7200, 60)
+    # A variable set to the default's value is still set: it wins too.
+    monkeypatch.setenv("BOTKIT_SESSION_WINDOW", "86400")
+    assert resolved(CODED)[1] == 86_400
 
-    on_bot = Service(
-        Bot("coded", sender="CodeSender", session_window=600, safety_margin=5), settings
-    )
-    assert on_bot.sender.sender_name == "CodeSender"
-    window = on_bot.runtime.policy.window
-    assert (window.length, window.safety_margin) == (600, 5)
 
-    from_env = Service(Bot("plain"), settings)
-    assert from_env.sender.sender_name == "EnvSender"
-    window = from_env.runtime.policy.window
-    assert (window.length, window.safety_margin) == (7200, 60)
+def test_precedence_an_explicit_argument_wins_over_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BOTKIT_SENDER", "EnvSender")
+    monkeypatch.setenv("BOTKIT_SESSION_WINDOW", "7200")
+    explicit = resolved(CODED, sender="Given", session_window=900, safety_margin=0)
+    assert explicit == ("Given", 900, 0)
+
+
+def test_precedence_is_the_same_for_the_store_the_dev_server_and_botkit_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BOTKIT_SESSION_WINDOW", "172800")  # two days, over the bot's 600 s
+    settings = load_settings(devino_api_key=API_KEY, conversation_ttl_days=1)
+    resolved_once = settings.for_bot(CODED)
+    assert resolved_once.session_window == 172_800
+    assert resolved_once.for_bot(CODED) == resolved_once  # applying it twice changes nothing
+    service = Service(CODED, settings)
+    assert service.settings.session_window == 172_800
+    assert service.store.config.conversation_ttl >= 172_800
+    assert service.runtime.policy.window.length == 172_800
+
+
+def test_plugins_add_up_the_bot_s_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOTKIT_PLUGINS", "extra,optout")
+    settings = load_settings().for_bot(Bot("p", plugins=["optout"]))
+    assert settings.plugins == ["optout", "extra"]
 
 
 def test_the_store_keeps_conversations_for_the_bots_own_session_window() -> None:
