@@ -71,6 +71,8 @@ SESSION_COOKIE = "botkit_agent"
 
 _M = TypeVar("_M", bound=BaseModel)
 
+WEBHOOK_ATTEMPTS = 8
+"""Tries of one agent webhook notice before it is dropped (and logged)."""
 _QUEUE_LIMIT = 10_000
 _SSE_HEARTBEAT = 15.0
 
@@ -108,7 +110,7 @@ class AgentDesk:
         self.token = token or None
         self.webhook_url = webhook_url or None
         self.webhook_secret = webhook_secret or token or ""
-        self.retry = retry or RetryPolicy(attempts=8, base_delay=0.5, max_delay=60.0)
+        self.retry = retry or RetryPolicy(WEBHOOK_ATTEMPTS, base_delay=0.5, max_delay=60.0)
         self._transport = transport
         self._listeners: set[asyncio.Queue[Notice | None]] = set()
         self._outgoing: asyncio.Queue[Notice] = asyncio.Queue(_QUEUE_LIMIT)
@@ -526,4 +528,5 @@ def desk_for(runtime: Runtime, settings: Settings) -> AgentDesk:
         token=settings.secret("agent_token"),
         webhook_url=settings.agent_webhook_url,
         webhook_secret=settings.secret("agent_webhook_secret"),
+        retry=settings.retry_policy(attempts=WEBHOOK_ATTEMPTS),
     )

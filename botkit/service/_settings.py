@@ -230,16 +230,17 @@ class Settings(BaseSettings):
             problems.append(f"BOTKIT_{name.upper()}: {problem}{hint}")
         return problems
 
-    def retry_policy(self) -> RetryPolicy:
-        """The one backoff of every retrying path of the service; it never gives up.
+    def retry_policy(self, attempts: int | None = None) -> RetryPolicy:
+        """The one backoff of every retrying path of the service.
 
         The outbox worker (sends, reads, acknowledgements), the timer worker,
         the store's reconnects and loading the callback secret wait this long
-        between tries; the provider client tries each request once, so
-        retries are never nested.
+        between tries and never give up (``attempts=None``); the agent
+        webhook gives up after ``attempts``. The provider client tries each
+        request once, so retries are never nested.
         """
         return RetryPolicy(
-            attempts=None,
+            attempts=attempts,
             base_delay=self.retry_base_delay,
             max_delay=self.retry_max_delay,
             jitter=self.retry_jitter,
