@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from botkit import _handoff
-from botkit import _metrics as metrics
 from botkit._bot import Bot
 from botkit._events import (
     Event,
@@ -374,7 +373,7 @@ class Context:
         """Cancel the pending timer ``name`` (saved when the turn commits); False when none."""
         if _internal(name) or self.turn.cancel(name) is None:
             return False
-        metrics.count(metrics.TIMERS_CANCELLED)
+        self.turn.cancelled += 1
         return True
 
     async def handoff(self, reason: str = "", note: str = "") -> None:

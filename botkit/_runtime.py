@@ -335,6 +335,8 @@ class Runtime:
                 log.debug("abort after a failed turn also failed", exc_info=True)
             raise
         renewal.cancel()
+        if turn.cancelled:  # only what the commit saved: a failed turn's cancels were undone
+            metrics.count(metrics.TIMERS_CANCELLED, amount=turn.cancelled)
         assert turn.outcome is not None
         outcome = TurnOutcome(
             user=user,

@@ -15,7 +15,6 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from botkit import _metrics as metrics
 from botkit._events import MESSAGE_KINDS, Event, EventKind, Timer
 from botkit._flow import Flow, FlowModel
 from botkit._outbound import OutboundMessage
@@ -122,7 +121,8 @@ class Turn:
     - ``refused``: replies the reply policy refused (opted out, ...);
     - ``handler`` and ``values``: the handler dispatch chose and what its
       filters found (a regex match, named groups);
-    - ``outcome``, ``error``, ``error_handled``: set by the runtime as the turn runs.
+    - ``outcome``, ``error``, ``error_handled``: set by the runtime as the turn runs;
+    - ``cancelled``: how many timers the turn cancelled (counted when it commits).
     """
 
     __slots__ = (
@@ -131,6 +131,7 @@ class Turn:
         "_sends_open",
         "_stored",
         "agent",
+        "cancelled",
         "conversation",
         "error",
         "error_handled",
@@ -173,6 +174,7 @@ class Turn:
         self.moves: list[FlowMove] = []
         self.agent: str | None = None
         self._ended: Callable[[Turn], object] | None = None
+        self.cancelled = 0
 
     @property
     def user(self) -> str:
@@ -283,7 +285,7 @@ class Turn:
         timers = self.conversation.timers
         for name in [n for n, t in timers.items() if t.cancel_on_message]:
             del timers[name]
-            metrics.count(metrics.TIMERS_CANCELLED)
+            self.cancelled += 1
 
     # -- what leaves with the commit -------------------------------------------
 
@@ -324,6 +326,7 @@ class Turn:
         self.notes, self.notices, self.moves, self.agent = [], [], [], None
         self._sends_open = True
         self.handler, self.values = None, _NO_VALUES
+        self.cancelled = 0  # back with the stored conversation
         self.restore_flow(self._flows, self.view)
         if self.flow_expired():
             self.flow = None

@@ -9,8 +9,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from prometheus_client import REGISTRY
 
 from botkit import Bot, Context, Flow, OutsideSessionWindow, State, Template
+from botkit import _metrics as metrics
 from botkit.testing import BotTester
 
 
@@ -473,3 +475,36 @@ async def test_without_a_handler_no_window_timer_is_kept() -> None:
     async with BotTester(reminder_bot()) as chat:
         await chat.send_text("hello")
         assert await chat.timers() == {}
+
+
+def cancelled_total() -> float:
+    metrics.flush()
+    return REGISTRY.get_sample_value("botkit_timers_cancelled_total") or 0.0
+
+
+async def test_the_cancelled_counter_counts_only_cancels_that_were_committed() -> None:
+    bot = reminder_bot()
+
+    @bot.text("stop and fail")
+    async def stop_and_fail(ctx: Context) -> None:
+        ctx.cancel("ping")
+        ctx.schedule("nudge", after=10, cancel_on_message=True)
+        raise RuntimeError("the turn fails after its cancel")
+
+    @bot.text("nudge me")
+    async def nudge_me(ctx: Context) -> None:
+        ctx.schedule("nudge", after=10, cancel_on_message=True)
+
+    async with BotTester(bot) as chat:
+        await chat.send_text("later")
+        before = cancelled_total()
+        with pytest.raises(RuntimeError):
+            await chat.send_text("stop and fail")
+        assert list(await chat.timers()) == ["ping"], "the failed turn's cancel was rolled back"
+        assert cancelled_total() == before
+        assert (await chat.send_text("stop")).text == "cancelled"
+        assert cancelled_total() == before + 1
+        await chat.send_text("nudge me")
+        await chat.send_text("hello")  # the message cancels the nudge
+        assert await chat.timers() == {}
+        assert cancelled_total() == before + 2
