@@ -7,10 +7,8 @@ moment. If the handler raises, none of it happens.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import secrets
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -243,7 +241,7 @@ class Context:
             raise TypeError(
                 "this turn does not run a timer; ctx.timer is for @router.timer handlers"
             )
-        return self.event.timer
+        return self.turn.fired or self.event.timer
 
     @property
     def timers(self) -> dict[str, Timer]:
@@ -360,12 +358,7 @@ class Context:
             raise ValueError("a timer needs a name: ctx.schedule('nudge', after=60)")
         if _internal(name):
             raise ValueError(f"timer names starting with {INTERNAL_TIMERS!r} are botkit's own")
-        due = due_time(self.now, at, after)
-        try:
-            json.dumps(data)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"timer {name!r}: data must be JSON values ({exc})") from None
-        timer = Timer(name, due, data, secrets.token_hex(6), cancel_on_message)
+        timer = Timer(name, due_time(self.now, at, after), data, cancel_on_message)
         self.turn.schedule(timer)
         return timer
 

@@ -10,6 +10,8 @@ callback is a :class:`StatusUpdate`.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -265,43 +267,105 @@ class StatusUpdate:
         return f"{self.message_id}:{self.status}"
 
 
-@dataclass(frozen=True, slots=True)
 class Timer:
     """A timer pending for a user: ``ctx.schedule(name, ...)`` made it, ``ctx.timer`` is it firing.
 
-    ``due`` is unix seconds (:attr:`due_at` as an aware UTC datetime);
-    ``data`` is what ``schedule(data=...)`` gave (JSON values); ``id`` names
-    this one scheduling (scheduling the same name again makes a new id);
-    ``cancel_on_message`` drops it when the user writes first.
+    ``due`` is unix seconds, to the millisecond (:attr:`due_at` as an aware
+    UTC datetime); ``data`` is what ``schedule(data=...)`` gave (JSON values,
+    kept as JSON: each read of ``data`` is a fresh copy); ``cancel_on_message``
+    drops it when the user writes first. A user has at most one timer of a
+    name: the name and the due time are the timer's identity (:attr:`id`).
+    A timer is immutable; reschedule to change one. Raises TypeError when
+    ``data`` is not JSON values.
     """
+
+    __slots__ = ("cancel_on_message", "data_json", "due", "name")
 
     name: str
     due: float
-    data: Any = None
-    id: str = ""
-    cancel_on_message: bool = False
+    cancel_on_message: bool
+    data_json: str | None
+    """``data`` as compact JSON (None: no data)."""
+
+    def __init__(
+        self, name: str, due: float, data: Any = None, cancel_on_message: bool = False
+    ) -> None:
+        try:
+            encoded = None if data is None else _compact_json(data)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"timer {name!r}: data must be JSON values ({exc})") from None
+        _set = object.__setattr__
+        _set(self, "name", name)
+        _set(self, "due", due)
+        _set(self, "cancel_on_message", cancel_on_message)
+        _set(self, "data_json", encoded)
+
+    @classmethod
+    def from_json(
+        cls, name: str, due: float, data_json: str | None, cancel_on_message: bool = False
+    ) -> Timer:
+        """The timer whose ``data`` is the JSON text ``data_json`` (how a store reads one back)."""
+        timer = cls.__new__(cls)
+        _set = object.__setattr__
+        _set(timer, "name", name)
+        _set(timer, "due", due)
+        _set(timer, "cancel_on_message", cancel_on_message)
+        _set(timer, "data_json", data_json)
+        return timer
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"a Timer is immutable (cannot set {name}); schedule it again")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"a Timer is immutable (cannot delete {name})")
+
+    @property
+    def data(self) -> Any:
+        """What ``schedule(data=...)`` gave (a fresh copy each time; None: no data)."""
+        return None if self.data_json is None else json.loads(self.data_json)
 
     @property
     def due_at(self) -> datetime:
         """When the timer is due, as an aware UTC datetime."""
         return datetime.fromtimestamp(self.due, UTC)
 
-    def stored(self) -> list[Any]:
-        """The compact form a store keeps under the timer's name: ``[due, id, data?, 1?]``."""
-        out: list[Any] = [self.due, self.id]
-        if self.data is not None or self.cancel_on_message:
-            out.append(self.data)
-        if self.cancel_on_message:
-            out.append(1)
-        return out
+    @property
+    def due_ms(self) -> int:
+        """The due time in whole milliseconds (how stores keep it)."""
+        return round(self.due * 1000)
 
-    @classmethod
-    def from_stored(cls, name: str, stored: list[Any]) -> Timer:
-        """The timer from :meth:`stored`'s form."""
-        data = stored[2] if len(stored) > 2 else None
-        return cls(
-            name, float(stored[0]), data, str(stored[1]), len(stored) > 3 and bool(stored[3])
+    @property
+    def id(self) -> str:
+        """``<name>@<due in ms>``: names this timer among the user's (scheduling the same
+        name at another time makes another id)."""
+        return f"{self.name}@{self.due_ms}"
+
+    def _key(self) -> tuple[str, float, str | None, bool]:
+        return (self.name, self.due, self.data_json, self.cancel_on_message)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Timer):
+            return NotImplemented
+        return self is other or self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"Timer(name={self.name!r}, due={self.due!r}, data={self.data!r}, "
+            f"cancel_on_message={self.cancel_on_message!r})"
         )
+
+
+# Compact JSON; one encoder for every call (json.dumps with options builds one each time).
+_compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def to_millisecond(when: float) -> float:
+    """Unix seconds down to the millisecond (the precision of a timer's due time): a
+    timer is never due later than asked."""
+    return math.floor(when * 1000 + 1e-3) / 1000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -315,7 +379,7 @@ class TimerFired:
 
     @property
     def id(self) -> str:
-        """The timer's id: one scheduling fires once."""
+        """The timer's id (:attr:`Timer.id`)."""
         return self.timer.id
 
 

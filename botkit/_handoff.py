@@ -15,12 +15,11 @@ turn's commit, under the user's lock, with its transcript entries.
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass, replace
 from typing import Any
 
 from botkit._errors import BotkitError
-from botkit._events import HandoffEnded, Timer, masked
+from botkit._events import HandoffEnded, Timer, masked, to_millisecond
 from botkit._transcript import Handoff, HandoffEnd, handoff_entry
 from botkit._turn import HANDOFF_TIMEOUT, Turn
 
@@ -155,4 +154,4 @@ def _current(turn: Turn) -> Handoff:
 
 
 def _arm(turn: Turn, timeout: float) -> None:
-    turn.schedule(Timer(HANDOFF_TIMEOUT, turn.now + timeout, None, secrets.token_hex(6)))
+    turn.schedule(Timer(HANDOFF_TIMEOUT, to_millisecond(turn.now + timeout)))

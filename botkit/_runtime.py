@@ -35,6 +35,7 @@ from botkit._events import (
     StatusUpdate,
     Timer,
     TimerFired,
+    to_millisecond,
 )
 from botkit._handoff import DEFAULT_TIMEOUT as DEFAULT_HANDOFF_TIMEOUT
 from botkit._media import MediaFetcher, MediaPolicy
@@ -258,14 +259,16 @@ class Runtime:
         return await self.run_turn(status.user, f"s:{status.id}", status)
 
     async def run_timer(self, user: str, timer: Timer) -> TurnOutcome:
-        """Run the turn of a due timer of ``user`` (deduplicated on the timer's id).
+        """Run the turn of a due timer of ``user``.
 
-        The timer leaves the user's pending timers with the turn's commit,
-        whatever its handler does (a handler that fails does not make it fire
-        again). A timer no longer pending (cancelled or replaced since it was
-        read) runs nothing: ``Outcome.IGNORED``.
+        The turn holds the user's lock and fires the timer only while it is
+        still pending (the same name, due at the same time). The timer leaves
+        the user's pending timers with the turn's commit, whatever its handler
+        does (a handler that fails does not make it fire again). A timer no
+        longer pending (cancelled or replaced since it was read) runs nothing:
+        ``Outcome.IGNORED``.
         """
-        return await self.run_turn(user, f"t:{timer.id}", TimerFired(user=user, timer=timer))
+        return await self.run_turn(user, None, TimerFired(user=user, timer=timer))
 
     async def run_turn(
         self,
@@ -440,7 +443,7 @@ class Runtime:
             if closes is None or closes - margin <= turn.now:
                 turn.cancel(name)
             else:
-                turn.schedule(Timer(name, closes - margin, None, secrets.token_hex(6)))
+                turn.schedule(Timer(name, to_millisecond(closes - margin)))
 
     async def _expire_flow(self, ctx: Context) -> None:
         """A message after the flow's deadline whose timer has not fired yet (an outage)."""
@@ -556,7 +559,7 @@ class Runtime:
             data["media"] = [media.url, media.mime_type, media.name]
         if template is not None:
             data["template"] = template.to_dict()
-        timer = Timer(f"{SCHEDULED_SEND}{token}", due, data, token)
+        timer = Timer(f"{SCHEDULED_SEND}{token}", due, data)
         current = _current_turn.get()
         if current is not None and current[0] is self and current[1].user == user:
             current[1].schedule(timer)  # this user's turn holds the lock: it saves the timer
@@ -819,7 +822,7 @@ def _arm_flow_timeout(turn: Turn, stored_state: str | None) -> None:
         and turn.event.kind not in MESSAGE_KINDS
     ):
         return
-    turn.schedule(Timer(FLOW_TIMEOUT, turn.now + timeout, None, secrets.token_hex(6)))
+    turn.schedule(Timer(FLOW_TIMEOUT, to_millisecond(turn.now + timeout)))
 
 
 async def _maybe_await(value: Any) -> Any:

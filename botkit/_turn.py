@@ -15,7 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from botkit._events import MESSAGE_KINDS, Event, EventKind, Timer
+from botkit._events import MESSAGE_KINDS, Event, EventKind, Timer, to_millisecond
 from botkit._flow import Flow, FlowModel
 from botkit._outbound import OutboundMessage
 from botkit._transcript import TranscriptEntry, flow_entry
@@ -55,19 +55,20 @@ class FlowMove:
 
 
 def due_time(now: float, at: datetime | float | None, after: float | None) -> float:
-    """When a scheduled thing is due: ``at`` (aware datetime or unix seconds) or ``after`` s."""
+    """When a scheduled thing is due: ``at`` (aware datetime or unix seconds) or ``after`` s,
+    to the millisecond."""
     if (at is None) == (after is None):
         raise ValueError("give exactly one of at (a time) or after (seconds)")
     if after is not None:
         if isinstance(after, bool) or not isinstance(after, int | float) or not after >= 0:
             raise ValueError(f"after={after!r}: give a number of seconds, 0 or more")
-        return now + float(after)
+        return to_millisecond(now + float(after))
     if isinstance(at, datetime):
         if at.tzinfo is None:
             raise ValueError(f"at={at.isoformat()} has no time zone; give an aware time")
-        return at.timestamp()
+        return to_millisecond(at.timestamp())
     if isinstance(at, int | float) and not isinstance(at, bool) and math.isfinite(at):
-        return float(at)
+        return to_millisecond(float(at))
     raise ValueError(f"at={at!r}: give an aware datetime or unix seconds")
 
 

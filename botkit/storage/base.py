@@ -10,7 +10,6 @@ live in the same store so that a committed reply is never lost.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
@@ -133,18 +132,27 @@ class Conversation:
         return Conversation(
             user=self.user,
             state=self.state,
-            data=copy.deepcopy(self.data),
+            data=copy_json(self.data),
             version=self.version,
             last_inbound=self.last_inbound,
             last_active=self.last_active,
             opted_out=self.opted_out,
             not_on_whatsapp=self.not_on_whatsapp,
-            timers={
-                name: t if t.data is None else dataclasses.replace(t, data=copy.deepcopy(t.data))
-                for name, t in self.timers.items()
-            },
+            timers=dict(self.timers),  # timers are immutable
             handoff=self.handoff,
         )
+
+
+def copy_json(value: Any) -> Any:
+    """A deep copy of ``value``: several times faster than ``copy.deepcopy`` on the
+    JSON values (dicts, lists, strings, numbers) a conversation's data holds."""
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if type(value) is dict:
+        return {k: copy_json(v) for k, v in value.items()}
+    if type(value) is list:
+        return [copy_json(v) for v in value]
+    return copy.deepcopy(value)
 
 
 @dataclass(frozen=True, slots=True)

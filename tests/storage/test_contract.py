@@ -414,15 +414,15 @@ async def schedule(store: ConversationStore, user: str, *timers: Timer) -> None:
 
 async def test_timers_are_saved_with_the_conversation(store: ConversationStore) -> None:
     user = new_user()
-    nudge = Timer("nudge", 1000.5, {"step": [1, 2]}, "abc", cancel_on_message=True)
-    plain = Timer("plain", 2000.0, None, "def")
+    nudge = Timer("nudge", 1000.5, {"step": [1, 2]}, cancel_on_message=True)
+    plain = Timer("plain", 2000.0)
     await schedule(store, user, nudge, plain)
     assert (await store.load(user)).timers == {"nudge": nudge, "plain": plain}
 
 
 async def test_a_due_timer_is_claimed_once_until_its_lease_ends(store: ConversationStore) -> None:
     user = new_user()
-    await schedule(store, user, Timer("a", 1000.0, None, "1"), Timer("b", 3000.0, None, "2"))
+    await schedule(store, user, Timer("a", 1000.0), Timer("b", 3000.0))
     assert [c.user for c in await store.timers_claim(999.0, 60, 100)] == []
     [claim] = [c for c in await store.timers_claim(1000.0, 60, 100) if c.user == user]
     assert claim.until == 1060.0
@@ -433,9 +433,9 @@ async def test_a_due_timer_is_claimed_once_until_its_lease_ends(store: Conversat
 
 async def test_the_commit_moves_the_user_to_their_next_timer(store: ConversationStore) -> None:
     user = new_user()
-    await schedule(store, user, Timer("a", 1000.0, None, "1"), Timer("b", 3000.0, None, "2"))
+    await schedule(store, user, Timer("a", 1000.0), Timer("b", 3000.0))
     assert user in [c.user for c in await store.timers_claim(1000.0, 60, 100)]
-    await schedule(store, user, Timer("b", 3000.0, None, "2"))  # "a" fired
+    await schedule(store, user, Timer("b", 3000.0))  # "a" fired
     assert user not in [c.user for c in await store.timers_claim(2999.0, 60, 100)]
     assert user in [c.user for c in await store.timers_claim(3000.0, 60, 100)]
     await schedule(store, user)  # none left
@@ -446,12 +446,12 @@ async def test_reschedule_after_a_claim_unless_a_commit_moved_the_user(
     store: ConversationStore,
 ) -> None:
     user = new_user()
-    await schedule(store, user, Timer("a", 1000.0, None, "1"))
+    await schedule(store, user, Timer("a", 1000.0))
     [claim] = [c for c in await store.timers_claim(1000.0, 60, 100) if c.user == user]
     await store.timers_reschedule(claim, 5000.0)
     assert user not in [c.user for c in await store.timers_claim(4999.0, 60, 100)]
     [claim] = [c for c in await store.timers_claim(5000.0, 60, 100) if c.user == user]
-    await schedule(store, user, Timer("z", 7000.0, None, "9"))  # a commit moved them
+    await schedule(store, user, Timer("z", 7000.0))  # a commit moved them
     await store.timers_reschedule(claim, None)
     assert user in [c.user for c in await store.timers_claim(7000.0, 60, 100)]
     [claim] = [c for c in await store.timers_claim(8000.0, 60, 100) if c.user == user]

@@ -1,15 +1,16 @@
 """The conversation record in Redis (its field list, written once) and the sent records' codec.
 
-A user's conversation is one hash. :data:`FIELDS` names its fields in the
-order the scripts return them: the Lua scripts get the same list (see
-:mod:`botkit.storage.redis.scripts`), and :func:`conversation` and
-:func:`changes` read and write by these names.
+A user's conversation is one hash: the fields :data:`FIELDS` names (the Lua
+scripts get the same list, see :mod:`botkit.storage.redis.scripts`) and one
+field per pending timer, ``t:<name>`` (:func:`timer_value`). BEGIN and LOAD
+read the whole hash; :func:`conversation` and :func:`changes` read and
+write it by these names.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from botkit._events import Timer
@@ -25,13 +26,18 @@ FIELDS = (
     "last_active",
     "opted_out",
     "not_on_whatsapp",
-    "timers",
     "handoff",
 )
-"""The conversation hash's fields, in the order BEGIN and LOAD return them."""
+"""The conversation hash's fields (besides its timers)."""
 
-Stored = Sequence[str | None]
-"""A conversation's fields as read from Redis, in :data:`FIELDS` order (None: missing)."""
+TIMER = "t:"
+"""The start of a timer's field in the conversation hash: ``t:<name>``."""
+
+Stored = Mapping[str, str]
+"""A conversation's hash as read from Redis (field: value)."""
+
+# Compact JSON; one encoder for every call (json.dumps with options builds one each time).
+_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def number(value: float | None) -> str:
@@ -42,7 +48,7 @@ def number(value: float | None) -> str:
 def dump_data(user: str, data: dict[str, Any]) -> str:
     """``ctx.data`` as JSON; a TypeError that says what to keep when it is not JSON."""
     try:
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        return _compact(data)
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"the conversation data of user ...{user[-4:]} cannot be saved in Redis: {exc}. "
@@ -51,18 +57,21 @@ def dump_data(user: str, data: dict[str, Any]) -> str:
         ) from exc
 
 
-def changes(stored: Stored, new: Conversation) -> tuple[list[str], list[str]]:
+def changes(
+    stored: Stored, new: Conversation, loaded: Mapping[str, Timer] | None = None
+) -> tuple[list[str], list[str]]:
     """The conversation's fields to set (name, value, ...) and to delete, against ``stored``.
 
     ``last_inbound`` never moves back: the later of the stored and the new
-    one is kept.
+    one is kept. ``loaded``: the timers as read from ``stored``; a timer equal
+    to its loaded one is known unchanged without encoding it again.
     """
-    was = dict(zip(FIELDS, stored, strict=True))
-    put = ["version", str(int(was["version"] or 0) + 1)]
+    was = stored.get
+    put = ["version", str(int(was("version") or 0) + 1)]
     drop: list[str] = []
 
     def update(name: str, now: str | None, default: str | None = None) -> None:
-        before = was[name] if default is None else (was[name] or default)
+        before = was(name) if default is None else (was(name) or default)
         if now is None:
             if before is not None:
                 drop.append(name)
@@ -71,44 +80,57 @@ def changes(stored: Stored, new: Conversation) -> tuple[list[str], list[str]]:
 
     update("state", new.state)
     update("data", dump_data(new.user, new.data))
-    inbound, last_inbound = new.last_inbound, was["last_inbound"]
+    inbound, last_inbound = new.last_inbound, was("last_inbound")
     if inbound is not None and (last_inbound is None or inbound > float(last_inbound)):
         update("last_inbound", number(inbound))
     update("last_active", None if new.last_active is None else number(new.last_active))
     update("opted_out", "1" if new.opted_out else "0", "0")
     update("not_on_whatsapp", "1" if new.not_on_whatsapp else "0", "0")
-    update("timers", dump_timers(new) if new.timers else None)
+    for name, timer in new.timers.items():
+        if loaded is None or loaded.get(name) != timer:
+            update(TIMER + name, timer_value(timer))
+    drop.extend(f for f in stored if f.startswith(TIMER) and f[len(TIMER) :] not in new.timers)
     update("handoff", None if new.handoff is None else new.handoff.to_json())
     return put, drop
 
 
-def dump_timers(conversation: Conversation) -> str:
-    """The pending timers as compact JSON: ``{"name": [due, id, data?, 1?], ...}``."""
-    stored = {name: timer.stored() for name, timer in conversation.timers.items()}
-    return dump_data(conversation.user, stored)
+def timer_value(timer: Timer) -> str:
+    """A timer as its field keeps it: the due time in milliseconds when it has no data
+    and does not cancel on message (Redis keeps such a value as a number, in 10
+    bytes), else ``<due ms> <1 to cancel on message, else 0> <data JSON or nothing>``."""
+    if timer.data_json is None and not timer.cancel_on_message:
+        return str(timer.due_ms)
+    return f"{timer.due_ms} {1 if timer.cancel_on_message else 0} {timer.data_json or ''}"
 
 
-def load_timers(raw: str | None) -> dict[str, Timer]:
-    """The timers :func:`dump_timers` wrote."""
-    if not raw:
-        return {}
-    return {name: Timer.from_stored(name, value) for name, value in json.loads(raw).items()}
+def load_timer(name: str, value: str) -> Timer:
+    """The timer :func:`timer_value` wrote."""
+    due, _, rest = value.partition(" ")
+    if not rest:
+        return Timer.from_json(name, int(due) / 1000, None)
+    return Timer.from_json(name, int(due) / 1000, rest[2:] or None, rest[0] == "1")
 
 
 def conversation(user: str, stored: Stored) -> Conversation:
-    """The conversation of ``user`` from its stored fields (an empty one when all are missing)."""
-    f = dict(zip(FIELDS, stored, strict=True))
+    """The conversation of ``user`` from its hash (an empty one when it has no fields)."""
+    f = stored.get
+    data, last_inbound, last_active = f("data"), f("last_inbound"), f("last_active")
+    handoff = f("handoff")
     return Conversation(
         user=user,
-        state=f["state"],
-        data=json.loads(f["data"]) if f["data"] else {},
-        version=int(f["version"] or 0),
-        last_inbound=None if not f["last_inbound"] else float(f["last_inbound"]),
-        last_active=None if not f["last_active"] else float(f["last_active"]),
-        opted_out=f["opted_out"] == "1",
-        not_on_whatsapp=f["not_on_whatsapp"] == "1",
-        timers=load_timers(f["timers"]),
-        handoff=Handoff.from_json(f["handoff"]) if f["handoff"] else None,
+        state=f("state"),
+        data=json.loads(data) if data else {},
+        version=int(f("version") or 0),
+        last_inbound=float(last_inbound) if last_inbound else None,
+        last_active=float(last_active) if last_active else None,
+        opted_out=f("opted_out") == "1",
+        not_on_whatsapp=f("not_on_whatsapp") == "1",
+        timers={
+            name[len(TIMER) :]: load_timer(name[len(TIMER) :], value)
+            for name, value in stored.items()
+            if name.startswith(TIMER)
+        },
+        handoff=Handoff.from_json(handoff) if handoff else None,
     )
 
 

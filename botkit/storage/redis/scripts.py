@@ -5,10 +5,8 @@ do. They are loaded once (``SCRIPT LOAD``) and called by SHA (``EVALSHA``),
 loaded again when the server answers ``NOSCRIPT`` (after a restart, a
 ``SCRIPT FLUSH`` or a failover to a replica with an empty script cache).
 
-Every script is sent as: a generated line defining ``FIELDS`` (the
-conversation fields of :mod:`botkit.storage.redis.fields`) and
-``FIELD_INDEX``, then ``lua/prelude.lua`` (helpers shared by the scripts),
-then the script's own file. Each file starts with what its KEYS and ARGV are
+Every script is sent as ``lua/prelude.lua`` (helpers shared by the
+scripts), then the script's own file. Each file starts with what its KEYS and ARGV are
 and what it returns.
 
 Numbers that must keep their precision (unix timestamps) are compared with
@@ -21,8 +19,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from importlib import resources
-
-from botkit.storage.redis.fields import FIELDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,17 +37,11 @@ def _read(name: str) -> str:
     return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text("utf-8")
 
 
-_HEADER = (
-    "local FIELDS = {" + ", ".join(f"'{name}'" for name in FIELDS) + "}\n"
-    "local FIELD_INDEX = {"
-    + ", ".join(f"{name} = {i}" for i, name in enumerate(FIELDS, start=1))
-    + "}\n"
-)
-_PRELUDE = _HEADER + _read("prelude")
+_PRELUDE = _read("prelude")
 
 
 def load(name: str) -> Script:
-    """The script ``lua/<name>.lua`` with the generated header and the prelude."""
+    """The script ``lua/<name>.lua`` after the prelude."""
     return Script(name, _PRELUDE + _read(name))
 
 

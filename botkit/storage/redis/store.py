@@ -21,7 +21,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Collection, Sequence
+from collections.abc import Awaitable, Collection, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -30,6 +30,7 @@ from redis import exceptions as rerr
 from redis.asyncio.cluster import RedisCluster
 
 from botkit._clock import Clock, SystemClock
+from botkit._events import Timer
 from botkit._outbound import OutboundMessage, SentRecord, new_ref
 from botkit._transcript import TranscriptEntry, TranscriptPage, outgoing_entry
 from botkit.storage.base import (
@@ -55,7 +56,6 @@ from botkit.storage.redis.connection import (
     nodes_of,
 )
 from botkit.storage.redis.fields import (
-    FIELDS,
     Stored,
     changes,
     conversation,
@@ -83,13 +83,16 @@ _RELEASE_BATCH = 500
 
 @dataclass(frozen=True, slots=True)
 class _Lease(TurnLease):
-    """A lease with the conversation's fields as BEGIN read them (see :data:`FIELDS`).
+    """A lease with the conversation's hash as BEGIN read it, its timers as loaded
+    from it and when the earliest of them was due.
 
     The commit writes only what differs from them: the lock means nobody
     else wrote the conversation since, whatever the turn did to its copy.
     """
 
-    stored: Stored = ()
+    stored: Stored = field(default_factory=dict)
+    timers: Mapping[str, Timer] = field(default_factory=dict)
+    next_due: float | None = None
 
 
 _STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
@@ -343,9 +346,10 @@ class RedisStore(ConversationStore):
         conversation_ttl = self._conversation_ttl_ms
         now = self._clock.now()
         if conversation is not None:
-            put, drop = changes(lease.stored, conversation)
+            put, drop = changes(lease.stored, conversation, lease.timers)
             due = conversation.next_due()
-            next_timer = "-" if due is None else repr(due)
+            if due != lease.next_due:  # the user's place in the index moves with their earliest
+                next_timer = "-" if due is None else repr(due)
             if conversation.timers:  # kept until the last timer fired, and as long after
                 last_due = max(t.due for t in conversation.timers.values())
                 conversation_ttl = max(conversation_ttl, _ms(last_due - now) + conversation_ttl)
@@ -411,7 +415,7 @@ class RedisStore(ConversationStore):
         """Read the user's conversation without locking (an empty one when unknown)."""
         client = await self._ensure_open()
         async with self._runner.guard("load a conversation"):
-            fields: list[str | None] = await done(client.hmget(self._keys.conv(user), FIELDS))
+            fields: dict[str, str] = await done(client.hgetall(self._keys.conv(user)))
         return conversation(user, fields)
 
     # -- transcripts and handoffs ----------------------------------------------
@@ -478,7 +482,7 @@ class RedisStore(ConversationStore):
             return [], total
         async with guard, client.pipeline(transaction=False) as pipe:
             for _, user in oldest:
-                pipe.hmget(self._keys.conv(user), FIELDS)
+                pipe.hgetall(self._keys.conv(user))
             stored = await pipe.execute()
         conversations = [
             conversation(user, fields) for (_, user), fields in zip(oldest, stored, strict=True)
@@ -1116,13 +1120,16 @@ class RedisStore(ConversationStore):
             self._in_background(self._forget(user, key, token))
             raise
         if isinstance(result, list):
-            fields = tuple(v if isinstance(v, str) else None for v in result)
+            fields = dict(zip(result[::2], result[1::2], strict=True))
+            loaded = conversation(user, fields)
             return _Lease(
                 user=user,
                 key=key,
                 token=token,
-                conversation=conversation(user, fields),
+                conversation=loaded,
                 stored=fields,
+                timers=dict(loaded.timers),
+                next_due=loaded.next_due(),
             )
         status, value = result[0], result[1:]
         if status == "d":

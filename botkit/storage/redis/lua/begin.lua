@@ -1,8 +1,8 @@
 -- BEGIN: dedupe, take the user's lock, move the window, load.
 -- KEYS: conv, lock, waiting, seen
 -- ARGV: token, lock_ttl_ms, inbound_at or "", conversation_ttl_ms, dedupe key or ""
--- -> "d" .. ("in_progress"|"done") | "b" .. pttl_ms | the FIELDS as stored after
---    this call (an array; nil for a missing field)
+-- -> "d" .. ("in_progress"|"done") | "b" .. pttl_ms | the conversation hash as stored
+--    after this call (HGETALL's field, value, ... array)
 local conv, lock, waiting, seen = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local key = ARGV[5]
 if key ~= '' and redis.call('LPOS', seen, key) then return 'ddone' end
@@ -19,11 +19,15 @@ if held then
   return 'b' .. pttl
 end
 redis.call('SET', lock, ARGV[1] .. ' ' .. key, 'PX', ARGV[2])
-local f = redis.call('HMGET', conv, unpack(FIELDS))
-local inbound = FIELD_INDEX.last_inbound
-if ARGV[3] ~= '' and (not f[inbound] or tonumber(ARGV[3]) > tonumber(f[inbound])) then
+local f = redis.call('HGETALL', conv)
+if ARGV[3] == '' then return f end
+local inbound = #f + 2
+for i = 1, #f, 2 do
+  if f[i] == 'last_inbound' then inbound = i + 1 break end
+end
+if not f[inbound] or tonumber(ARGV[3]) > tonumber(f[inbound]) then
   redis.call('HSET', conv, 'last_inbound', ARGV[3])
   redis.call('PEXPIRE', conv, ARGV[4])
-  f[inbound] = ARGV[3]
+  f[inbound - 1], f[inbound] = 'last_inbound', ARGV[3]
 end
 return f

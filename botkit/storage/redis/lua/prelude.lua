@@ -1,6 +1,4 @@
--- Prepended to every script of the store, after the generated lines
---   local FIELDS = {'state', 'data', ...}   local FIELD_INDEX = {state = 1, ...}
--- (the conversation fields, in botkit/storage/redis/fields.py's order).
+-- Prepended to every script of the store.
 
 -- Append the (not_before or "", message JSON) pairs ARGV[first..last] to the
 -- shard's outbox. Messages for now go to the stream, numbered in the user's
