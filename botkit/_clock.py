@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -31,6 +32,9 @@ class ManualClock:
 
         clock = ManualClock(frozen=True)
         clock.advance(hours=25)  # the user's 24-hour window is now closed
+
+    Whatever waits on this clock's time (the memory store's locks) is told
+    of each :meth:`advance` through :meth:`on_advance`.
     """
 
     def __init__(self, start: float | None = None, *, frozen: bool = False) -> None:
@@ -38,6 +42,12 @@ class ManualClock:
         self._base = time.time() if start is None else start
         self._origin = time.monotonic()
         self._offset = 0.0
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_advance(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` after each :meth:`advance`; returns what stops that."""
+        self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback)
 
     def now(self) -> float:
         """Return the clock's current time."""
@@ -50,6 +60,8 @@ class ManualClock:
         if delta < 0:
             raise ValueError("a clock only moves forward; pass a positive amount")
         self._offset += delta
+        for callback in list(self._listeners):
+            callback()
         return self.now()
 
     @property

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from botkit._clock import Clock, SystemClock
+from botkit._clock import Clock, ManualClock, SystemClock
 from botkit._outbound import OutboundMessage, SentRecord, new_ref
 from botkit._transcript import TranscriptEntry, TranscriptPage, outgoing_entry
 from botkit.storage.base import (
@@ -40,13 +40,14 @@ _DONE = "done"
 @dataclass(slots=True)
 class _Waiter:
     token: str
-    granted: asyncio.Future[None]
+    # True: the lock is this waiter's; False: the clock moved, look again.
+    granted: asyncio.Future[bool]
 
 
 @dataclass(slots=True)
 class _UserLock:
     token: str
-    expires_at: float  # time.monotonic()
+    expires_at: float  # on the store's clock
     waiters: deque[_Waiter] = field(default_factory=deque)
 
 
@@ -73,13 +74,19 @@ class _Record:
 class MemoryStore(ConversationStore):
     """Conversations, locks, dedupe marks, outbox and sent log in this process's memory.
 
-    ``clock`` decides when conversations and dedupe marks expire (the test
-    kit passes a manual clock); locks always follow real time.
+    ``clock`` decides when conversations, dedupe marks and locks expire and
+    how long a busy user's next turn waits (``acquire_timeout``): with a
+    :class:`~botkit.ManualClock` (the test kit's), a lock held past its
+    ``lock_ttl`` is taken over as soon as the clock is advanced past it,
+    without waiting in real time. Outbox idle times (``outbox_claim``) follow
+    real time: they tell whether a process is alive.
     """
 
     def __init__(self, config: StoreConfig | None = None, *, clock: Clock | None = None) -> None:
         self.config = config or StoreConfig()
         self._clock = clock or SystemClock()
+        if isinstance(self._clock, ManualClock):
+            self._clock.on_advance(self._clock_moved)
         self._records: dict[str, _Record] = {}
         self._locks: dict[str, _UserLock] = {}
         self._marks: dict[str, tuple[str, float]] = {}
@@ -132,9 +139,9 @@ class MemoryStore(ConversationStore):
     async def renew(self, lease: TurnLease) -> bool:
         """Push the lock's expiry back by ``lock_ttl``."""
         lock = self._locks.get(lease.user)
-        if lock is None or lock.token != lease.token or lock.expires_at <= time.monotonic():
+        if lock is None or lock.token != lease.token or lock.expires_at <= self._clock.now():
             return False
-        lock.expires_at = time.monotonic() + self.config.lock_ttl
+        lock.expires_at = self._clock.now() + self.config.lock_ttl
         if lease.key is not None and lease.key in self._marks:
             self._marks[lease.key] = (_IN_PROGRESS, self._clock.now() + self.config.lock_ttl)
         return True
@@ -148,7 +155,7 @@ class MemoryStore(ConversationStore):
     ) -> None:
         """Save, mark done, queue replies and unlock; see :meth:`ConversationStore.commit_turn`."""
         lock = self._locks.get(lease.user)
-        if lock is None or lock.token != lease.token or lock.expires_at <= time.monotonic():
+        if lock is None or lock.token != lease.token or lock.expires_at <= self._clock.now():
             raise LockLost(
                 f"the lock of user ...{lease.user[-4:]} expired before the turn committed; "
                 "nothing was saved. Raise StoreConfig.lock_ttl or make the handler faster"
@@ -447,9 +454,9 @@ class MemoryStore(ConversationStore):
 
     async def _acquire(self, user: str, token: str) -> None:
         loop = asyncio.get_running_loop()
-        deadline = time.monotonic() + self.config.acquire_timeout
+        deadline = self._clock.now() + self.config.acquire_timeout
         while True:
-            now = time.monotonic()
+            now = self._clock.now()
             lock = self._locks.get(user)
             if lock is None:
                 self._locks[user] = _UserLock(token, now + self.config.lock_ttl)
@@ -467,16 +474,19 @@ class MemoryStore(ConversationStore):
             waiter = _Waiter(token, loop.create_future())
             lock.waiters.append(waiter)
             try:
-                await asyncio.wait_for(
+                # Seconds of the clock, waited in real time; a manual clock's
+                # advance wakes the waiter early (False) to look again.
+                if await asyncio.wait_for(
                     asyncio.shield(waiter.granted), min(deadline, lock.expires_at) - now
-                )
-                return
-            except TimeoutError:
-                if waiter.granted.done():
+                ):
                     return
-                lock.waiters.remove(waiter)
+            except TimeoutError:
+                if waiter.granted.done() and waiter.granted.result():
+                    return
+                if waiter in lock.waiters:
+                    lock.waiters.remove(waiter)
             except BaseException:
-                if waiter.granted.done():
+                if waiter.granted.done() and waiter.granted.result():
                     self._release(user, token)
                 elif waiter in lock.waiters:
                     lock.waiters.remove(waiter)
@@ -491,10 +501,18 @@ class MemoryStore(ConversationStore):
             if waiter.granted.done():
                 continue
             lock.token = waiter.token
-            lock.expires_at = time.monotonic() + self.config.lock_ttl
-            waiter.granted.set_result(None)
+            lock.expires_at = self._clock.now() + self.config.lock_ttl
+            waiter.granted.set_result(True)
             return
         del self._locks[user]
+
+    def _clock_moved(self) -> None:
+        """Wake every waiter to look at the locks again: some may have expired."""
+        for lock in self._locks.values():
+            while lock.waiters:
+                waiter = lock.waiters.popleft()
+                if not waiter.granted.done():
+                    waiter.granted.set_result(False)
 
     @property
     def locks_held(self) -> int:

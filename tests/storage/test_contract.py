@@ -170,8 +170,10 @@ async def test_busy_user_is_refused_after_the_acquire_timeout(store_factory: Sto
     store = await store_factory(StoreConfig(lock_ttl=10.0, acquire_timeout=0.2))
     user = new_user()
     first = await store.begin_turn(user, "m:1")
+    second = asyncio.create_task(store.begin_turn(user, "m:2"))
+    await store_factory.pass_time(0.3)
     with pytest.raises(UserBusy):
-        await store.begin_turn(user, "m:2")
+        await asyncio.wait_for(second, 10)
     await store.commit_turn(first, None)
     # Refused as busy, the message was not marked: the provider's retry runs it.
     lease = await store.begin_turn(user, "m:2")
@@ -182,7 +184,9 @@ async def test_expired_holder_cannot_commit_over_a_newer_turn(store_factory: Sto
     store = await store_factory(StoreConfig(lock_ttl=0.3, acquire_timeout=5.0))
     user = new_user()
     stale = await store.begin_turn(user, "m:1")
-    newer = await store.begin_turn(user, "m:2")  # waits until the stale lock expires
+    waiting = asyncio.create_task(store.begin_turn(user, "m:2"))
+    await store_factory.pass_time(0.4)  # the stale turn's lock expires: the newer one takes it
+    newer = await asyncio.wait_for(waiting, 10)
     conv = newer.conversation.copy()
     conv.data["owner"] = "newer"
     await store.commit_turn(newer, conv)
@@ -202,7 +206,7 @@ async def test_expired_lock_with_no_successor_still_refuses_commit(
     store = await store_factory(StoreConfig(lock_ttl=0.2, acquire_timeout=5.0))
     user = new_user()
     lease = await store.begin_turn(user, "m:1")
-    await asyncio.sleep(0.4)
+    await store_factory.pass_time(0.4)
     with pytest.raises(LockLost):
         await store.commit_turn(lease, lease.conversation.copy())
 
@@ -212,10 +216,12 @@ async def test_renew_keeps_a_long_turn_alive(store_factory: StoreFactory) -> Non
     user = new_user()
     lease = await store.begin_turn(user, "m:1")
     for _ in range(4):
-        await asyncio.sleep(0.15)
+        await store_factory.pass_time(0.15)
         assert await store.renew(lease)
+    second = asyncio.create_task(store.begin_turn(user, "m:2"))
+    await store_factory.pass_time(0.15)  # past the acquire timeout, within the renewed lock
     with pytest.raises(UserBusy):
-        await store.begin_turn(user, "m:2")
+        await asyncio.wait_for(second, 10)
     await store.commit_turn(lease, None)
 
 
@@ -223,7 +229,7 @@ async def test_renew_fails_once_the_lock_is_gone(store_factory: StoreFactory) ->
     store = await store_factory(StoreConfig(lock_ttl=0.2, acquire_timeout=5.0))
     user = new_user()
     lease = await store.begin_turn(user, "m:1")
-    await asyncio.sleep(0.35)
+    await store_factory.pass_time(0.35)
     other = await store.begin_turn(user, "m:2")
     assert not await store.renew(lease)
     await store.commit_turn(other, None)
