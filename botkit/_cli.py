@@ -496,6 +496,9 @@ def _parser() -> argparse.ArgumentParser:
         add_help=False,
     )
 
+    from botkit.service import _reports
+
+    _reports.register(sub, load_bot, _fail)
     _add_devtools(sub)
     return parser
 

@@ -107,6 +107,23 @@ TIMER_LAG_SECONDS = Histogram(
 TIMERS_PENDING = Gauge(
     "botkit_timers_pending_users", "Users with a pending timer.", multiprocess_mode="max"
 )
+FLOW_ENTRIES = Counter(
+    "botkit_flow_entries_total",
+    "Users entering a flow, by flow and the state they entered at.",
+    ["flow", "state"],
+)
+FLOW_TRANSITIONS = Counter(
+    "botkit_flow_transitions_total",
+    "Moves within a flow, by flow and the states from and to.",
+    ["flow", "from", "to"],
+)
+FLOW_EXITS = Counter(
+    "botkit_flow_exits_total",
+    "Users leaving a flow, by flow, the state they left and why (final, cancel, timeout, handoff).",
+    ["flow", "state", "reason"],
+)
+FLOW_EXIT_REASONS = frozenset({"final", "cancel", "timeout", "handoff"})
+"""The ``reason`` label values of :data:`FLOW_EXITS`."""
 
 
 OTHER = "other"

@@ -54,6 +54,7 @@ from botkit._turn import (
     FLOW_TIMEOUT,
     HANDOFF_TIMEOUT,
     SCHEDULED_SEND,
+    FlowMove,
     Outcome,
     Turn,
     TurnOutcome,
@@ -504,8 +505,31 @@ class Runtime:
         return outcome.error_handled
 
     def _report(self, outcome: TurnOutcome) -> None:
+        if outcome.moves:
+            self._count_moves(outcome.moves)
         for listener in self.on_turn:
             listener(outcome)
+
+    def _count_moves(self, moves: Sequence[FlowMove]) -> None:
+        """The funnel counters: labels are the bot's own flow and state names only."""
+        for move in moves:
+            found = self.flows.get(move.flow)
+            if found is None:
+                continue
+            known = found.state_names
+            flow = move.flow
+            if move.source is None:
+                metrics.count(metrics.FLOW_ENTRIES, flow, metrics.bounded(move.dest, known))
+            elif move.dest is None:
+                reason = metrics.bounded(move.reason, metrics.FLOW_EXIT_REASONS)
+                metrics.count(metrics.FLOW_EXITS, flow, metrics.bounded(move.source, known), reason)
+            else:
+                metrics.count(
+                    metrics.FLOW_TRANSITIONS,
+                    flow,
+                    metrics.bounded(move.source, known),
+                    metrics.bounded(move.dest, known),
+                )
 
     def report_refused(self, refused: DeliveryRefused) -> None:
         """Log and count a reply the policy refused (opted out, not on WhatsApp)."""

@@ -229,8 +229,8 @@ class Turn:
         """The user is handed off: their flow waits (its state is kept, its timeout dropped)."""
         self.cancel(FLOW_TIMEOUT)
         model = self.flow
-        if model is not None:
-            self.moves.append(FlowMove(model.flow.name, model.state, None, "handoff"))
+        if model is not None:  # for the funnels, the bot lost the user here
+            self.moved(FlowMove(model.flow.name, model.state, None, "handoff"))
 
     # -- what agents and the transcript hear -------------------------------------
 

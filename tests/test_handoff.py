@@ -104,6 +104,7 @@ async def test_the_transcript_records_messages_flow_moves_and_handoff_events(
         ("flow", "size"),
         ("out", "size?"),
         ("in", "human"),
+        ("flow", None),  # left the flow at size, for the funnels (its state is kept)
         ("handoff", "started"),
         ("out", "Connecting you to a person. They will answer here."),
         ("in", "still there?"),

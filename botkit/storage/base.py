@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -282,6 +282,11 @@ class ConversationStore(ABC):
     @abstractmethod
     async def transcript_append(self, user: str, entries: Sequence[TranscriptEntry]) -> None:
         """Append entries to the user's transcript outside a turn (delivery statuses)."""
+
+    @abstractmethod
+    def transcripts_since(self, since: float) -> AsyncIterator[tuple[str, TranscriptEntry]]:
+        """Every user's transcript entries from ``since`` (unix seconds) on, user by user
+        (for reports such as ``botkit funnel``: it reads every transcript)."""
 
     @abstractmethod
     async def handoffs(self, limit: int = 100) -> tuple[list[Conversation], int]:

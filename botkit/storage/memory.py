@@ -14,7 +14,7 @@ import heapq
 import itertools
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from botkit._clock import Clock, ManualClock, SystemClock
@@ -220,6 +220,15 @@ class MemoryStore(ConversationStore):
         page = entries[-limit:] if limit > 0 else []
         older = bool(page) and len(entries) > len(page)
         return TranscriptPage(tuple(page), page[0].id if older else None)
+
+    async def transcripts_since(self, since: float) -> AsyncIterator[tuple[str, TranscriptEntry]]:
+        """Every kept transcript's entries at or after ``since``."""
+        now = self._clock.now()
+        for user, found in list(self._transcripts.items()):
+            if found.expires_at > now:
+                for entry in list(found.entries):
+                    if entry.at >= since:
+                        yield user, entry
 
     async def transcript_append(self, user: str, entries: Sequence[TranscriptEntry]) -> None:
         """Append to the user's transcript."""

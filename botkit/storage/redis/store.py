@@ -21,7 +21,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Collection, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -444,6 +444,41 @@ class RedisStore(ConversationStore):
         entries.reverse()
         older = len(found) > limit
         return TranscriptPage(tuple(entries), entries[0].id if older else None)
+
+    async def transcripts_since(self, since: float) -> AsyncIterator[tuple[str, TranscriptEntry]]:
+        """SCAN the transcript streams, then XRANGE from ``since`` (stream ids are ms times),
+        a pipeline per 200 keys. Reads every user's transcript: for reports, not for turns."""
+        client = await self._ensure_open()
+        start = f"{max(0, int(since * 1000))}-0"
+        suffix = ":transcript"
+        match = f"{self._keys.base}:*{suffix}"
+        batch: list[str] = []
+
+        async def read(keys: list[str]) -> list[tuple[str, TranscriptEntry]]:
+            async with (
+                self._runner.guard("read transcripts"),
+                client.pipeline(transaction=False) as pipe,
+            ):
+                for key in keys:
+                    pipe.xrange(key, start, "+")
+                found = await pipe.execute()
+            out: list[tuple[str, TranscriptEntry]] = []
+            for key, entries in zip(keys, found, strict=True):
+                user = key[: -len(suffix)].rsplit(":", 1)[1]
+                out.extend(
+                    (user, TranscriptEntry.from_json(str(i), str(f["e"]))) for i, f in entries
+                )
+            return out
+
+        async for key in client.scan_iter(match=match, count=1000, _type="stream"):
+            batch.append(str(key))
+            if len(batch) >= 200:
+                for item in await read(batch):
+                    yield item
+                batch = []
+        if batch:
+            for item in await read(batch):
+                yield item
 
     async def transcript_append(self, user: str, entries: Sequence[TranscriptEntry]) -> None:
         """XADD the entries (capped) and slide the transcript's TTL, in one pipeline."""
