@@ -12,7 +12,7 @@ under its user, and the agent API names the user once, beside it.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
@@ -172,6 +172,15 @@ class TranscriptPage:
     entries: tuple[TranscriptEntry, ...]
     before: str | None
     """The id to pass as ``before`` for the previous (older) page; None at the start."""
+
+
+def latest_statuses(entries: Iterable[TranscriptEntry]) -> dict[str, str]:
+    """The last delivery status seen of each outgoing message (by ``ref``) among ``entries``."""
+    return {
+        str(entry.data.get("ref")): str(entry.data.get("status"))
+        for entry in entries
+        if entry.kind is EntryKind.STATUS
+    }
 
 
 def incoming_entry(event: Event, at: float) -> TranscriptEntry | None:

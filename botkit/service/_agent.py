@@ -47,7 +47,7 @@ from botkit._handoff import HandoffError, Notice
 from botkit._outbound import Template
 from botkit._retry import RetryPolicy
 from botkit._runtime import Runtime
-from botkit._transcript import EntryKind, Handoff, TranscriptEntry
+from botkit._transcript import EntryKind, Handoff, TranscriptEntry, latest_statuses
 from botkit._turn import Outcome, TurnOutcome
 from botkit.delivery._policy import DeliveryRefused, OutsideSessionWindow, ReplyTooLong
 from botkit.devino.errors import InvalidPhoneNumber
@@ -313,10 +313,7 @@ def handoff_json(handoff: Handoff, now: float) -> dict[str, Any]:
 
 def entries_json(entries: tuple[TranscriptEntry, ...]) -> list[dict[str, Any]]:
     """Entries as the API shows them; each outgoing message gets its latest known ``status``."""
-    latest: dict[str, str] = {}
-    for entry in entries:
-        if entry.kind is EntryKind.STATUS:
-            latest[str(entry.data.get("ref"))] = str(entry.data.get("status"))
+    latest = latest_statuses(entries)
     shown = []
     for entry in entries:
         item = entry.to_dict()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
-from botkit._transcript import EntryKind, TranscriptEntry
+from botkit._transcript import EntryKind, TranscriptEntry, latest_statuses
 from botkit.service._target import BotLoadError
 
 if TYPE_CHECKING:
@@ -37,10 +37,7 @@ TARGET_ENV = "BOTKIT_TARGET"
 def transcript_lines(entries: Iterable[TranscriptEntry]) -> list[str]:
     """One line per entry, oldest first; statuses shown on the message they belong to."""
     entries = list(entries)
-    latest: dict[str, str] = {}
-    for entry in entries:
-        if entry.kind is EntryKind.STATUS:
-            latest[str(entry.data.get("ref"))] = str(entry.data.get("status"))
+    latest = latest_statuses(entries)
     lines = []
     for entry in entries:
         when = datetime.fromtimestamp(entry.at, UTC).strftime("%Y-%m-%d %H:%M:%S")
