@@ -8,6 +8,7 @@
     botkit graph MODULE[:ATTR]     draw a bot's flows
     botkit emulator                a standalone Devino emulator
     botkit store migrate MODULE[:ATTR]   move a bot's Redis data to the current store layout
+    botkit campaign start|status|pause|resume|cancel|report   campaigns (in Redis)
 
 ``ATTR`` defaults to ``bot``; the current directory is on the import path.
 Every error a user can cause is one line on stderr per problem (no
@@ -496,9 +497,10 @@ def _parser() -> argparse.ArgumentParser:
         add_help=False,
     )
 
-    from botkit.service import _reports
+    from botkit.service import _campaign_cli, _reports
 
     _reports.register(sub, load_bot, _fail)
+    _campaign_cli.register(sub, _fail, _HelpFormatter)
     _add_devtools(sub)
     return parser
 

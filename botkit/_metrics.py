@@ -125,6 +125,26 @@ FLOW_EXITS = Counter(
 FLOW_EXIT_REASONS = frozenset({"final", "cancel", "timeout", "handoff"})
 """The ``reason`` label values of :data:`FLOW_EXITS`."""
 
+CAMPAIGN: dict[str, Gauge] = {
+    what: Gauge(
+        f"botkit_campaign_{what}",
+        f"A campaign's {meaning} (from the store, every second).",
+        ["campaign"],
+        multiprocess_mode="mostrecent",
+    )
+    for what, meaning in {
+        "audience": "distinct valid recipients",
+        "queued": "recipients not yet sent or skipped",
+        "sent": "recipients whose message the provider accepted",
+        "delivered": "recipients whose message was delivered (or read)",
+        "read": "recipients who read the message",
+        "failed": "recipients whose message failed (any error code) or was rejected",
+        "skipped": "recipients skipped (invalid, duplicate, opted out, not on WhatsApp)",
+        "rate": "rate in force, messages per second (lower for a while after a 2301)",
+    }.items()
+}
+"""Live campaign totals, one gauge per total, labelled by the campaign's name only."""
+
 
 OTHER = "other"
 """The label value of anything not in a label's known set: series stay bounded."""

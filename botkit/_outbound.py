@@ -97,6 +97,7 @@ class Origin(StrEnum):
     FALLBACK = "fallback"
     RETRY = "retry"
     AGENT = "agent"
+    CAMPAIGN = "campaign"
 
 
 class _Refs:
@@ -129,6 +130,37 @@ def new_ref() -> str:
     return _refs.next()
 
 
+def campaign_ref(campaign_id: str, phone: str, attempt: int = 0) -> str:
+    """The message reference of a campaign's message to ``phone`` (its idempotency key).
+
+    The same for every sender that takes the recipient, so a receipt (a
+    status callback naming it) settles it whoever sent it. A retry (a 2301)
+    or a template fallback (a 2312) is ``attempt`` 1, 2, ...
+    """
+    digest = hashlib.blake2b(phone.encode(), digest_size=6, person=b"botkit-camp").hexdigest()
+    return f"c-{campaign_id}-{digest}" + (f"-{attempt}" if attempt else "")
+
+
+def campaign_of(ref: str | None) -> str | None:
+    """The campaign id of a campaign message reference, or None for any other."""
+    if not ref or not ref.startswith("c-"):
+        return None
+    parts = ref.split("-")
+    return parts[1] if len(parts) >= 3 and parts[1] else None
+
+
+def next_ref(ref: str, attempt: int) -> str | None:
+    """A campaign reference for the message's ``attempt``; None when ``ref`` is not one."""
+    if campaign_of(ref) is None:
+        return None
+    return "-".join(ref.split("-")[:3]) + f"-{attempt}"
+
+
+def _next_ref(ref: str, attempt: int) -> str:
+    """The reference of a message's next attempt: a campaign's keeps its campaign."""
+    return next_ref(ref, attempt) or new_ref()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OutboundMessage:
     """One message on its way to a user, in the form the reply policy chose.
@@ -154,7 +186,7 @@ class OutboundMessage:
         """The same message for another attempt at ``not_before``, under a new reference."""
         return replace(
             self,
-            ref=new_ref(),
+            ref=_next_ref(self.ref, self.attempt + 1),
             origin=Origin.RETRY,
             attempt=self.attempt + 1,
             not_before=not_before,
@@ -169,7 +201,7 @@ class OutboundMessage:
             media=None,
             template=template,
             fallback=None,
-            ref=new_ref(),
+            ref=_next_ref(self.ref, self.attempt + 1),
             origin=Origin.FALLBACK,
             attempt=self.attempt + 1,
             not_before=0.0,

@@ -23,6 +23,11 @@ batch is sent again (at least once).
 A user's replies keep their order across senders: each is numbered when its
 turn commits, and a sender holds a message back until the provider answered
 the one before it, whichever sender had it (``order_wait`` bounds the wait).
+
+Bulk sends (campaigns) come from a :class:`BulkSource` and only fill the room
+the outbox leaves in a batch: replies to users always go first. The source
+paces them, and the sender hands their answers back to it
+(:meth:`BulkSource.settle`) instead of acknowledging outbox entries.
 """
 
 from __future__ import annotations
@@ -34,8 +39,9 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from botkit import _metrics as metrics
 from botkit._clock import Clock, SystemClock
@@ -51,6 +57,7 @@ from botkit.devino.models import SendResult
 from botkit.storage.base import (
     ConversationStore,
     OutboxItem,
+    Receipt,
     ShardedOutbox,
     StorageError,
     StorageUnavailable,
@@ -64,6 +71,40 @@ RejectionHandler = Callable[[OutboundMessage, SendResult], Awaitable[None]]
 
 OUTBOX_RETRY = RetryPolicy(attempts=None, base_delay=0.5, max_delay=10.0)
 """The outbox worker's default backoff (the service's comes from its settings)."""
+
+
+class BulkSource(Protocol):
+    """Messages sent after the replies, paced by their source (campaigns).
+
+    Their items' ids are the source's own (:meth:`owns`); the sender asks
+    the source, not the outbox, to touch and settle them.
+    """
+
+    def owns(self, item_id: str) -> bool:
+        """True for an id of this source's items."""
+        ...
+
+    def ready_in(self) -> float:
+        """Seconds until the source may have something to send (inf: nothing running)."""
+        ...
+
+    async def take(
+        self, room: int, consumer: str, live: Collection[str] | None = None
+    ) -> list[OutboxItem]:
+        """Up to ``room`` items that may go now; ``live`` are the live senders, if known."""
+        ...
+
+    async def touch(self, consumer: str, ids: Sequence[str]) -> list[str]:
+        """Keep ``consumer``'s items from being taken over; the ids it still holds."""
+        ...
+
+    async def settle(self, answered: Sequence[tuple[OutboxItem, SendResult]]) -> None:
+        """The provider answered these items."""
+        ...
+
+    async def settle_receipts(self, settled: Sequence[tuple[OutboxItem, Receipt]]) -> None:
+        """Status callbacks showed the provider took these items: not sent again."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +188,11 @@ class OutboxWorker:
         consumer: str | None = None,
         clock: Clock | None = None,
         on_rejected: RejectionHandler | None = None,
+        bulk: BulkSource | None = None,
     ) -> None:
         self.store = store
+        self.bulk = bulk
+        """Campaign messages that fill what room the replies leave in a batch."""
         self._outage = outage_log(store)
         self.client = client
         self.sender_name = sender_name
@@ -299,6 +343,9 @@ class OutboxWorker:
             if claimed:
                 return sorted([*waiting, *claimed], key=_outbox_order)
             block = 0.0 if self._draining.is_set() or waiting else self.config.block
+            bulk = None if self._draining.is_set() else self.bulk
+            if bulk is not None:
+                block = min(block, bulk.ready_in())
             items = await self._read(size, block)
             if items and len(items) < size and self.config.linger > 0:
                 await asyncio.sleep(self.config.linger)
@@ -307,6 +354,10 @@ class OutboxWorker:
             self._waiting = waiting
             self._reread = True
             raise
+        if bulk is not None and len(items) < size:
+            # The replies first: bulk sends only fill the room they leave.
+            live = None if self._ownership is None else self._ownership.steady_live
+            items += await bulk.take(size - len(items), self.consumer, live)
         return [*waiting, *items]
 
     async def _read(self, count: int, block: float) -> list[OutboxItem]:
@@ -387,8 +438,14 @@ class OutboxWorker:
         items, results = answered
         sent: list[SentRecord] = []
         rejected: list[tuple[OutboundMessage, SendResult]] = []
+        bulk: list[tuple[OutboxItem, SendResult]] = []
         now = self.clock.now()
         for item, result in zip(items, results, strict=True):
+            if self.bulk is not None and self.bulk.owns(item.id):
+                bulk.append((item, result))
+                if result.ok:
+                    metrics.count(metrics.SENT, item.message.mode.value)
+                continue
             if result.ok and result.message_id:
                 sent.append(
                     SentRecord(message_id=result.message_id, message=item.message, sent_at=now)
@@ -402,7 +459,11 @@ class OutboxWorker:
                 rejected.append((item.message, result))
                 for reason in result.reasons or []:
                     metrics.REJECTED.labels(metrics.bounded(reason.key, _REASON_KEYS)).inc()
-        await self._acknowledge([item.id for item in items], sent, items)
+        if bulk:
+            await self._settle_bulk(bulk)
+        outbox = [item for item in items if self.bulk is None or not self.bulk.owns(item.id)]
+        if outbox:
+            await self._acknowledge([item.id for item in outbox], sent, outbox)
         for message, result in rejected:
             log.warning(
                 "provider rejected a message to user ...%s: %s",
@@ -434,6 +495,34 @@ class OutboxWorker:
                     raise
                 await asyncio.sleep(self._backoff(failures))
 
+    async def _settle_bulk(self, answered: Sequence[tuple[OutboxItem, SendResult]]) -> None:
+        """Hand the provider's answers to the bulk source, retrying for a while as acks do."""
+        assert self.bulk is not None
+        failures = 0
+        while True:
+            try:
+                await self.bulk.settle(answered)
+                return
+            except StorageError:
+                failures += 1
+                if failures >= 8:
+                    log.error(
+                        "could not record %d sent campaign messages; they may be sent again",
+                        len(answered),
+                    )
+                    raise
+                await asyncio.sleep(self._backoff(failures))
+
+    async def _touch(self, ids: list[str]) -> set[str]:
+        """The ids of ``ids`` this sender still holds, their idle time restarted."""
+        bulk = self.bulk
+        theirs = [i for i in ids if bulk is not None and bulk.owns(i)]
+        ours = [i for i in ids if bulk is None or not bulk.owns(i)]
+        held = set(await self.store.outbox_touch(self.consumer, ours)) if ours else set()
+        if theirs and bulk is not None:
+            held |= set(await bulk.touch(self.consumer, theirs))
+        return held
+
     async def _without_receipts(
         self, items: Sequence[OutboxItem], *, grace: float
     ) -> list[OutboxItem] | None:
@@ -450,6 +539,13 @@ class OutboxWorker:
         while True:
             found = await self.store.receipts(rest)
             settled = [(item, got) for item, got in zip(rest, found, strict=True) if got]
+            bulk = self.bulk
+            if settled and bulk is not None:
+                theirs = [(item, got) for item, got in settled if bulk.owns(item.id)]
+                if theirs:
+                    await bulk.settle_receipts(theirs)
+                    metrics.RECEIPTED.inc(len(theirs))
+                    settled = [(item, got) for item, got in settled if not bulk.owns(item.id)]
             if settled:
                 now = self.clock.now()
                 records = [
@@ -485,7 +581,7 @@ class OutboxWorker:
         while True:
             if failures:
                 # A live sender keeps its entries: nobody claims them while it retries.
-                held = set(await self.store.outbox_touch(self.consumer, [i.id for i in pending]))
+                held = await self._touch([i.id for i in pending])
                 pending = [item for item in pending if item.id in held]
                 if not pending:
                     return [], []

@@ -119,6 +119,18 @@ class ShardOwnership:
             self._take_over = True
         self.live, self.shards = live, shards
 
+    @property
+    def steady_live(self) -> frozenset[str] | None:
+        """The live senders, once this sender's heartbeats have held for ``ttl`` (else None).
+
+        Before that, a sender missing from the set may only have missed a
+        beat in an outage: nothing of theirs is taken over yet.
+        """
+        healthy = self._healthy_since
+        if self.shards is None or healthy is None or time.monotonic() - healthy < self.ttl:
+            return None
+        return self.live
+
     async def take_over(self, count: int) -> list[OutboxItem]:
         """After a change of the live senders: up to ``count`` entries of departed senders.
 

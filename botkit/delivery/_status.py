@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
@@ -164,6 +164,8 @@ class StatusTracker:
         self.runtime = runtime
         self.signer = signer
         self.rate_retry = rate_retry or RateRetry()
+        self.on_update: list[Callable[[StatusUpdate], Awaitable[None]]] = []
+        """Called with every verified status first (campaigns record theirs here)."""
         runtime.status_hooks.append(self._on_status)
 
     async def handle(self, report: StatusReport) -> StatusOutcome:
@@ -183,6 +185,8 @@ class StatusTracker:
         update = to_status(
             report, user=reference.user, reference=reference.ref, now=self.runtime.clock.now()
         )
+        for listener in self.on_update:
+            await listener(update)
         if update.error_code is None and not self.runtime.index.handles(EventKind.STATUS):
             # Nothing to resend and no handler to run: the user's lock and a
             # turn are not needed, only the forward-only status record.

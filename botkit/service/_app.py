@@ -5,6 +5,7 @@
 ``POST /whatsapp/status/{token}``            status callbacks (:mod:`._webhooks`)
 ``POST /api/send``                           send from another system (:mod:`._send_api`)
 ``DELETE /api/scheduled/{id}``               cancel a scheduled send (:mod:`._send_api`)
+``/api/campaigns...``                        campaigns (:mod:`._campaigns_api`)
 ``GET /healthz``, ``/readyz``, ``/metrics``  liveness, readiness, Prometheus (:mod:`._health`)
 ==========================================  =====================================
 
@@ -30,7 +31,7 @@ from botkit._clock import Clock
 from botkit.delivery._sender import OutboxWorkerConfig
 from botkit.delivery._status import RateRetry
 from botkit.devino.client import DevinoClient
-from botkit.service import _agent, _agent_page, _health, _send_api, _webhooks
+from botkit.service import _agent, _agent_page, _campaigns_api, _health, _send_api, _webhooks
 from botkit.service._service import Service, build_store
 from botkit.service._settings import Settings, SettingsError, load_settings
 from botkit.storage.base import ConversationStore
@@ -38,6 +39,7 @@ from botkit.storage.base import ConversationStore
 FEATURES: tuple[Callable[[], list[BaseRoute]], ...] = (
     _webhooks.routes,
     _send_api.routes,
+    _campaigns_api.routes,
     _health.routes,
     _agent.routes,
     _agent_page.routes,

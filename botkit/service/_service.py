@@ -28,6 +28,7 @@ from botkit._events import AnyMessage
 from botkit._retry import RetryPolicy
 from botkit._runtime import Runtime
 from botkit._turn import Outcome, TurnOutcome
+from botkit.delivery._campaigns import CampaignFeed
 from botkit.delivery._sender import OutboxWorker, OutboxWorkerConfig
 from botkit.delivery._signing import MIN_SECRET_BYTES, CallbackSigner
 from botkit.delivery._status import RateRetry, StatusTracker
@@ -38,6 +39,7 @@ from botkit.service._body_guard import BodyGuard
 from botkit.service._logs import log_turn
 from botkit.service._settings import Settings
 from botkit.storage.base import ConversationStore, StorageError, StoreConfig
+from botkit.storage.campaigns import CampaignsNeedRedis
 from botkit.storage.memory import MemoryStore
 from botkit.storage.outage import OutageLog, outage_log
 from botkit.storage.redis import RedisStore
@@ -153,6 +155,19 @@ class Service:
             self.runtime,
             timer_config or TimerConfig(lease=settings.timer_lease, retry=settings.retry_policy()),
         )
+        self.campaigns: CampaignFeed | None = None
+        """Campaign messages for the sender, after the replies (None: the store keeps none)."""
+        with contextlib.suppress(CampaignsNeedRedis):
+            self.campaigns = CampaignFeed(
+                self.store,
+                self.runtime.policy,
+                clock=self.clock,
+                receipts=callback_url is not None,
+                claim_idle=self.sender.claim_idle,
+                receipt_grace=self.sender.config.receipt_grace,
+            )
+            self.sender.bulk = self.campaigns
+            self.tracker.on_update.append(self.campaigns.on_status)
         self.runtime.on_turn.append(_count_turn)
         self.runtime.on_turn.append(log_turn)
         self.runtime.on_refused.append(lambda r: metrics.REFUSED.labels(r.reason).inc())

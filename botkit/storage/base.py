@@ -13,13 +13,16 @@ import copy
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from botkit._errors import BotkitError
 from botkit._events import Timer
 from botkit._outbound import OutboundMessage, SentRecord
 from botkit._retry import RetryPolicy
 from botkit._transcript import Handoff, TranscriptEntry, TranscriptPage
+
+if TYPE_CHECKING:
+    from botkit.storage.campaigns import CampaignStore
 
 DAY = 86_400.0
 
@@ -259,6 +262,18 @@ class ConversationStore(ABC):
     @abstractmethod
     async def load(self, user: str) -> Conversation:
         """Read a user's conversation without locking (an empty one when unknown)."""
+
+    async def load_many(self, users: Sequence[str]) -> list[Conversation]:
+        """:meth:`load` for several users at once (a store may do it in one round trip)."""
+        return [await self.load(user) for user in users]
+
+    def campaigns(self) -> CampaignStore:
+        """This store's campaigns (see :mod:`botkit.storage.campaigns`)."""
+        from botkit.storage.campaigns import CampaignsNeedRedis
+
+        raise CampaignsNeedRedis(
+            f"{type(self).__name__} keeps no campaigns; use the Redis store (BOTKIT_REDIS_URL)"
+        )
 
     # -- outbox --------------------------------------------------------------
 

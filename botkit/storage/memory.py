@@ -32,6 +32,7 @@ from botkit.storage.base import (
     TurnLease,
     UserBusy,
 )
+from botkit.storage.campaigns import MemoryCampaigns
 
 _IN_PROGRESS = "in_progress"
 _DONE = "done"
@@ -106,6 +107,13 @@ class MemoryStore(ConversationStore):
         self._transcripts: dict[str, _Transcript] = {}
         self._entry_ids = itertools.count(1)
         self._handoffs: dict[str, float] = {}
+        self._campaigns: MemoryCampaigns | None = None
+
+    def campaigns(self) -> MemoryCampaigns:
+        """This process's campaigns (``botkit dev``, tests): kept as long as the store."""
+        if self._campaigns is None:
+            self._campaigns = MemoryCampaigns()
+        return self._campaigns
 
     async def ping(self) -> bool:
         """Always True: memory is always there."""

@@ -30,6 +30,15 @@ so the shards spread evenly over the 16,384 slots (:func:`shard_tags`).
                                   the timers themselves are in the user's conversation
     P:{T}:unlock                  the shard's wake-up channel (SPUBLISH, sharded pub/sub):
                                   "<store instance> <user>" when a user's lock is let go
+    <prefix>:campaigns            hash: campaign name -> the bot it belongs to (names are
+                                  unique under a prefix, so a command finds the bot)
+    P:campaigns                   hash: the bot's campaigns, name -> id
+    P:{cI}:meta                   hash: campaign I's definition, state and token bucket
+    P:{cI}:audience               stream: its recipients not yet settled (group "senders")
+    P:{cI}:r:<k>                  hash: results bucket k, phone -> "<kind>|<messageId>|
+                                  <status>|<code>" (k = crc32(phone) % buckets)
+    P:{cI}:totals                 hash: its counters (audience, done, sent, delivered...)
+    P:{cI}:invalid                list: the audience's numbers that are not phone numbers
 
 A message being handled is "in progress" while its turn holds the lock (the
 lock names the dedupe key); once committed its key joins ``seen``.
@@ -78,7 +87,7 @@ def shard_of(user: str, shards: int) -> int:
 class Keys:
     """Key names of one bot under one prefix, over ``shards`` shards."""
 
-    __slots__ = ("base", "meta", "senders", "shards", "tags")
+    __slots__ = ("base", "meta", "prefix", "senders", "shards", "tags")
 
     def __init__(self, prefix: str, bot: str, shards: int = DEFAULT_SHARDS) -> None:
         for name, value in (("prefix", prefix), ("bot", bot)):
@@ -87,6 +96,7 @@ class Keys:
                     f"RedisStore {name} {value!r} must be non-empty, without braces or spaces "
                     "(braces would break the shards' hash tags)"
                 )
+        self.prefix = prefix
         self.base = f"{prefix}:{bot}"
         self.meta = f"{self.base}:meta"
         self.senders = f"{self.base}:senders"
@@ -153,6 +163,22 @@ class Keys:
     def timers(self, shard: int) -> str:
         """The shard's users with a pending timer, by when the earliest is due."""
         return f"{self.base}:{{{self.tags[shard]}}}:timers"
+
+    # Campaigns: each campaign's keys share a tag of their own (one slot).
+
+    @property
+    def campaigns(self) -> str:
+        """The bot's campaigns: name -> id."""
+        return f"{self.base}:campaigns"
+
+    @property
+    def campaign_bots(self) -> str:
+        """Every bot's campaigns under the prefix: name -> bot."""
+        return f"{self.prefix}:campaigns"
+
+    def campaign(self, campaign_id: str, part: str) -> str:
+        """A key of campaign ``campaign_id``: meta, audience, totals, invalid, r:<bucket>."""
+        return f"{self.base}:{{c{campaign_id}}}:{part}"
 
     # The layout before shards (version 1), for detection and migration.
 

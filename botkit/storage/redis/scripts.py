@@ -40,9 +40,9 @@ def _read(name: str) -> str:
 _PRELUDE = _read("prelude")
 
 
-def load(name: str) -> Script:
-    """The script ``lua/<name>.lua`` after the prelude."""
-    return Script(name, _PRELUDE + _read(name))
+def load(name: str, *, library: str | None = None) -> Script:
+    """The script ``lua/<name>.lua`` after the prelude (and ``library``, when given)."""
+    return Script(name, _PRELUDE + (_read(library) if library else "") + _read(name))
 
 
 BEGIN = load("begin")
@@ -60,6 +60,15 @@ READY = load("ready")
 TOUCH = load("touch")
 TIMERS_CLAIM = load("timers_claim")
 TIMERS_RESCHEDULE = load("timers_reschedule")
+
+# Campaigns (botkit/storage/redis/campaigns.py): loaded on first use (NOSCRIPT).
+CAMPAIGN_ADD = load("campaign_add", library="campaign_lib")
+CAMPAIGN_TOKENS = load("campaign_tokens", library="campaign_lib")
+CAMPAIGN_SETTLE = load("campaign_settle", library="campaign_lib")
+CAMPAIGN_STATUS = load("campaign_status", library="campaign_lib")
+CAMPAIGN_THROTTLE = load("campaign_throttle", library="campaign_lib")
+CAMPAIGN_STATE = load("campaign_state", library="campaign_lib")
+CAMPAIGN_CLAIM = load("campaign_claim", library="campaign_lib")
 
 ALL = (
     BEGIN,

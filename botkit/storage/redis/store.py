@@ -48,6 +48,7 @@ from botkit.storage.base import (
     UserBusy,
 )
 from botkit.storage.redis import scripts
+from botkit.storage.redis.campaigns import RedisCampaigns
 from botkit.storage.redis.connection import (
     Client,
     build_client,
@@ -200,6 +201,7 @@ class RedisStore(ConversationStore):
         self._background: set[asyncio.Task[Any]] = set()
         self._opening = asyncio.Lock()
         self._opened = False
+        self._campaigns: RedisCampaigns | None = None
 
     # -- life cycle ----------------------------------------------------------
 
@@ -523,6 +525,26 @@ class RedisStore(ConversationStore):
             conversation(user, fields) for (_, user), fields in zip(oldest, stored, strict=True)
         ]
         return [c for c in conversations if c.handoff is not None], total
+
+    async def load_many(self, users: Sequence[str]) -> list[Conversation]:
+        """The users' conversations in one pipeline (a campaign's batch)."""
+        if not users:
+            return []
+        client = await self._ensure_open()
+        async with (
+            self._runner.guard("load conversations"),
+            client.pipeline(transaction=False) as pipe,
+        ):
+            for user in users:
+                pipe.hgetall(self._keys.conv(user))
+            found = await pipe.execute()
+        return [conversation(user, fields) for user, fields in zip(users, found, strict=True)]
+
+    def campaigns(self) -> RedisCampaigns:
+        """The bot's campaigns in this Redis (see :mod:`botkit.storage.redis.campaigns`)."""
+        if self._campaigns is None:
+            self._campaigns = RedisCampaigns(self._runner, self._ensure_open, self._keys)
+        return self._campaigns
 
     @property
     def waiting_users(self) -> int:
