@@ -366,6 +366,11 @@ class Flow(Router):
 
     # -- running -------------------------------------------------------------
 
+    @property
+    def held_between_turns(self) -> int:
+        """What the flow's one shared machine holds for users: 0 (nothing outlives a turn)."""
+        return len(self._machine.models) + len(self._machine.async_tasks)
+
     def allowed_triggers(self, state: str) -> tuple[str, ...]:
         """The triggers that can fire from ``state``."""
         return self._allowed.get(state, ())

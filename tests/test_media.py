@@ -24,7 +24,7 @@ from botkit import (
     MediaTooLarge,
 )
 from botkit._media import MAX_BYTES
-from botkit.service._serving import serve_app
+from botkit.service import serve_app
 from botkit.testing import BotTester
 
 STICKER_CAP = MAX_BYTES[MediaKind.STICKER]

@@ -16,13 +16,13 @@ from botkit import (
     Context,
     DefinitionError,
     ErrorCode,
+    EventKind,
     Flow,
     Predicate,
     Regex,
     Router,
     SkipHandler,
 )
-from botkit._events import EventKind
 from botkit.testing import BotTester
 
 THIS_FILE = Path(__file__).name

@@ -5,6 +5,7 @@
 the contract of :class:`ConversationStore`.
 """
 
+from botkit._outbound import SentRecord
 from botkit.storage.base import (
     Conversation,
     ConversationStore,
@@ -28,6 +29,7 @@ __all__ = [
     "MemoryStore",
     "OutboxItem",
     "RedisStore",
+    "SentRecord",
     "StorageError",
     "StorageUnavailable",
     "StoreConfig",

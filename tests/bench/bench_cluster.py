@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from botkit._outbound import OutboundMessage, SendMode  # noqa: E402
+from botkit import OutboundMessage, SendMode  # noqa: E402
 from botkit.storage.base import StoreConfig  # noqa: E402
 from botkit.storage.redis import RedisStore  # noqa: E402
 from tests.storage._redis_server import RedisServer  # noqa: E402

@@ -32,8 +32,13 @@ sys.path.insert(0, str(ROOT))
 
 from transitions.extensions.asyncio import AsyncMachine  # noqa: E402
 
-from botkit import Bot, Context, Flow, TextMessage  # noqa: E402
-from botkit._events import EventKind  # noqa: E402
+from botkit import (  # noqa: E402
+    Bot,
+    Context,
+    EventKind,
+    Flow,
+    TextMessage,
+)
 from botkit.storage.base import Conversation  # noqa: E402
 from botkit.testing import BotTester  # noqa: E402
 

@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 
-from botkit._outbound import OutboundMessage, SendMode, SentRecord  # noqa: E402
+from botkit import OutboundMessage, SendMode  # noqa: E402
+from botkit.storage import SentRecord  # noqa: E402
 from botkit.storage.redis import RedisStore  # noqa: E402
 from botkit.storage.redis.keys import Keys  # noqa: E402
 from tests.bench.bench_store import start_server  # noqa: E402

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 
-from botkit._outbound import OutboundMessage, SendMode  # noqa: E402
+from botkit import OutboundMessage, SendMode  # noqa: E402
 from botkit.storage.base import StoreConfig  # noqa: E402
 from botkit.storage.redis import RedisStore  # noqa: E402
 

@@ -26,8 +26,7 @@ import yaml
 
 from botkit import Bot
 from botkit._cli import PORT_ENV, TARGET_ENV
-from botkit.service import create_app, load_bot
-from botkit.service._settings import Settings, load_settings
+from botkit.service import Settings, create_app, load_bot, load_settings
 from botkit.testing import LiveBot
 from bots.autoreply import RULES_ENV, parse_rules
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from botkit import Template
-from botkit._clock import ManualClock
+from botkit import ManualClock, Template
 from botkit.storage import RedisStore
 from botkit.testing import BotTester, LiveBot
 from bots.reminder import HELP, bot

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from botkit._clock import ManualClock
+from botkit import ManualClock
 from botkit.storage import ConversationStore, MemoryStore, RedisStore, StoreConfig
 from tests.conftest import delete_prefix, require_redis
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from botkit._outbound import OutboundMessage, SendMode
+from botkit import OutboundMessage, SendMode
 from botkit.delivery._sender import OutboxWorker, OutboxWorkerConfig
 from botkit.delivery._signing import CallbackSigner
 from botkit.devino.client import DevinoClient

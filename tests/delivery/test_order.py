@@ -13,8 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 import redis.asyncio as aioredis
 
-from botkit import RetryPolicy
-from botkit._outbound import OutboundMessage, SendMode
+from botkit import OutboundMessage, RetryPolicy, SendMode
 from botkit.delivery._sender import OutboxWorker, OutboxWorkerConfig
 from botkit.delivery._signing import CallbackSigner
 from botkit.devino.client import DevinoClient

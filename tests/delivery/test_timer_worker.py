@@ -15,9 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from botkit import Bot, Context, Flow
-from botkit._clock import ManualClock
-from botkit._events import TextMessage
+from botkit import Bot, Context, Flow, ManualClock, TextMessage
 from botkit._runtime import Runtime
 from botkit.delivery._timers import TimerConfig, TimerWorker
 from botkit.storage import RedisStore

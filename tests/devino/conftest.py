@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from botkit.devino import DevinoClient, RetryPolicy
 from botkit.devtools.emulator import Emulator
-from botkit.service._serving import serve_app
+from botkit.service import serve_app
 
 API_KEY = "test-key-Zq81xW"
 """Distinctive, so a test can search any output for it."""

@@ -19,7 +19,7 @@ from botkit.devino import (
     RetryPolicy,
 )
 from botkit.devtools.emulator import Emulator
-from botkit.service._serving import serve_app
+from botkit.service import serve_app
 
 from .conftest import API_KEY, FAST_RETRY, SENDER
 

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from botkit.service._serving import ServingError, serve_app
+from botkit.service import ServingError, serve_app
 
 
 def make_app(events: list[str]) -> Starlette:

@@ -26,7 +26,7 @@ from starlette.routing import Route
 from botkit import Bot, Context
 from botkit.devtools._page import STATIC
 from botkit.devtools._server import DevServer, create_dev_app
-from botkit.service._serving import serve_app
+from botkit.service import serve_app
 from tests.devtools import shop_bot
 from tests.helpers import free_port
 

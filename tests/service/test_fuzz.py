@@ -23,8 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from botkit.delivery._signing import CallbackSigner
-from botkit.service import create_app
-from botkit.service._settings import load_settings
+from botkit.service import create_app, load_settings
 from bots import echo
 from tests.conftest import delete_prefix, require_redis
 from tests.service._harness import (

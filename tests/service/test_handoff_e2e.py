@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from botkit import DeliveryStatus
 from botkit.devtools.emulator import Emulator
-from botkit.service._serving import serve_app
+from botkit.service import serve_app
 from botkit.storage.base import StoreConfig
 from botkit.storage.redis import RedisStore
 from botkit.testing import LiveBot, ManualClock

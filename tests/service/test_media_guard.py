@@ -20,7 +20,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from botkit import Bot, Context, MediaBlocked, MediaError
-from botkit.service._serving import serve_app
+from botkit.service import serve_app
 from botkit.testing import LiveBot
 
 ANNA = "79031234567"

@@ -22,9 +22,7 @@ from starlette.routing import Route
 
 from botkit import Bot, Context, RetryPolicy
 from botkit.delivery._sender import OutboxWorkerConfig
-from botkit.service import create_app
-from botkit.service._serving import serve_app
-from botkit.service._settings import load_settings
+from botkit.service import create_app, load_settings, serve_app
 from bots import echo
 from tests.service._harness import (
     API_KEY,

@@ -19,7 +19,7 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError, RedisError
 
-from botkit._outbound import OutboundMessage, SendMode
+from botkit import OutboundMessage, SendMode
 from botkit.storage import RedisStore, StoreConfig
 from botkit.storage.redis.connection import (
     cluster_client,

@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from botkit._events import Timer
-from botkit._outbound import OutboundMessage, SendMode, SentRecord
+from botkit import OutboundMessage, SendMode, Timer
+from botkit.storage import SentRecord
 from botkit.storage.base import (
     ConversationStore,
     DuplicateMessage,
@@ -347,7 +347,7 @@ async def test_delayed_messages_wait_for_their_time(store: ConversationStore) ->
 
 
 async def test_outbox_round_trips_every_field(store: ConversationStore) -> None:
-    from botkit._events import Media
+    from botkit import Media
     from botkit._outbound import Origin, Template
 
     user = new_user()

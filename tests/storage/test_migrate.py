@@ -13,7 +13,8 @@ import time
 import pytest
 import redis
 
-from botkit._outbound import OutboundMessage, SendMode, SentRecord
+from botkit import OutboundMessage, SendMode
+from botkit.storage import SentRecord
 from botkit.storage.redis import RedisStore, StoreLayoutError
 from botkit.storage.redis.keys import Keys
 from tests.service._harness import API_KEY, WEBHOOK_TOKEN, clean_env, run_cli

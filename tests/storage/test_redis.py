@@ -27,9 +27,9 @@ import redis
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from botkit import Bot, Context, StoreConfig, TextMessage
-from botkit._outbound import OutboundMessage, SendMode, SentRecord
+from botkit import Bot, Context, OutboundMessage, SendMode, StoreConfig, TextMessage
 from botkit._runtime import Runtime
+from botkit.storage import SentRecord
 from botkit.storage.base import (
     DuplicateMessage,
     LockLost,
@@ -317,7 +317,7 @@ async def test_killed_redis_fails_fast_loses_nothing_and_the_store_resumes(
     # (A new user: the turn in flight at the crash left its user's lock for lock_ttl.)
     outcome = await runtime.handle_message(message(new_user()))
     assert outcome.outcome == "handled"
-    await until(lambda: _true(store._listener.subscribed.is_set()), within=10)
+    await until(lambda: _true(store.wake_ups_subscribed), within=10)
     await other.open()
     user = new_user()
     held = await other.begin_turn(user, "m:held")
@@ -621,8 +621,7 @@ async def test_no_per_user_state_stays_in_the_process(make_store: Callable[..., 
     await asyncio.gather(*(runtime.handle_message(message(u)) for u in users for _ in range(5)))
     assert [(await store.load(u)).data["count"] for u in users] == [5] * 40
     assert store.waiting_users == 0
-    assert store.waiting_users == 0
-    assert not store._background
+    assert store.background_tasks == 0
 
 
 async def test_waiters_of_one_process_take_the_lock_in_arrival_order(
@@ -641,7 +640,7 @@ async def test_waiters_of_one_process_take_the_lock_in_arrival_order(
     waiters = []
     for i in range(1, 6):
         waiters.append(asyncio.create_task(turn(i)))
-        await until(lambda i=i: _true(store._waiters.count(user) == i))
+        await until(lambda i=i: _true(store.waiting_turns(user) == i))
     await store.commit_turn(holder, None)
     async with asyncio.timeout(5):
         await asyncio.gather(*waiters)
@@ -656,9 +655,9 @@ async def test_a_cancelled_waiter_leaves_nothing_behind_and_blocks_nobody(
     user = new_user()
     holder = await store.begin_turn(user, "m:1")
     first = asyncio.create_task(store.begin_turn(user, "m:2"))
-    await until(lambda: _true(store._waiters.count(user) == 1))
+    await until(lambda: _true(store.waiting_turns(user) == 1))
     second = asyncio.create_task(store.begin_turn(user, "m:3"))
-    await until(lambda: _true(store._waiters.count(user) == 2))
+    await until(lambda: _true(store.waiting_turns(user) == 2))
     first.cancel()
     with pytest.raises(asyncio.CancelledError):
         await first
@@ -678,9 +677,9 @@ async def test_next_waiter_takes_over_when_the_turn_before_it_never_commits(
     user = new_user()
     holder = await store.begin_turn(user, "m:1")
     first = asyncio.create_task(store.begin_turn(user, "m:2"))
-    await until(lambda: _true(store._waiters.count(user) == 1))
+    await until(lambda: _true(store.waiting_turns(user) == 1))
     second = asyncio.create_task(store.begin_turn(user, "m:3"))
-    await until(lambda: _true(store._waiters.count(user) == 2))
+    await until(lambda: _true(store.waiting_turns(user) == 2))
     await store.commit_turn(holder, None)
     abandoned = await first  # its process hangs: no commit, no abort
     async with asyncio.timeout(4):

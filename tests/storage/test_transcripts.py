@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from botkit._outbound import OutboundMessage, SendMode
+from botkit import OutboundMessage, SendMode
 from botkit._transcript import EntryKind, Handoff, TranscriptEntry
 from botkit.storage.base import ConversationStore, StoreConfig
 

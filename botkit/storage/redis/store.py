@@ -551,6 +551,20 @@ class RedisStore(ConversationStore):
         """How many users have turns of this process waiting for their lock (0 when idle)."""
         return len(self._waiters)
 
+    def waiting_turns(self, user: str) -> int:
+        """How many turns of ``user`` in this process wait for the user's lock."""
+        return self._waiters.count(user)
+
+    @property
+    def background_tasks(self) -> int:
+        """Clean-ups still running in the background (0 when idle)."""
+        return len(self._background)
+
+    @property
+    def wake_ups_subscribed(self) -> bool:
+        """True while the unlock wake-up channel is subscribed (waiters then wake at once)."""
+        return self._listener is not None and self._listener.subscribed.is_set()
+
     # -- outbox --------------------------------------------------------------
 
     async def enqueue(self, messages: Sequence[OutboundMessage]) -> None:
