@@ -28,6 +28,7 @@ import contextlib
 import errno
 import importlib
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -45,6 +46,11 @@ TARGET_ENV = "BOTKIT_TARGET"
 PORT_ENV = "BOTKIT_PORT"
 """``botkit run``'s ``--port`` when the command line gives none; a container's health check
 reads the same variable, so the two cannot disagree."""
+
+SERVICE_APP = "botkit._cli:service_app"
+"""The app factory each ``botkit run`` worker serves."""
+GRACE_SECONDS = 15
+"""How long a stopping worker lets requests and turns in flight finish."""
 
 EXIT_OK = 0
 EXIT_CANNOT_START = 2
@@ -162,28 +168,34 @@ def _run(args: argparse.Namespace) -> int:
 
     from botkit.service._logs import configure_logging
 
-    # This process logs too: with --workers N it is uvicorn's supervisor (the
+    # This process logs too: with --workers N it is the workers' supervisor (the
     # address it listens on, workers started, restarted or lost), and those
     # lines must be in the operator's format (JSON for a log collector).
     configure_logging(settings.log_format, settings.log_level)
     os.environ[TARGET_ENV] = args.target
+    options: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "factory": True,
+        "log_config": None,
+        "access_log": False,
+        "proxy_headers": True,
+        "timeout_graceful_shutdown": GRACE_SECONDS,
+    }
+    # SIGHUP asks a bot to re-read what it can (the auto-reply service's rules);
+    # a bot that takes no SIGHUP ignores it rather than ending.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if args.workers == 1:
+        uvicorn.run(SERVICE_APP, **options)
+        return EXIT_OK
+    from botkit.service._supervisor import Supervisor
+
     with contextlib.ExitStack() as cleanup:
-        if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
             # The workers' shared metrics files: ours, so removed when the command ends.
             folder = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="botkit-metrics-"))
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
-        uvicorn.run(
-            "botkit._cli:service_app",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            log_config=None,
-            access_log=False,
-            proxy_headers=True,
-            timeout_graceful_shutdown=15,
-        )
-    return EXIT_OK
+        return Supervisor(SERVICE_APP, options, args.workers, grace=GRACE_SECONDS).run()
 
 
 def _store_layout_problem(bot: Bot, settings: Any) -> str | None:
@@ -418,6 +430,9 @@ def _parser() -> argparse.ArgumentParser:
         "BOTKIT_DEVINO_API_KEY and BOTKIT_SENDER are required, BOTKIT_REDIS_URL as soon as "
         "there is more than one worker. A missing or invalid setting stops it before it "
         "serves, one line per problem.\n\n"
+        "Signals: SIGHUP is passed on to every worker, which keeps running (a bot that "
+        "re-reads something on SIGHUP does so in place); SIGTERM or Ctrl-C stops the workers "
+        "gracefully; a worker that dies is replaced.\n\n"
         "example: botkit run mybot --port 8000 --workers 2",
     )
     run.add_argument(

@@ -25,7 +25,10 @@ def mask(user: str) -> str:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message and the record's ``fields``."""
+    """One JSON object per line: time, level, logger, message, pid and the record's ``fields``.
+
+    ``pid`` tells apart the lines of ``botkit run --workers N``'s processes.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
@@ -34,6 +37,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
+            "pid": record.process,
         }
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):

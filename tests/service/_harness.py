@@ -182,3 +182,15 @@ class BotProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(5)
+
+
+def workers_of(process: BotProcess) -> list[int]:
+    """The pids of ``botkit run --workers N``'s worker processes (its children that serve)."""
+    assert process.process is not None
+    pid = process.process.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [
+        int(child)
+        for child in children
+        if b"botkit.service._supervisor" in Path(f"/proc/{child}/cmdline").read_bytes()
+    ]

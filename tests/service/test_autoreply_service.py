@@ -7,7 +7,11 @@ line per problem; ``botkit autoreply check`` checks a file and shows answers.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import signal
+import time
 from itertools import count
 from pathlib import Path
 
@@ -62,6 +66,7 @@ async def start(
     *,
     workers: int = 1,
     redis: tuple[str, str] | None = None,
+    **settings: str,
 ) -> BotProcess:
     port = free_port()
     env = clean_env(
@@ -71,6 +76,7 @@ async def start(
         BOTKIT_SENDER="Shop",
         BOTKIT_CALLBACK_SECRET=CALLBACK_SECRET,
         BOTKIT_AUTOREPLY_RULES=str(rules),
+        **settings,
     )
     if redis is not None:
         env |= {"BOTKIT_REDIS_URL": redis[0], "BOTKIT_KEY_PREFIX": redis[1]}
@@ -220,3 +226,95 @@ def test_check_lists_every_problem_of_a_bad_file(
     assert len(lines) == len(says)
     for line, fragment in zip(lines, says, strict=True):
         assert line.startswith(f"botkit autoreply: {rules}, ") and fragment in line
+
+
+def rewrite_unseen(path: Path, old: str, new: str) -> None:
+    """Change the file where it is, keeping its size, inode and modification time.
+
+    The file watch (size, inode, mtime) cannot see such an edit: only a
+    SIGHUP makes the service read it.
+    """
+    before = os.stat(path)
+    text = path.read_text()
+    assert len(old) == len(new) and old in text
+    with path.open("r+") as file:
+        file.write(text.replace(old, new))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(path)
+    assert (after.st_size, after.st_ino, after.st_mtime_ns) == (
+        before.st_size,
+        before.st_ino,
+        before.st_mtime_ns,
+    )
+
+
+def records(service: BotProcess) -> list[dict[str, object]]:
+    return [json.loads(line) for line in service.log().splitlines() if line.startswith("{")]
+
+
+async def workers_answering(
+    provider: Provider, service: BotProcess, text: str, want: str, workers: int
+) -> set[int]:
+    """Send ``text`` from new users, a few at once, until ``workers`` processes answered.
+
+    Every answer must be ``want``; returns the pids of the workers that answered.
+    """
+    answered: set[int] = set()
+    deadline = time.monotonic() + 60
+    while len(answered) < workers:
+        assert time.monotonic() < deadline, f"only workers {answered} answered within 60 s"
+        # New connections, several at once, which the workers share out (the
+        # emulator's client would keep sending on connections one worker holds).
+        await provider.emulator.aclose()
+        users = [f"7904{next(_users):07d}" for _ in range(6)]
+        before = len(provider.emulator.messages)
+        await asyncio.gather(*(provider.emulator.inject(user, text) for user in users))
+        await provider.emulator.wait_for_messages(before + len(users))
+        replies = {m.message.to: m.received["text"] for m in provider.emulator.messages}
+        assert [replies[user] for user in users] == [want] * len(users)
+        masked = {f"...{user[-4:]}" for user in users}
+        await service.wait_for_log(f"...{users[-1][-4:]}")  # the turn lines are written
+        for record in records(service):
+            if record.get("logger") == "botkit.turn" and record.get("user") in masked:
+                answered.add(int(str(record["pid"])))
+    return answered
+
+
+async def test_sighup_to_botkit_run_reloads_the_rules_in_every_worker_without_a_restart(
+    provider: Provider,
+    redis_url: str,
+    redis_prefix: str,
+    tmp_path: Path,
+    processes: list[BotProcess],  # last: the service stops before its Redis keys go
+) -> None:
+    rules = tmp_path / "rules.toml"
+    write_rules(rules, "Prices: 100.")
+    service = await start(
+        processes,
+        provider,
+        rules,
+        tmp_path,
+        workers=2,
+        redis=(redis_url, redis_prefix),
+        BOTKIT_LOG_FORMAT="json",
+    )
+    before = await workers_answering(provider, service, "price?", "Prices: 100.", workers=2)
+    parent = service.process.pid if service.process else 0
+    assert parent not in before
+
+    rewrite_unseen(rules, "Prices: 100.", "Prices: 200.")
+    service.signal(signal.SIGHUP)  # to the process the operator started, as systemctl reload does
+    await service.wait_for_log("(SIGHUP): 1 rule", count=2)
+    reloaded = {
+        int(str(r["pid"])) for r in records(service) if "(SIGHUP): 1 rule" in str(r["message"])
+    }
+    assert reloaded == before  # each worker reloaded in place
+
+    after = await workers_answering(provider, service, "price?", "Prices: 200.", workers=2)
+    assert after == before, "the same workers answer: none was restarted"
+    started = [
+        r for r in records(service) if str(r["message"]).startswith("Started server process")
+    ]
+    assert len(started) == 2
+    assert "(the file changed)" not in service.log()
+    assert service.running

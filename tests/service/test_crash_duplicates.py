@@ -28,6 +28,7 @@ from tests.service._harness import (
     clean_env,
     free_port,
     wait_for,
+    workers_of,
 )
 from tests.service.conftest import Provider
 
@@ -52,19 +53,6 @@ def client_ports(pid: int) -> set[int]:
             if fields[9] in inodes:
                 ports.add(int(fields[1].rsplit(":", 1)[1], 16))
     return ports
-
-
-def workers_of(process: BotProcess) -> list[int]:
-    """The pids of uvicorn's worker processes (children of the supervisor)."""
-    assert process.process is not None
-    pid = process.process.pid
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    # Not multiprocessing's resource tracker: the processes that serve.
-    return [
-        int(child)
-        for child in children
-        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
-    ]
 
 
 async def test_kill_9_of_a_worker_with_a_batch_in_flight_sends_no_reply_twice(

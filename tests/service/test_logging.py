@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Any
 
 import httpx
@@ -71,6 +72,7 @@ def test_the_json_and_console_formats_of_a_turn_line() -> None:
     data = json.loads(line)
     assert data["logger"] == "botkit.turn" and data["level"] == "info"
     assert data["message"] == "turn ok"
+    assert data["pid"] == os.getpid()  # which of botkit run's workers wrote it
     assert (data["user"], data["kind"], data["handler"], data["outcome"], data["ms"]) == (
         "...4567",
         "text",
