@@ -34,7 +34,7 @@ from starlette.routing import Route
 from botkit import Bot
 from botkit.service import serve_app
 from botkit.testing import BotTester
-from tests.helpers import free_port
+from tests.helpers import free_port, poll
 
 from .test_pytest_plugin import run_pytest
 
@@ -372,14 +372,6 @@ def laptop_blocks() -> list[Block]:
     start = lines.index(LAPTOP) + 1
     end = next(n for n in range(start, len(lines)) if lines[n].startswith("## ")) + 1
     return [b for b in SHELL if start < b.line < end]
-
-
-def poll(check: Callable[[], bool], what: str, within: float = 60.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {within}s")
-        time.sleep(0.1)
 
 
 def test_run_it_like_production_on_your_laptop_as_written(

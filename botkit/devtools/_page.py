@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from botkit.service._service import Service
 
 
-class DevServer(Protocol):
+class PageHost(Protocol):
     """What the chat page needs of the dev server (``botkit.devtools._server``)."""
 
     @property
@@ -363,7 +363,7 @@ def _incoming_fields(body: dict[str, Any]) -> dict[str, Any]:
 # -- the routes ------------------------------------------------------------------
 
 
-def routes(server: DevServer) -> list[BaseRoute]:
+def routes(server: PageHost) -> list[BaseRoute]:
     """The page, its files and its API, for ``botkit dev`` to mount beside the bot."""
     feed = DevFeed(server.emulator)
 

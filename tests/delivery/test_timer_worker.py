@@ -21,22 +21,14 @@ from botkit.delivery._timers import TimerConfig, TimerWorker
 from botkit.storage import RedisStore
 from botkit.testing import LiveBot
 from tests.delivery.conftest import StoreMaker
+from tests.helpers import wait_for
 from tests.storage._redis_server import RedisServer
 
 FAST = TimerConfig(poll=0.02, lease=2.0)
 
 
 async def until(check: Callable[[], Awaitable[bool] | bool], within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached within {within}s")
-        await asyncio.sleep(0.02)
+    await wait_for(check, within=within)
 
 
 def counting_bot(fired: Counter[str], *, after: float = 0.3) -> Bot:

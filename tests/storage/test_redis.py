@@ -40,7 +40,7 @@ from botkit.storage.base import (
 )
 from botkit.storage.redis import RedisStore, StoreLayoutError
 from botkit.storage.redis.keys import Keys, shard_tags
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_for
 
 from ._redis_server import RedisServer
 from ._redis_worker import keys as probe_keys
@@ -69,9 +69,7 @@ async def until(condition: Callable[[], Awaitable[bool]], within: float = 10.0) 
 
     The conditions live in Redis or another process, so there is no event to await.
     """
-    async with asyncio.timeout(within):
-        while not await condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
+    await wait_for(condition, within=within, every=0.01)
 
 
 def counting_bot(name: str = "race") -> Bot:
