@@ -216,6 +216,28 @@ async def nudge_bot(block: Block, folder: Path) -> None:
         assert (await chat.advance(minutes=10)) == []
 
 
+async def support_bot(block: Block, folder: Path) -> None:
+    bot = run_module(block, "support", folder).bot
+    async with BotTester(bot) as chat:
+        assert (await chat.send_text("hi")).texts == ["The bot heard: hi (handed off: False)"]
+        assert (await chat.send_text("agent")).texts == [
+            "Connecting you to a person. They will answer here."
+        ]
+        assert (await chat.send_text("hello?")).texts == []  # a person answers now
+        [(user, handoff)], _ = await chat.store.handoffs()
+        assert (user, handoff.reason, handoff.note) == (
+            chat.user,
+            "asked for a person",
+            "VIP customer",
+        )
+        released = await chat.runtime.release(chat.user, "alice")
+        assert [m.text for m in released.replies] == ["You are back with the bot. How can I help?"]
+        await chat.send_text("human")
+        assert (await chat.advance(minutes=30)).texts == [
+            "You are back with the bot. How can I help?"
+        ]
+
+
 RUNNERS: dict[str, Callable[[Block, Path], Awaitable[None]]] = {
     'bot = Bot("hello"': hello_bot,
     "# mybot.py": tutorial_bot,
@@ -225,6 +247,7 @@ RUNNERS: dict[str, Callable[[Block, Path], Awaitable[None]]] = {
     "await bot.send(user": send_later,
     "# test_hello.py": fresh_project_from_the_testing_section,
     "# nudge.py": nudge_bot,
+    "# support.py": support_bot,
 }
 
 

@@ -337,9 +337,7 @@ async def list_handoffs(request: Request) -> Response:
     except StorageError:
         return unavailable("the conversation store is unavailable; retry")
     now = runtime.clock.now()
-    items = [
-        {"user": c.user, **handoff_json(c.handoff, now)} for c in found if c.handoff is not None
-    ]
+    items = [{"user": user, **handoff_json(handoff, now)} for user, handoff in found]
     return JSONResponse({"total": total, "handoffs": items})
 
 

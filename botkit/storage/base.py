@@ -304,9 +304,9 @@ class ConversationStore(ABC):
         (for reports such as ``botkit funnel``: it reads every transcript)."""
 
     @abstractmethod
-    async def handoffs(self, limit: int = 100) -> tuple[list[Conversation], int]:
-        """The conversations handed off to a person, the longest waiting first (up to
-        ``limit``), and how many there are in all."""
+    async def handoffs(self, limit: int = 100) -> tuple[list[tuple[str, Handoff]], int]:
+        """The users handed off to a person with their handoffs, the longest waiting first
+        (up to ``limit``), and how many there are in all."""
 
     @abstractmethod
     async def outbox_read(self, consumer: str, count: int, block: float) -> list[OutboxItem]:

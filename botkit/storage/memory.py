@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from botkit._clock import Clock, ManualClock, SystemClock
 from botkit._outbound import OutboundMessage, SentRecord, new_ref
-from botkit._transcript import TranscriptEntry, TranscriptPage, outgoing_entry
+from botkit._transcript import Handoff, TranscriptEntry, TranscriptPage, outgoing_entry
 from botkit.storage.base import (
     Conversation,
     ConversationStore,
@@ -242,12 +242,13 @@ class MemoryStore(ConversationStore):
         """Append to the user's transcript."""
         self._record(user, entries)
 
-    async def handoffs(self, limit: int = 100) -> tuple[list[Conversation], int]:
-        """Handed-off conversations, the longest waiting first."""
+    async def handoffs(self, limit: int = 100) -> tuple[list[tuple[str, Handoff]], int]:
+        """Handed-off users and their handoffs, the longest waiting first."""
         for user in [u for u in self._handoffs if self._conversation(u).handoff is None]:
             del self._handoffs[user]  # expired with its conversation
         ordered = sorted(self._handoffs.items(), key=lambda item: (item[1], item[0]))
-        return [self._conversation(u).copy() for u, _ in ordered[:limit]], len(ordered)
+        found = [(u, self._conversation(u).handoff) for u, _ in ordered[:limit]]
+        return [(u, h) for u, h in found if h is not None], len(ordered)
 
     def _record(self, user: str, entries: Sequence[TranscriptEntry]) -> None:
         length = self.config.transcript_length

@@ -109,14 +109,14 @@ async def test_handed_off_conversations_are_listed_longest_waiting_first(
     await commit(store, vera, handoff=Handoff(since=3000.0))
     listed, total = await store.handoffs()
     assert total == 3
-    assert [c.user for c in listed] == [anna, boris, vera]
-    assert listed[0].handoff == Handoff(since=1000.0, reason="asked")
+    assert [user for user, _ in listed] == [anna, boris, vera]
+    assert listed[0][1] == Handoff(since=1000.0, reason="asked")
     first, total = await store.handoffs(limit=1)
-    assert ([c.user for c in first], total) == ([anna], 3)
+    assert ([user for user, _ in first], total) == ([anna], 3)
 
     await commit(store, anna, handoff=None)  # released
     listed, total = await store.handoffs()
-    assert ([c.user for c in listed], total) == ([boris, vera], 2)
+    assert ([user for user, _ in listed], total) == ([boris, vera], 2)
     assert (await store.load(anna)).handoff is None
 
 
@@ -127,3 +127,31 @@ async def test_a_handoff_survives_in_the_conversation(store: ConversationStore) 
     assert (await store.load(user)).handoff == handoff
     await commit(store, user, "unrelated")  # a later turn keeps it
     assert (await store.load(user)).handoff == handoff
+
+
+@pytest.mark.parametrize("limit", [1, 7, 30, 80])
+async def test_the_redis_list_merges_the_shards_exactly(limit: int) -> None:
+    """Many users over few shards: the two-step read gives exactly the oldest ``limit``."""
+    import random
+    import uuid as uuid_module
+
+    from botkit.storage.redis import RedisStore
+    from tests.conftest import delete_prefix, require_redis
+
+    url = require_redis()
+    prefix = f"botkit-test-{uuid_module.uuid4().hex[:12]}"
+    store = RedisStore(url, bot="merge", prefix=prefix, shards=4)
+    await store.open()
+    try:
+        users = [new_user() for _ in range(50)]
+        since = {user: float(random.randrange(10_000)) for user in users}
+        for user in users:
+            await commit(store, user, handoff=Handoff(since=since[user]))
+        listed, total = await store.handoffs(limit)
+        expected = sorted(users, key=lambda u: (since[u], u))[:limit]
+        assert total == 50
+        assert [since[u] for u, _ in listed] == [since[u] for u in expected]
+        assert {u for u, _ in listed} <= set(users) and len(listed) == min(limit, 50)
+    finally:
+        await store.close()
+        delete_prefix(url, prefix)

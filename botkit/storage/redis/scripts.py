@@ -60,6 +60,8 @@ READY = load("ready")
 TOUCH = load("touch")
 TIMERS_CLAIM = load("timers_claim")
 TIMERS_RESCHEDULE = load("timers_reschedule")
+HANDOFFS = load("handoffs")
+HANDOFFS_ALL = load("handoffs_all")
 
 # Campaigns (botkit/storage/redis/campaigns.py): loaded on first use (NOSCRIPT).
 CAMPAIGN_ADD = load("campaign_add", library="campaign_lib")
@@ -86,5 +88,7 @@ ALL = (
     TOUCH,
     TIMERS_CLAIM,
     TIMERS_RESCHEDULE,
+    HANDOFFS,
+    HANDOFFS_ALL,
 )
 """Every script the store loads at open."""

@@ -32,7 +32,7 @@ from redis.asyncio.cluster import RedisCluster
 from botkit._clock import Clock, SystemClock
 from botkit._events import Timer
 from botkit._outbound import OutboundMessage, SentRecord, new_ref
-from botkit._transcript import TranscriptEntry, TranscriptPage, outgoing_entry
+from botkit._transcript import Handoff, TranscriptEntry, TranscriptPage, outgoing_entry
 from botkit.storage.base import (
     DAY,
     Conversation,
@@ -496,35 +496,78 @@ class RedisStore(ConversationStore):
             pipe.pexpire(key, self._transcript_ttl_ms)
             await pipe.execute()
 
-    async def handoffs(self, limit: int = 100) -> tuple[list[Conversation], int]:
-        """The oldest ``limit`` of every shard's handoff zset, merged; then their conversations.
+    async def handoffs(self, limit: int = 100) -> tuple[list[tuple[str, Handoff]], int]:
+        """The oldest ``limit`` handoffs over every shard's zset; then their records.
 
-        Two pipelines: one ZRANGE (and ZCARD) per shard, one HMGET per user shown.
+        The users are spread evenly over the shards, so the oldest ``limit``
+        are a few per shard: a first batch asks each shard for its oldest
+        few and its count; only the shards whose few were all older than the
+        ``limit``-th oldest seen so far can hold more of them, and a second
+        batch asks those for the rest up to it. Then one HGET of the handoff
+        field per user shown.
         """
         client = await self._ensure_open()
         shards = list(self.outbox_shards())
-        guard = self._runner.guard("list handoffs")
-        async with guard, client.pipeline(transaction=False) as pipe:
-            for shard in shards:
-                key = self._keys.handoffs(shard)
-                pipe.zrange(key, 0, max(limit, 1) - 1, withscores=True)
-                pipe.zcard(key)
-            answers = await pipe.execute()
-        total = sum(int(n) for n in answers[1::2])
-        oldest = heapq.nsmallest(
-            limit,
-            ((float(score), str(user)) for found in answers[0::2] for user, score in found),
-        )
+        few = max(2, -(-2 * limit // len(shards)))
+        if not isinstance(client, RedisCluster):  # one slot for all: one script call
+            keys = [self._keys.handoffs(shard) for shard in shards]
+            async with self._runner.guard("list handoffs"):
+                found = await self._runner.run(scripts.HANDOFFS_ALL, keys, [limit, few])
+            return await self._handoffs_of(
+                client, [(float(found[i + 1]), str(found[i])) for i in range(1, len(found), 2)]
+            ), int(found[0])
+
+        async def ask(chosen: Sequence[int], count: int, latest: str) -> list[list[str]]:
+            async with self._runner.guard("list handoffs"):
+                return list(
+                    await asyncio.gather(
+                        *(
+                            self._runner.run(
+                                scripts.HANDOFFS, [self._keys.handoffs(shard)], [count, latest]
+                            )
+                            for shard in chosen
+                        )
+                    )
+                )
+
+        first = await ask(shards, few, "+inf")
+        total = sum(int(found[0]) for found in first)
+        since: dict[str, float] = {}
+        for found in first:
+            for i in range(1, len(found), 2):
+                since[str(found[i])] = float(found[i + 1])
+        if len(since) >= limit:
+            cut = heapq.nsmallest(limit, since.values())[-1]
+            more = [
+                shard
+                for shard, found in zip(shards, first, strict=True)
+                if len(found) == 1 + 2 * few and float(found[-1]) < cut
+            ]
+        else:
+            cut = math.inf
+            more = [s for s, f in zip(shards, first, strict=True) if int(f[0]) > few]
+        if more:
+            for found in await ask(more, limit, "+inf" if cut == math.inf else repr(cut)):
+                for i in range(1, len(found), 2):
+                    since[str(found[i])] = float(found[i + 1])
+        oldest = heapq.nsmallest(limit, ((at, user) for user, at in since.items()))
+        return await self._handoffs_of(client, oldest), total
+
+    async def _handoffs_of(
+        self, client: Client, oldest: list[tuple[float, str]]
+    ) -> list[tuple[str, Handoff]]:
+        """The handoff records of ``oldest`` (since, user), in one pipeline of HGETs."""
         if not oldest:
-            return [], total
-        async with guard, client.pipeline(transaction=False) as pipe:
+            return []
+        async with self._runner.guard("list handoffs"), client.pipeline(transaction=False) as pipe:
             for _, user in oldest:
-                pipe.hgetall(self._keys.conv(user))
+                pipe.hget(self._keys.conv(user), "handoff")
             stored = await pipe.execute()
-        conversations = [
-            conversation(user, fields) for (_, user), fields in zip(oldest, stored, strict=True)
+        return [
+            (user, Handoff.from_json(raw))
+            for (_, user), raw in zip(oldest, stored, strict=True)
+            if raw
         ]
-        return [c for c in conversations if c.handoff is not None], total
 
     async def load_many(self, users: Sequence[str]) -> list[Conversation]:
         """The users' conversations in one pipeline (a campaign's batch)."""
