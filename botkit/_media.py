@@ -32,6 +32,7 @@ import httpcore
 
 from botkit._errors import BotkitError
 from botkit._events import Media, MediaKind
+from botkit._retry import RetryPolicy
 from botkit.devino.validation import MAX_BYTES
 
 __all__ = [
@@ -73,8 +74,13 @@ class MediaTooLarge(MediaError):
 class MediaDownloadFailed(MediaError):
     """The download failed (network error, timeout, server error, too many redirects).
 
-    It may work if retried.
+    It may work if retried. ``transient`` is True for a network error or an
+    HTTP 5xx/429, which the download has already retried (``MediaPolicy.retry``).
     """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class MediaBlocked(MediaError):
@@ -96,6 +102,10 @@ class MediaBlocked(MediaError):
         self.address = address
 
 
+MEDIA_RETRY = RetryPolicy(attempts=3, base_delay=0.25, max_delay=2.0)
+"""A media download's default retries: three tries in all."""
+
+
 @dataclass(frozen=True)
 class MediaPolicy:
     """Where media may be fetched from, how much and for how long.
@@ -103,14 +113,17 @@ class MediaPolicy:
     ``allow_hosts`` lists host names (exact, any case), addresses and
     networks (``10.1.0.0/16``) fetched from even though they are not public
     (an internal media proxy, say). ``max_bytes`` lowers the provider's cap
-    for every kind; ``timeout`` bounds a whole download, redirects
-    included (``ctx.download_media(timeout=...)`` overrides it).
+    for every kind; ``timeout`` bounds a whole download, redirects and
+    retries included (``ctx.download_media(timeout=...)`` overrides it).
+    ``retry`` tries again after a network error or an HTTP 5xx or 429 (the
+    service passes its settings' backoff), never past the timeout.
     """
 
     allow_hosts: tuple[str, ...] = ()
     max_bytes: int | None = None
     timeout: float = 30.0
     max_redirects: int = MAX_REDIRECTS
+    retry: RetryPolicy = MEDIA_RETRY
     _names: frozenset[str] = field(init=False, repr=False, compare=False)
     _networks: tuple[IPNetwork, ...] = field(init=False, repr=False, compare=False)
 
@@ -260,12 +273,27 @@ class MediaFetcher:
         limit = self.policy.timeout if timeout is None else timeout
         target = Path(path) if path is not None else None
         part = target.with_name(f".{target.name}.part") if target is not None else None
-        try:
-            body = await _fetch(self._pool, self.policy, media, part, limit)
-        except BaseException:
-            if part is not None:
-                part.unlink(missing_ok=True)
-            raise
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        retry, failures = self.policy.retry, 0
+        while True:
+            try:
+                body = await _fetch(self._pool, self.policy, media, part, limit, deadline)
+                break
+            except MediaDownloadFailed as exc:
+                if part is not None:
+                    part.unlink(missing_ok=True)
+                failures += 1
+                if not exc.transient or retry.gives_up(after=failures):
+                    raise
+                pause = retry.delay(failures - 1)
+                if loop.time() + pause >= deadline:
+                    raise
+                await asyncio.sleep(pause)
+            except BaseException:
+                if part is not None:
+                    part.unlink(missing_ok=True)
+                raise
         if target is None or part is None:
             return body
         part.replace(target)
@@ -288,12 +316,17 @@ async def _fetch(
     media: Media,
     part: Path | None,
     timeout: float,
+    deadline: float,
 ) -> bytes:
-    """The body as bytes, or b"" after writing it to ``part`` chunk by chunk."""
+    """The body as bytes, or b"" after writing it to ``part`` chunk by chunk.
+
+    ``timeout`` is the whole download's, named in the error; ``deadline``
+    (the loop's time) is when it ends, retries included.
+    """
     cap = policy.cap(media.kind)
     url = media.url
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout_at(deadline):
             for _ in range(policy.max_redirects + 1):
                 _check_scheme(url)
                 async with pool.stream("GET", url, headers=_HEADERS) as response:
@@ -314,7 +347,7 @@ async def _fetch(
             exc.url = url
         raise
     except _NETWORK_ERRORS as exc:
-        raise MediaDownloadFailed(f"downloading {url} failed: {exc!r}") from exc
+        raise MediaDownloadFailed(f"downloading {url} failed: {exc!r}", transient=True) from exc
     raise MediaDownloadFailed(
         f"downloading {media.url} failed: more than {policy.max_redirects} redirects"
     )
@@ -352,7 +385,10 @@ async def _read(
             "the provider's media links expire, so download promptly or ask again"
         )
     if response.status >= 400:
-        raise MediaDownloadFailed(f"downloading {url} failed with HTTP {response.status}")
+        raise MediaDownloadFailed(
+            f"downloading {url} failed with HTTP {response.status}",
+            transient=response.status >= 500 or response.status == 429,
+        )
     declared = _header(response, b"content-length")
     if declared is not None and declared.isdecimal() and int(declared) > cap:
         raise _too_large(media, int(declared), cap)

@@ -42,6 +42,7 @@ class MediaServer:
                 Route("/photo.jpg", self.photo),
                 Route("/gone/{code:int}", self.gone),
                 Route("/error", self.error),
+                Route("/flaky/{failures:int}", self.flaky),
                 Route("/sticker/{size:int}", self.sticker),
                 Route("/streamed/{size:int}", self.streamed),
                 Route("/hang", self.hang),
@@ -54,10 +55,19 @@ class MediaServer:
         return Response(PHOTO, media_type="image/jpeg")
 
     async def gone(self, request: Request) -> Response:
+        self.requests.append(request.url.path)
         return Response("expired", status_code=request.path_params["code"])
 
     async def error(self, request: Request) -> Response:
+        self.requests.append(request.url.path)
         return Response("oops", status_code=502)
+
+    async def flaky(self, request: Request) -> Response:
+        """503 for the first ``failures`` requests, then the photo."""
+        self.requests.append(request.url.path)
+        if len(self.requests) <= request.path_params["failures"]:
+            return Response("busy", status_code=503)
+        return Response(PHOTO, media_type="image/jpeg")
 
     async def sticker(self, request: Request) -> Response:
         return Response(b"s" * request.path_params["size"], media_type="image/webp")
@@ -223,3 +233,29 @@ async def test_a_download_to_a_path_streams_without_holding_the_file_in_memory(
             tracemalloc.stop()
     assert target.stat().st_size == size
     assert peak < size / 4
+
+
+async def test_a_server_error_is_retried_with_the_retry_policy(
+    media_host: tuple[MediaServer, str],
+) -> None:
+    # The default policy: three tries in all (BOTKIT_RETRY_* set the backoff in the service).
+    server, base = media_host
+    bot, results = downloader()
+    async with BotTester(bot) as chat:
+        assert (await chat.send_media(f"{base}/flaky/2", "image/jpeg")).texts == ["got it"]
+        assert results == [PHOTO]
+        assert server.requests == ["/flaky/2"] * 3
+        server.requests.clear()
+        with pytest.raises(MediaDownloadFailed, match="HTTP 502") as failed:
+            await chat.send_media(f"{base}/error", "image/jpeg")
+    assert failed.value.transient
+    assert server.requests == ["/error"] * 3  # three tries, then it gives up
+
+
+async def test_an_expired_url_is_not_retried(media_host: tuple[MediaServer, str]) -> None:
+    server, base = media_host
+    bot, _ = downloader()
+    async with BotTester(bot) as chat:
+        with pytest.raises(MediaExpired):
+            await chat.send_media(f"{base}/gone/404", "image/jpeg")
+    assert server.requests == ["/gone/404"]

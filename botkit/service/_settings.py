@@ -21,7 +21,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from botkit._bot import Bot
 from botkit._errors import BotkitError
-from botkit._media import MediaPolicy
+from botkit._media import MEDIA_RETRY, MediaPolicy
 from botkit._retry import RetryPolicy
 
 DEFAULT_DEVINO_URL = "https://api.devino.online"
@@ -56,6 +56,9 @@ _PLACEHOLDER_VALUES = frozenset({"secret", "password", "token", "test", "dev", "
 # The URL forms the Redis store takes (botkit.storage.redis.connection.SCHEMES).
 _REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "rediss+cluster")
 
+
+MEDIA_ATTEMPTS = MEDIA_RETRY.attempts
+"""Tries of one media download (within ``BOTKIT_MEDIA_TIMEOUT``)."""
 
 # The settings a Bot may give values for (``Bot(sender=...)``, ...).
 _BOT_VALUES = ("sender", "session_window", "safety_margin")
@@ -252,6 +255,7 @@ class Settings(BaseSettings):
             allow_hosts=tuple(self.media_allow_hosts),
             max_bytes=self.media_max_bytes,
             timeout=self.media_timeout,
+            retry=self.retry_policy(attempts=MEDIA_ATTEMPTS),
         )
 
     def require(self, *names: str) -> None:

@@ -261,6 +261,7 @@ def test_one_retry_policy_from_the_settings_drives_every_retrying_path(
     assert service.timers.config.retry == policy
     assert service.store.config.reconnect == policy
     assert service.agents.retry == dataclasses.replace(policy, attempts=8)  # the webhook gives up
+    assert service.runtime.media_policy.retry == dataclasses.replace(policy, attempts=3)
     # Not nested: the provider client tries each request once.
     assert service.client.retry.attempts == 1
     monkeypatch.setenv("BOTKIT_RETRY_JITTER", "2")
