@@ -20,7 +20,8 @@ message, never on the callback alone:
   same commit that marks the callback done, and at most once, ever (the
   sent record remembers it, before the commit: at most once rather than at
   least once);
-* 2301 (too many messages): the message is retried after a backoff, also at
+* 2301 (too many messages): the message is retried after a backoff (``RATE_RETRY``, a
+  :class:`~botkit.RetryPolicy`: 3 retries, 10-20 s, 20-40 s, 40-80 s), also at
   most once per sent message;
 * 2305 (not a WhatsApp user): the user is marked and nothing more is sent;
 * then the bot's status handlers run with the user's context.
@@ -30,8 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable
 from enum import StrEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -40,6 +40,7 @@ from botkit import _metrics as metrics
 from botkit._errors import BotkitError
 from botkit._events import DeliveryStatus, EventKind, StatusUpdate, masked
 from botkit._outbound import OutboundMessage, SendMode, SentRecord
+from botkit._retry import RetryPolicy
 from botkit._transcript import status_entry
 from botkit._turn import Outcome
 from botkit.delivery._signing import CallbackSigner, fallback_digest
@@ -81,11 +82,8 @@ class StatusOutcome(StrEnum):
     FORGED = "forged"
 
 
-@dataclass(frozen=True, slots=True)
-class RateRetry:
-    """When to retry a message the platform throttled (2301): one delay per attempt."""
-
-    delays: Sequence[float] = (10.0, 60.0, 300.0)
+RATE_RETRY = RetryPolicy(attempts=4, base_delay=20.0, max_delay=300.0, jitter=0.5)
+"""When a message the platform throttled (2301) is tried again: 10-20 s, 20-40 s, 40-80 s."""
 
 
 _FAILURES = frozenset(
@@ -159,11 +157,11 @@ class StatusTracker:
     """Turns status callbacks into status turns; see the module docstring."""
 
     def __init__(
-        self, runtime: Runtime, signer: CallbackSigner, *, rate_retry: RateRetry | None = None
+        self, runtime: Runtime, signer: CallbackSigner, *, rate_retry: RetryPolicy | None = None
     ) -> None:
         self.runtime = runtime
         self.signer = signer
-        self.rate_retry = rate_retry or RateRetry()
+        self.rate_retry = rate_retry or RATE_RETRY
         self.on_update: list[Callable[[StatusUpdate], Awaitable[None]]] = []
         """Called with every verified status first (campaigns record theirs here)."""
         runtime.status_hooks.append(self._on_status)
@@ -322,12 +320,12 @@ class StatusTracker:
         return message.as_template(message.fallback)
 
     def _retry_later(self, ctx: Context, message: OutboundMessage) -> OutboundMessage | None:
-        delays = self.rate_retry.delays
-        if message.attempt >= len(delays):
+        # ``attempt`` counts the retries so far: this failure is try attempt + 1.
+        if self.rate_retry.gives_up(after=message.attempt + 1):
             log.warning("giving up on a message to ...%s after repeated 2301", ctx.user[-4:])
             return None
         metrics.RETRIED.labels("rate").inc()
-        return message.retried(not_before=ctx.now + delays[message.attempt])
+        return message.retried(not_before=ctx.now + self.rate_retry.delay(message.attempt))
 
     async def report_rejected(self, message: OutboundMessage, result: SendResult) -> None:
         """Give a rejected message to the bot's error handlers, in the user's context."""

@@ -28,8 +28,8 @@ from starlette.routing import BaseRoute
 
 from botkit._bot import Bot
 from botkit._clock import Clock
+from botkit._retry import RetryPolicy
 from botkit.delivery._sender import OutboxWorkerConfig
-from botkit.delivery._status import RateRetry
 from botkit.devino.client import DevinoClient
 from botkit.service import _agent, _agent_page, _campaigns_api, _health, _send_api, _webhooks
 from botkit.service._service import Service, build_store
@@ -55,7 +55,7 @@ def create_app(
     client: DevinoClient | None = None,
     clock: Clock | None = None,
     sender_config: OutboxWorkerConfig | None = None,
-    rate_retry: RateRetry | None = None,
+    rate_retry: RetryPolicy | None = None,
     extra_routes: Sequence[BaseRoute] = (),
     on_shutdown: Sequence[Callable[[], Awaitable[Any]]] = (),
     watch_signals: bool = False,

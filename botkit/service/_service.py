@@ -31,7 +31,7 @@ from botkit._turn import Outcome, TurnOutcome
 from botkit.delivery._campaigns import CampaignFeed
 from botkit.delivery._sender import OutboxWorker, OutboxWorkerConfig
 from botkit.delivery._signing import MIN_SECRET_BYTES, CallbackSigner
-from botkit.delivery._status import RateRetry, StatusTracker
+from botkit.delivery._status import StatusTracker
 from botkit.delivery._timers import TimerConfig, TimerWorker
 from botkit.devino.client import DevinoClient
 from botkit.service._agent import desk_for
@@ -100,7 +100,7 @@ class Service:
         client: DevinoClient | None = None,
         clock: Clock | None = None,
         sender_config: OutboxWorkerConfig | None = None,
-        rate_retry: RateRetry | None = None,
+        rate_retry: RetryPolicy | None = None,
         watch_signals: bool = False,
         timer_config: TimerConfig | None = None,
     ) -> None:

@@ -22,7 +22,6 @@ from botkit import (
     Template,
 )
 from botkit.delivery._sender import OutboxWorkerConfig
-from botkit.delivery._status import RateRetry
 from botkit.devtools.emulator import Emulator, RateLimit
 from botkit.testing import LiveBot
 
@@ -167,7 +166,7 @@ async def test_a_2301_is_retried_later(make_store: StoreMaker) -> None:
         clock=clock,
         store=make_store(clock),
         sender_config=FAST,
-        rate_retry=RateRetry(delays=(40,)),
+        rate_retry=RetryPolicy(attempts=2, base_delay=40, max_delay=40, jitter=0),
     ) as live:
         await live.say(USER, "one")
         await live.replies(1)
