@@ -29,6 +29,8 @@ from botkit.storage.memory import MemoryStore
 PROVIDER_PREFIX = "/_provider"
 DEV_API_TOKEN = "dev"
 """The send API's token in dev mode, unless ``BOTKIT_API_TOKEN`` is set."""
+DEV_AGENT_TOKEN = "dev"
+"""The agent API's and inbox page's token in dev mode, unless ``BOTKIT_AGENT_TOKEN`` is set."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -62,6 +64,12 @@ class DevServer:
         shown = "dev" if token == DEV_API_TOKEN else "$BOTKIT_API_TOKEN"
         return f"Authorization: Bearer {shown}"
 
+    @property
+    def agent_token(self) -> str:
+        """The agent token as the banner shows it (the token only when it is ``dev``)."""
+        token = self.settings.secret("agent_token")
+        return "dev" if token == DEV_AGENT_TOKEN else "$BOTKIT_AGENT_TOKEN"
+
     def banner(self) -> str:
         """The lines printed at start."""
         return "\n".join(
@@ -72,6 +80,7 @@ class DevServer:
                 f"  status webhook: {self.base_url}/whatsapp/status/{self.token}",
                 f"  emulator:       {self.base_url}{PROVIDER_PREFIX}/_emulator/messages",
                 f"  send API:       POST {self.base_url}/api/send with {self.api_auth}",
+                f"  agent inbox:    {self.base_url}/agent (token: {self.agent_token})",
                 "  store: memory (nothing is kept after exit); Ctrl-C stops",
             ]
         )
@@ -92,6 +101,7 @@ def create_dev_app(bot: Bot, *, host: str = "127.0.0.1", port: int = 8000) -> De
         webhook_token=token,
         public_url=base_url,
         api_token=env.secret("api_token") or DEV_API_TOKEN,
+        agent_token=env.secret("agent_token") or DEV_AGENT_TOKEN,
     )
     # Dev mode also fetches media from this machine (files a developer serves locally).
     settings = settings.model_copy(

@@ -340,6 +340,10 @@ async def test_dev_serves_the_bot_with_its_emulator_and_prints_the_urls(
             headers={"Authorization": "Bearer x"},
         )
         assert refused.status_code == 401
+        # The agent inbox too, with the token the banner shows.
+        assert f"agent inbox:    {base}/agent (token: dev)" in banner
+        listed = await http.get("/api/handoffs", headers={"Authorization": "Bearer dev"})
+        assert listed.status_code == 200 and listed.json()["total"] == 0
 
     dev.signal(signal.SIGINT)
     assert await dev.wait_exit() == 0
