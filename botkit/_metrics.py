@@ -50,6 +50,11 @@ RECEIPTED = Counter(
     "Messages that may have reached the provider unanswered and were acknowledged, not resent, "
     "because a status callback named them.",
 )
+RESENT_UNCONFIRMED = Counter(
+    "botkit_messages_resent_unconfirmed_total",
+    "Messages that may have reached the provider, sent again because no status callback named "
+    "them in time (the provider may deliver them twice).",
+)
 FALLBACKS = Counter(
     "botkit_template_fallbacks_total", "Messages resent as their template after a 2312."
 )

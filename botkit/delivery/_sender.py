@@ -7,18 +7,29 @@ retried with backoff before anything newer is read. Entries are acknowledged
 only after the provider answered; entries another instance read and never
 acknowledged are claimed after ``claim_idle`` seconds.
 
-Status callbacks are receipts. A batch that may have reached the provider
-without its answer reaching botkit (the request went out and timed out, or
-the connection dropped; or a sender died with it in flight and another
-claimed it) is not simply sent again: the sender first looks for a receipt
-of each message (any status callback naming its reference) and waits up to
-``receipt_grace`` seconds for one; a message with a receipt is acknowledged,
-not resent. ``claim_idle`` is derived from the client's longest send (every
-attempt's timeouts and backoffs) plus that grace, and a sender retrying a
-batch restarts its entries' idle time first, so a live slow sender is never
-overtaken and a dead one's receipts have had their grace when it is claimed.
-Without status callbacks (no ``callback_url``) there are no receipts: such a
-batch is sent again (at least once).
+Every post to the provider is preceded by :meth:`ConversationStore.outbox_attempt`:
+it drops the entries this sender no longer holds (another claimed them while
+they waited here), restarts the idle time of the others, so nobody claims
+them while the post lasts (``claim_idle`` is the client's longest send plus a
+margin), and marks them with the time of the attempt. So an entry is posted
+by one sender at a time, and whoever takes an entry over later (a claim after
+``claim_idle``, the take-over of a sender that left, or this sender taking
+back what a failed step left) knows whether it may be at the provider:
+
+- never attempted: it is sent at once; it cannot have reached the provider;
+- attempted: it is settled by a receipt (status callbacks are receipts: any
+  callback naming its reference says the provider took it), acknowledged and
+  not sent again. Without one it waits aside (the sender goes on) and is
+  sent again only once ``resend_after`` has passed since the attempt began:
+  the client's longest send plus ``receipt_grace``, time enough for the
+  provider to have answered and for its callbacks to have come.
+
+A batch this sender posted without an answer (a read timeout, a dropped
+connection) waits aside in the same way. So a reply goes out twice only when
+the provider took a request, its answer was lost, and no status callback for
+it reached botkit within ``receipt_grace`` after the request's deadline; or
+when there are no status callbacks at all (no ``callback_url``): then such a
+batch is sent again after the retry backoff (at least once).
 
 A user's replies keep their order across senders: each is numbered when its
 turn commits, and a sender holds a message back until the provider answered
@@ -39,8 +50,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from botkit import _metrics as metrics
@@ -117,10 +128,10 @@ class OutboxWorkerConfig:
     gives up on a message, whatever its ``attempts``. ``claim_idle`` is how long an
     entry read by another (presumably dead) instance stays unacknowledged
     before this one takes it over; None derives it from the client: its
-    longest send plus ``receipt_grace`` (see the module docstring).
-    ``receipt_grace`` is how long a batch that may have reached the provider
-    waits for status callbacks naming its messages before what has none is
-    sent again. ``order_wait`` is the longest a message
+    longest send plus a margin (see the module docstring).
+    ``receipt_grace`` is how long, after the provider must have answered, a
+    message that may have reached it waits for a status callback naming it
+    before it is sent again. ``order_wait`` is the longest a message
     waits for the one before it to the same user (sent by another process)
     to be answered; after that it goes anyway, and a warning says so.
     ``heartbeat_ttl``: with a sharded outbox (Redis), how long a sender
@@ -133,7 +144,7 @@ class OutboxWorkerConfig:
     block: float = 0.5
     retry: RetryPolicy = OUTBOX_RETRY
     claim_idle: float | None = None
-    receipt_grace: float = 10.0
+    receipt_grace: float = 60.0
     housekeeping_every: float = 1.0
     order_wait: float = 10.0
     heartbeat_ttl: float = 6.0
@@ -141,11 +152,11 @@ class OutboxWorkerConfig:
 
 _REASON_KEYS = frozenset(ReasonKey)
 
-# The claim delay when the client's sends are unbounded (a timeout of None).
-_UNBOUNDED_CLAIM_IDLE = 600.0
-# How often a sender waiting for receipts looks again.
-_RECEIPT_POLL = 0.1
-
+# The longest send assumed when the client's sends are unbounded (a timeout of None).
+_UNBOUNDED_SEND = 600.0
+# claim_idle beyond the longest send: the time between marking an attempt and
+# posting, and a loaded event loop.
+_CLAIM_MARGIN = 5.0
 # How often a sender that holds only messages waiting for earlier ones looks again.
 _ORDER_POLL = 0.005
 
@@ -156,10 +167,10 @@ def _outbox_order(item: OutboxItem) -> tuple[int, int]:
     return int(first), int(second or 0)
 
 
-def _derived_claim_idle(client: DevinoClient, grace: float) -> float:
-    """The client's longest send plus the receipt grace (see the module docstring)."""
+def _longest_send(client: DevinoClient) -> float:
+    """The client's longest send (:attr:`DevinoClient.longest_send`), or a stand-in."""
     longest = client.longest_send
-    return _UNBOUNDED_CLAIM_IDLE if longest is None else longest + grace
+    return _UNBOUNDED_SEND if longest is None else longest
 
 
 def default_consumer_name() -> str:
@@ -199,10 +210,10 @@ class OutboxWorker:
         self.signer = signer
         self.callback_url = callback_url
         self.config = config or OutboxWorkerConfig()
-        self.claim_idle: float = self.config.claim_idle or _derived_claim_idle(
-            client, self.config.receipt_grace
-        )
+        self.claim_idle: float = self.config.claim_idle or _longest_send(client) + _CLAIM_MARGIN
         """Seconds an entry stays unacknowledged before another sender takes it over."""
+        self.resend_after: float = _longest_send(client) + self.config.receipt_grace
+        """Seconds after a send of an entry began before, without a receipt, it is sent again."""
         self.consumer = consumer or default_consumer_name()
         self.clock = clock or SystemClock()
         self.on_rejected = on_rejected
@@ -220,6 +231,8 @@ class OutboxWorker:
         # read, claim or take-over whose answer was lost, a batch dropped on the
         # way) is this sender's in the store: the next round takes it back.
         self._reread = False
+        # Taken over, attempted by another sender, no receipt yet: (item, resend after).
+        self._in_doubt: list[tuple[OutboxItem, float]] = []
         # Sent, but the acknowledgement failed for good: never re-read and resent.
         self._sent_unacked: set[str] = set()
         # With a sharded outbox: the shards this sender reads (see _shards.py).
@@ -309,12 +322,9 @@ class OutboxWorker:
             taken = await self._ownership.take_over(self.config.batch_size)
             if taken:
                 log.warning("took over %d outbox entries of a sender that left", len(taken))
-                # The sender that left may have had them at the provider when it
-                # died: what a receipt names within the grace is settled, not resent.
-                rest = await self._without_receipts(taken, grace=self.config.receipt_grace)
-                if rest is None:
-                    return
-                self._waiting = sorted([*self._waiting, *rest], key=_outbox_order)
+                self._hold(await self._settle(taken))
+        if self._in_doubt:
+            self._hold(await self._settle_in_doubt())
         await self.store.outbox_release_due(self.clock.now())
         # A gauge: measuring every shard of a Redis outbox costs more than the
         # release above, so at most every 10 s (or housekeeping_every).
@@ -331,33 +341,38 @@ class OutboxWorker:
         leaving them, and every later reply to their users, to a claim.
         """
         waiting, self._waiting = self._waiting, []
+        cap = self.config.batch_size
         try:
             if self._reread:
                 waiting = await self._take_back(waiting)
-            size = self.config.batch_size - len(waiting)
-            if size <= 0:
-                cap = self.config.batch_size
+            if len(waiting) < cap:
+                claimed = await self._claim(cap - len(waiting))
+                if claimed:
+                    # A claim round sends what it claimed (and what waited) first.
+                    waiting = sorted([*waiting, *claimed], key=_outbox_order)
+                    cap = min(cap, len(waiting))
+            if len(waiting) >= cap:
+                # At most one batch: the client would split a bigger one into
+                # requests, and a lost answer to one would put them all in doubt.
                 waiting, self._waiting = waiting[:cap], waiting[cap:]
                 return waiting
-            claimed = await self._claim(size)
-            if claimed:
-                return sorted([*waiting, *claimed], key=_outbox_order)
             block = 0.0 if self._draining.is_set() or waiting else self.config.block
             bulk = None if self._draining.is_set() else self.bulk
             if bulk is not None:
                 block = min(block, bulk.ready_in())
-            items = await self._read(size, block)
-            if items and len(items) < size and self.config.linger > 0:
+            items = await self._read(cap - len(waiting), block)
+            if items and len(items) < cap - len(waiting) and self.config.linger > 0:
                 await asyncio.sleep(self.config.linger)
-                items += await self._read(size - len(items), 0)
+                items += await self._read(cap - len(waiting) - len(items), 0)
         except BaseException:
-            self._waiting = waiting
+            self._waiting = [*waiting, *self._waiting]
             self._reread = True
             raise
-        if bulk is not None and len(items) < size:
+        room = cap - len(waiting) - len(items)
+        if bulk is not None and room > 0:
             # The replies first: bulk sends only fill the room they leave.
             live = None if self._ownership is None else self._ownership.steady_live
-            items += await bulk.take(size - len(items), self.consumer, live)
+            items += await bulk.take(room, self.consumer, live)
         return [*waiting, *items]
 
     async def _read(self, count: int, block: float) -> list[OutboxItem]:
@@ -371,8 +386,13 @@ class OutboxWorker:
         return await self._outbox.outbox_read(self.consumer, count, block, shards=owned)
 
     async def _take_back(self, waiting: list[OutboxItem]) -> list[OutboxItem]:
-        """``waiting`` plus the entries this sender read without hearing of them."""
+        """``waiting`` plus the entries pending for this sender that it does not hold.
+
+        What a failed read took, or a failed step dropped. One that was attempted
+        may be at the provider: it is settled like an entry taken over.
+        """
         held = {item.id for item in waiting} | self._sent_unacked
+        held |= {item.id for item, _ in self._in_doubt}
         room = self.config.batch_size - len(waiting)
         found = await self.store.outbox_unacked(self.consumer, room + len(held))
         again = [item for item in found if item.id not in held][:room]
@@ -380,9 +400,9 @@ class OutboxWorker:
         self._reread = len(found) >= room + len(held)
         if again:
             log.warning("took back %d outbox entries a failed round had taken", len(again))
-            # Some may be a departed sender's, taken over with the answer lost:
-            # what a receipt names reached the provider already.
-            again = await self._without_receipts(again, grace=0.0) or []
+            # Some may have been posted (by this sender, or a departed one taken
+            # over with the answer lost): settled like any entry taken over.
+            again = await self._settle(again)
         return sorted([*waiting, *again], key=_outbox_order)
 
     async def _in_order(self, items: list[OutboxItem]) -> list[OutboxItem]:
@@ -426,9 +446,7 @@ class OutboxWorker:
         if not claimed:
             return []
         log.warning("claimed %d outbox entries left by another sender", len(claimed))
-        # Idle for claim_idle: the dead sender's last request is older than the
-        # receipt grace, so its receipts are in if the provider took it.
-        return await self._without_receipts(claimed, grace=0.0) or []
+        return await self._settle(claimed)
 
     async def _deliver(self, items: Sequence[OutboxItem]) -> None:
         """Send one batch until the provider answers; then acknowledge and record it."""
@@ -513,78 +531,125 @@ class OutboxWorker:
                     raise
                 await asyncio.sleep(self._backoff(failures))
 
-    async def _touch(self, ids: list[str]) -> set[str]:
-        """The ids of ``ids`` this sender still holds, their idle time restarted."""
+    async def _attempt(self, ids: list[str]) -> set[str]:
+        """Of ``ids``, those this sender still holds, kept from claims while it posts them.
+
+        Outbox entries are also marked attempted (see the module docstring);
+        bulk items are kept by their source.
+        """
         bulk = self.bulk
         theirs = [i for i in ids if bulk is not None and bulk.owns(i)]
         ours = [i for i in ids if bulk is None or not bulk.owns(i)]
-        held = set(await self.store.outbox_touch(self.consumer, ours)) if ours else set()
+        held = set(await self.store.outbox_attempt(self.consumer, ours)) if ours else set()
         if theirs and bulk is not None:
             held |= set(await bulk.touch(self.consumer, theirs))
         return held
 
-    async def _without_receipts(
-        self, items: Sequence[OutboxItem], *, grace: float
-    ) -> list[OutboxItem] | None:
-        """Acknowledge the items the provider took (a status callback named them); the rest.
+    def _hold(self, items: Sequence[OutboxItem]) -> None:
+        """Keep ``items`` for the next batches, in outbox order."""
+        if items:
+            self._waiting = sorted([*self._waiting, *items], key=_outbox_order)
 
-        Waits up to ``grace`` seconds for receipts while some items have none.
-        Without status callbacks there are no receipts: all items are returned.
-        None when it is time to stop.
+    async def _settle(self, items: Sequence[OutboxItem]) -> list[OutboxItem]:
+        """Of entries that may have been posted before, those to send now (module docstring).
+
+        Never attempted: now. Attempted: acknowledged if a receipt names it;
+        otherwise set aside until ``resend_after`` has passed since the
+        attempt, then sent if still without one. Without status callbacks
+        there are no receipts: everything goes now.
         """
         if self.callback_url is None:
             return list(items)
-        deadline = time.monotonic() + grace
+        now = time.monotonic()
+        doubtful = [
+            (item, now + self.resend_after - item.attempted_ago)
+            for item in items
+            if item.attempted_ago is not None
+        ]
+        if not doubtful:
+            return list(items)
+        self._in_doubt += doubtful
+        return [item for item in items if not item.attempted] + await self._settle_in_doubt()
+
+    async def _settle_in_doubt(self) -> list[OutboxItem]:
+        """Acknowledge the entries set aside that a receipt names; return those whose wait
+        is over without one."""
+        waiting, self._in_doubt = self._in_doubt, []
+        try:
+            rest = {item.id for item in await self._acknowledge_receipted(i for i, _ in waiting)}
+        except BaseException:
+            self._in_doubt = waiting
+            raise
+        now = time.monotonic()
+        due = [item for item, until in waiting if item.id in rest and until <= now]
+        self._in_doubt = [(i, until) for i, until in waiting if i.id in rest and until > now]
+        if due:
+            metrics.RESENT_UNCONFIRMED.inc(len(due))
+            log.warning(
+                "sending %d messages again that may have reached the provider: no status "
+                "callback named them within %.0fs of the attempt",
+                len(due),
+                self.resend_after,
+            )
+        return due
+
+    async def _acknowledge_receipted(self, items: Iterable[OutboxItem]) -> list[OutboxItem]:
+        """Acknowledge the items a status callback named (the provider took them); the rest."""
         rest = list(items)
-        while True:
-            found = await self.store.receipts(rest)
-            settled = [(item, got) for item, got in zip(rest, found, strict=True) if got]
-            bulk = self.bulk
-            if settled and bulk is not None:
-                theirs = [(item, got) for item, got in settled if bulk.owns(item.id)]
-                if theirs:
-                    await bulk.settle_receipts(theirs)
-                    metrics.RECEIPTED.inc(len(theirs))
-                    settled = [(item, got) for item, got in settled if not bulk.owns(item.id)]
-            if settled:
-                now = self.clock.now()
-                records = [
-                    SentRecord(
-                        message_id=got.message_id,
-                        message=item.message,
-                        sent_at=now,
-                        status=furthest(got.statuses),
-                    )
-                    for item, got in settled
-                    if got is not None
-                ]
-                done = [item for item, _ in settled]
-                await self._acknowledge([item.id for item in done], records, done)
-                metrics.RECEIPTED.inc(len(done))
-                log.info(
-                    "%d messages the provider had taken already (status callbacks named "
-                    "them) are acknowledged, not sent again",
-                    len(done),
+        found = await self.store.receipts(rest)
+        settled = [(item, got) for item, got in zip(rest, found, strict=True) if got is not None]
+        if not settled:
+            return rest
+        bulk = self.bulk
+        if bulk is not None:
+            theirs = [(item, got) for item, got in settled if bulk.owns(item.id)]
+            if theirs:
+                await bulk.settle_receipts(theirs)
+                metrics.RECEIPTED.inc(len(theirs))
+                settled = [(item, got) for item, got in settled if not bulk.owns(item.id)]
+        if settled:
+            now = self.clock.now()
+            records = [
+                SentRecord(
+                    message_id=got.message_id,
+                    message=item.message,
+                    sent_at=now,
+                    status=furthest(got.statuses),
                 )
-                rest = [item for item, got in zip(rest, found, strict=True) if not got]
-            if not rest or time.monotonic() >= deadline:
-                return rest
-            if not await self._pause(min(_RECEIPT_POLL, max(0.0, deadline - time.monotonic()))):
-                return None
+                for item, got in settled
+            ]
+            done = [item for item, _ in settled]
+            await self._acknowledge([item.id for item in done], records, done)
+            metrics.RECEIPTED.inc(len(done))
+            log.info(
+                "%d messages the provider had taken already (status callbacks named them) are "
+                "acknowledged, not sent again",
+                len(done),
+            )
+        return [item for item, got in zip(rest, found, strict=True) if got is None]
 
     async def _send_until_answered(
         self, items: Sequence[OutboxItem]
     ) -> tuple[list[OutboxItem], list[SendResult]] | None:
-        """The items the provider answered and its results (others were settled by receipts)."""
+        """The items the provider answered and its results.
+
+        ``([], [])`` when it answered none: they were claimed by another sender,
+        or set aside after a post without an answer. None when it is time to stop.
+        """
         pending = list(items)
         failures = 0
         while True:
-            if failures:
-                # A live sender keeps its entries: nobody claims them while it retries.
-                held = await self._touch([i.id for i in pending])
+            # Only what this sender still holds, marked attempted and kept from
+            # claims while the post lasts (see the module docstring).
+            held = await self._attempt([i.id for i in pending])
+            if len(held) < len(pending):
+                log.info(
+                    "%d outbox entries this sender held were claimed by another; not sent here",
+                    len(pending) - len(held),
+                )
                 pending = [item for item in pending if item.id in held]
-                if not pending:
-                    return [], []
+            if not pending:
+                return [], []
             payloads = [
                 to_outgoing(
                     item.message,
@@ -613,15 +678,20 @@ class OutboxWorker:
             except DevinoError as exc:
                 failures += 1
                 delay = self._backoff(failures)
-                if isinstance(exc, DevinoTransportError) and exc.unanswered:
-                    # It may have reached the provider: what has a receipt is not resent.
-                    rest = await self._without_receipts(pending, grace=self.config.receipt_grace)
-                    if rest is None:
-                        return None
-                    if not rest:
-                        return [], []
-                    pending, delay = rest, 0.0
                 metrics.RETRIED.labels("transport").inc(len(pending))
+                if isinstance(exc, DevinoTransportError) and exc.unanswered:
+                    # It may have reached the provider: set aside until a receipt
+                    # settles it or resend_after passes (module docstring).
+                    log.warning(
+                        "provider did not answer a batch of %d (%s); the messages no status "
+                        "callback names within %.0fs go again",
+                        len(pending),
+                        exc,
+                        self.resend_after,
+                    )
+                    ago = time.perf_counter() - started
+                    self._hold(await self._settle([replace(i, attempted_ago=ago) for i in pending]))
+                    return ([], []) if await self._pause(delay) else None
                 log.warning(
                     "provider did not answer a batch of %d (%s); retrying in %.1fs",
                     len(pending),

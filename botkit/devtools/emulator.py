@@ -537,6 +537,17 @@ class Emulator:
         The emulator fills ``incomingMessageId``, ``to`` and ``ts``. Raises
         InvalidPhoneNumber when ``from`` is not a phone number.
         """
+        [result] = await self._post_incoming([self._incoming(fields)])
+        return result
+
+    async def inject_many(self, messages: Sequence[Mapping[str, Any]]) -> list[InjectResult]:
+        """Several users write at once: one webhook POST of an array, as the provider may
+        deliver a batch. Each mapping as for :meth:`inject_payload`; one result each, all
+        with the webhook's one answer."""
+        return await self._post_incoming([self._incoming(fields) for fields in messages])
+
+    def _incoming(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """The incoming message's wire payload; opens its sender's window."""
         sender = normalize_phone(str(fields.get("from") or ""))
         now = self.now()
         payload: dict[str, Any] = {
@@ -549,7 +560,9 @@ class Emulator:
         # The provider's shape: if it would not parse as an incoming message, it is our bug.
         IncomingMessage.model_validate(payload)
         self._last_inbound[sender] = now
+        return payload
 
+    async def _post_incoming(self, payloads: list[dict[str, Any]]) -> list[InjectResult]:
         status: int | None = None
         body: str | None = None
         error: str | None = None
@@ -557,14 +570,16 @@ class Emulator:
             error = "no webhook URL configured: start the emulator with --webhook URL"
         else:
             try:
-                response = await self._client().post(self.webhook_url, json=payload)
+                content = payloads[0] if len(payloads) == 1 else payloads
+                response = await self._client().post(self.webhook_url, json=content)
                 status, body = response.status_code, response.text
             except httpx.HTTPError as exc:
                 error = f"{type(exc).__name__}: {exc}"
-        result = InjectResult(payload, status, body, error)
-        self.incoming.append(result)
-        self._publish("incoming", result.to_json())
-        return result
+        results = [InjectResult(payload, status, body, error) for payload in payloads]
+        for result in results:
+            self.incoming.append(result)
+            self._publish("incoming", result.to_json())
+        return results
 
     # ------------------------------------------------------------- sending
 

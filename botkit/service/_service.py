@@ -163,7 +163,9 @@ class Service:
                 self.runtime.policy,
                 clock=self.clock,
                 receipts=callback_url is not None,
-                claim_idle=self.sender.claim_idle,
+                # Campaign items carry no attempt mark: a claim waits out the
+                # whole receipt window (the sender's resend_after).
+                claim_idle=self.sender.resend_after,
                 receipt_grace=self.sender.config.receipt_grace,
             )
             self.sender.bulk = self.campaigns

@@ -121,7 +121,7 @@ class Settings(BaseSettings):
     retry_base_delay: float = Field(default=0.5, ge=0, allow_inf_nan=False)
     retry_max_delay: float = Field(default=10.0, gt=0, allow_inf_nan=False)
     retry_jitter: float = Field(default=1.0, ge=0, le=1)
-    receipt_grace: float = Field(default=10.0, ge=0)
+    receipt_grace: float = Field(default=60.0, ge=0)
     timer_lease: float = Field(default=60.0, gt=0)
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

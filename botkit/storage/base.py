@@ -181,6 +181,15 @@ class OutboxItem:
     deliveries: int = 1
     seq: int | None = None
     """The message's place in its user's send order (None: sent as it comes)."""
+    attempted_ago: float | None = None
+    """Seconds since a sender last started to post it (:meth:`ConversationStore.outbox_attempt`),
+    when it was taken from the pending entries (claimed, taken over, taken back): it may be
+    at the provider. None when no sender did; a fresh read is never attempted."""
+
+    @property
+    def attempted(self) -> bool:
+        """A sender started to post it and did not acknowledge it: it may be at the provider."""
+        return self.attempted_ago is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,12 +327,17 @@ class ConversationStore(ABC):
 
         After a read whose answer was lost (the connection died with the reply
         on its way), the entries it took are this consumer's and nobody
-        else's: this gives them back now rather than after a claim.
+        else's: this gives them back now rather than after a claim. Each with
+        :attr:`OutboxItem.attempted_ago`, which may be less than the true time
+        (0 when the store cannot tell): a receipt is then waited for longer.
         """
 
     @abstractmethod
     async def outbox_claim(self, consumer: str, min_idle: float, count: int) -> list[OutboxItem]:
-        """Take over entries another consumer read but did not acknowledge for ``min_idle`` s."""
+        """Take over entries another consumer read but did not acknowledge for ``min_idle`` s.
+
+        Each with :attr:`OutboxItem.attempted_ago`.
+        """
 
     @abstractmethod
     async def outbox_ack(
@@ -348,12 +362,15 @@ class ConversationStore(ABC):
         return [True] * len(items)
 
     @abstractmethod
-    async def outbox_touch(self, consumer: str, ids: Sequence[str]) -> list[str]:
-        """Reset the idle time of entries ``consumer`` holds, so nobody claims them yet.
+    async def outbox_attempt(self, consumer: str, ids: Sequence[str]) -> list[str]:
+        """Just before ``consumer`` posts entries to the provider: those it still holds.
 
-        A live sender calls it before it tries a batch again. Returns the ids
-        still held by ``consumer`` (an entry another consumer claimed meanwhile
-        is theirs now: it is left alone and not returned).
+        Each of them has its idle time restarted, so nobody claims it while the
+        send lasts, and is marked with the time of the attempt until
+        acknowledged, so whoever takes it over later knows it may be at the
+        provider, and since when (:attr:`OutboxItem.attempted_ago`). An entry
+        another consumer claimed meanwhile is theirs: it is left alone and not
+        returned, and the caller must not send it.
         """
 
     @abstractmethod

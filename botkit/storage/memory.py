@@ -58,6 +58,11 @@ class _Pending:
     consumer: str
     read_at: float  # time.monotonic()
     deliveries: int
+    attempted_at: float | None = None  # time.monotonic()
+
+    def ago(self, now: float) -> float | None:
+        """Seconds since a send of it was attempted (None: never)."""
+        return None if self.attempted_at is None else now - self.attempted_at
 
 
 @dataclass(slots=True)
@@ -278,36 +283,46 @@ class MemoryStore(ConversationStore):
             items.append(OutboxItem(entry_id, message, 1))
         return items
 
-    async def outbox_touch(self, consumer: str, ids: Sequence[str]) -> list[str]:
-        """Restart the idle time of the entries ``consumer`` still holds."""
+    async def outbox_attempt(self, consumer: str, ids: Sequence[str]) -> list[str]:
+        """Of ``ids``, those ``consumer`` still holds, marked attempted, idle from now."""
         held = []
         for entry_id in ids:
             pending = self._pending.get(entry_id)
             if pending is not None and pending.consumer == consumer:
-                pending.read_at = time.monotonic()
+                pending.read_at = pending.attempted_at = time.monotonic()
                 held.append(entry_id)
         return held
 
     async def outbox_unacked(self, consumer: str, count: int) -> list[OutboxItem]:
         """Entries ``consumer`` read and did not acknowledge, oldest first."""
+        now = time.monotonic()
         return [
-            OutboxItem(entry_id, pending.message, pending.deliveries)
+            OutboxItem(
+                entry_id, pending.message, pending.deliveries, attempted_ago=pending.ago(now)
+            )
             for entry_id, pending in self._pending.items()
             if pending.consumer == consumer
         ][:count]
 
     async def outbox_claim(self, consumer: str, min_idle: float, count: int) -> list[OutboxItem]:
-        """Take over entries left unacknowledged for ``min_idle`` seconds."""
+        """Take over other consumers' entries left unacknowledged for ``min_idle`` seconds."""
         now = time.monotonic()
         items: list[OutboxItem] = []
         for entry_id, pending in self._pending.items():
             if len(items) >= count:
                 break
-            if now - pending.read_at >= min_idle:
+            if pending.consumer != consumer and now - pending.read_at >= min_idle:
                 pending.consumer = consumer
                 pending.read_at = now
                 pending.deliveries += 1
-                items.append(OutboxItem(entry_id, pending.message, pending.deliveries))
+                items.append(
+                    OutboxItem(
+                        entry_id,
+                        pending.message,
+                        pending.deliveries,
+                        attempted_ago=pending.ago(now),
+                    )
+                )
         return items
 
     async def outbox_ack(

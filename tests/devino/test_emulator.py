@@ -175,6 +175,21 @@ async def test_inject_posts_the_providers_shape_to_the_webhook(
     assert emulator.window_open(USER)
 
 
+async def test_inject_many_posts_one_array_and_opens_every_window(receiver: Receiver) -> None:
+    emulator = Emulator(webhook_url=f"{receiver.url}/incoming")
+    users = ["79031110001", "79031110002", "79031110003"]
+    results = await emulator.inject_many([{"from": user, "text": f"hi {user}"} for user in users])
+    await emulator.aclose()
+    [posted] = await receiver.wait_for(1, "/incoming")  # one request for all three
+    assert isinstance(posted, list)
+    messages = parse_incoming(posted)
+    assert [(m.sender, m.text) for m in messages] == [(u, f"hi {u}") for u in users]
+    assert len({m.incoming_message_id for m in messages}) == 3
+    assert [r.status_code for r in results] == [200, 200, 200]
+    assert [r.incoming for r in results] == posted
+    assert all(emulator.window_open(user) for user in users)
+
+
 async def test_incoming_and_outgoing_messages_never_share_an_id(
     client: DevinoClient, emulator: Emulator, receiver: Receiver
 ) -> None:

@@ -285,21 +285,50 @@ async def test_unacknowledged_entries_are_claimed_by_another_consumer(
     assert await store.outbox_claim("third", 0.0, 10) == []
 
 
-async def test_a_live_consumer_that_touches_its_entries_is_not_overtaken(
+async def test_a_live_consumer_that_attempts_its_entries_is_not_overtaken(
     store: ConversationStore,
 ) -> None:
     user = new_user()
     await store.enqueue([text(user, "a"), text(user, "b")])
     held = await store.outbox_read("slow-but-alive", 10, 0.05)
-    await asyncio.sleep(1.0)  # idle for a second: claimable with min_idle 0.9, unless touched
-    assert await store.outbox_touch("slow-but-alive", [i.id for i in held]) == [i.id for i in held]
-    assert await store.outbox_claim("other", 0.9, 10) == [], "touched: idle again from now"
+    await asyncio.sleep(1.0)  # idle for a second: claimable with min_idle 0.9, unless attempted
+    ids = [i.id for i in held]
+    assert await store.outbox_attempt("slow-but-alive", ids) == ids
+    assert await store.outbox_claim("other", 0.9, 10) == [], "attempted: idle again from now"
     await asyncio.sleep(1.0)
     claimed = await store.outbox_claim("other", 0.9, 10)
     assert [i.message.text for i in claimed] == ["a", "b"]
-    # Claimed meanwhile: the touch leaves them to their new holder.
-    assert await store.outbox_touch("slow-but-alive", [i.id for i in held]) == []
+    # Claimed meanwhile: the attempt leaves them to their new holder, who must not send them.
+    assert await store.outbox_attempt("slow-but-alive", ids) == []
     assert await store.outbox_claim("third", 0.9, 10) == []
+
+
+async def test_a_claimed_entry_says_whether_a_send_of_it_was_attempted(
+    store: ConversationStore,
+) -> None:
+    user = new_user()
+    await store.enqueue([text(user, "posted"), text(user, "only read")])
+    posted, only_read = await store.outbox_read("dead", 10, 0.05)
+    assert not posted.attempted and not only_read.attempted  # a fresh read never is
+    assert await store.outbox_attempt("dead", [posted.id]) == [posted.id]
+    await asyncio.sleep(0.3)
+    assert await store.outbox_claim("dead", 0.1, 10) == [], "a consumer never claims its own"
+    claimed = await store.outbox_claim("live", 0.1, 10)
+    assert [(i.message.text, i.attempted) for i in claimed] == [
+        ("posted", True),
+        ("only read", False),
+    ]
+    attempted_ago = claimed[0].attempted_ago
+    assert attempted_ago is not None and 0.25 <= attempted_ago < 5
+    # Taken back by the one that holds them now (after a failed step), still marked.
+    again = await store.outbox_unacked("live", 10)
+    assert [(i.message.text, i.attempted) for i in again] == [
+        ("posted", True),
+        ("only read", False),
+    ]
+    # Acknowledged: the mark goes with the entry.
+    await store.outbox_ack([i.id for i in claimed])
+    assert await store.outbox_unacked("live", 10) == []
 
 
 async def test_receipts_name_the_provider_id_and_the_statuses_seen(

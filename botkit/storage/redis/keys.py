@@ -148,6 +148,10 @@ class Keys:
         """The shard's outbox stream."""
         return f"{self.base}:{{{self.tags[shard]}}}:outbox"
 
+    def attempts(self, shard: int) -> str:
+        """The shard's outbox entries a sender started to send: entry id -> that sender."""
+        return f"{self.base}:{{{self.tags[shard]}}}:attempts"
+
     def unlock(self, shard: int) -> str:
         """The shard's wake-up channel (a shard channel: SPUBLISH / SSUBSCRIBE)."""
         return f"{self.base}:{{{self.tags[shard]}}}:unlock"

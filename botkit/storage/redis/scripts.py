@@ -51,12 +51,12 @@ ENQUEUE = load("enqueue")
 RENEW = load("renew")
 ABORT = load("abort")
 CLAIM = load("claim")
-TAKE_OVER = load("take_over")
 RELEASE_DUE = load("release_due")
 UPDATE_SENT = load("update_sent")
 GET_SENT = load("get_sent")
 ACK = load("ack")
 READY = load("ready")
+ATTEMPT = load("attempt")
 TOUCH = load("touch")
 TIMERS_CLAIM = load("timers_claim")
 TIMERS_RESCHEDULE = load("timers_reschedule")
@@ -78,13 +78,13 @@ ALL = (
     RENEW,
     ABORT,
     CLAIM,
-    TAKE_OVER,
     RELEASE_DUE,
     UPDATE_SENT,
     GET_SENT,
     ACK,
     READY,
     ENQUEUE,
+    ATTEMPT,
     TOUCH,
     TIMERS_CLAIM,
     TIMERS_RESCHEDULE,

@@ -23,7 +23,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Collection, Mapping, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from redis import exceptions as rerr
@@ -814,8 +814,39 @@ class RedisStore(ConversationStore):
                     raise
                 await self._ensure_group()  # the server lost it: nothing was pending
                 return []
-        items = [item for item in _items(streams, found) if item.id not in held]
-        return sorted(items, key=_entry_order)[:count]
+        items = sorted(
+            (item for item in _items(streams, found) if item.id not in held), key=_entry_order
+        )[:count]
+        return await self._with_attempts(client, items)
+
+    async def _with_attempts(self, client: Client, items: list[OutboxItem]) -> list[OutboxItem]:
+        """``items``, those with an attempt mark (one HMGET per shard) as attempted just now.
+
+        Just now: the mark holds the server's time, which a cluster pipeline
+        cannot read alongside, and a later deadline only makes the wait longer.
+        """
+        if not items:
+            return items
+        by_shard: dict[int, list[str]] = {}
+        for item in items:
+            place, _, entry_id = item.id.partition(":")
+            by_shard.setdefault(int(place), []).append(entry_id)
+        async with (
+            self._runner.guard("read outbox attempts"),
+            client.pipeline(transaction=False) as pipe,
+        ):
+            for shard, entry_ids in by_shard.items():
+                pipe.hmget(self._keys.attempts(shard), entry_ids)
+            answers = await pipe.execute()
+        attempted = {
+            f"{shard}:{entry_id}"
+            for (shard, entry_ids), marks in zip(by_shard.items(), answers, strict=True)
+            for entry_id, mark in zip(entry_ids, marks, strict=True)
+            if mark is not None
+        }
+        return [
+            replace(item, attempted_ago=0.0) if item.id in attempted else item for item in items
+        ]
 
     async def outbox_claim(
         self,
@@ -825,41 +856,14 @@ class RedisStore(ConversationStore):
         *,
         shards: Sequence[int] | None = None,
     ) -> list[OutboxItem]:
-        """Take over entries idle for ``min_idle`` seconds (XAUTOCLAIM), with delivery counts.
+        """Take over other consumers' entries idle for ``min_idle`` seconds (XCLAIM).
 
         Up to ``count`` entries from each of ``shards`` (default: all), all of
-        them returned: an entry claimed and not returned would wait another
-        ``min_idle`` (its idle time restarts when it is claimed).
+        them returned (an entry claimed and not returned would wait another
+        ``min_idle``: its idle time restarts when it is claimed), with their
+        delivery counts, whether a send was attempted and their idle time.
         """
-        if count <= 0:
-            return []
-        await self._ensure_open()
-        args: list[str | int] = [self.group, consumer, _ms(min_idle), count]
-
-        async def claim(shard: int) -> list[OutboxItem]:
-            async with self._runner.guard("claim outbox entries"):
-                try:
-                    claimed = await self._runner.run(
-                        scripts.CLAIM, [self._keys.outbox(shard)], args
-                    )
-                except rerr.ResponseError as exc:
-                    if not str(exc).startswith("NOGROUP"):
-                        raise
-                    await self._ensure_group()
-                    return []
-            return [
-                OutboxItem(
-                    f"{shard}:{entry_id}",
-                    OutboundMessage.from_json(raw),
-                    int(deliveries),
-                    _seq(seq),
-                )
-                for entry_id, raw, deliveries, seq in claimed
-                if raw
-            ]
-
-        found = await asyncio.gather(*(claim(s) for s in shards or self.outbox_shards()))
-        return [item for items in found for item in items]
+        return await self._claim(consumer, min_idle, count, shards or self.outbox_shards(), ())
 
     async def outbox_take_over(
         self,
@@ -873,17 +877,31 @@ class RedisStore(ConversationStore):
         """Take now the entries of ``shards`` that senders not in ``live`` read (XCLAIM).
 
         Up to ``count`` per shard, idle for ``min_idle`` s at least (an entry
-        another taker took a moment ago is not), in outbox order.
+        another taker took a moment ago is not), in outbox order; as
+        :meth:`outbox_claim` returns them.
         """
-        await self._ensure_open()
-        args: list[str | int] = [self.group, consumer, _ms(min_idle), count, *sorted(live)]
+        return await self._claim(consumer, min_idle, count, shards, sorted({*live, consumer}))
 
-        async def take(shard: int) -> list[OutboxItem]:
-            async with self._runner.guard("take over outbox entries"):
+    async def _claim(
+        self,
+        consumer: str,
+        min_idle: float,
+        count: int,
+        shards: Sequence[int],
+        live: Sequence[str],
+    ) -> list[OutboxItem]:
+        """One claim script per shard: every other consumer's entries, or (``live`` given)
+        only those of consumers not in ``live``."""
+        if count <= 0:
+            return []
+        await self._ensure_open()
+        args: list[str | int] = [self.group, consumer, _ms(min_idle), count, *live]
+
+        async def claim(shard: int) -> list[OutboxItem]:
+            keys = [self._keys.outbox(shard), self._keys.attempts(shard)]
+            async with self._runner.guard("claim outbox entries"):
                 try:
-                    taken = await self._runner.run(
-                        scripts.TAKE_OVER, [self._keys.outbox(shard)], args
-                    )
+                    claimed = await self._runner.run(scripts.CLAIM, keys, args)
                 except rerr.ResponseError as exc:
                     if not str(exc).startswith("NOGROUP"):
                         raise
@@ -891,13 +909,17 @@ class RedisStore(ConversationStore):
                     return []
             return [
                 OutboxItem(
-                    f"{shard}:{entry_id}", OutboundMessage.from_json(raw), int(times), _seq(seq)
+                    f"{shard}:{entry_id}",
+                    OutboundMessage.from_json(raw),
+                    int(deliveries),
+                    _seq(seq),
+                    attempted_ago=None if int(ago) < 0 else int(ago) / 1000,
                 )
-                for entry_id, raw, times, seq in taken
+                for entry_id, raw, deliveries, seq, ago in claimed
                 if raw
             ]
 
-        found = await asyncio.gather(*(take(shard) for shard in shards))
+        found = await asyncio.gather(*(claim(s) for s in shards))
         return sorted((item for items in found for item in items), key=_entry_order)
 
     async def senders_heartbeat(self, consumer: str, ttl: float) -> list[str]:
@@ -949,7 +971,7 @@ class RedisStore(ConversationStore):
         def ack(shard: int) -> _Ack:
             found = calls.get(shard)
             if found is None:
-                found = calls[shard] = _Ack(self._keys.outbox(shard))
+                found = calls[shard] = _Ack(self._keys.outbox(shard), self._keys.attempts(shard))
             return found
 
         for entry in ids:
@@ -1084,8 +1106,9 @@ class RedisStore(ConversationStore):
             sizes = await pipe.execute()
         return sum(int(size) for size in sizes)
 
-    async def outbox_touch(self, consumer: str, ids: Sequence[str]) -> list[str]:
-        """Restart the idle time of the entries ``consumer`` still holds (a script per shard)."""
+    async def outbox_attempt(self, consumer: str, ids: Sequence[str]) -> list[str]:
+        """Of ``ids``, those ``consumer`` still holds, each marked as attempted and its idle
+        time restarted (a script per shard, see :meth:`ConversationStore.outbox_attempt`)."""
         if not ids:
             return []
         await self._ensure_open()
@@ -1093,16 +1116,17 @@ class RedisStore(ConversationStore):
         for entry in ids:
             shard, _, entry_id = entry.partition(":")
             by_shard.setdefault(int(shard), []).append(entry_id)
+        head = [self.group, consumer, self._sent_ttl_ms]
 
-        async def touch(shard: int, entry_ids: list[str]) -> list[str]:
-            async with self._runner.guard("touch outbox entries"):
-                held = await self._runner.run(
-                    scripts.TOUCH, [self._keys.outbox(shard)], [self.group, consumer, *entry_ids]
-                )
+        async def attempt(shard: int, entry_ids: list[str]) -> list[str]:
+            keys = [self._keys.outbox(shard), self._keys.attempts(shard)]
+            async with self._runner.guard("mark outbox entries as attempted"):
+                held = await self._runner.run(scripts.ATTEMPT, keys, [*head, *entry_ids])
             return [f"{shard}:{entry_id}" for entry_id in held]
 
-        found = await asyncio.gather(*(touch(s, e) for s, e in by_shard.items()))
-        return [entry for held in found for entry in held]
+        found = await asyncio.gather(*(attempt(s, e) for s, e in by_shard.items()))
+        held = {entry for entries in found for entry in entries}
+        return [entry for entry in ids if entry in held]
 
     # -- receipts --------------------------------------------------------------
 
@@ -1350,6 +1374,7 @@ class _Ack:
     """One shard's part of an acknowledgement: entries, answered orders, sent records."""
 
     stream: str
+    attempts: str
     keys: list[str] = field(init=False)
     ids: list[str] = field(default_factory=list)
     answered: list[str | int] = field(default_factory=list)
@@ -1357,7 +1382,7 @@ class _Ack:
     users: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.keys = [self.stream]
+        self.keys = [self.stream, self.attempts]
 
     def user(self, keys: Keys, user: str) -> int:
         """The user's place in this call (their order and refs keys added once)."""

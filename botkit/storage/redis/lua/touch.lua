@@ -1,7 +1,7 @@
--- TOUCH: restart the idle time of the outbox entries a consumer still holds, so a
+-- TOUCH: restart the idle time of the stream entries a consumer still holds, so a
 -- live sender retrying a batch is not taken over; entries another consumer
 -- claimed meanwhile are left to it.
--- KEYS: outbox stream
+-- KEYS: the stream (a campaign's audience)
 -- ARGV: group, consumer, id...
 -- -> {id, ...} the ids still held by consumer
 local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
