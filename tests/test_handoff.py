@@ -202,3 +202,64 @@ async def test_a_failing_handoff_ended_handler_still_ends_the_handoff() -> None:
         assert outcome.outcome is Outcome.ERROR
         assert (await chat.conversation()).handoff is None
         assert "botkit.handoff-timeout" not in (await chat.conversation()).timers
+
+
+async def test_timers_still_run_while_handed_off_and_see_it() -> None:
+    bot = Bot("timers-handed-off")
+
+    @bot.text("agent")
+    async def person(ctx: Context) -> None:
+        await ctx.handoff()
+
+    @bot.text("remind me")
+    async def remind(ctx: Context) -> None:
+        ctx.schedule("nudge", after=600)
+
+    @bot.timer("nudge")
+    async def nudge(ctx: Context) -> None:
+        await ctx.reply(f"nudge (handed off: {ctx.handed_off})")
+
+    @bot.before_window_closes(margin=60)
+    async def still_there(ctx: Context) -> None:
+        await ctx.reply("still there?")
+
+    async with BotTester(bot) as chat:
+        await chat.send_text("remind me")
+        await chat.send_text("agent")
+        assert (await chat.advance(minutes=11)).texts == ["nudge (handed off: True)"]
+        await chat.runtime.claim(chat.user, "alice")
+        for _ in range(47):  # the agent keeps it alive into the window's last hour
+            chat.advance(minutes=29)
+            await chat.runtime.agent_reply(chat.user, "alice", "still with you")
+        assert any(n.startswith("botkit.window-closes.") for n in await chat.timers())
+        assert (await chat.advance(minutes=29)).texts == []  # no "still there?": a person is on
+        assert not any(n.startswith("botkit.window-closes.") for n in await chat.timers())
+        assert (await chat.conversation()).handoff is not None
+
+
+async def test_flow_moves_are_counted_by_flow_and_state(chat: BotTester) -> None:
+    from prometheus_client import REGISTRY
+
+    from botkit import _metrics as metrics
+
+    def value(name: str, **labels: str) -> float:
+        metrics.flush()
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    entered = value("botkit_flow_entries_total", flow="order", state="size")
+    moved = value(
+        "botkit_flow_transitions_total", flow="order", **{"from": "size", "to": "address"}
+    )
+    left = value("botkit_flow_exits_total", flow="order", state="address", reason="handoff")
+    await chat.send_text("order")
+    await chat.send_text("M")
+    await chat.send_text("agent")
+    assert value("botkit_flow_entries_total", flow="order", state="size") == entered + 1
+    assert (
+        value("botkit_flow_transitions_total", flow="order", **{"from": "size", "to": "address"})
+        == moved + 1
+    )
+    assert (
+        value("botkit_flow_exits_total", flow="order", state="address", reason="handoff")
+        == left + 1
+    )

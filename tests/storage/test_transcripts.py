@@ -155,3 +155,13 @@ async def test_the_redis_list_merges_the_shards_exactly(limit: int) -> None:
     finally:
         await store.close()
         delete_prefix(url, prefix)
+
+
+async def test_every_transcript_since_a_time(store: ConversationStore) -> None:
+    anna, boris = new_user(), new_user()
+    lease = await store.begin_turn(anna, None)
+    await store.commit_turn(lease, None, (), [entry("old", at=100.0)])
+    await commit(store, anna, "a1")
+    await commit(store, boris, "b1", "b2")
+    found = [(user, e.data["text"]) async for user, e in store.transcripts_since(0.0)]
+    assert sorted(found) == sorted([(anna, "old"), (anna, "a1"), (boris, "b1"), (boris, "b2")])
