@@ -147,3 +147,14 @@ def test_the_readme_lists_the_public_api_one_line_each() -> None:
     section = readme.split("## The public API", 1)[1].split("\n## ", 1)[0]
     listed = [line.split("`")[1] for line in section.splitlines() if line.startswith("- `")]
     assert listed == list(botkit.__all__)
+
+
+def test_each_class_is_defined_once() -> None:
+    # Two enums or models of one name (two Outcome, two MediaType) read as one
+    # thing and are not; a private helper class may repeat another module's name.
+    where: dict[str, list[str]] = {}
+    for path in MODULES:
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef) and not private(node.name):
+                where.setdefault(node.name, []).append(str(path.relative_to(PACKAGE.parent)))
+    assert {name: paths for name, paths in where.items() if len(paths) > 1} == {}

@@ -59,8 +59,8 @@ from botkit.storage.campaigns import (
     CampaignState,
     CampaignStore,
     CampaignTotals,
-    Outcome,
     Recipient,
+    RecipientOutcome,
     Settlement,
     SkipReason,
     check_name,
@@ -359,14 +359,20 @@ class CampaignFeed:
             phone = item.message.user
             if result.ok and result.message_id:
                 settlement = Settlement(
-                    entry, phone, Outcome.SENT, message_id=result.message_id, status="accepted"
+                    entry,
+                    phone,
+                    RecipientOutcome.SENT,
+                    message_id=result.message_id,
+                    status="accepted",
                 )
                 records.append(
                     SentRecord(message_id=result.message_id, message=item.message, sent_at=now)
                 )
             else:
                 key = ",".join(str(r.key) for r in result.reasons) or str(result.code)
-                settlement = Settlement(entry, phone, Outcome.FAILED, "rejected", status=key)
+                settlement = Settlement(
+                    entry, phone, RecipientOutcome.FAILED, "rejected", status=key
+                )
                 log.warning(
                     "the provider rejected a campaign message to ...%s: %s", phone[-4:], key
                 )
@@ -389,7 +395,7 @@ class CampaignFeed:
                 Settlement(
                     item.id.rsplit(":", 1)[1],
                     item.message.user,
-                    Outcome.SENT,
+                    RecipientOutcome.SENT,
                     message_id=receipt.message_id,
                     status=furthest(receipt.statuses),
                 )
@@ -581,7 +587,7 @@ class CampaignFeed:
 
 
 def _skip(recipient: Recipient, reason: SkipReason) -> Settlement:
-    return Settlement(recipient.entry, recipient.phone, Outcome.SKIPPED, reason.value)
+    return Settlement(recipient.entry, recipient.phone, RecipientOutcome.SKIPPED, reason.value)
 
 
 def set_gauges(totals: CampaignTotals) -> None:

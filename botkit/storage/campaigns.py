@@ -238,7 +238,7 @@ class Recipient:
     deliveries: int = 1
 
 
-class Outcome(StrEnum):
+class RecipientOutcome(StrEnum):
     """What became of one recipient, as settled."""
 
     SENT = "sent"
@@ -257,7 +257,7 @@ class Settlement:
 
     entry: str
     phone: str
-    outcome: Outcome
+    outcome: RecipientOutcome
     reason: str = ""
     message_id: str = ""
     status: str = ""
@@ -656,10 +656,10 @@ class MemoryCampaigns(CampaignStore):
             if kind != "q":
                 continue  # settled already: counted once
             _add(held.counts, "done", 1)
-            if result.outcome is Outcome.SKIPPED:
+            if result.outcome is RecipientOutcome.SKIPPED:
                 held.results[result.phone] = _encode("k:" + result.reason, "", "", "")
                 _add(held.counts, "k:" + result.reason, 1)
-            elif result.outcome is Outcome.FAILED:
+            elif result.outcome is RecipientOutcome.FAILED:
                 held.results[result.phone] = _encode(
                     "f:" + result.reason, "", "rejected", result.status
                 )

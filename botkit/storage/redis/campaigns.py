@@ -25,8 +25,8 @@ from botkit.storage.campaigns import (
     CampaignStateError,
     CampaignStore,
     CampaignTotals,
-    Outcome,
     Recipient,
+    RecipientOutcome,
     RecipientRow,
     Settlement,
     row_of,
@@ -39,7 +39,11 @@ from botkit.storage.redis.runner import ScriptRunner, done
 
 GROUP = "senders"
 _SEP = "\x1f"
-_OUTCOMES = {Outcome.SENT: "s", Outcome.FAILED: "f", Outcome.SKIPPED: "k"}
+_OUTCOMES = {
+    RecipientOutcome.SENT: "s",
+    RecipientOutcome.FAILED: "f",
+    RecipientOutcome.SKIPPED: "k",
+}
 # Report rows read per round trip (results buckets and invalid numbers).
 _REPORT_CHUNK = 50
 
