@@ -7,8 +7,10 @@
   which mounts each feature's routes:
   :mod:`~botkit.service._webhooks` (the provider's webhooks),
   :mod:`~botkit.service._send_api` (``/api/send``, ``/api/scheduled``),
-  :mod:`~botkit.service._health` (``/healthz``, ``/readyz``, ``/metrics``);
-  their shared answers and helpers are in :mod:`~botkit.service._http`;
+  :mod:`~botkit.service._health` (``/healthz``, ``/readyz``, ``/metrics``),
+  :mod:`~botkit.service._campaigns_api`, :mod:`~botkit.service._agent` and
+  :mod:`~botkit.service._agent_page`; their shared answers and helpers are
+  in :mod:`~botkit.service._http`;
 - :mod:`botkit.service._logs`: one structured line per turn;
 - :mod:`botkit.service._serving`: uvicorn, embedded or as the main loop;
 - :mod:`botkit.service._target`: loading a bot from ``MODULE[:ATTR]``.

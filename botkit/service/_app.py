@@ -7,6 +7,8 @@
 ``DELETE /api/scheduled/{id}``               cancel a scheduled send (:mod:`._send_api`)
 ``/api/campaigns...``                        campaigns (:mod:`._campaigns_api`)
 ``GET /healthz``, ``/readyz``, ``/metrics``  liveness, readiness, Prometheus (:mod:`._health`)
+``/api/handoffs``, ``/api/conversations``    the agent API (:mod:`._agent`)
+``/agent``                                   the agent inbox page (:mod:`._agent_page`)
 ==========================================  =====================================
 
 Each feature's endpoints are module-level functions in their own module,
