@@ -52,6 +52,7 @@ from botkit.delivery._policy import DeliveryRefused
 from botkit.devino.errors import InvalidPhoneNumber
 from botkit.devino.validation import normalize_phone
 from botkit.devtools.emulator import Emulator, EmulatorEvent
+from botkit.service._serving import server_stopping
 
 if TYPE_CHECKING:
     from botkit.service._service import Service
@@ -81,7 +82,7 @@ FEED_SIZE = 5000
 STREAM_LIFETIME = 25.0
 """Seconds before an event stream ends by itself; the browser reconnects and resumes.
 
-A server that gives no sign of shutting down (see :func:`_server_stopping`)
+A server that gives no sign of shutting down (see :func:`~botkit.service._serving.server_stopping`)
 then still waits at most this long for the stream.
 """
 
@@ -235,21 +236,6 @@ class DevFeed:
             if user:
                 seen.setdefault(user, None)
         return list(seen)
-
-
-def _server_stopping(request: Request) -> Callable[[], bool]:
-    """A check that turns true once the server starts its graceful shutdown.
-
-    The app hears nothing until every connection has closed, and an event
-    stream never closes by itself. uvicorn marks each open response
-    ``keep_alive = False`` when shutdown begins: that flip, on the object
-    behind ``receive``, is the earliest sign. Under another server the check
-    stays false and :data:`STREAM_LIFETIME` bounds the wait instead.
-    """
-    cycle = getattr(request.receive, "__self__", None)
-    if cycle is None or getattr(cycle, "keep_alive", None) is not True:
-        return lambda: False
-    return lambda: getattr(cycle, "keep_alive", True) is False
 
 
 def _sse(entry: dict[str, Any], epoch: str) -> str:
@@ -520,7 +506,7 @@ def routes(server: PageHost) -> list[BaseRoute]:
         except (KeyError, ValueError):
             lifetime = STREAM_LIFETIME
         return StreamingResponse(
-            _stream(feed, after, reset, _server_stopping(request), lifetime),
+            _stream(feed, after, reset, server_stopping(request), lifetime),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )

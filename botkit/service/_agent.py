@@ -34,6 +34,7 @@ import hashlib
 import hmac
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -53,6 +54,7 @@ from botkit.delivery._policy import DeliveryRefused, OutsideSessionWindow, Reply
 from botkit.devino.errors import InvalidPhoneNumber
 from botkit.devino.validation import normalize_phone
 from botkit.service._http import bearer_refusal, error, json_body, unavailable
+from botkit.service._serving import server_stopping
 from botkit.storage.base import StorageError
 
 if TYPE_CHECKING:
@@ -74,7 +76,11 @@ _M = TypeVar("_M", bound=BaseModel)
 WEBHOOK_ATTEMPTS = 8
 """Tries of one agent webhook notice before it is dropped (and logged)."""
 _QUEUE_LIMIT = 10_000
-_SSE_HEARTBEAT = 15.0
+_SSE_HEARTBEAT = 10.0
+_POLL = 0.25
+
+STREAM_LIFETIME = 25.0
+"""Seconds before an event stream ends by itself; the browser reconnects at once."""
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -112,7 +118,7 @@ class AgentDesk:
         self.webhook_secret = webhook_secret or token or ""
         self.retry = retry or RetryPolicy(WEBHOOK_ATTEMPTS, base_delay=0.5, max_delay=60.0)
         self._transport = transport
-        self._listeners: set[asyncio.Queue[Notice | None]] = set()
+        self._listeners: set[asyncio.Queue[Notice]] = set()
         self._outgoing: asyncio.Queue[Notice] = asyncio.Queue(_QUEUE_LIMIT)
         self._task: asyncio.Task[None] | None = None
         runtime.on_turn.append(self._heard)
@@ -132,18 +138,15 @@ class AgentDesk:
                 except asyncio.QueueFull:
                     log.warning("agent webhook queue full; dropped a %s notice", notice.event)
 
-    async def events(self) -> AsyncIterator[Notice | None]:
-        """The notices of this process's turns as they commit (None: a heartbeat)."""
-        queue: asyncio.Queue[Notice | None] = asyncio.Queue(1000)
+    def listen(self) -> asyncio.Queue[Notice]:
+        """A queue of the notices of this process's turns as they commit; :meth:`unlisten` it."""
+        queue: asyncio.Queue[Notice] = asyncio.Queue(1000)
         self._listeners.add(queue)
-        try:
-            while True:
-                try:
-                    yield await asyncio.wait_for(queue.get(), _SSE_HEARTBEAT)
-                except TimeoutError:
-                    yield None
-        finally:
-            self._listeners.discard(queue)
+        return queue
+
+    def unlisten(self, queue: asyncio.Queue[Notice]) -> None:
+        """Stop filling ``queue``."""
+        self._listeners.discard(queue)
 
     # -- the webhook -----------------------------------------------------------
 
@@ -462,22 +465,39 @@ async def hand_off(request: Request) -> Response:
 
 
 async def events(request: Request) -> Response:
-    """``GET /api/agent/events``: server-sent events, one per notice; a comment as heartbeat."""
+    """``GET /api/agent/events``: server-sent events, one per notice; a comment as heartbeat.
+
+    A stream ends after :data:`STREAM_LIFETIME` (the browser reconnects at
+    once) and as soon as the server begins to shut down.
+    """
     refused = refusal(request)
     if refused is not None:
         return refused
     desk = desk_of(request)
+    stopping = server_stopping(request)
 
     async def stream() -> AsyncIterator[str]:
-        yield ": connected\n\n"
-        async for notice in desk.events():
-            if await request.is_disconnected():
-                return
-            if notice is None:
-                yield ": heartbeat\n\n"
-                continue
-            data = json.dumps(notice.to_dict(), separators=(",", ":"), ensure_ascii=False)
-            yield f"event: {notice.event}\ndata: {data}\n\n"
+        queue = desk.listen()
+        try:
+            yield "retry: 1000\n: connected\n\n"
+            started = last = time.monotonic()
+            while not stopping():
+                try:
+                    notice = await asyncio.wait_for(queue.get(), _POLL)
+                except TimeoutError:
+                    notice = None
+                now = time.monotonic()
+                if notice is not None:
+                    data = json.dumps(notice.to_dict(), separators=(",", ":"), ensure_ascii=False)
+                    yield f"event: {notice.event}\ndata: {data}\n\n"
+                    last = now
+                elif now - last > _SSE_HEARTBEAT:
+                    yield ": heartbeat\n\n"
+                    last = now
+                if now - started > STREAM_LIFETIME:
+                    break
+        finally:
+            desk.unlisten(queue)
 
     return StreamingResponse(
         stream(),

@@ -19,11 +19,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import uvicorn
+from starlette.requests import Request
 
 from botkit._compat import embedded_server
 from botkit._errors import BotkitError
 
-__all__ = ["ServingError", "run_app", "serve_app", "tune_gc"]
+__all__ = ["ServingError", "run_app", "serve_app", "server_stopping", "tune_gc"]
 
 # Young objects the collector lets accumulate before it runs (CPython: 700).
 SERVER_GC_YOUNG = 10_000
@@ -53,6 +54,22 @@ def tune_gc(young: int = SERVER_GC_YOUNG) -> None:
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(young, middle, old)
+
+
+def server_stopping(request: Request) -> Callable[[], bool]:
+    """A check that turns true once the server starts its graceful shutdown.
+
+    For endless responses (server-sent events): the app hears nothing until
+    every connection has closed, and an event stream never closes by itself.
+    uvicorn marks each open response ``keep_alive = False`` when shutdown
+    begins: that flip, on the object behind ``receive``, is the earliest
+    sign. Under another server the check stays false, and the stream's own
+    lifetime must bound the wait instead.
+    """
+    cycle = getattr(request.receive, "__self__", None)
+    if cycle is None or getattr(cycle, "keep_alive", None) is not True:
+        return lambda: False
+    return lambda: getattr(cycle, "keep_alive", True) is False
 
 
 def _config(app: ASGIApp, host: str, port: int, log_level: str) -> uvicorn.Config:

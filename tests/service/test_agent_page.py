@@ -216,3 +216,37 @@ async def test_the_inbox_fits_a_phone_a_tablet_and_a_wide_screen(live: LiveBot) 
             assert box["x"] >= 0 and box["x"] + box["w"] <= width + 0.5, f"{part} at {width}px"
         assert layout["text"]["w"] >= 150, f"the reply box at {width}px is too narrow"
         assert layout["transcript"]["h"] >= 250, f"no room for the transcript at {width}px"
+
+
+async def test_the_event_stream_tells_a_handoff_and_does_not_hold_up_shutdown() -> None:
+    import asyncio
+    import time
+
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    events: list[str] = []
+    opened = asyncio.Event()
+    async with LiveBot(bot, sender_config=FAST, agent_token=TOKEN) as served:
+        http = httpx.AsyncClient(base_url=served.url, timeout=10)
+
+        async def listen() -> None:
+            async with http.stream("GET", "/api/agent/events", headers=headers) as response:
+                assert response.headers["content-type"].startswith("text/event-stream")
+                opened.set()
+                async for line in response.aiter_lines():
+                    if line.startswith("event: "):
+                        events.append(line.removeprefix("event: "))
+
+        listener = asyncio.create_task(listen())
+        await asyncio.wait_for(opened.wait(), 5)
+        await served.say(ANNA, "agent")
+        await served.say(ANNA, "hello?")
+
+        def told() -> bool:
+            return events == ["handoff.started", "message.received"]
+
+        await wait_for(told, what="the two notices on the event stream")
+        started = time.monotonic()
+    stopped_after = time.monotonic() - started
+    await asyncio.wait_for(listener, 5)  # the stream ended cleanly
+    await http.aclose()
+    assert stopped_after < 3.0, f"an open event stream held the shutdown {stopped_after:.1f} s"

@@ -215,6 +215,7 @@ function listen() {
   source.onopen = () => {
     live.dataset.state = "live";
     live.textContent = "live";
+    refresh(); // what happened while the stream was closed
   };
   source.onerror = () => {
     live.dataset.state = "reconnecting";
