@@ -26,6 +26,7 @@ settings and import the bot as the parent did.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -301,7 +302,8 @@ def _watch(server: uvicorn.Server, ready_fd: int, parent: int) -> None:
     with os.fdopen(ready_fd, "wb", buffering=0) as ready:
         while True:
             if not told and server.started:
-                ready.write(_READY)
+                with contextlib.suppress(OSError):  # a parent gone already: handled below
+                    ready.write(_READY)
                 told = True
             if os.getppid() != parent:
                 os.kill(os.getpid(), signal.SIGTERM)

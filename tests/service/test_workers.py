@@ -125,18 +125,26 @@ async def test_workers_that_cannot_start_stop_botkit_run_with_exit_code_3(
     assert port_refuses(port)
 
 
+@pytest.mark.parametrize("when", ["serving", "starting"])
 async def test_workers_stop_on_their_own_when_botkit_run_is_killed(
-    provider: Provider, env: dict[str, str], tmp_path: Path, processes: list[BotProcess]
+    provider: Provider,
+    env: dict[str, str],
+    tmp_path: Path,
+    processes: list[BotProcess],
+    when: str,
 ) -> None:
     service, port = await start(processes, provider, env, tmp_path)
-    await service.wait_for_log("Workers ready")
+    if when == "serving":
+        await service.wait_for_log("Workers ready")
+    await wait_for(lambda: len(workers_of(service)) == 2, within=30, what="two workers")
     workers = workers_of(service)
     service.signal(signal.SIGKILL)
     await wait_for(
         lambda: not any(alive(pid) for pid in workers), within=30, what="the workers to stop"
     )
     assert port_refuses(port)
-    assert service.log().count("Finished server process") == 2  # gracefully, not killed
+    if when == "serving":  # those that served stopped gracefully, not killed
+        assert service.log().count("Finished server process") == 2
 
 
 async def test_sighup_does_not_end_a_single_worker_of_a_bot_that_takes_none(
