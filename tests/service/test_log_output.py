@@ -218,8 +218,8 @@ async def test_a_redis_outage_is_one_line_and_its_end_another(
 async def test_run_with_workers_logs_its_address_and_supervisor_in_the_chosen_format(
     processes: list[BotProcess], tmp_path: Path, redis_url: str, redis_prefix: str
 ) -> None:
-    # With --workers N, uvicorn's supervisor is the botkit process itself: its
-    # lines (where it listens, the workers it starts) are JSON like the workers'.
+    # With --workers N, the botkit process supervises the workers: its lines
+    # (where it listens, the workers it starts) are JSON like the workers'.
     port = free_port()
     env = clean_env(
         BOTKIT_WEBHOOK_TOKEN=WEBHOOK_TOKEN,
@@ -239,7 +239,10 @@ async def test_run_with_workers_logs_its_address_and_supervisor_in_the_chosen_fo
     service.start()
     await service.wait_healthy(f"http://127.0.0.1:{port}", workers=2)
     await service.wait_for_log("Application startup complete", count=2)
+    await service.wait_for_log("Workers ready")
     records = [json.loads(line) for line in service.log().splitlines()]
     messages = [record["message"] for record in records]
     assert f"Uvicorn running on http://127.0.0.1:{port} (Press CTRL+C to quit)" in messages
     assert any(message.startswith("Started parent process") for message in messages)
+    parent = service.process.pid if service.process else 0
+    assert {r["pid"] for r in records if r["logger"] == "botkit.workers"} == {parent}
