@@ -243,6 +243,12 @@ class OutboxWorker:
             else ShardOwnership(self._outbox, self.consumer, ttl=self.config.heartbeat_ttl)
         )
 
+    @property
+    def ownership(self) -> ShardOwnership | None:
+        """The shards this sender owns among the live senders (None: the outbox has no
+        shards); the timer worker of the same process claims due timers by it too."""
+        return self._ownership
+
     # -- lifecycle -----------------------------------------------------------
 
     def start(self) -> None:

@@ -1,11 +1,15 @@
 """The timer worker: a background task per process that runs users' due timers as turns.
 
-Each pass claims users whose earliest timer is due (reading the same shards
-the outbox sender reads) for a lease, and runs each due timer as a turn of
-its user through the runtime: the user's lock, the timer's id as the turn's
-dedupe key, and the turn's commit removing the timer. A worker that dies
-after a claim leaves the user to be claimed again when the lease ends; the
-turn that had committed already removed the timer, so nothing fires twice.
+Each pass claims users whose earliest timer is due for a lease, in the
+shards this process's outbox sender owns (the same rendezvous ownership over
+the live senders, see :mod:`botkit.delivery._shards`: N workers split the
+shards and never claim each other's users; until the sender's first
+heartbeat, and without shards, every shard). It runs each due timer as a
+turn of its user through the runtime: the user's lock, the timer fired only
+while it is still pending, and the turn's commit removing it. A worker that
+dies leaves its shards to the live workers once its heartbeat lapses, and
+the users it had claimed to be claimed again when their lease ends; a turn
+that had committed already removed its timer, so nothing fires twice.
 After an outage the timers that came due meanwhile fire late, not never.
 """
 
@@ -21,6 +25,7 @@ from botkit import _metrics as metrics
 from botkit._retry import RetryPolicy
 from botkit._runtime import Runtime
 from botkit._turn import Outcome
+from botkit.delivery._shards import ShardOwnership
 from botkit.storage.base import StorageError, StorageUnavailable, TimerClaim
 from botkit.storage.outage import outage_log
 
@@ -52,9 +57,17 @@ class TimerConfig:
 class TimerWorker:
     """Runs due timers as turns of their users; see the module docstring."""
 
-    def __init__(self, runtime: Runtime, config: TimerConfig | None = None) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        config: TimerConfig | None = None,
+        *,
+        ownership: ShardOwnership | None = None,
+    ) -> None:
         self.runtime = runtime
         self.config = config or TimerConfig()
+        self.ownership = ownership
+        """The outbox sender's shard ownership: claims only in the shards it owns (None: all)."""
         self._outage = outage_log(runtime.store)
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -109,8 +122,12 @@ class TimerWorker:
     async def fire_due(self) -> int:
         """One pass: claim users with due timers and run those timers; how many turns ran."""
         store = self.runtime.store
+        # The shards this process's sender owns (None until its first heartbeat: all).
+        shards = None if self.ownership is None else self.ownership.shards
+        if shards is not None and not shards:
+            return 0  # more workers than shards: none is this one's for now
         claims = await store.timers_claim(
-            self.runtime.clock.now(), self.config.lease, self.config.batch
+            self.runtime.clock.now(), self.config.lease, self.config.batch, shards=shards
         )
         if not claims:
             return 0

@@ -154,6 +154,7 @@ class Service:
         self.timers = TimerWorker(
             self.runtime,
             timer_config or TimerConfig(lease=settings.timer_lease, retry=settings.retry_policy()),
+            ownership=self.sender.ownership,  # due timers are claimed by the sender's shards
         )
         self.campaigns: CampaignFeed | None = None
         """Campaign messages for the sender, after the replies (None: the store keeps none)."""

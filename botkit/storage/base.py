@@ -384,13 +384,17 @@ class ConversationStore(ABC):
     # -- timers --------------------------------------------------------------
 
     @abstractmethod
-    async def timers_claim(self, now: float, lease: float, count: int) -> list[TimerClaim]:
+    async def timers_claim(
+        self, now: float, lease: float, count: int, *, shards: Sequence[int] | None = None
+    ) -> list[TimerClaim]:
         """Claim up to ``count`` users with a timer due by ``now``, for ``lease`` seconds.
 
         A claimed user is not given to another claim until the lease ends:
         the claimer runs their due timers as turns, whose commits move the
         user's place in the index to their next timer (or out of it). A
         claimer that dies leaves the user to be claimed again after the lease.
+        ``shards``: only users of these shards (a sharded store's, see
+        :class:`ShardedOutbox`; None: all); a store without shards ignores it.
         """
 
     @abstractmethod

@@ -373,8 +373,11 @@ class MemoryStore(ConversationStore):
 
     # -- timers --------------------------------------------------------------
 
-    async def timers_claim(self, now: float, lease: float, count: int) -> list[TimerClaim]:
-        """Users whose earliest timer is due by ``now``, each claimed until ``now + lease``."""
+    async def timers_claim(
+        self, now: float, lease: float, count: int, *, shards: Sequence[int] | None = None
+    ) -> list[TimerClaim]:
+        """Users whose earliest timer is due by ``now``, each claimed until ``now + lease``
+        (one process, no shards: ``shards`` is ignored)."""
         claims: list[TimerClaim] = []
         heap = self._timer_heap
         while heap and heap[0][0] <= now and len(claims) < count:

@@ -17,8 +17,10 @@ import pytest
 
 from botkit import Bot, Context, Flow, ManualClock, TextMessage
 from botkit._runtime import Runtime
+from botkit.delivery._shards import ShardOwnership
 from botkit.delivery._timers import TimerConfig, TimerWorker
 from botkit.storage import RedisStore
+from botkit.storage.redis.keys import shard_of
 from botkit.testing import LiveBot
 from tests.delivery.conftest import StoreMaker
 from tests.helpers import wait_for
@@ -93,6 +95,73 @@ async def test_timers_fire_once_across_two_workers(
     # Nothing is left that could fire again.
     assert await first.store.timers_pending() == 0
     assert [u for u in users if (await first.store.load(u)).timers] == []
+
+
+async def test_workers_claim_timers_in_the_shards_their_senders_own(
+    redis_url: str, redis_prefix: str
+) -> None:
+    """Two workers split the shards as their senders do (no claim in the other's
+    shards); when one dies, the other takes its shards and fires their timers."""
+    shards = 16
+    fired_by: dict[str, list[int]] = {}
+
+    def bot(index: int) -> Bot:
+        b = Bot("owned")
+
+        @b.text()
+        async def later(ctx: Context) -> None:
+            ctx.schedule("due", after=0.2)
+
+        @b.timer("due")
+        async def due(ctx: Context) -> None:
+            fired_by.setdefault(ctx.user, []).append(index)
+
+        return b
+
+    runtimes: list[Runtime] = []
+    workers: list[TimerWorker] = []
+    ownerships: list[ShardOwnership] = []
+    try:
+        for index in range(2):
+            store = RedisStore(redis_url, bot="owned", prefix=redis_prefix, shards=shards)
+            runtime = Runtime(bot(index), store)
+            await runtime.start()
+            runtimes.append(runtime)
+            ownerships.append(ShardOwnership(store, f"worker-{index}", ttl=1.0))
+        for ownership in (*ownerships, ownerships[0]):  # the first sees the second too
+            await ownership.refresh()
+        owned = [set(o.shards or ()) for o in ownerships]
+        assert owned[0] and owned[1] and not owned[0] & owned[1]
+        assert owned[0] | owned[1] == set(range(shards))
+        for runtime, ownership in zip(runtimes, ownerships, strict=True):
+            workers.append(TimerWorker(runtime, FAST, ownership=ownership))
+            workers[-1].start()
+
+        users = [f"7910{n:07d}" for n in range(64)]
+        await asyncio.gather(*(say(runtimes[0], u, "hi", n) for n, u in enumerate(users)))
+        await until(lambda: len(fired_by) == len(users))
+        for user in users:
+            owner = 0 if shard_of(user, shards) in owned[0] else 1
+            assert fired_by[user] == [owner], "fired once, by the worker owning its shard"
+
+        # The second worker dies: no more heartbeats, its timers left to the first.
+        await workers[1].stop()
+        await until(lambda: _owns_all(ownerships[0], shards), within=10.0)
+        later = [f"7920{n:07d}" for n in range(32)]
+        await asyncio.gather(*(say(runtimes[0], u, "hi", n) for n, u in enumerate(later)))
+        await until(lambda: all(u in fired_by for u in later))
+        assert any(shard_of(u, shards) in owned[1] for u in later)
+        assert all(fired_by[u] == [0] for u in later), "the survivor fires the dead one's shards"
+    finally:
+        for worker in workers:
+            await worker.stop()
+        for runtime in runtimes:
+            await runtime.stop()
+
+
+async def _owns_all(ownership: ShardOwnership, shards: int) -> bool:
+    await ownership.refresh()
+    return ownership.shards == list(range(shards))
 
 
 async def test_a_claimed_timer_whose_worker_died_fires_after_the_lease(

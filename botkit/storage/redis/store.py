@@ -1163,13 +1163,18 @@ class RedisStore(ConversationStore):
 
     # -- timers --------------------------------------------------------------
 
-    async def timers_claim(self, now: float, lease: float, count: int) -> list[TimerClaim]:
-        """Claim users with a due timer, shard by shard (the outbox's shards).
+    async def timers_claim(
+        self, now: float, lease: float, count: int, *, shards: Sequence[int] | None = None
+    ) -> list[TimerClaim]:
+        """Claim users with a due timer, shard by shard (the outbox's shards; ``shards``:
+        only those, such as the ones this process's sender owns).
 
         One cheap count per shard first, a script call only where something is due.
         """
         client = await self._ensure_open()
-        shards = list(self.outbox_shards())
+        shards = list(self.outbox_shards() if shards is None else shards)
+        if not shards:
+            return []
         async with (
             self._runner.guard("look for due timers"),
             client.pipeline(transaction=False) as pipe,
