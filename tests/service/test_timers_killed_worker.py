@@ -1,21 +1,23 @@
 """1,000 timers over two ``botkit run`` processes, one killed by SIGKILL mid-way.
 
-Both serve the same bot on the same Redis; the provider emulator counts what
-arrives. Every timer fires, and fires once: its turn commits one reply (one
-message reference) whichever process ran it, and a user claimed by the killed
-process is claimed again by the survivor after the lease.
+Both serve the same bot on the same Redis; the provider emulator records every
+message that arrives. Every timer fires, and fires once: once everything has
+settled (no timer pending, nothing left in the outbox), the emulator's raw
+record holds exactly one copy of each timer's reply, whichever process ran
+it. The survivor takes the killed process's shards once its heartbeat lapses,
+and the users it had claimed after their lease.
 """
 
 from __future__ import annotations
 
-import asyncio
 import signal
 from collections import Counter
 from pathlib import Path
 
-import httpx
+import pytest
 
-from tests.service._harness import BotProcess, free_port, incoming, run_env, wait_for
+from botkit.storage import RedisStore
+from tests.service._harness import BotProcess, free_port, run_env, wait_for
 from tests.service.conftest import Provider
 
 USERS = 100
@@ -35,52 +37,75 @@ async def test_a_thousand_timers_fire_once_across_a_sigkill(
         BOTKIT_KEY_PREFIX=redis_prefix,
         BOTKIT_TIMER_LEASE="3",
     )
-    urls = []
-    for name in ("doomed", "survivor"):
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
+    ports = [free_port(), free_port()]
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    # Messages carry a signed reference and ask for status callbacks, which
+    # reach the survivor's URL: the public URL a load balancer in front of
+    # both gives, which routes to the live one. A callback is the receipt that
+    # keeps the survivor from resending what the killed one had sent.
+    env["BOTKIT_PUBLIC_URL"] = urls[1]
+    for name, port in zip(("doomed", "survivor"), ports, strict=True):
         args = ["run", "tests.service.timerbot:bot", "--host", "127.0.0.1", "--port", str(port)]
-        own = {**env, "BOTKIT_PUBLIC_URL": url}  # messages carry a signed reference
-        process = BotProcess(args, own, tmp_path / f"{name}.log")
+        process = BotProcess(args, env, tmp_path / f"{name}.log")
         process.start()
         processes.append(process)
-        urls.append(url)
     doomed, survivor = processes
     await doomed.wait_healthy(urls[0], within=60)
     await survivor.wait_healthy(urls[1], within=60)
 
     users = [f"7900{n:07d}" for n in range(USERS)]
-    async with httpx.AsyncClient(timeout=30) as http:
-
-        async def schedule(n: int, user: str) -> None:
-            body = incoming(user, f"schedule {TIMERS_PER_USER} 4 0.5")
-            answer = await http.post(
-                f"{urls[n % 2]}/whatsapp/incoming/{env['BOTKIT_WEBHOOK_TOKEN']}", json=body
-            )
-            assert answer.status_code == 200, answer.text
-
-        await asyncio.gather(*(schedule(n, u) for n, u in enumerate(users)))
+    # The users write through the provider (their windows open there), each to
+    # one of the two processes in turn, as a load balancer would spread them.
+    for n, user in enumerate(users):
+        provider.emulator.webhook_url = (
+            f"{urls[n % 2]}/whatsapp/incoming/{env['BOTKIT_WEBHOOK_TOKEN']}"
+        )
+        result = await provider.emulator.inject(user, f"schedule {TIMERS_PER_USER} 4 0.5")
+        assert result.status_code == 200, result
 
     total = USERS * TIMERS_PER_USER
 
-    def fired() -> list[tuple[str, str, str]]:
-        """(user, text, message reference) of every "fired" message the provider accepted."""
-        return [
-            (m.message.to, m.received.get("text", ""), m.received["callbackData"].split(".")[1])
+    def fired() -> Counter[tuple[str, str]]:
+        """(user, text): how many copies of each "fired" message the provider received."""
+        return Counter(
+            (m.message.to, m.received.get("text", ""))
             for m in provider.emulator.messages
             if m.received.get("text", "").startswith("fired ")
-        ]
+        )
 
-    await wait_for(lambda: len(fired()) >= total // 3, within=120, what="a third fired")
+    await wait_for(lambda: sum(fired().values()) >= total // 3, within=120, what="a third fired")
     doomed.signal(signal.SIGKILL)
     await doomed.wait_exit()
 
-    def distinct() -> set[tuple[str, str]]:
-        return {(user, text) for user, text, _ in fired()}
+    await wait_for(lambda: len(fired()) == total, within=120, what="every timer fired")
+    # Then let everything settle: no timer left, nothing in the outbox that
+    # could still reach the provider (a copy sent twice would come then).
+    store = RedisStore(redis_url, bot="timerbot", prefix=redis_prefix)
+    try:
 
-    await wait_for(lambda: len(distinct()) == total, within=120, what="every timer fired")
+        async def settled() -> bool:
+            return await store.timers_pending() == 0 and await store.outbox_size() == 0
+
+        await wait_for(settled, within=120, what="no timer pending, an empty outbox", every=0.25)
+    finally:
+        await store.close()
+    copies = fired()
     expected = {(u, f"fired {k}") for u in users for k in range(TIMERS_PER_USER)}
-    assert distinct() == expected
-    # One committed reply per timer: a timer that fired twice would show two references.
-    references = Counter((user, text) for user, text, _ in set(fired()))
-    assert max(references.values()) == 1, [k for k, v in references.items() if v > 1][:5]
+    assert set(copies) == expected, "every timer fired"
+    # The message references of the copies say whether a timer fired twice (two
+    # references: a timers bug) or one reply was sent twice (one reference).
+    references: dict[tuple[str, str], list[str]] = {}
+    for m in provider.emulator.messages:
+        key = (m.message.to, m.received.get("text", ""))
+        if copies.get(key, 0) > 1:
+            references.setdefault(key, []).append(m.received["callbackData"].split(".")[1])
+    fired_twice = {key: refs for key, refs in references.items() if len(set(refs)) > 1}
+    assert not fired_twice, f"{len(fired_twice)} timers fired twice: {list(fired_twice)[:5]}"
+    if references:
+        # Known bug of the outbox (issues 12 and 14), not of the timers: a reply the
+        # killed worker had at the provider is sometimes sent again by the survivor
+        # (the same message reference twice) although status callbacks named it.
+        pytest.xfail(
+            f"{len(references)} of {total} replies reached the provider twice with one "
+            f"reference each (the outbox resent them after the SIGKILL): {list(references)[:3]}"
+        )
