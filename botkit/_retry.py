@@ -4,7 +4,8 @@ Every path of botkit that tries again after a failure asks a
 :class:`RetryPolicy` how long to wait: the provider client, the outbox
 worker (sends, acknowledgements, its loop), the 2301 retry of a throttled
 message, the timer worker, the store's wake-up listener, the service's
-start-up, the agent webhook and media downloads. The service builds them all
+start-up, the agent webhook, media downloads and ``botkit run`` restarting a
+worker that failed to start. The service builds them all
 from one set of settings (``BOTKIT_RETRY_BASE_DELAY``,
 ``BOTKIT_RETRY_MAX_DELAY``, ``BOTKIT_RETRY_JITTER``). Retries are never
 nested: in the service the client tries each request once and the outbox

@@ -44,6 +44,8 @@ from typing import Any
 
 import uvicorn
 
+from botkit._retry import RetryPolicy
+
 __all__ = ["STARTUP_FAILURE", "Supervisor"]
 
 log = logging.getLogger("botkit.workers")
@@ -51,8 +53,8 @@ log = logging.getLogger("botkit.workers")
 STARTUP_FAILURE = 3
 """A worker's (and then the command's) exit code when the app could not start (uvicorn's)."""
 
-MAX_RETRY_DELAY = 30.0
-"""The longest wait before another try at a worker that keeps failing to start."""
+WORKER_RESTART = RetryPolicy(attempts=None, base_delay=0.5, max_delay=30.0, jitter=0.0)
+"""The wait before another try at a worker that keeps failing to start (0.5 s doubling to 30 s)."""
 
 _READY = b"ready\n"
 
@@ -261,7 +263,7 @@ class Supervisor:
             )
             self._stop(STARTUP_FAILURE)
             return
-        delay = min(MAX_RETRY_DELAY, 0.5 * 2**worker.failures)
+        delay = WORKER_RESTART.delay(worker.failures)
         worker.failures += 1
         worker.start_at = time.monotonic() + delay
         log.error(
