@@ -158,3 +158,30 @@ def test_each_class_is_defined_once() -> None:
             if isinstance(node, ast.ClassDef) and not private(node.name):
                 where.setdefault(node.name, []).append(str(path.relative_to(PACKAGE.parent)))
     assert {name: paths for name, paths in where.items() if len(paths) > 1} == {}
+
+
+def test_backoff_is_computed_only_by_the_retry_policy() -> None:
+    # One retry policy (botkit/_retry.py): a module that doubles a delay or
+    # draws a jitter of its own has grown a second one. The emulator stands in
+    # for the provider, whose own callback schedule it copies.
+    allowed = {PACKAGE / "_retry.py", PACKAGE / "devtools" / "emulator.py"}
+    found = []
+    for path in MODULES:
+        if path in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            doubling = (
+                isinstance(node, ast.BinOp)
+                and isinstance(node.op, ast.Pow)
+                and isinstance(node.left, ast.Constant)
+                and node.left.value in (2, 2.0)
+            )
+            jitter = (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "random"
+                and node.attr in ("uniform", "random")
+            )
+            if doubling or jitter:
+                found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
+    assert found == []
