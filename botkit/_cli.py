@@ -254,20 +254,24 @@ def _store_migrate(args: argparse.Namespace) -> int:
         client = connection.build_client(
             url, socket_timeout=30.0, connect_timeout=5.0, max_connections=4
         )
-        if isinstance(client, RedisCluster):
-            await client.aclose()
-            return "nothing to migrate: botkit's earlier layout never ran on Redis Cluster"
         try:
             keys = Keys(settings.key_prefix, bot.name, args.shards or DEFAULT_SHARDS)
             meta: dict[str, str] = await client.hgetall(keys.meta)  # type: ignore[assignment]
-            if meta and int(meta.get("layout", 0)) == LAYOUT:
+            layout = int(meta.get("layout", 0)) if meta else None
+            if meta:
                 if args.shards and int(meta["shards"]) != args.shards:
                     raise StorageError(
-                        f"the store already has layout {LAYOUT} with {meta['shards']} shards"
+                        f"the store already has layout {layout} with {meta['shards']} shards"
                     )
                 keys = Keys(settings.key_prefix, bot.name, int(meta["shards"]))
-                if not await legacy_data(client, keys):
+            # The first layout (no meta key) never ran on Redis Cluster: its scripts crossed slots.
+            if isinstance(client, RedisCluster):
+                if layout is None:
+                    return "nothing to migrate: botkit's first layout never ran on Redis Cluster"
+                if layout == LAYOUT:
                     return f"nothing to migrate under {keys.base!r}: already layout {LAYOUT}"
+            elif layout == LAYOUT and not await legacy_data(client, keys):
+                return f"nothing to migrate under {keys.base!r}: already layout {LAYOUT}"
             moved = await migrate(
                 client,
                 keys,

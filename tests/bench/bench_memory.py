@@ -119,7 +119,7 @@ async def main(args: argparse.Namespace) -> None:
         sample = users[0]
         usage = {
             key.rsplit(":", 1)[-1]: int(check.memory_usage(key) or 0)
-            for key in [*keys.turn(sample), keys.order(sample), keys.refs(sample)]
+            for key in [*keys.turn(sample), keys.refs(sample)]
             if check.exists(key)
         }
         print(

@@ -87,7 +87,7 @@ async def test_a_user_whose_order_expired_is_not_held_back(
     [two] = await second.outbox_read("second", 1, 0)
     assert await second.outbox_ready([two]) == [False]
     check = aioredis.Redis.from_url(url)
-    await check.delete(Keys(prefix, "order").order(USER))
+    await check.delete(Keys(prefix, "order").conv(USER))  # expired, with its send order
     await check.aclose()
     assert await second.outbox_ready([two]) == [True]
     assert isinstance(one, OutboxItem)

@@ -102,3 +102,75 @@ async def test_an_old_layout_is_refused_then_migrated_and_the_store_carries_on(
     assert check.keys(f"{base}:{{{ANNA}}}*") == [] and not check.exists(f"{base}:outbox")
     await store.close()
     check.close()
+
+
+def write_second_layout(check: redis.Redis, base: str, shards: int) -> Keys:
+    """What a bot on layout 2 leaves: Anna's send order in a hash of its own, a
+    reply read and not acknowledged, and a receipt for it in a key of its own."""
+    keys = Keys(base.rsplit(":", 1)[0], base.rsplit(":", 1)[1], shards)
+    check.hset(keys.meta, mapping={"layout": "2", "shards": str(shards)})
+    check.hset(keys.conv(ANNA), mapping={"data": '{"n":2}', "version": "2"})
+    check.pexpire(keys.conv(ANNA), 3_600_000)
+    check.hset(f"{keys.user(ANNA)}:order", mapping={"next": "3", "done": "1"})
+    check.pexpire(f"{keys.user(ANNA)}:order", 7_200_000)
+    # Boris has no conversation: only messages sent to him from outside a turn.
+    check.hset(f"{keys.user(BORIS)}:order", mapping={"next": "1"})
+    check.pexpire(f"{keys.user(BORIS)}:order", 3_600_000)
+    outbox = keys.outbox(keys.shard(ANNA))
+    check.xgroup_create(outbox, "senders", id="0", mkstream=True)
+    second = message(ANNA, "second")
+    check.xadd(outbox, {"m": second.to_json(), "s": "2"})
+    check.xadd(outbox, {"m": message(ANNA, "third").to_json(), "s": "3"})
+    receipt = f"{keys.user(ANNA)}:receipt:{second.ref}"
+    check.hset(receipt, mapping={"id": "222", "s:DELIVERED": "1", "s:READ": "1"})
+    check.pexpire(receipt, 3_600_000)
+    return keys
+
+
+async def test_layout_2_is_refused_then_folded_into_the_users_keys(
+    redis_url: str, redis_prefix: str
+) -> None:
+    check = redis.Redis.from_url(redis_url, decode_responses=True)
+    base = f"{redis_prefix}:echo"
+    keys = write_second_layout(check, base, shards=16)
+
+    store = RedisStore(redis_url, bot="echo", prefix=redis_prefix)
+    with pytest.raises(StoreLayoutError, match=r"has layout 2, .*botkit store migrate"):
+        await store.open()
+    await store.close()
+
+    env = clean_env(
+        BOTKIT_REDIS_URL=redis_url,
+        BOTKIT_KEY_PREFIX=redis_prefix,
+        BOTKIT_WEBHOOK_TOKEN=WEBHOOK_TOKEN,
+        BOTKIT_DEVINO_API_KEY=API_KEY,
+        BOTKIT_SENDER="EchoCo",
+    )
+    migrated = run_cli(["store", "migrate", "bots.echo:bot"], env)
+    assert migrated.returncode == 0, migrated.stderr
+    assert "2 send orders, 1 receipts" in migrated.stdout
+    again = run_cli(["store", "migrate", "bots.echo:bot"], env)
+    assert (again.returncode, "nothing to migrate" in again.stdout) == (0, True)
+    assert check.keys(f"{base}:*:order") == [] and check.keys(f"{base}:*:receipt:*") == []
+
+    store = RedisStore(redis_url, bot="echo", prefix=redis_prefix)
+    await store.open()
+    assert (await store.load(ANNA)).data == {"n": 2}
+    # The conversation lives as long as the send order would have.
+    assert 3_600_000 < check.pttl(keys.conv(ANNA)) <= 7_200_000
+    second, third = await store.outbox_read("new-worker", 10, 0)
+    # Anna's order moved ("first", 1, was answered): "third" (3) alone waits for
+    # "second" (2); read together they go in one batch, in order.
+    assert await store.outbox_ready([third]) == [False]
+    assert await store.outbox_ready([second, third]) == [True, True]
+    # The receipt moved: the provider took "second" already, with both statuses.
+    [receipt] = await store.receipts([second])
+    assert receipt is not None
+    assert (receipt.message_id, receipt.statuses) == ("222", frozenset({"DELIVERED", "READ"}))
+    assert await store.receipts([third]) == [None]
+    # Boris's next message outside a turn is numbered after the moved ones.
+    await store.enqueue([message(BORIS, "hello")])
+    [hello] = await store.outbox_read("new-worker", 10, 0)
+    assert hello.seq == 2
+    await store.close()
+    check.close()

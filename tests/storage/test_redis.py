@@ -452,7 +452,7 @@ async def test_every_key_of_a_user_is_in_one_cluster_slot(
     keys = Keys(redis_prefix, "race")
     mine = sorted(k for k in seen if k.startswith(keys.user(user) + ":"))
     kinds = {k.removeprefix(keys.user(user) + ":") for k in mine}
-    assert kinds == {"conv", "lock", "waiting", "order", "seen"}
+    assert kinds == {"conv", "lock", "waiting", "seen"}  # the send order is in conv
     shard = keys.shard(user)
     shard_keys = [keys.outbox(shard), keys.delayed(shard)]
     assert set(shard_keys) <= seen
@@ -533,7 +533,21 @@ async def test_dedupe_and_sent_records_stay_bounded_per_user(
     assert kept is not None and (kept.status, kept.message.text) == ("DELIVERED", None)
     assert kept.message.ref == records[9].message.ref
     assert await store.get_sent("id8", user=user) == records[8]
+    # Receipts (status callbacks for replies not yet acknowledged) share the bound.
+    other = new_user()
+    queued = [text(other, f"#{n}") for n in range(5)]
+    await store.enqueue(queued)
+    for n, message in enumerate(queued):
+        await store.record_receipt(other, message.ref, f"p{n}", "delivered")
+    items = await store.outbox_read("c", 100, 0)
+    found = await store.receipts(items)
+    assert [None if r is None else r.message_id for r in found] == [None, None, "p2", "p3", "p4"]
+    assert check.llen(keys.refs(other)) == 6
     mine = list(check.scan_iter(match=keys.user(user) + "*"))
+    mine += check.scan_iter(match=keys.user(other) + "*")
+    # The first user: conversation, dedupe and sent records; the second (who
+    # never wrote) no dedupe list. No key per message or per receipt.
+    assert len(mine) == 5, mine
     assert all(check.pttl(key) > 0 for key in mine), "every key has a TTL"
     check.close()
 

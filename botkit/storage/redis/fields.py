@@ -142,29 +142,41 @@ _REACHED = frozenset({"delivered", "read", "visited"})
 
 def kept_record(record: SentRecord) -> str:
     """The record as kept: its JSON while the message may still be resent; once a
-    receipt says it reached the user (nothing resends it then), compact JSON
-    without the content, the user and the messageId (both are known from
-    where it is kept) nor default values."""
+    receipt says it reached the user (nothing resends it then), a compact array
+    ``[ref, mode, status]`` without the content, the user and the messageId
+    (both are known from where it is kept), followed by an object of whatever
+    else differs from the defaults (origin, attempt, not_before, resent)."""
     if record.status.lower() not in _REACHED:
         return record.to_json()
-    data = json.loads(record.to_json())
-    del data["message_id"], data["sent_at"]
-    message = data["message"]
-    del message["user"]
-    for name in ("text", "media", "template", "fallback", "created_at"):
+    message = record.message.to_dict()
+    for name in ("user", "text", "media", "template", "fallback", "created_at"):
         message.pop(name, None)
+    ref, mode = message.pop("ref"), message.pop("mode")
     if message.get("origin") == "reply":
         del message["origin"]
     if message.get("attempt") == 0:
         del message["attempt"]
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    if record.resent:
+        message["resent"] = True
+    kept: list[Any] = [ref, mode, record.status]
+    if message:
+        kept.append(message)
+    return json.dumps(kept, separators=(",", ":"), ensure_ascii=False)
 
 
 def record_from_kept(message_id: str, user: str, kept: str) -> SentRecord:
-    """A record from :func:`kept_record`'s form."""
+    """A record from :func:`kept_record`'s forms (and the compact object of botkit 0.x
+    layout 2's first weeks, ``{"message": {...}, "status": ...}``)."""
     if kept.startswith('{"message_id"'):
         return SentRecord.from_json(kept)
     data = json.loads(kept)
+    if isinstance(data, list):
+        ref, mode, status, *rest = data
+        extra = dict(rest[0]) if rest else {}
+        resent = extra.pop("resent", False)
+        data = {"message": {"ref": ref, "mode": mode, **extra}, "status": status}
+        if resent:
+            data["resent"] = True
     data["message_id"] = message_id
     data["message"]["user"] = user
     data["sent_at"] = 0.0

@@ -7,19 +7,19 @@ tag, so one script only ever touches one cluster slot; the tags are chosen
 so the shards spread evenly over the 16,384 slots (:func:`shard_tags`).
 ``P`` = ``<prefix>:<bot>``, ``T`` = the shard's tag::
 
-    P:meta                        hash: layout (2), shards (N)
+    P:meta                        hash: layout (3), shards (N)
     P:senders                     zset: live senders (member: consumer name, score: the
                                   heartbeat's expiry); a key of its own slot
     P:secret:<name>               a secret every process shares (no expiry)
-    P:{T}:<user>:conv             hash: the conversation (see fields.py); sliding TTL
+    P:{T}:<user>:conv             hash: the conversation (see fields.py) and the user's
+                                  send order (next_seq, done_seq); sliding TTL
     P:{T}:<user>:lock             the turn lock: "<token> <dedupe key>", PX lock_ttl
     P:{T}:<user>:waiting          set while a turn waits: the commit publishes a wake-up
     P:{T}:<user>:seen             list: the user's last K handled dedupe keys (TTL done_ttl)
-    P:{T}:<user>:order            hash: next, done: the user's send order
     P:{T}:<user>:refs             list: messageId, sent-message record, ...: the user's
-                                  last K, newest first (TTL sent_ttl)
-    P:{T}:<user>:receipt:<ref>    the provider's messageId of a reply a status callback
-                                  named before it was acknowledged (a receipt), TTL done_ttl
+                                  last K, newest first (TTL sent_ttl); a reply a status
+                                  callback named before it was acknowledged (a receipt)
+                                  is among them as "r:<ref>", [messageId, [status...]]
     P:{T}:<user>:transcript       stream: the user's transcript (field "e": an entry's JSON),
                                   capped at transcript_length, TTL transcript_ttl
     P:{T}:handoffs                the shard's zset of handed-off users, scored by since when
@@ -51,8 +51,9 @@ import zlib
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-LAYOUT = 2
-"""The layout version written in the meta key (1: the layout before shards)."""
+LAYOUT = 3
+"""The layout version written in the meta key (1: the layout before shards; 2: the send
+order in a hash of its own and a key per receipt)."""
 
 DEFAULT_SHARDS = 256
 
@@ -115,18 +116,10 @@ class Keys:
         """The user's conversation hash."""
         return f"{self.user(user)}:conv"
 
-    def order(self, user: str) -> str:
-        """The user's send order: the last number given and the last one answered."""
-        return f"{self.user(user)}:order"
-
     def turn(self, user: str) -> list[str]:
         """conv, lock, waiting, seen: the per-user keys of a turn."""
         base = self.user(user)
         return [f"{base}:conv", f"{base}:lock", f"{base}:waiting", f"{base}:seen"]
-
-    def receipt(self, user: str, ref: str) -> str:
-        """The receipt of the user's outbound message ``ref``."""
-        return f"{self.user(user)}:receipt:{ref}"
 
     def transcript(self, user: str) -> str:
         """The user's transcript stream."""
@@ -183,6 +176,16 @@ class Keys:
     def campaign(self, campaign_id: str, part: str) -> str:
         """A key of campaign ``campaign_id``: meta, audience, totals, invalid, r:<bucket>."""
         return f"{self.base}:{{c{campaign_id}}}:{part}"
+
+    # Layout 2's keys that layout 3 folded into others, for migration.
+
+    def layout2_order_pattern(self) -> str:
+        """A SCAN pattern for layout 2's send-order hashes (``P:{T}:<user>:order``)."""
+        return f"{self.base}:{{*}}:*:order"
+
+    def layout2_receipt_pattern(self) -> str:
+        """A SCAN pattern for layout 2's receipts (``P:{T}:<user>:receipt:<ref>``)."""
+        return f"{self.base}:{{*}}:*:receipt:*"
 
     # The layout before shards (version 1), for detection and migration.
 

@@ -54,6 +54,7 @@ CLAIM = load("claim")
 RELEASE_DUE = load("release_due")
 UPDATE_SENT = load("update_sent")
 GET_SENT = load("get_sent")
+RECEIPT = load("receipt")
 ACK = load("ack")
 READY = load("ready")
 ATTEMPT = load("attempt")
@@ -81,6 +82,7 @@ ALL = (
     RELEASE_DUE,
     UPDATE_SENT,
     GET_SENT,
+    RECEIPT,
     ACK,
     READY,
     ENQUEUE,

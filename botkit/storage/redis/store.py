@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import json
 import logging
 import math
 import os
@@ -98,8 +99,8 @@ class _Lease(TurnLease):
 
 _STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
 
-# The field of a receipt hash that holds the provider's messageId (statuses are s:<name>).
-_RECEIPT_ID = "id"
+# A receipt's place among the user's sent records: "r:<ref>" (records are by messageId).
+_RECEIPT = "r:"
 
 
 class RedisStore(ConversationStore):
@@ -336,7 +337,6 @@ class RedisStore(ConversationStore):
             *self._keys.turn(lease.user),
             self._keys.outbox(shard),
             self._keys.delayed(shard),
-            self._keys.order(lease.user),
             self._keys.timers(shard),
             self._keys.transcript(lease.user),
             self._keys.handoffs(shard),
@@ -633,7 +633,7 @@ class RedisStore(ConversationStore):
             keys = [
                 self._keys.outbox(shard),
                 self._keys.delayed(shard),
-                self._keys.order(user),
+                self._keys.conv(user),
                 self._keys.transcript(user),
             ]
             lines = lines_of.get(user, [])
@@ -1012,7 +1012,7 @@ class RedisStore(ConversationStore):
         for n, item in enumerate(items):
             user = item.message.user
             places, keys, args = by_shard.setdefault(self._keys.shard(user), ([], [], []))
-            key = self._keys.order(user)
+            key = self._keys.conv(user)  # its send order
             if key not in keys:
                 keys.append(key)
             places.append(n)
@@ -1131,35 +1131,32 @@ class RedisStore(ConversationStore):
     # -- receipts --------------------------------------------------------------
 
     async def record_receipt(self, user: str, ref: str, message_id: str, status: str) -> None:
-        """A hash per reference: its first messageId (HSETNX) and each status seen."""
-        client = await self._ensure_open()
-        key = self._keys.receipt(user, ref)
-        guard = self._runner.guard("record a receipt")
-        async with guard, client.pipeline(transaction=False) as pipe:
-            pipe.hsetnx(key, _RECEIPT_ID, message_id)
-            pipe.hset(key, f"s:{status}", 1)
-            pipe.pexpire(key, self._done_ttl_ms)
-            await pipe.execute()
+        """Among the user's last ``sent_per_user`` records: the first messageId, each status seen.
+
+        Bounded by users, not by messages: a receipt takes one of the user's
+        record places, for ``sent_ttl`` after the user's last record.
+        """
+        await self._ensure_open()
+        args = [_RECEIPT + ref, message_id, status, self._sent_ttl_ms, self.config.sent_per_user]
+        async with self._runner.guard("record a receipt"):
+            await self._runner.run(scripts.RECEIPT, [self._keys.refs(user)], args)
 
     async def receipts(self, items: Sequence[OutboxItem]) -> list[Receipt | None]:
-        """The receipts of the items' references, in one pipeline."""
+        """The receipts of the items' references (script calls batched in one pipeline)."""
         if not items:
             return []
-        client = await self._ensure_open()
-        guard = self._runner.guard("read receipts")
-        async with guard, client.pipeline(transaction=False) as pipe:
-            for item in items:
-                pipe.hgetall(self._keys.receipt(item.message.user, item.message.ref))
-            found: list[dict[str, str]] = await pipe.execute()
-        return [
-            Receipt(
-                str(fields[_RECEIPT_ID]),
-                frozenset(name[2:] for name in fields if name.startswith("s:")),
-            )
-            if fields.get(_RECEIPT_ID)
-            else None
-            for fields in found
-        ]
+        await self._ensure_open()
+
+        async def receipt(item: OutboxItem) -> Receipt | None:
+            key = self._keys.refs(item.message.user)
+            async with self._runner.guard("read receipts"):
+                raw = await self._runner.run(scripts.GET_SENT, [key], [_RECEIPT + item.message.ref])
+            if raw is None:
+                return None
+            message_id, statuses = json.loads(raw)
+            return Receipt(str(message_id), frozenset(statuses))
+
+        return list(await asyncio.gather(*(receipt(item) for item in items)))
 
     # -- timers --------------------------------------------------------------
 
@@ -1359,10 +1356,17 @@ class RedisStore(ConversationStore):
                 pipe.hgetall(keys.meta)
                 *_, meta = await pipe.execute()
         layout, shards = int(meta.get("layout", 0)), int(meta.get("shards", 0))
+        if layout > LAYOUT:
+            raise StoreLayoutError(
+                f"the store under {keys.base!r} has layout {layout}, newer than this "
+                f"botkit's ({LAYOUT}): upgrade botkit"
+            )
         if layout != LAYOUT:
             raise StoreLayoutError(
                 f"the store under {keys.base!r} has layout {layout}, this botkit runs "
-                f"layout {LAYOUT}: upgrade botkit, or run `botkit store migrate`"
+                f"layout {LAYOUT}. Stop every worker, then run `botkit store migrate` "
+                "(it folds the send orders and receipts into the users' keys), then "
+                "start again"
             )
         if self._shards is not None and shards != self._shards:
             raise StoreLayoutError(
@@ -1390,11 +1394,11 @@ class _Ack:
         self.keys = [self.stream, self.attempts]
 
     def user(self, keys: Keys, user: str) -> int:
-        """The user's place in this call (their order and refs keys added once)."""
+        """The user's place in this call (their conversation and refs keys added once)."""
         place = self.users.get(user)
         if place is None:
             place = self.users[user] = len(self.users)
-            self.keys += (keys.order(user), keys.refs(user))
+            self.keys += (keys.conv(user), keys.refs(user))
         return place
 
 

@@ -1,6 +1,7 @@
 -- COMMIT: check the lock, save, remember the message as handled, queue the replies, unlock.
--- KEYS: conv, lock, waiting, seen, the shard's outbox stream, its delayed zset, order hash,
---       the shard's timers zset, the user's transcript stream, the shard's handoffs zset
+-- KEYS: conv (with the user's send order), lock, waiting, seen, the shard's outbox stream,
+--       its delayed zset, the shard's timers zset, the user's transcript stream, the
+--       shard's handoffs zset
 -- ARGV: 1 token, 2 conversation_ttl_ms, 3 done_ttl_ms, 4 the shard's unlock channel (SPUBLISH),
 --       5 wake-up payload, 6 dedupe key or "", 7 dedupe keys kept per user,
 --       8 nset, 9 ndel, 10 nout, 11 the user's next timer ("" unchanged,
@@ -13,8 +14,8 @@
 -- lock (checked first) means nobody else wrote it since. Each message for now
 -- gets the user's next send sequence number (stream field "s"; see ready.lua).
 -- -> 1 committed | 0 the lock is not ours (nothing written)
-local conv, lock, waiting, seen, stream, delayed, order, timers, transcript, handoffs =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local conv, lock, waiting, seen, stream, delayed, timers, transcript, handoffs =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 if not holds(lock, ARGV[1]) then return 0 end
 local nset, ndel, nout = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local i = 17
@@ -38,7 +39,7 @@ if ARGV[16] == '-' then
 elseif ARGV[16] ~= '' then
   redis.call('ZADD', handoffs, ARGV[16], ARGV[12])
 end
-append(stream, delayed, order, ARGV[2], i, i + 2 * nout - 1)
+append(stream, delayed, conv, ARGV[2], i, i + 2 * nout - 1)
 i = i + 2 * nout
 record(transcript, ARGV[14], ARGV[15], i, i + tonumber(ARGV[13]) - 1)
 -- The lock is there (checked above): 2 deleted means a turn was waiting.

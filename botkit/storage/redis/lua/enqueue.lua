@@ -1,6 +1,6 @@
 -- ENQUEUE: queue messages to one user outside a turn, and add them to the user's transcript.
--- KEYS: outbox stream, delayed zset, order hash, transcript stream (of the one user the
---       messages go to)
+-- KEYS: outbox stream, delayed zset, conversation hash (its send order), transcript stream
+--       (of the one user the messages go to)
 -- ARGV: 1 conversation_ttl_ms, 2 transcript length, 3 transcript_ttl_ms, 4 ntr, then ntr
 --       transcript entries (JSON), then (not_before or "", message JSON) pairs
 local ntr = tonumber(ARGV[4])

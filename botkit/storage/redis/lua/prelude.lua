@@ -2,17 +2,17 @@
 
 -- Append the (not_before or "", message JSON) pairs ARGV[first..last] to the
 -- shard's outbox. Messages for now go to the stream, numbered in the user's
--- send sequence (the order hash, which lives ``ttl`` ms); later ones wait in
--- the delayed set, unnumbered.
-local function append(stream, delayed, order, ttl, first, last)
+-- send sequence (field next_seq of the conversation hash, which lives at
+-- least ``ttl`` ms from now); later ones wait in the delayed set, unnumbered.
+local function append(stream, delayed, conv, ttl, first, last)
   local count = 0
   for j = first, last, 2 do
     if ARGV[j] == '' then count = count + 1 end
   end
   local seq = 0
   if count > 0 then
-    seq = redis.call('HINCRBY', order, 'next', count) - count
-    redis.call('PEXPIRE', order, ttl)
+    seq = redis.call('HINCRBY', conv, 'next_seq', count) - count
+    if redis.call('PTTL', conv) < tonumber(ttl) then redis.call('PEXPIRE', conv, ttl) end
   end
   for j = first, last, 2 do
     if ARGV[j] == '' then

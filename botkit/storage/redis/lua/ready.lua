@@ -1,11 +1,11 @@
 -- READY: which outbox items of one shard may go now.
--- KEYS: the order hashes of the items' users
+-- KEYS: the conversation hashes of the items' users (their send order)
 -- ARGV: (user's key index in KEYS, send sequence number or "") pairs, in outbox order
 -- -> one 1 (send it now) or 0 (an earlier message to the same user is not
 --    answered yet) per pair. Messages to one user are numbered at commit
 --    (commit.lua); the sender that reads number k sends it only once the
---    provider answered k - 1, whichever process sent that. A user whose order
---    hash is gone (expired) and messages without a number (retries) go at once.
+--    provider answered k - 1, whichever process sent that. A user whose send
+--    order is gone (expired) and messages without a number (retries) go at once.
 local verdicts, expect, blocked = {}, {}, {}
 for j = 1, #ARGV, 2 do
   local key, seq, verdict = KEYS[tonumber(ARGV[j])], tonumber(ARGV[j + 1]), 1
@@ -15,7 +15,7 @@ for j = 1, #ARGV, 2 do
     else
       local want = expect[key]
       if want == nil then
-        local state = redis.call('HMGET', key, 'next', 'done')
+        local state = redis.call('HMGET', key, 'next_seq', 'done_seq')
         if state[1] then want = (tonumber(state[2]) or 0) + 1 end
       end
       if want ~= nil and seq > want then
