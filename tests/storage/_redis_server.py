@@ -1,8 +1,9 @@
-"""A private ``redis-server`` a test can stop, freeze and restart.
+"""Private ``redis-server`` processes: one a test can stop, freeze and restart.
 
-It listens on a free port, keeps its data in an append-only file fsynced on
-every write (so a restart brings back everything that was acknowledged), and
-is killed when the test ends.
+:class:`RedisServer` listens on a free port, keeps its data in an append-only
+file fsynced on every write (so a restart brings back everything that was
+acknowledged), and is killed when the test ends. :class:`RedisProcess` is
+the process itself, which the private cluster and Sentinel group are made of.
 """
 
 from __future__ import annotations
@@ -12,12 +13,16 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import redis
 
 from tests.helpers import free_port
+
+# A server answers PING within this.
+_CLIENT_TIMEOUT = 1.0
 
 
 def redis_server_binary() -> str:
@@ -33,55 +38,59 @@ def redis_server_binary() -> str:
     pytest.skip(message)
 
 
-class RedisServer:
-    """One ``redis-server`` process in ``workdir`` on a free port."""
+class RedisProcess:
+    """One ``redis-server`` process on ``port`` in ``workdir``: nothing saved unless
+    ``args`` (options after the port, bind, dir and log file) say so.
 
-    def __init__(self, workdir: Path, *, extra: tuple[str, ...] = ()) -> None:
+    ``config`` is a config file given before the options (a sentinel's, which
+    it rewrites). The private cluster and Sentinel group of
+    ``_redis_topologies.py`` are made of these too.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        args: Sequence[str] = (),
+        *,
+        config: Path | None = None,
+    ) -> None:
         self.binary = redis_server_binary()
         self.workdir = workdir
-        self.port = free_port()
-        self.extra = extra
+        self.port = free_port() if port is None else port
+        self.args = list(args)
+        self.config = config
         self.process: subprocess.Popen[bytes] | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
 
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self, timeout: float = 10.0) -> None:
-        """Start (or restart) the server and wait until it answers."""
+    def launch(self, *extra: str) -> None:
+        """Start the process (without waiting for it to answer)."""
         self.process = subprocess.Popen(
             [
                 self.binary,
+                *([str(self.config)] if self.config else []),  # a config file comes first
                 "--port",
                 str(self.port),
                 "--bind",
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
                 "--dir",
                 str(self.workdir),
                 "--logfile",
                 str(self.workdir / "redis.log"),
-                *self.extra,
+                *self.args,
+                *extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            cwd=self.workdir,
         )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.answers():
-                return
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                log = (self.workdir / "redis.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"redis-server did not start on {self.port}:\n{log}")
-            time.sleep(0.02)
 
     def answers(self) -> bool:
-        client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
+        client = redis.Redis(
+            port=self.port, socket_timeout=_CLIENT_TIMEOUT, socket_connect_timeout=_CLIENT_TIMEOUT
+        )
         try:
             return bool(client.ping())
         except redis.RedisError:
@@ -89,15 +98,49 @@ class RedisServer:
         finally:
             client.close()
 
-    def client(self) -> redis.Redis:
-        """A plain synchronous client, for the test's own checks."""
-        return redis.Redis(port=self.port, socket_timeout=5, decode_responses=True)
+    def wait_answers(self, within: float = 10.0) -> None:
+        """Wait until it answers PING; fail with its log if it exits or takes too long."""
+        deadline = time.monotonic() + within
+        while not self.answers():
+            if not self.alive or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on {self.port}:\n{self.log()}")
+            time.sleep(0.02)
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def kill(self) -> None:
         """SIGKILL: what a crash looks like to the clients."""
-        if self.process is not None and self.process.poll() is None:
+        if self.alive:
+            assert self.process is not None
             self.process.kill()
             self.process.wait(10)
+
+    def log(self) -> str:
+        path = self.workdir / "redis.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+
+class RedisServer(RedisProcess):
+    """A standalone server whose data survives a restart: an append-only file
+    fsynced on every write (``extra`` options may change that)."""
+
+    def __init__(self, workdir: Path, *, extra: tuple[str, ...] = ()) -> None:
+        super().__init__(workdir, args=("--appendonly", "yes", "--appendfsync", "always", *extra))
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start (or restart) the server and wait until it answers."""
+        self.launch()
+        self.wait_answers(timeout)
+
+    def client(self) -> redis.Redis:
+        """A plain synchronous client, for the test's own checks."""
+        return redis.Redis(port=self.port, socket_timeout=5, decode_responses=True)
 
     def freeze(self) -> None:
         """SIGSTOP: the server accepts connections but never answers."""
@@ -109,6 +152,6 @@ class RedisServer:
         self.process.send_signal(signal.SIGCONT)
 
     def close(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGCONT)
+        if self.alive:
+            self.thaw()
             self.kill()

@@ -22,7 +22,7 @@ from pathlib import Path
 import redis
 
 from tests.helpers import free_port
-from tests.storage._redis_server import redis_server_binary
+from tests.storage._redis_server import RedisProcess, redis_server_binary
 
 # One node answers PING, CLUSTER INFO... within this.
 _CLIENT_TIMEOUT = 1.0
@@ -73,82 +73,6 @@ def _flags(described: dict[str, object]) -> list[str]:
     return str(flags).split(",")
 
 
-class _Node:
-    """One ``redis-server`` process; ``args`` are its options after the port."""
-
-    def __init__(
-        self, binary: str, workdir: Path, port: int, args: list[str], config: Path | None = None
-    ) -> None:
-        self.binary = binary
-        self.workdir = workdir
-        self.port = port
-        self.args = args
-        self.config = config
-        self.process: subprocess.Popen[bytes] | None = None
-        workdir.mkdir(parents=True, exist_ok=True)
-
-    def start(self, *extra: str) -> None:
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                *([str(self.config)] if self.config else []),  # a config file comes first
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-                "--logfile",
-                str(self.workdir / "redis.log"),
-                *self.args,
-                *extra,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            cwd=self.workdir,
-        )
-
-    def answers(self) -> bool:
-        client = redis.Redis(
-            port=self.port,
-            socket_timeout=_CLIENT_TIMEOUT,
-            socket_connect_timeout=_CLIENT_TIMEOUT,
-        )
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-        finally:
-            client.close()
-
-    def wait_answers(self, within: float = 10.0) -> None:
-        def up() -> bool:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"redis-server on {self.port} exited:\n{self.log()}")
-            return self.answers()
-
-        _wait(up, within, f"redis-server on port {self.port} answering")
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: what a crash looks like to the clients."""
-        if self.alive:
-            assert self.process is not None
-            self.process.kill()
-            self.process.wait(10)
-
-    def log(self) -> str:
-        path = self.workdir / "redis.log"
-        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
-
-
 class RedisClusterNodes:
     """A local Redis Cluster: 3 primaries with one replica each, on free ports.
 
@@ -159,12 +83,12 @@ class RedisClusterNodes:
     PRIMARIES = 3
 
     def __init__(self, workdir: Path) -> None:
-        binary = redis_server_binary()
-        self.cli = shutil.which("redis-cli") or str(Path(binary).with_name("redis-cli"))
+        self.cli = shutil.which("redis-cli") or str(
+            Path(redis_server_binary()).with_name("redis-cli")
+        )
         ports = _free_ports(12)
         self.nodes = [
-            _Node(
-                binary,
+            RedisProcess(
                 workdir / f"node-{port}",
                 port,
                 [
@@ -196,7 +120,7 @@ class RedisClusterNodes:
     def start(self) -> None:
         started = time.monotonic()
         for node in self.nodes:
-            node.start()
+            node.launch()
         for node in self.nodes:
             node.wait_answers()
         created = subprocess.run(
@@ -271,7 +195,7 @@ class RedisClusterNodes:
         """Restart killed nodes (they rejoin as replicas) and wait until the cluster is whole."""
         for node in self.nodes:
             if not node.alive:
-                node.start()
+                node.launch()
         for node in self.nodes:
             node.wait_answers()
         self.wait_healthy(within)
@@ -300,13 +224,11 @@ class SentinelGroup:
     SERVICE = "botkit"
 
     def __init__(self, workdir: Path) -> None:
-        binary = redis_server_binary()
         primary, replica, *sentinels = _free_ports(5)
-        self.primary = _Node(
-            binary, workdir / "primary", primary, ["--repl-diskless-sync-delay", "0"]
+        self.primary = RedisProcess(
+            workdir / "primary", primary, ["--repl-diskless-sync-delay", "0"]
         )
-        self.replica = _Node(
-            binary,
+        self.replica = RedisProcess(
             workdir / "replica",
             replica,
             ["--repl-diskless-sync-delay", "0", "--replicaof", "127.0.0.1", str(primary)],
@@ -314,7 +236,7 @@ class SentinelGroup:
         # Each sentinel is told its own id and its peers' (and the replica) up front:
         # found on their own, they take a few seconds of hello messages to agree.
         ids = {port: secrets.token_hex(20) for port in sentinels}
-        self.sentinels: list[_Node] = []
+        self.sentinels: list[RedisProcess] = []
         for port in sentinels:
             home = workdir / f"sentinel-{port}"
             home.mkdir(parents=True, exist_ok=True)
@@ -333,11 +255,11 @@ class SentinelGroup:
                 f"sentinel parallel-syncs {self.SERVICE} 1\n"
                 f"sentinel known-replica {self.SERVICE} 127.0.0.1 {replica}\n" + peers
             )
-            self.sentinels.append(_Node(binary, home, port, ["--sentinel"], config=conf))
+            self.sentinels.append(RedisProcess(home, port, ["--sentinel"], config=conf))
         self.startup_seconds = 0.0
 
     @property
-    def data_nodes(self) -> list[_Node]:
+    def data_nodes(self) -> list[RedisProcess]:
         return [self.primary, self.replica]
 
     @property
@@ -349,7 +271,7 @@ class SentinelGroup:
     def start(self) -> None:
         started = time.monotonic()
         for node in (*self.data_nodes, *self.sentinels):
-            node.start()
+            node.launch()
         for node in (*self.data_nodes, *self.sentinels):
             node.wait_answers()
         self.wait_healthy()
@@ -459,13 +381,13 @@ class SentinelGroup:
         primary = self.current_primary()
         for node in self.sentinels:
             if not node.alive:
-                node.start()
+                node.launch()
         for node in self.data_nodes:
             if not node.alive:
                 if primary is None or primary == node.port:
-                    node.start()
+                    node.launch()
                 else:
-                    node.start("--replicaof", "127.0.0.1", str(primary))
+                    node.launch("--replicaof", "127.0.0.1", str(primary))
         for node in (*self.data_nodes, *self.sentinels):
             node.wait_answers()
         self.wait_healthy(within)
