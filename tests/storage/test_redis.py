@@ -545,9 +545,11 @@ async def test_dedupe_and_sent_records_stay_bounded_per_user(
     assert check.llen(keys.refs(other)) == 6
     mine = list(check.scan_iter(match=keys.user(user) + "*"))
     mine += check.scan_iter(match=keys.user(other) + "*")
-    # The first user: conversation, dedupe and sent records; the second (who
-    # never wrote) no dedupe list. No key per message or per receipt.
-    assert len(mine) == 5, mine
+    # Per user: conversation, dedupe list, sent records (receipts among them),
+    # transcript; no key per message or per receipt.
+    kinds = sorted(key.rsplit(":", 1)[1] for key in mine)
+    assert set(kinds) <= {"conv", "seen", "refs", "transcript"}, mine
+    assert kinds.count("refs") == kinds.count("conv") == 2, mine
     assert all(check.pttl(key) > 0 for key in mine), "every key has a TTL"
     check.close()
 
