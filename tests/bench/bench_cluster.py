@@ -90,7 +90,6 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         cluster = RedisClusterNodes(Path(work) / "cluster")
         standalone = RedisServer(Path(work) / "standalone", extra=("--appendonly", "no"))
-        (Path(work) / "standalone").mkdir()
         try:
             cluster.start()
             standalone.start()

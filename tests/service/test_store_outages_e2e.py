@@ -135,7 +135,6 @@ async def test_a_5s_redis_outage_under_load_loses_nothing_doubles_nothing_keeps_
     record_property: Callable[[str, object], None],
 ) -> None:
     server = RedisServer(tmp_path / "redis")  # append-only, fsynced: a restart keeps it all
-    (tmp_path / "redis").mkdir()
     server.start()
     try:
         webhook = await start_workers(processes, provider, tmp_path, server.url)
