@@ -14,7 +14,7 @@ import heapq
 import itertools
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from botkit._clock import Clock, ManualClock, SystemClock
@@ -91,8 +91,8 @@ class MemoryStore(ConversationStore):
     def __init__(self, config: StoreConfig | None = None, *, clock: Clock | None = None) -> None:
         self.config = config or StoreConfig()
         self._clock = clock or SystemClock()
-        if isinstance(self._clock, ManualClock):
-            self._clock.on_advance(self._clock_moved)
+        self._unwatch_clock: Callable[[], None] | None = None
+        self._watch_clock()
         self._records: dict[str, _Record] = {}
         self._locks: dict[str, _UserLock] = {}
         self._marks: dict[str, tuple[str, float]] = {}
@@ -123,6 +123,20 @@ class MemoryStore(ConversationStore):
     async def ping(self) -> bool:
         """Always True: memory is always there."""
         return True
+
+    async def open(self) -> None:
+        """Follow a manual clock's advances again after :meth:`close`."""
+        self._watch_clock()
+
+    def _watch_clock(self) -> None:
+        if self._unwatch_clock is None and isinstance(self._clock, ManualClock):
+            self._unwatch_clock = self._clock.on_advance(self._clock_moved)
+
+    async def close(self) -> None:
+        """Stop following the manual clock (the store keeps its data until dropped)."""
+        if self._unwatch_clock is not None:
+            self._unwatch_clock()
+            self._unwatch_clock = None
 
     # -- turns ---------------------------------------------------------------
 
