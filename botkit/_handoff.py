@@ -57,6 +57,12 @@ class Notice:
         """The webhook's body: ``{"event", "user", "at", ...}``."""
         return {"event": self.event, "user": self.user, "at": self.at, **self.data}
 
+    @classmethod
+    def from_dict(cls, body: dict[str, Any]) -> Notice:
+        """The notice from :meth:`to_dict`'s form."""
+        data = dict(body)
+        return cls(str(data.pop("event")), str(data.pop("user")), float(data.pop("at")), data)
+
 
 def start(turn: Turn, *, reason: str, note: str, by: str, timeout: float) -> bool:
     """Hand the turn's user off to a person; False when they already are.

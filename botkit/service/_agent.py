@@ -55,7 +55,7 @@ from botkit.devino.errors import InvalidPhoneNumber
 from botkit.devino.validation import normalize_phone
 from botkit.service._http import bearer_refusal, error, json_body, unavailable
 from botkit.service._serving import server_stopping
-from botkit.storage.base import StorageError
+from botkit.storage.base import SharedNotices, StorageError
 
 if TYPE_CHECKING:
     from botkit.service._settings import Settings
@@ -97,9 +97,10 @@ class AgentDesk:
     """The agents' side of a running service: the page's live events and the webhook.
 
     ``runtime.on_turn`` feeds it; :meth:`start` and :meth:`stop` run the
-    webhook's sender. Notices come from the turns of this process (with
-    several workers, each streams its own turns' notices; the page also
-    refreshes on its own every few seconds).
+    webhook's sender. Each worker posts its own turns' notices to the
+    webhook. The pages' event streams get every worker's notices when the
+    store is shared (Redis: a capped stream every worker appends to and
+    reads), else this process's.
     """
 
     def __init__(
@@ -121,22 +122,74 @@ class AgentDesk:
         self._listeners: set[asyncio.Queue[Notice]] = set()
         self._outgoing: asyncio.Queue[Notice] = asyncio.Queue(_QUEUE_LIMIT)
         self._task: asyncio.Task[None] | None = None
+        # With a store every worker shares, the pages hear every worker's turns.
+        store = runtime.store
+        self._shared = store if self.token and isinstance(store, SharedNotices) else None
+        self._reader: asyncio.Task[None] | None = None
+        self._sharing: set[asyncio.Task[None]] = set()
+        self.caught_up = asyncio.Event()
+        """Set while every notice from now on reaches this process's open streams."""
+        if self._shared is None:
+            self.caught_up.set()
         runtime.on_turn.append(self._heard)
 
     # -- notices -------------------------------------------------------------
 
     def _heard(self, outcome: TurnOutcome) -> None:
-        for notice in outcome.notices:
-            if not isinstance(notice, Notice):
-                continue
-            for queue in self._listeners:
-                with contextlib.suppress(asyncio.QueueFull):
-                    queue.put_nowait(notice)
+        notices = [n for n in outcome.notices if isinstance(n, Notice)]
+        if not notices:
+            return
+        if self._shared is not None and self._reader is not None:
+            task = asyncio.get_running_loop().create_task(self._share(notices))
+            self._sharing.add(task)
+            task.add_done_callback(self._sharing.discard)
+        else:
+            self._tell(notices)
+        for notice in notices:
             if self.webhook_url and notice.event in WEBHOOK_EVENTS:
                 try:
                     self._outgoing.put_nowait(notice)
                 except asyncio.QueueFull:
                     log.warning("agent webhook queue full; dropped a %s notice", notice.event)
+
+    def _tell(self, notices: list[Notice]) -> None:
+        """Give notices to this process's open event streams."""
+        for queue in self._listeners:
+            for notice in notices:
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.put_nowait(notice)
+
+    async def _share(self, notices: list[Notice]) -> None:
+        """Append the notices to the store's shared stream (this process's pages read them
+        back from there); when the store fails, tell this process's pages at least."""
+        assert self._shared is not None
+        payloads = [json.dumps(n.to_dict(), separators=(",", ":")) for n in notices]
+        try:
+            await self._shared.notices_append(payloads)
+        except StorageError:
+            self._tell(notices)
+
+    async def _read_shared(self) -> None:
+        """Every worker's notices, from the shared stream, to this process's open streams."""
+        assert self._shared is not None
+        position, failures = "$", 0
+        while True:
+            if not self._listeners:
+                position = "$"  # nobody listens: nothing to catch up on later
+                self.caught_up.clear()
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                position, payloads = await self._shared.notices_read(position, 1.0)
+                self.caught_up.set()
+            except StorageError as exc:
+                failures += 1
+                if failures == 1:
+                    log.warning("cannot read the agents' shared notices: %s", exc)
+                await asyncio.sleep(self.retry.delay(min(failures, 10) - 1))
+                continue
+            failures = 0
+            self._tell([Notice.from_dict(json.loads(p)) for p in payloads])
 
     def listen(self) -> asyncio.Queue[Notice]:
         """A queue of the notices of this process's turns as they commit; :meth:`unlisten` it."""
@@ -151,12 +204,20 @@ class AgentDesk:
     # -- the webhook -----------------------------------------------------------
 
     def start(self) -> None:
-        """Start posting webhook notices (when a URL is set)."""
+        """Start posting webhook notices (when a URL is set) and reading the shared ones."""
         if self.webhook_url and self._task is None:
             self._task = asyncio.create_task(self._post_forever(), name="botkit-agent-webhook")
+        if self._shared is not None and self._reader is None:
+            self._reader = asyncio.create_task(self._read_shared(), name="botkit-agent-notices")
 
     async def stop(self, grace: float = 5.0) -> None:
         """Post what is queued (for up to ``grace`` s), then stop."""
+        reader, self._reader = self._reader, None
+        for running in (reader, *self._sharing):
+            if running is not None:
+                running.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StorageError):
+                    await running
         task, self._task = self._task, None
         if task is None:
             return
@@ -479,6 +540,9 @@ async def events(request: Request) -> Response:
     async def stream() -> AsyncIterator[str]:
         queue = desk.listen()
         try:
+            # Once this worker reads every worker's notices: none is missed from here on.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(desk.caught_up.wait(), 2.0)
             yield "retry: 1000\n: connected\n\n"
             started = last = time.monotonic()
             while not stopping():

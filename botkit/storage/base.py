@@ -453,6 +453,24 @@ class ConversationStore(ABC):
 
 
 @runtime_checkable
+class SharedNotices(Protocol):
+    """A store every worker shares, that carries agent notices between them (the Redis store).
+
+    A worker appends the notices of its turns; each worker reads everyone's,
+    for the agents' live pages it serves.
+    """
+
+    async def notices_append(self, payloads: Sequence[str]) -> None:
+        """Append notices (JSON); the last thousand or so are kept."""
+        ...
+
+    async def notices_read(self, after: str, block: float) -> tuple[str, list[str]]:
+        """The notices after the position ``after``, waiting up to ``block`` s for one;
+        returns the new position and the notices. ``"$"`` returns the position of now."""
+        ...
+
+
+@runtime_checkable
 class ShardedOutbox(Protocol):
     """An outbox split into shards that several senders share out (the Redis store).
 

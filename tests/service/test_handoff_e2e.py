@@ -289,3 +289,36 @@ async def test_the_transcript_survives_a_restart_and_matches_the_emulator(
     assert [e.get("text") for e in out] == [m.received.get("text") for m in emulator.messages]
     assert [e["status"] for e in out] == ["read"] * len(emulator.messages)
     assert [e.get("by") for e in out] == [None, None, None, "agent:alice", None, None]
+
+
+async def test_an_agent_page_on_one_worker_hears_a_handoff_on_another(
+    redis_prefix_url: tuple[str, str],
+) -> None:
+    """Two services on one Redis (as botkit run --workers 2): the event stream of one
+    tells what happened in the other's turns."""
+    import asyncio
+
+    events: list[dict[str, Any]] = []
+    opened = asyncio.Event()
+    async with served(*redis_prefix_url) as (first, _), served(*redis_prefix_url) as (_, other):
+
+        async def listen() -> None:
+            async with other.http.stream("GET", "/api/agent/events") as response:
+                async for line in response.aiter_lines():
+                    if line == ": connected":  # from now on, every worker's notices come
+                        opened.set()
+                    if line.startswith("data: "):
+                        events.append(json.loads(line.removeprefix("data: ")))
+
+        listener = asyncio.create_task(listen())
+        await asyncio.wait_for(opened.wait(), 5)
+        await first.say(ANNA, "agent")
+
+        def heard() -> bool:
+            return [e["event"] for e in events] == ["handoff.started"]
+
+        try:
+            await wait_for(heard, what="the other worker's handoff on this event stream")
+        finally:
+            listener.cancel()
+    assert events[0]["user"] == ANNA and events[0]["handoff"]["reason"] == "asked for a person"

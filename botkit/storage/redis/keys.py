@@ -11,6 +11,8 @@ so the shards spread evenly over the 16,384 slots (:func:`shard_tags`).
     P:senders                     zset: live senders (member: consumer name, score: the
                                   heartbeat's expiry); a key of its own slot
     P:secret:<name>               a secret every process shares (no expiry)
+    P:notices                     stream: the last agent notices (handoffs, messages of handed-off
+                                  users), for every worker's /agent page; a key of its own slot
     P:{T}:<user>:conv             hash: the conversation (see fields.py) and the user's
                                   send order (next_seq, done_seq); sliding TTL
     P:{T}:<user>:lock             the turn lock: "<token> <dedupe key>", PX lock_ttl
@@ -88,7 +90,7 @@ def shard_of(user: str, shards: int) -> int:
 class Keys:
     """Key names of one bot under one prefix, over ``shards`` shards."""
 
-    __slots__ = ("base", "meta", "prefix", "senders", "shards", "tags")
+    __slots__ = ("base", "meta", "notices", "prefix", "senders", "shards", "tags")
 
     def __init__(self, prefix: str, bot: str, shards: int = DEFAULT_SHARDS) -> None:
         for name, value in (("prefix", prefix), ("bot", bot)):
@@ -101,6 +103,7 @@ class Keys:
         self.base = f"{prefix}:{bot}"
         self.meta = f"{self.base}:meta"
         self.senders = f"{self.base}:senders"
+        self.notices = f"{self.base}:notices"
         self.shards = shards
         self.tags = shard_tags(shards)
 

@@ -922,6 +922,38 @@ class RedisStore(ConversationStore):
         found = await asyncio.gather(*(claim(s) for s in shards))
         return sorted((item for items in found for item in items), key=_entry_order)
 
+    # -- agent notices, shared by the workers ----------------------------------
+
+    async def notices_append(self, payloads: Sequence[str]) -> None:
+        """XADD the notices to the shared stream (about the last 1,000 kept, for a day)."""
+        if not payloads:
+            return
+        client = await self._ensure_open()
+        key = self._keys.notices
+        guard = self._runner.guard("share agent notices")
+        async with guard, client.pipeline(transaction=False) as pipe:
+            for payload in payloads:
+                pipe.xadd(key, {"n": payload}, maxlen=1000, approximate=True)
+            pipe.pexpire(key, _ms(DAY))
+            await pipe.execute()
+
+    async def notices_read(self, after: str, block: float) -> tuple[str, list[str]]:
+        """XREAD the shared stream after ``after``, blocking up to ``block`` s (kept under the
+        socket timeout); ``after="$"`` returns at once with the position of now."""
+        client = await self._ensure_open()
+        key = self._keys.notices
+        if after == "$":  # now, as a position: a notice between two reads is not missed
+            async with self._runner.guard("read agent notices"):
+                last = await done(client.xrevrange(key, "+", "-", count=1))
+            return (str(last[0][0]) if last else "0-0"), []
+        wait = max(1, int(min(block, self._socket_timeout / 2) * 1000))
+        async with self._runner.guard("read agent notices"):
+            found = await done(client.xread({key: after}, count=100, block=wait))
+        entries = found.get(key, []) if isinstance(found, dict) else (found[0][1] if found else [])
+        if not entries:
+            return after, []
+        return str(entries[-1][0]), [str(fields["n"]) for _, fields in entries]
+
     async def senders_heartbeat(self, consumer: str, ttl: float) -> list[str]:
         """Announce ``consumer`` as a live sender for ``ttl`` s; return the live senders.
 
