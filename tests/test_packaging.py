@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -46,11 +47,43 @@ def test_mypy_sees_botkit_from_a_users_project(tmp_path: Path) -> None:
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def machine_paths(root: Path) -> list[Path]:
+    """Absolute folders that exist only on the development machine.
+
+    The checkout itself and the shared notes beside it (``../shared``); the
+    folder holding them too, unless it is a common one (``/``, ``/tmp``, the
+    home folder, a top-level folder such as ``/work``) that legitimate paths
+    also start with (``.ci/run``'s ``/tmp/botkit-ci-redis``).
+    """
+    parent = root.parent
+    common = {
+        Path("/"),
+        Path("/tmp"),
+        Path(tempfile.gettempdir()),
+        Path.home(),
+        *Path.home().parents,
+    }
+    paths = [root, parent / "shared"]
+    if parent not in common and parent.parent != Path("/"):
+        paths.append(parent)
+    return paths
+
+
+def test_the_machine_paths_leave_out_common_folders() -> None:
+    assert machine_paths(Path("/tmp/ci1")) == [Path("/tmp/ci1"), Path("/tmp/shared")]
+    assert machine_paths(Path("/work/main")) == [Path("/work/main"), Path("/work/shared")]
+    assert machine_paths(Path("/srv/dev/wt/arch")) == [
+        Path("/srv/dev/wt/arch"),
+        Path("/srv/dev/wt/shared"),
+        Path("/srv/dev/wt"),
+    ]
+
+
 def test_no_file_names_a_path_of_the_development_machine() -> None:
     # The shared notes beside the checkout are ../shared/...: an absolute path
     # to them (or to the checkout) means nothing on a user's machine.
-    here = str(ROOT.parent)
-    absolute = re.compile(r"(?<![\w.~-])/[\w.-]+(?:/[\w.-]+)*/shared/|" + re.escape(here + "/"))
+    mine = "|".join(re.escape(f"{path}/") for path in machine_paths(ROOT))
+    absolute = re.compile(r"(?<![\w.~-])/[\w.-]+(?:/[\w.-]+)*/shared/|" + mine)
     tracked = subprocess.run(
         ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
     ).stdout.split(b"\0")
