@@ -60,12 +60,7 @@ from botkit._media import (
 )
 from botkit._outbound import OutboundMessage, SendMode, Template
 from botkit._plugins import InvalidPlugin, Plugin, UnknownPlugin
-from botkit._retry import RetryPolicy, RetryPolicyError
-from botkit._router import ANY, Router, SkipHandler
-from botkit._transcript import Handoff, HandoffEnd, HandoffStatus, TranscriptEntry, TranscriptPage
-from botkit._turn import Outcome, Turn, TurnOutcome
-from botkit._where import DefinitionError
-from botkit.delivery._policy import (
+from botkit._policy import (
     DeliveryRefused,
     NotOnWhatsApp,
     OptedOut,
@@ -74,7 +69,20 @@ from botkit.delivery._policy import (
     ReplyTooLong,
     SessionWindow,
 )
-from botkit.delivery._status import DeliveryRejected
+from botkit._retry import RetryPolicy, RetryPolicyError
+from botkit._router import ANY, Router, SkipHandler
+from botkit._runtime import Runtime
+from botkit._transcript import (
+    EntryKind,
+    Handoff,
+    HandoffEnd,
+    HandoffStatus,
+    TranscriptEntry,
+    TranscriptPage,
+)
+from botkit._turn import Outcome, Turn, TurnOutcome
+from botkit._where import DefinitionError
+from botkit.delivery import DeliveryRejected
 from botkit.devino.errors import InvalidPhoneNumber
 from botkit.storage.base import (
     DuplicateMessage,
@@ -102,6 +110,7 @@ __all__ = [
     "DeliveryRejected",
     "DeliveryStatus",
     "DuplicateMessage",
+    "EntryKind",
     "ErrorCode",
     "Event",
     "EventKind",
@@ -147,6 +156,7 @@ __all__ = [
     "RetryPolicy",
     "RetryPolicyError",
     "Router",
+    "Runtime",
     "SendMode",
     "SessionWindow",
     "SkipHandler",

@@ -11,9 +11,9 @@ from botkit._dispatch import flows_of
 from botkit._errors import BotkitError
 from botkit._events import Media
 from botkit._outbound import OutboundMessage, Template
+from botkit._policy import MAX_REPLY_CHARS, ReplyPolicy, SessionWindow
 from botkit._router import Router
 from botkit._where import DefinitionError, caller_location
-from botkit.delivery._policy import MAX_REPLY_CHARS, ReplyPolicy, SessionWindow
 
 if TYPE_CHECKING:
     from botkit._flow import Flow

@@ -29,8 +29,8 @@ from botkit._events import (
 from botkit._flow import Flow, FlowError, NotInFlow
 from botkit._media import MediaFetcher
 from botkit._outbound import Origin, OutboundMessage, Template
+from botkit._policy import DeliveryRefused, OutsideSessionWindow, ReplyPolicy
 from botkit._turn import INTERNAL_TIMERS, FlowMove, Turn, due_time
-from botkit.delivery._policy import DeliveryRefused, OutsideSessionWindow, ReplyPolicy
 from botkit.storage.base import Conversation
 
 

@@ -41,6 +41,7 @@ from botkit._handoff import DEFAULT_TIMEOUT as DEFAULT_HANDOFF_TIMEOUT
 from botkit._media import MediaFetcher, MediaPolicy
 from botkit._outbound import Origin, OutboundMessage, Template
 from botkit._plugins import Plugin, resolve_plugins
+from botkit._policy import DeliveryRefused, OutsideSessionWindow, ReplyPolicy
 from botkit._router import WINDOW_TIMERS, Router, window_timer
 from botkit._transcript import (
     Handoff,
@@ -61,7 +62,6 @@ from botkit._turn import (
     due_time,
 )
 from botkit._where import raised_at
-from botkit.delivery._policy import DeliveryRefused, OutsideSessionWindow, ReplyPolicy
 from botkit.storage.base import (
     Conversation,
     ConversationStore,

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from botkit._events import MESSAGE_KINDS, Event, EventKind, Timer, to_millisecond
 from botkit._flow import Flow, FlowModel
 from botkit._outbound import OutboundMessage
+from botkit._policy import DeliveryRefused
 from botkit._transcript import TranscriptEntry, flow_entry
-from botkit.delivery._policy import DeliveryRefused
 from botkit.storage.base import Conversation
 
 if TYPE_CHECKING:

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from botkit._outbound import OutboundMessage, SendMode, new_ref
+from botkit import OutboundMessage, SendMode
+from botkit.storage import new_ref
 
 
 def test_references_are_32_hex_digits_and_never_repeat() -> None:

@@ -20,7 +20,7 @@ from botkit import (
     SendMode,
     Template,
 )
-from botkit.delivery._policy import MAX_REPLY_CHARS, TEXT_LIMIT, split_text
+from botkit._policy import MAX_REPLY_CHARS, TEXT_LIMIT, split_text
 from botkit.testing import BotTester
 
 USER = "79990000001"

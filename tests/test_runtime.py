@@ -15,12 +15,12 @@ from botkit import (
     Flow,
     Outcome,
     Router,
+    Runtime,
     StatusUpdate,
     StoreConfig,
     TextMessage,
     TurnOutcome,
 )
-from botkit._runtime import Runtime
 from botkit.storage.base import TurnLease
 from botkit.storage.memory import MemoryStore
 from botkit.testing import BotTester

@@ -47,7 +47,7 @@ from botkit._outbound import (
     campaign_of,
 )
 from botkit._outbound import campaign_ref as _campaign_ref
-from botkit.delivery._policy import DeliveryRefused, NotOnWhatsApp, OptedOut, ReplyPolicy
+from botkit._policy import DeliveryRefused, NotOnWhatsApp, OptedOut, ReplyPolicy
 from botkit.devino.errors import InvalidPhoneNumber
 from botkit.devino.models import SendResult
 from botkit.devino.validation import normalize_phone

@@ -41,9 +41,9 @@ from botkit._bot import Bot
 from botkit._clock import ManualClock
 from botkit._events import EventKind
 from botkit._outbound import OutboundMessage, SendMode
+from botkit._policy import DeliveryRefused
 from botkit._turn import Outcome, TurnOutcome
 from botkit._where import raised_at
-from botkit.delivery._policy import DeliveryRefused
 from botkit.service._logs import configure_logging
 from botkit.testing import BotTester, Replies
 

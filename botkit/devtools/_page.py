@@ -46,9 +46,9 @@ from starlette.staticfiles import StaticFiles
 from botkit._clock import ManualClock
 from botkit._events import EventKind
 from botkit._outbound import Template
+from botkit._policy import DeliveryRefused
 from botkit._runtime import Runtime
 from botkit._turn import Outcome, TurnOutcome
-from botkit.delivery._policy import DeliveryRefused
 from botkit.devino.errors import InvalidPhoneNumber
 from botkit.devino.validation import normalize_phone
 from botkit.devtools.emulator import Emulator, EmulatorEvent

@@ -46,11 +46,11 @@ from starlette.routing import BaseRoute, Route
 
 from botkit._handoff import HandoffError, Notice
 from botkit._outbound import Template
+from botkit._policy import DeliveryRefused, OutsideSessionWindow, ReplyTooLong
 from botkit._retry import RetryPolicy
 from botkit._runtime import Runtime
 from botkit._transcript import EntryKind, Handoff, TranscriptEntry, latest_statuses
 from botkit._turn import Outcome, TurnOutcome
-from botkit.delivery._policy import DeliveryRefused, OutsideSessionWindow, ReplyTooLong
 from botkit.devino.errors import InvalidPhoneNumber
 from botkit.devino.validation import normalize_phone
 from botkit.service._http import bearer_refusal, error, json_body, unavailable

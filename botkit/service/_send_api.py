@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Route
 
 from botkit._events import Media
 from botkit._outbound import Template
-from botkit.delivery._policy import DeliveryRefused, OutsideSessionWindow, ReplyTooLong
+from botkit._policy import DeliveryRefused, OutsideSessionWindow, ReplyTooLong
 from botkit.devino.errors import InvalidPhoneNumber
 from botkit.service._http import bearer_refusal, error, json_body, observed, store_failed
 from botkit.service._service import service_of

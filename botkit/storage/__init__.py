@@ -5,7 +5,7 @@
 the contract of :class:`ConversationStore`.
 """
 
-from botkit._outbound import SentRecord
+from botkit._outbound import Origin, SentRecord, new_ref
 from botkit.storage.base import (
     Conversation,
     ConversationStore,
@@ -27,6 +27,7 @@ __all__ = [
     "DuplicateMessage",
     "LockLost",
     "MemoryStore",
+    "Origin",
     "OutboxItem",
     "RedisStore",
     "SentRecord",
@@ -35,4 +36,5 @@ __all__ = [
     "StoreConfig",
     "TurnLease",
     "UserBusy",
+    "new_ref",
 ]

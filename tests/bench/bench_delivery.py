@@ -25,8 +25,11 @@ sys.path.insert(0, str(ROOT))
 from bench_client import API_KEY, start_emulator  # noqa: E402
 
 from botkit import OutboundMessage, SendMode, Template  # noqa: E402
-from botkit.delivery._sender import OutboxWorker, OutboxWorkerConfig  # noqa: E402
-from botkit.delivery._signing import CallbackSigner  # noqa: E402
+from botkit.delivery import (  # noqa: E402
+    CallbackSigner,
+    OutboxWorker,
+    OutboxWorkerConfig,
+)
 from botkit.devino import DevinoClient  # noqa: E402
 from botkit.storage.base import ConversationStore  # noqa: E402
 from botkit.storage.memory import MemoryStore  # noqa: E402

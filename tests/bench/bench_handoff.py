@@ -31,9 +31,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from botkit import Bot, Context, Flow, Handoff, TextMessage  # noqa: E402
-from botkit._runtime import Runtime  # noqa: E402
-from botkit._transcript import EntryKind, TranscriptEntry  # noqa: E402
+from botkit import (  # noqa: E402  # noqa: E402
+    Bot,
+    Context,
+    EntryKind,
+    Flow,
+    Handoff,
+    Runtime,
+    TextMessage,
+    TranscriptEntry,
+)
 from botkit.storage import RedisStore  # noqa: E402
 from botkit.storage.base import StoreConfig  # noqa: E402
 from tests.storage._redis_server import RedisServer  # noqa: E402

@@ -31,9 +31,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from botkit import Bot, Context, TextMessage, Timer  # noqa: E402
-from botkit._runtime import Runtime  # noqa: E402
-from botkit.delivery._timers import TimerConfig, TimerWorker  # noqa: E402
+from botkit import (  # noqa: E402
+    Bot,
+    Context,
+    Runtime,
+    TextMessage,
+    Timer,
+)
+from botkit.delivery import TimerConfig, TimerWorker  # noqa: E402
 from botkit.storage import RedisStore  # noqa: E402
 from tests.storage._redis_server import RedisServer  # noqa: E402
 

@@ -12,8 +12,7 @@ from typing import Any
 
 import httpx
 
-from botkit.delivery._sender import OutboxWorker, OutboxWorkerConfig
-from botkit.delivery._signing import CallbackSigner
+from botkit.delivery import CallbackSigner, OutboxWorker, OutboxWorkerConfig
 from botkit.devino.client import DevinoClient, RetryPolicy
 from botkit.storage import OutboxItem, RedisStore
 

@@ -20,7 +20,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from botkit import DeliveryStatus, ManualClock, Template
-from botkit.delivery._signing import CallbackSigner
+from botkit.delivery import CallbackSigner
 from botkit.devino.errors import StatusErrorCode
 from botkit.devtools.emulator import Emulator
 from botkit.storage import MemoryStore, RedisStore, StoreConfig
@@ -297,7 +297,7 @@ async def test_without_a_configured_secret_instances_on_one_redis_share_one_key(
 
 
 def test_the_status_a_receipt_settles_at_does_not_depend_on_the_order_callbacks_came_in() -> None:
-    from botkit.delivery._status import furthest
+    from botkit.delivery import furthest
 
     # Delivery wins over a failure (a failure after delivery is ignored), whatever the order.
     for seen in (["sent", "delivered", "read", "failed"], ["failed", "read", "delivered", "sent"]):

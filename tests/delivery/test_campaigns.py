@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from botkit import Bot, Context
-from botkit.delivery._campaigns import start_campaign
+from botkit.delivery import start_campaign
 from botkit.devtools.emulator import Emulator
 from botkit.storage.campaigns import CampaignState, CampaignTotals
 from botkit.storage.redis import RedisStore

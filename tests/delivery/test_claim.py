@@ -19,8 +19,7 @@ from typing import Any
 import pytest
 
 from botkit import OutboundMessage, SendMode
-from botkit.delivery._sender import OutboxWorker, OutboxWorkerConfig
-from botkit.delivery._signing import CallbackSigner
+from botkit.delivery import CallbackSigner, OutboxWorker, OutboxWorkerConfig
 from botkit.devino.client import DevinoClient
 from botkit.devtools.emulator import Emulator
 from botkit.storage import OutboxItem, RedisStore

@@ -21,7 +21,7 @@ from botkit import (
     RetryPolicy,
     Template,
 )
-from botkit.delivery._sender import OutboxWorkerConfig
+from botkit.delivery import OutboxWorkerConfig
 from botkit.devtools.emulator import Emulator, RateLimit
 from botkit.testing import LiveBot
 

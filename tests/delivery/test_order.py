@@ -14,8 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from botkit import OutboundMessage, RetryPolicy, SendMode
-from botkit.delivery._sender import OutboxWorker, OutboxWorkerConfig
-from botkit.delivery._signing import CallbackSigner
+from botkit.delivery import CallbackSigner, OutboxWorker, OutboxWorkerConfig
 from botkit.devino.client import DevinoClient
 from botkit.devtools.emulator import Emulator
 from botkit.storage import MemoryStore, RedisStore

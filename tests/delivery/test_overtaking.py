@@ -14,9 +14,8 @@ import asyncio
 import uuid
 from collections import Counter
 
-from botkit._outbound import OutboundMessage, SendMode
-from botkit.delivery._sender import OutboxWorker, OutboxWorkerConfig
-from botkit.delivery._signing import CallbackSigner
+from botkit import OutboundMessage, SendMode
+from botkit.delivery import CallbackSigner, OutboxWorker, OutboxWorkerConfig
 from botkit.devino.client import DevinoClient
 from botkit.devtools.emulator import Emulator
 from botkit.storage import RedisStore

@@ -14,7 +14,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from botkit import ManualClock, RetryPolicy
-from botkit.delivery._sender import OutboxWorkerConfig
+from botkit.delivery import OutboxWorkerConfig
 from botkit.devtools.emulator import Emulator
 from botkit.testing import LiveBot
 

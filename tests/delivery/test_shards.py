@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from botkit.delivery._shards import owned_shards, owner
+from botkit.delivery import owned_shards, owner
 
 SHARDS = range(256)
 

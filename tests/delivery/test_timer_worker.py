@@ -15,10 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from botkit import Bot, Context, Flow, ManualClock, TextMessage
-from botkit._runtime import Runtime
-from botkit.delivery._shards import ShardOwnership
-from botkit.delivery._timers import TimerConfig, TimerWorker
+from botkit import Bot, Context, Flow, ManualClock, Runtime, TextMessage
+from botkit.delivery import ShardOwnership, TimerConfig, TimerWorker
 from botkit.storage import RedisStore
 from botkit.storage.redis.keys import shard_of
 from botkit.testing import LiveBot

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from botkit import Bot, Context, Flow, OptedOut
-from botkit._plugins import installed
+from botkit.plugins import installed
 from botkit.plugins.optout import STARTED, STOPPED
 from botkit.testing import BotTester, LiveBot
 from bots import pizza

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from botkit import Bot, Context, DeliveryStatus, RetryPolicy, StoreConfig
-from botkit.delivery._sender import OutboxWorkerConfig
+from botkit.delivery import OutboxWorkerConfig
 from botkit.devtools.emulator import AcceptedMessage
 from botkit.storage.memory import MemoryStore
 from botkit.testing import LiveBot

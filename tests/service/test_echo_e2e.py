@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from botkit import RetryPolicy
-from botkit.delivery._sender import OutboxWorkerConfig
+from botkit.delivery import OutboxWorkerConfig
 from botkit.testing import LiveBot
 from bots import echo
 from tests.service._harness import (

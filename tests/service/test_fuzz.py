@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from botkit.delivery._signing import CallbackSigner
+from botkit.delivery import CallbackSigner
 from botkit.service import create_app, load_settings
 from bots import echo
 from tests.conftest import delete_prefix, require_redis

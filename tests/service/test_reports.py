@@ -11,9 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from botkit import TextMessage
-from botkit._clock import ManualClock
-from botkit._runtime import Runtime
+from botkit import ManualClock, Runtime, TextMessage
 from botkit.storage.redis import RedisStore
 from botkit.testing import LiveBot
 from bots.pizza import bot

@@ -21,7 +21,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from botkit import Bot, Context, RetryPolicy
-from botkit.delivery._sender import OutboxWorkerConfig
+from botkit.delivery import OutboxWorkerConfig
 from botkit.service import create_app, load_settings, serve_app
 from bots import echo
 from tests.service._harness import (

@@ -22,8 +22,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from botkit import Bot, Context, StoreConfig, TextMessage
-from botkit._runtime import Runtime
+from botkit import Bot, Context, Runtime, StoreConfig, TextMessage
 from botkit.storage.base import StorageError
 from botkit.storage.redis import RedisStore
 

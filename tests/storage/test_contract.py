@@ -376,8 +376,8 @@ async def test_delayed_messages_wait_for_their_time(store: ConversationStore) ->
 
 
 async def test_outbox_round_trips_every_field(store: ConversationStore) -> None:
-    from botkit import Media
-    from botkit._outbound import Origin, Template
+    from botkit import Media, Template
+    from botkit.storage import Origin
 
     user = new_user()
     message = OutboundMessage(

@@ -23,8 +23,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from botkit import Bot, Context, StoreConfig, TextMessage
-from botkit._runtime import Runtime
+from botkit import Bot, Context, Runtime, StoreConfig, TextMessage
 from botkit.storage.base import StorageError, UserBusy
 from botkit.storage.redis import RedisStore
 

@@ -27,8 +27,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from botkit import Bot, Context, OutboundMessage, SendMode, StoreConfig, TextMessage
-from botkit._runtime import Runtime
+from botkit import Bot, Context, OutboundMessage, Runtime, SendMode, StoreConfig, TextMessage
 from botkit.storage import SentRecord
 from botkit.storage.base import (
     DuplicateMessage,

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from botkit import OutboundMessage, SendMode
-from botkit._transcript import EntryKind, Handoff, TranscriptEntry
+from botkit import EntryKind, Handoff, OutboundMessage, SendMode, TranscriptEntry
 from botkit.storage.base import ConversationStore, StoreConfig
 
 from .conftest import StoreFactory
