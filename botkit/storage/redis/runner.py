@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, cast
@@ -30,6 +30,16 @@ from botkit.storage.redis.scripts import Script
 async def done(value: Any) -> Any:
     """Await a redis-py command (typed as maybe-awaitable, for its sync twin's sake)."""
     return await cast(Awaitable[Any], value)
+
+
+async def cancel_all(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel the tasks and wait until each has ended (whatever it raised)."""
+    tasks = list(tasks)
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with suppress(BaseException):
+            await task
 
 
 @dataclass(slots=True)
@@ -118,12 +128,7 @@ class ScriptRunner:
 
     async def close(self) -> None:
         """Stop the batches in flight (their callers get CancelledError)."""
-        tasks = list(self._background)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with suppress(BaseException):
-                await task
+        await cancel_all(self._background)
 
     def _flush(self) -> None:
         batch, self._batch = self._batch, []

@@ -67,7 +67,7 @@ from botkit.storage.redis.fields import (
 )
 from botkit.storage.redis.keys import DEFAULT_SHARDS, LAYOUT, Keys
 from botkit.storage.redis.migrate import StoreLayoutError, legacy_data
-from botkit.storage.redis.runner import ScriptRunner, done
+from botkit.storage.redis.runner import ScriptRunner, cancel_all, done
 from botkit.storage.redis.waiters import UnlockListener, Waiters
 
 log = logging.getLogger("botkit.storage.redis")
@@ -271,12 +271,7 @@ class RedisStore(ConversationStore):
         listener, self._listener = self._listener, None
         if listener is not None:
             await listener.stop()
-        tasks = list(self._background)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with suppress(BaseException):
-                await task
+        await cancel_all(self._background)
         await self._runner.close()
         if self._client is not None and self._given_client is None:
             with suppress(Exception):
