@@ -61,6 +61,7 @@ from botkit._media import (
 from botkit._outbound import OutboundMessage, SendMode, Template
 from botkit._plugins import InvalidPlugin, Plugin, UnknownPlugin
 from botkit._policy import (
+    TEXT_LIMIT,
     DeliveryRefused,
     NotOnWhatsApp,
     OptedOut,
@@ -68,6 +69,7 @@ from botkit._policy import (
     ReplyPolicy,
     ReplyTooLong,
     SessionWindow,
+    split_text,
 )
 from botkit._retry import RetryPolicy, RetryPolicyError
 from botkit._router import ANY, Router, SkipHandler
@@ -97,6 +99,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ANY",
+    "TEXT_LIMIT",
     "Bot",
     "BotNotRunning",
     "BotkitError",
@@ -179,4 +182,5 @@ __all__ = [
     "TurnOutcome",
     "UnknownPlugin",
     "UserBusy",
+    "split_text",
 ]

@@ -23,7 +23,7 @@ from botkit import (
     MediaKind,
     MediaTooLarge,
 )
-from botkit._media import MAX_BYTES
+from botkit.devino.validation import MAX_BYTES
 from botkit.service import serve_app
 from botkit.testing import BotTester
 

@@ -11,16 +11,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from botkit import (
+    TEXT_LIMIT,
     Bot,
     Context,
     Media,
     OptedOut,
     OutsideSessionWindow,
+    ReplyPolicy,
     ReplyTooLong,
     SendMode,
     Template,
+    split_text,
 )
-from botkit._policy import MAX_REPLY_CHARS, TEXT_LIMIT, split_text
 from botkit.testing import BotTester
 
 USER = "79990000001"
@@ -217,12 +219,13 @@ def test_split_keeps_every_piece_within_the_limit_and_the_content_in_order(text:
 async def test_every_reply_the_policy_plans_is_sendable(text: str) -> None:
     bot = replying_bot(default_template=COME_BACK)
     bot.reply_with = {"text": text}  # type: ignore[attr-defined]
+    limit = ReplyPolicy().max_text  # the default: BOTKIT_MAX_REPLY_CHARS unset
     async with BotTester(bot) as chat:
-        if len(text) > MAX_REPLY_CHARS:
+        if len(text) > limit:
             # A runaway reply is refused whole, before it is split.
             with pytest.raises(ReplyTooLong) as refused:
                 await chat.send_text("hi")
-            assert (refused.value.length, refused.value.limit) == (len(text), MAX_REPLY_CHARS)
+            assert (refused.value.length, refused.value.limit) == (len(text), limit)
             return
         replies = await chat.send_text("hi")
     assert replies, "a non-blank reply sends something"

@@ -12,3 +12,8 @@ and the provider emulator.
 
 Nothing here is needed to run a bot in production.
 """
+
+from botkit.devtools._graph import mermaid
+from botkit.devtools._server import DevServer, create_dev_app
+
+__all__ = ["DevServer", "create_dev_app", "mermaid"]

@@ -19,15 +19,20 @@ The ``botkit`` command itself (:mod:`botkit._cli`) sits above the service and
 the dev tools, whose commands it gathers.
 """
 
-from botkit.service._app import create_app
-from botkit.service._logs import configure_logging
+from botkit.service._app import FEATURES, create_app
+from botkit.service._logs import ConsoleFormatter, JsonFormatter, configure_logging
 from botkit.service._service import Service, build_store
-from botkit.service._serving import ServingError, run_app, serve_app
-from botkit.service._settings import Settings, SettingsError, load_settings
+from botkit.service._serving import SERVER_GC_YOUNG, ServingError, run_app, serve_app
+from botkit.service._settings import DEFAULT_DEVINO_URL, Settings, SettingsError, load_settings
 from botkit.service._target import BotLoadError, load_bot
 
 __all__ = [
+    "DEFAULT_DEVINO_URL",
+    "FEATURES",
+    "SERVER_GC_YOUNG",
     "BotLoadError",
+    "ConsoleFormatter",
+    "JsonFormatter",
     "Service",
     "ServingError",
     "Settings",

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from botkit import Flow
-from botkit.devtools._graph import mermaid
+from botkit.devtools import mermaid
 from bots import pizza
 from tests.devtools import shop_bot
 

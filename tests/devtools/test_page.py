@@ -14,6 +14,7 @@ import re
 import shutil
 import time
 from collections.abc import AsyncIterator
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from botkit import Bot, Context
-from botkit.devtools._page import STATIC
-from botkit.devtools._server import DevServer, create_dev_app
+from botkit.devtools import DevServer, create_dev_app
 from botkit.service import serve_app
 from tests.devtools import shop_bot
 from tests.helpers import free_port
@@ -91,7 +91,8 @@ REFERENCE = re.compile(
 
 
 def test_the_page_files_reference_nothing_outside_the_dev_server() -> None:
-    files = sorted(STATIC.iterdir())
+    # The page as installed: the package data botkit ships.
+    files = sorted(resources.files("botkit.devtools").joinpath("static").iterdir())
     assert {f.name for f in files} == {"index.html", "chat.css", "chat.js"}
     for path in files:
         text = path.read_text()

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from importlib import resources
 from typing import Any
 
 import httpx
 import pytest
 
-from botkit.service._agent_page import STATIC
 from botkit.testing import LiveBot
 from bots.pizza import CONNECTING, bot
 from tests.devtools.test_page import (
@@ -34,7 +34,8 @@ async def live() -> AsyncIterator[LiveBot]:
 
 
 def test_the_page_files_reference_nothing_outside_the_server() -> None:
-    files = sorted(STATIC.iterdir())
+    # The page as installed: the package data botkit ships.
+    files = sorted(resources.files("botkit.service").joinpath("agent_static").iterdir())
     assert {f.name for f in files} == {"index.html", "agent.css", "agent.js"}
     for path in files:
         text = path.read_text()

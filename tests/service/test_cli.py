@@ -272,7 +272,7 @@ def test_a_run_worker_builds_the_bots_app_and_tunes_the_collector_for_serving(
     in_process: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from botkit._cli import TARGET_ENV, service_app
-    from botkit.service._serving import SERVER_GC_YOUNG
+    from botkit.service import SERVER_GC_YOUNG
 
     monkeypatch.setenv(TARGET_ENV, "mybot")
     threshold = gc.get_threshold()

@@ -12,7 +12,7 @@ import pytest
 
 from botkit import Bot, Context, ManualClock
 from botkit.devtools.emulator import Emulator
-from botkit.service._logs import ConsoleFormatter, JsonFormatter
+from botkit.service import ConsoleFormatter, JsonFormatter
 from botkit.storage.memory import MemoryStore
 from botkit.testing import LiveBot
 from bots import echo

@@ -8,15 +8,21 @@ Starlette app, served for real, as a new feature's own test would.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 from starlette.applications import Starlette
+from starlette.routing import BaseRoute
 
 from botkit import Bot
-from botkit.service import Service, create_app, load_settings, serve_app
-from botkit.service._app import FEATURES
-from botkit.service._health import routes as health_routes
-from botkit.service._send_api import routes as send_api_routes
+from botkit.service import FEATURES, Service, create_app, load_settings, serve_app
 from botkit.storage.memory import MemoryStore
+
+
+def feature_serving(path: str) -> Callable[[], list[BaseRoute]]:
+    """The ``routes()`` of the one feature that mounts ``path``."""
+    [feature] = [f for f in FEATURES if any(getattr(r, "path", None) == path for r in f())]
+    return feature
 
 
 def service(**settings: object) -> Service:
@@ -25,7 +31,8 @@ def service(**settings: object) -> Service:
 
 
 async def test_a_feature_s_routes_answer_in_an_app_of_their_own() -> None:
-    app = Starlette(routes=[*health_routes(), *send_api_routes()])
+    health, send_api = feature_serving("/healthz"), feature_serving("/api/send")
+    app = Starlette(routes=[*health(), *send_api()])
     app.state.service = service(api_token="t0ken-of-the-test")
     async with serve_app(app) as url, httpx.AsyncClient(base_url=url) as http:
         assert (await http.get("/healthz")).json() == {"status": "ok"}

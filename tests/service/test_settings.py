@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from botkit import Bot
-from botkit.service import Service
-from botkit.service._settings import DEFAULT_DEVINO_URL, Settings, SettingsError, load_settings
+from botkit.service import DEFAULT_DEVINO_URL, Service, Settings, SettingsError, load_settings
 from tests.service._harness import API_KEY, API_TOKEN, REDIS_PASSWORD, SECRETS, WEBHOOK_TOKEN
 
 
