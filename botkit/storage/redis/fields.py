@@ -86,10 +86,12 @@ def changes(
     update("last_active", None if new.last_active is None else number(new.last_active))
     update("opted_out", "1" if new.opted_out else "0", "0")
     update("not_on_whatsapp", "1" if new.not_on_whatsapp else "0", "0")
-    for name, timer in new.timers.items():
+    timers = new.timers
+    for name, timer in timers.items():
         if loaded is None or loaded.get(name) != timer:
             update(TIMER + name, timer_value(timer))
-    drop.extend(f for f in stored if f.startswith(TIMER) and f[len(TIMER) :] not in new.timers)
+    if loaded is None or timers.keys() != loaded.keys():  # else none was dropped
+        drop.extend(f for f in stored if f.startswith(TIMER) and f[len(TIMER) :] not in timers)
     update("handoff", None if new.handoff is None else new.handoff.to_json())
     return put, drop
 
