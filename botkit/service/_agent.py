@@ -601,7 +601,20 @@ def routes() -> list[BaseRoute]:
 
 
 def desk_for(runtime: Runtime, settings: Settings) -> AgentDesk:
-    """The :class:`AgentDesk` the settings describe."""
+    """The :class:`AgentDesk` the settings describe.
+
+    Raises :class:`~botkit.service.SettingsError` for a webhook URL with no key to sign
+    its posts with.
+    """
+    from botkit.service._settings import SettingsError
+
+    if settings.agent_webhook_url and not (
+        settings.secret("agent_webhook_secret") or settings.secret("agent_token")
+    ):
+        raise SettingsError(
+            "BOTKIT_AGENT_WEBHOOK_URL: set BOTKIT_AGENT_WEBHOOK_SECRET (or BOTKIT_AGENT_TOKEN), "
+            "the key its posts are signed with"
+        )
     return AgentDesk(
         runtime,
         token=settings.secret("agent_token"),

@@ -231,6 +231,14 @@ class Settings(BaseSettings):
                 continue
             hint = "" if name == "devino_api_key" else f"; generate one with: {GENERATE_SECRET}"
             problems.append(f"BOTKIT_{name.upper()}: {problem}{hint}")
+        if self.agent_webhook_url and not (
+            self.secret("agent_webhook_secret") or self.secret("agent_token")
+        ):
+            problems.append(
+                "BOTKIT_AGENT_WEBHOOK_URL: set BOTKIT_AGENT_WEBHOOK_SECRET (or "
+                f"BOTKIT_AGENT_TOKEN), the key its posts are signed with; generate one with: "
+                f"{GENERATE_SECRET}"
+            )
         return problems
 
     def retry_policy(self, attempts: int | None = None) -> RetryPolicy:

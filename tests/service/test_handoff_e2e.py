@@ -322,3 +322,15 @@ async def test_an_agent_page_on_one_worker_hears_a_handoff_on_another(
         finally:
             listener.cancel()
     assert events[0]["user"] == ANNA and events[0]["handoff"]["reason"] == "asked for a person"
+
+
+def test_a_webhook_without_a_key_to_sign_with_is_refused_at_start() -> None:
+    from botkit.service import SettingsError, create_app, load_settings
+
+    settings = load_settings(
+        devino_api_key="k", webhook_token="t" * 24, agent_webhook_url="https://helpdesk.test/hook"
+    )
+    with pytest.raises(SettingsError, match="BOTKIT_AGENT_WEBHOOK_SECRET"):
+        create_app(bot, settings)
+    # botkit run says it with the other settings' problems, in one pass.
+    assert any("BOTKIT_AGENT_WEBHOOK_SECRET" in line for line in settings.weak_secrets())
