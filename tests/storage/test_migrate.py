@@ -9,9 +9,11 @@ delayed messages and sent records so that the new store carries on.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 import redis
+from redis.cluster import RedisCluster
 
 from botkit import OutboundMessage, SendMode
 from botkit.storage import SentRecord
@@ -104,7 +106,7 @@ async def test_an_old_layout_is_refused_then_migrated_and_the_store_carries_on(
     check.close()
 
 
-def write_second_layout(check: redis.Redis, base: str, shards: int) -> Keys:
+def write_second_layout(check: Any, base: str, shards: int) -> Keys:
     """What a bot on layout 2 leaves: Anna's send order in a hash of its own, a
     reply read and not acknowledged, and a receipt for it in a key of its own."""
     keys = Keys(base.rsplit(":", 1)[0], base.rsplit(":", 1)[1], shards)
@@ -127,10 +129,18 @@ def write_second_layout(check: redis.Redis, base: str, shards: int) -> Keys:
     return keys
 
 
+@pytest.mark.parametrize("where", ["standalone", "cluster"])
 async def test_layout_2_is_refused_then_folded_into_the_users_keys(
-    redis_url: str, redis_prefix: str
+    where: str, redis_prefix: str, request: pytest.FixtureRequest
 ) -> None:
-    check = redis.Redis.from_url(redis_url, decode_responses=True)
+    check: Any
+    if where == "cluster":  # layout 2 ran on Redis Cluster too
+        redis_url = request.getfixturevalue("redis_cluster").url
+        host, _, port = redis_url.removeprefix("redis+cluster://").split(",")[0].partition(":")
+        check = RedisCluster(host=host, port=int(port), decode_responses=True)
+    else:
+        redis_url = request.getfixturevalue("redis_url")
+        check = redis.Redis.from_url(redis_url, decode_responses=True)
     base = f"{redis_prefix}:echo"
     keys = write_second_layout(check, base, shards=16)
 
@@ -151,7 +161,8 @@ async def test_layout_2_is_refused_then_folded_into_the_users_keys(
     assert "2 send orders, 1 receipts" in migrated.stdout
     again = run_cli(["store", "migrate", "bots.echo:bot"], env)
     assert (again.returncode, "nothing to migrate" in again.stdout) == (0, True)
-    assert check.keys(f"{base}:*:order") == [] and check.keys(f"{base}:*:receipt:*") == []
+    assert not [*check.scan_iter(match=f"{base}:*:order")]
+    assert not [*check.scan_iter(match=f"{base}:*:receipt:*")]
 
     store = RedisStore(redis_url, bot="echo", prefix=redis_prefix)
     await store.open()
