@@ -2,6 +2,6 @@
 
 import sys
 
-from botkit._cli import main
+from botkit.cli import main
 
 sys.exit(main())

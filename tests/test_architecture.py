@@ -103,6 +103,58 @@ def test_the_check_finds_a_foreign_private_name(tmp_path: Path) -> None:
     ]
 
 
+TESTS = Path(__file__).resolve().parent
+
+
+def private_botkit_imports(path: Path, root: Path = TESTS.parent) -> list[str]:
+    """``file:line module`` of each private botkit module (``botkit.x._y``) ``path`` imports."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "botkit" and any(private(part) for part in parts[1:]):
+                found.append(f"{path.relative_to(root)}:{node.lineno} {name}")
+                break
+    return found
+
+
+@pytest.mark.parametrize(
+    "path", sorted(TESTS.rglob("*.py")), ids=lambda p: str(p.relative_to(TESTS.parent))
+)
+def test_tests_import_botkit_only_through_its_public_modules(path: Path) -> None:
+    # A test is a user of botkit: what it needs, a user or an operator needs
+    # too, so it is exported from a public module (botkit, botkit.storage,
+    # botkit.delivery, botkit.service, botkit.devtools, ...), never reached in
+    # botkit.x._y, where a refactoring would break the test and no user.
+    assert private_botkit_imports(path) == []
+
+
+def test_the_check_finds_a_private_botkit_import(tmp_path: Path) -> None:
+    test = tmp_path / "tests" / "test_example.py"
+    test.parent.mkdir()
+    test.write_text(
+        "from botkit import Bot\n"
+        "from botkit.delivery import OutboxWorker\n"
+        "from botkit._runtime import Runtime\n"
+        "def test_it():\n"
+        "    from botkit.service._app import FEATURES\n"
+        "    import botkit.storage._x\n"
+        "    from botkit import _metrics\n"
+    )
+    assert private_botkit_imports(test, tmp_path) == [
+        "tests/test_example.py:3 botkit._runtime",
+        "tests/test_example.py:5 botkit.service._app",
+        "tests/test_example.py:6 botkit.storage._x",
+        "tests/test_example.py:7 botkit._metrics",
+    ]
+
+
 def test_no_import_circle_remains() -> None:
     # Layers (pyproject's import-linter contract, run by lint-imports in CI) keep
     # imports one way between layers; this also covers modules within one layer.

@@ -240,7 +240,7 @@ async def test_timers_still_run_while_handed_off_and_see_it() -> None:
 async def test_flow_moves_are_counted_by_flow_and_state(chat: BotTester) -> None:
     from prometheus_client import REGISTRY
 
-    from botkit import _metrics as metrics
+    from botkit.service import metrics
 
     def value(name: str, **labels: str) -> float:
         metrics.flush()

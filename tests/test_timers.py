@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from botkit import Bot, Context, Flow, OutsideSessionWindow, State, Template
-from botkit import _metrics as metrics
+from botkit.service import metrics
 from botkit.testing import BotTester
 
 

@@ -1,6 +1,6 @@
 """The developer commands of ``botkit``: ``chat`` and ``graph``.
 
-``botkit._cli`` calls :func:`register` to add them; each loads the bot the way
+``botkit.cli`` calls :func:`register` to add them; each loads the bot the way
 ``botkit run`` does (``MODULE[:ATTR]``, ``ATTR`` defaults to ``bot``) and
 exits 2 with one line per problem when it cannot start.
 """

@@ -12,13 +12,16 @@
   :mod:`~botkit.service._agent_page`; their shared answers and helpers are
   in :mod:`~botkit.service._http`;
 - :mod:`botkit.service._logs`: one structured line per turn;
+- ``metrics``: the Prometheus counters the engine and the workers update
+  (kept low, in ``botkit._metrics``, so every layer can count), served at ``/metrics``;
 - :mod:`botkit.service._serving`: uvicorn, embedded or as the main loop;
 - :mod:`botkit.service._target`: loading a bot from ``MODULE[:ATTR]``.
 
-The ``botkit`` command itself (:mod:`botkit._cli`) sits above the service and
+The ``botkit`` command itself (:mod:`botkit.cli`) sits above the service and
 the dev tools, whose commands it gathers.
 """
 
+from botkit import _metrics as metrics
 from botkit.service._app import FEATURES, create_app
 from botkit.service._logs import ConsoleFormatter, JsonFormatter, configure_logging
 from botkit.service._service import Service, build_store
@@ -42,6 +45,7 @@ __all__ = [
     "create_app",
     "load_bot",
     "load_settings",
+    "metrics",
     "run_app",
     "serve_app",
 ]

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from botkit import Bot
-from botkit._cli import PORT_ENV, TARGET_ENV
+from botkit.cli import PORT_ENV, TARGET_ENV
 from botkit.service import Settings, create_app, load_bot, load_settings
 from botkit.testing import LiveBot
 from bots.autoreply import RULES_ENV, parse_rules

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 import botkit
-from botkit._cli import main
+from botkit.cli import main
 from tests.service._harness import (
     API_KEY,
     CALLBACK_SECRET,
@@ -271,7 +271,7 @@ def test_run_refuses_bad_arguments(
 def test_a_run_worker_builds_the_bots_app_and_tunes_the_collector_for_serving(
     in_process: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from botkit._cli import TARGET_ENV, service_app
+    from botkit.cli import TARGET_ENV, service_app
     from botkit.service import SERVER_GC_YOUNG
 
     monkeypatch.setenv(TARGET_ENV, "mybot")

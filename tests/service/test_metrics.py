@@ -6,7 +6,7 @@ import random
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from botkit import _metrics as metrics
+from botkit.service import metrics
 
 BUCKETS = (0.001, 0.01, 0.1, 1.0, 10.0)
 

@@ -47,7 +47,7 @@ PORT_ENV = "BOTKIT_PORT"
 """``botkit run``'s ``--port`` when the command line gives none; a container's health check
 reads the same variable, so the two cannot disagree."""
 
-SERVICE_APP = "botkit._cli:service_app"
+SERVICE_APP = "botkit.cli:service_app"
 """The app factory each ``botkit run`` worker serves."""
 GRACE_SECONDS = 15
 """How long a stopping worker lets requests and turns in flight finish."""
