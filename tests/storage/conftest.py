@@ -2,9 +2,11 @@
 
 ``store_factory(config)`` builds an opened store of the parametrised backend;
 the factory closes (and for Redis, cleans up) what it built.
-``store_factory.pass_time(seconds)`` lets lock time pass: the memory store
-runs on a frozen :class:`~botkit.ManualClock`, advanced at once; Redis keeps
-its locks' expiry itself, so there it waits that long. The Redis
+``store_factory.pass_time(seconds)`` lets lock time pass on the memory
+store's frozen :class:`~botkit.ManualClock`, at once. Redis keeps its locks'
+expiry itself, so there nothing sleeps: the test waits, with a deadline, for
+what the expiry causes (a waiting turn that gets the lock, a refusal), or
+polls the lock itself (``store_factory.until_lock_ttl(user, at_most)``). The Redis
 backends skip when no Redis answers (or no ``redis-server`` binary is there
 to start a Sentinel group) locally, and fail in CI (see ``tests/conftest.py``).
 
@@ -27,7 +29,10 @@ from botkit import ManualClock
 from botkit.storage.base import ConversationStore, StoreConfig
 from botkit.storage.memory import MemoryStore
 from botkit.storage.redis import RedisStore
+from botkit.storage.redis.connection import build_client
+from botkit.storage.redis.keys import Keys
 from tests.conftest import delete_prefix, require_redis
+from tests.helpers import wait_for
 
 # "redis-resp3": the same server spoken to in RESP3 (``?protocol=3``), whose
 # replies the store must read as well as RESP2's (through redis-py's parser).
@@ -64,13 +69,33 @@ class StoreFactory:
         return store
 
     async def pass_time(self, seconds: float) -> None:
-        """Let ``seconds`` of lock time pass (at once on the memory store's clock)."""
+        """Let ``seconds`` of lock time pass on the memory store's clock (Redis: see below)."""
         await asyncio.sleep(0)  # a turn just started runs up to its wait first
         if self.clock is not None:
             self.clock.advance(seconds)
             await asyncio.sleep(0)
-        else:
-            await asyncio.sleep(seconds)
+
+    async def until_lock_ttl(self, user: str, at_most: float, within: float = 10.0) -> None:
+        """On Redis, until ``user``'s lock has at most ``at_most`` seconds left (0: it is gone).
+
+        Polled with a deadline; the memory store needs no wait (its clock
+        moved with :meth:`pass_time`).
+        """
+        if self.clock is not None:
+            return
+        client = build_client(self.url, socket_timeout=5.0, connect_timeout=5.0, max_connections=2)
+        lock = Keys(self.prefix, "contract").turn(user)[1]
+
+        async def low_enough() -> bool:
+            left = int(await client.pttl(lock))  # -2: no such key
+            return left == -2 if at_most <= 0 else left <= at_most * 1000
+
+        try:
+            await wait_for(
+                low_enough, within=within, what=f"the lock down to {at_most}s", every=0.01
+            )
+        finally:
+            await client.aclose()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -207,16 +207,18 @@ async def test_expired_lock_with_no_successor_still_refuses_commit(
     user = new_user()
     lease = await store.begin_turn(user, "m:1")
     await store_factory.pass_time(0.4)
+    await store_factory.until_lock_ttl(user, at_most=0)  # Redis: until it expired by itself
     with pytest.raises(LockLost):
         await store.commit_turn(lease, lease.conversation.copy())
 
 
 async def test_renew_keeps_a_long_turn_alive(store_factory: StoreFactory) -> None:
-    store = await store_factory(StoreConfig(lock_ttl=0.3, acquire_timeout=0.1))
+    store = await store_factory(StoreConfig(lock_ttl=0.6, acquire_timeout=0.1))
     user = new_user()
     lease = await store.begin_turn(user, "m:1")
-    for _ in range(4):
-        await store_factory.pass_time(0.15)
+    for _ in range(4):  # twice the lock's time in all, half of it at a time
+        await store_factory.pass_time(0.3)
+        await store_factory.until_lock_ttl(user, at_most=0.3)  # Redis: half of it gone
         assert await store.renew(lease)
     second = asyncio.create_task(store.begin_turn(user, "m:2"))
     await store_factory.pass_time(0.15)  # past the acquire timeout, within the renewed lock
