@@ -28,6 +28,7 @@ from botkit.storage.redis.connection import (
     node_client_factory,
 )
 from botkit.storage.redis.waiters import UnlockListener
+from tests.helpers import wait_for
 
 from ._redis_topologies import RedisClusterNodes
 
@@ -148,7 +149,9 @@ async def test_a_store_runs_on_a_cluster_client_given_to_it(
         # Waits for the other store's commit: only its wake-up (sharded pub/sub,
         # followed on the given client's nodes) ends the wait before lock_ttl.
         waiting = asyncio.create_task(mine.begin_turn(user, "m:2"))
-        await asyncio.sleep(0.2)  # let it queue behind the lock
+        await wait_for(
+            lambda: mine.waiting_turns(user) == 1, what="the turn queued behind the lock"
+        )
         assert not waiting.done()
         reply = OutboundMessage(user=user, mode=SendMode.TEXT, text="first")
         await other.commit_turn(held, None, [reply])
