@@ -81,6 +81,7 @@ def build_store(bot: Bot, settings: Settings, clock: Clock | None = None) -> Con
         session_window=window,
         clock=clock,
         shards=settings.redis_shards,
+        wait_replicas=settings.redis_wait_replicas,
     )
 
 

@@ -116,6 +116,7 @@ class Settings(BaseSettings):
     seen_per_user: int = Field(default=32, ge=1, le=10_000)
     sent_per_user: int = Field(default=32, ge=1, le=10_000)
     redis_shards: int | None = Field(default=None, ge=1, le=16_384)
+    redis_wait_replicas: int = Field(default=0, ge=0, le=16)
     batch_size: int = Field(default=100, ge=1, le=1000)
     devino_timeout: float | None = Field(default=None, gt=0)
     retry_base_delay: float = Field(default=0.5, ge=0, allow_inf_nan=False)

@@ -167,3 +167,7 @@ async def test_a_store_runs_on_a_cluster_client_given_to_it(
     await given.aclose()
     with pytest.raises(ValueError, match="decode_responses=True"):
         RedisStore(client=RedisCluster(host=host, port=port))
+    waiting = RedisStore(redis_cluster.url, prefix=prefix, wait_replicas=1)
+    with pytest.raises(ValueError, match="wait_replicas is for standalone Redis and Sentinel"):
+        await waiting.open()
+    await waiting.close()

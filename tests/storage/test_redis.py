@@ -574,6 +574,34 @@ async def test_entries_a_read_took_beyond_its_count_come_back_when_other_shards_
     assert {taken.message.text, *(item.message.text for item in again)} == {"to a", "to b"}
 
 
+async def test_with_wait_replicas_a_turn_is_done_only_once_a_replica_has_it(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    follows = ("--replicaof", "127.0.0.1", str(server.port))
+    replica = RedisServer(tmp_path / "replica", extra=follows)
+    replica.start()
+    check = replica.client()
+    store = RedisStore(server.url, bot="wait", prefix="t", socket_timeout=1.0, wait_replicas=1)
+    try:
+        await until(lambda: _true(check.info("replication")["master_link_status"] == "up"))
+        await store.open()
+        user = new_user()
+        lease = await store.begin_turn(user, "m:1")
+        await store.commit_turn(lease, None, [text(user, "one")])
+        lease = await store.begin_turn(user, "m:2")
+        replica.freeze()  # the replica stops confirming anything
+        with pytest.raises(StorageUnavailable, match=r"did not confirm the write on 1 replica"):
+            await store.commit_turn(lease, None, [text(user, "two")])
+        replica.thaw()
+        # The commit stayed on the primary: the provider's retry finds it done.
+        with pytest.raises(DuplicateMessage):
+            await store.begin_turn(user, "m:2")
+    finally:
+        replica.close()
+        check.close()
+        await store.close()
+
+
 async def test_a_conversation_lives_at_least_the_session_window(
     make_store: Callable[..., Any], redis_url: str, redis_prefix: str
 ) -> None:

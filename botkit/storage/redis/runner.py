@@ -23,13 +23,17 @@ from redis import exceptions as rerr
 from redis.asyncio.cluster import RedisCluster
 
 from botkit.storage.base import StorageError, StorageUnavailable
-from botkit.storage.redis.connection import Client, named_error
+from botkit.storage.redis.connection import Client, mask, named_error
 from botkit.storage.redis.scripts import Script
 
 
 async def done(value: Any) -> Any:
     """Await a redis-py command (typed as maybe-awaitable, for its sync twin's sake)."""
     return await cast(Awaitable[Any], value)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))
 
 
 async def cancel_all(tasks: Iterable[asyncio.Task[Any]]) -> None:
@@ -63,11 +67,14 @@ class ScriptRunner:
     ``client`` is set by the store when it opens.
     """
 
-    def __init__(self, *, url: str, prefix: str, socket_timeout: float) -> None:
+    def __init__(
+        self, *, url: str, prefix: str, socket_timeout: float, wait_replicas: int = 0
+    ) -> None:
         self.client: Client | None = None
         self.url = url
         self.prefix = prefix
         self.socket_timeout = socket_timeout
+        self.wait_replicas = wait_replicas
         self._batch: list[_Call] = []
         self._restarted_at = -math.inf
         self._background: set[asyncio.Task[Any]] = set()
@@ -193,7 +200,22 @@ class ScriptRunner:
                 # but routes the command by its first key like any other.
                 pipe.execute_command("EVALSHA", call.script.sha, len(keys), *keys, *args)
                 sent.append(call)
+            wait = bool(self.wait_replicas and sent) and not isinstance(client, RedisCluster)
+            if wait:
+                # The batch's writes on `wait_replicas` replicas, or the calls fail (see
+                # RedisStore's wait_replicas); half the socket timeout, so it answers first.
+                pipe.execute_command("WAIT", self.wait_replicas, _ms(self.socket_timeout / 2))
             results = await pipe.execute(raise_on_error=False) if sent else []
+        if wait:
+            *results, replicas = results
+            if isinstance(replicas, BaseException) or int(replicas) < self.wait_replicas:
+                lost = StorageUnavailable(
+                    f"Redis at {mask(self.url)} did not confirm the write on "
+                    f"{self.wait_replicas} replica(s) within {self.socket_timeout / 2:g}s "
+                    f"(wait_replicas): it may be lost in a failover, so it is not reported "
+                    f"as done ({replicas!r} replied). Check the replicas' link"
+                )
+                results = [r if isinstance(r, BaseException) else lost for r in results]
         return sent, results
 
 

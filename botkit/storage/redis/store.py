@@ -140,6 +140,14 @@ class RedisStore(ConversationStore):
     started with another number refuses to open (:class:`StoreLayoutError`),
     as does one that finds data of the layout before shards (run
     ``botkit store migrate``).
+
+    ``wait_replicas`` (standalone and Sentinel; refused on Cluster): every
+    batch of script calls ends with ``WAIT wait_replicas``, and when fewer
+    replicas confirmed its writes within half the socket timeout, its calls
+    fail with :class:`StorageUnavailable` (the webhook answers 503, the
+    provider retries; a write that did stay is then seen as a duplicate). A
+    turn is reported done only once a replica has it, so a failover to that
+    replica keeps it; see the README's "What a failover keeps".
     """
 
     def __init__(
@@ -158,6 +166,7 @@ class RedisStore(ConversationStore):
         consumer: str | None = None,
         clock: Clock | None = None,
         shards: int | None = None,
+        wait_replicas: int = 0,
     ) -> None:
         self.config = config or StoreConfig()
         for name in ("seen_per_user", "sent_per_user"):
@@ -174,7 +183,14 @@ class RedisStore(ConversationStore):
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         self._max_connections = max_connections
-        self._runner = ScriptRunner(url=url, prefix=self._keys.base, socket_timeout=socket_timeout)
+        if wait_replicas < 0:
+            raise ValueError("wait_replicas must be 0 (off) or more")
+        self._runner = ScriptRunner(
+            url=url,
+            prefix=self._keys.base,
+            socket_timeout=socket_timeout,
+            wait_replicas=wait_replicas,
+        )
         self._lock_ttl_ms = _ms(self.config.lock_ttl)
         self._conversation_ttl_ms = _ms(max(self.config.conversation_ttl, session_window))
         self._done_ttl_ms = _ms(self.config.done_ttl)
@@ -223,6 +239,11 @@ class RedisStore(ConversationStore):
                     max_connections=self._max_connections + 2,
                 )
             client = self._runner.client = self._client
+            if self._runner.wait_replicas and isinstance(client, RedisCluster):
+                raise ValueError(
+                    "wait_replicas is for standalone Redis and Sentinel; on Redis Cluster "
+                    "leave it at 0 (BOTKIT_REDIS_WAIT_REPLICAS)"
+                )
             guard = self._runner.guard("open the store")
             async with guard:
                 # One by one: on a cluster each goes to every primary.
