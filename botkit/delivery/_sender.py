@@ -231,8 +231,10 @@ class OutboxWorker:
         # read, claim or take-over whose answer was lost, a batch dropped on the
         # way) is this sender's in the store: the next round takes it back.
         self._reread = False
-        # Taken over, attempted by another sender, no receipt yet: (item, resend after).
+        # Posted and maybe at the provider, no receipt yet: (item, when to post it again).
         self._in_doubt: list[tuple[OutboxItem, float]] = []
+        # Posts in a row the provider left unanswered (each pauses longer).
+        self._unanswered = 0
         # Sent, but the acknowledgement failed for good: never re-read and resent.
         self._sent_unacked: set[str] = set()
         # With a sharded outbox: the shards this sender reads (see _shards.py).
@@ -671,6 +673,7 @@ class OutboxWorker:
             try:
                 results = await self.client.send(payloads)
                 metrics.observe(metrics.SEND_SECONDS, time.perf_counter() - started)
+                self._unanswered = 0
                 return pending, results
             except DevinoAuthError:
                 failures += 1
@@ -687,13 +690,18 @@ class OutboxWorker:
                 metrics.RETRIED.labels("transport").inc(len(pending))
                 if isinstance(exc, DevinoTransportError) and exc.unanswered:
                     # It may have reached the provider: set aside until a receipt
-                    # settles it or resend_after passes (module docstring).
+                    # settles it or resend_after passes (module docstring). The
+                    # next post waits longer after each one left unanswered in a
+                    # row, as a retry would: a hanging provider is not flooded.
+                    self._unanswered += 1
+                    delay = self._backoff(self._unanswered)
                     log.warning(
                         "provider did not answer a batch of %d (%s); the messages no status "
-                        "callback names within %.0fs go again",
+                        "callback names within %.0fs go again; next post in %.1fs",
                         len(pending),
                         exc,
                         self.resend_after,
+                        delay,
                     )
                     ago = time.perf_counter() - started
                     self._hold(await self._settle([replace(i, attempted_ago=ago) for i in pending]))

@@ -12,13 +12,15 @@ import asyncio
 import os
 import signal
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
-from botkit import OutboundMessage, SendMode
+from botkit import OutboundMessage, RetryPolicy, SendMode
 from botkit.delivery import CallbackSigner, OutboxWorker, OutboxWorkerConfig
 from botkit.devino.client import DevinoClient
 from botkit.devtools.emulator import Emulator
@@ -172,5 +174,82 @@ async def test_entries_a_failed_take_over_took_are_sent_soon_not_after_claim_idl
                 await client.aclose()
             assert [m.received["text"] for m in emulator.messages] == [f"#{i}" for i in range(5)]
     finally:
+        await store.close()
+        delete_prefix(url, prefix)
+
+
+def resent_unconfirmed() -> float:
+    return REGISTRY.get_sample_value("botkit_messages_resent_unconfirmed_total") or 0.0
+
+
+async def test_a_dead_senders_posted_entries_without_receipts_wait_out_resend_after() -> None:
+    """Posted by the dead sender (to a provider that never got them): no receipt comes,
+    so they go again once, and not before the longest send plus the receipt grace."""
+    url = require_redis()
+    prefix = f"botkit-test-{uuid.uuid4().hex[:12]}"
+    store = RedisStore(url, bot="claim", prefix=prefix, consumer="survivor")
+    posted = asyncio.Event()
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        posted.set()
+        await _never_answer(reader, writer)
+
+    black_hole = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    hole_port = black_hole.sockets[0].getsockname()[1]
+    dying: asyncio.subprocess.Process | None = None
+    try:
+        await store.open()
+        texts = [f"m{i}" for i in range(5)]
+        await store.enqueue(
+            [OutboundMessage(user="79030000001", mode=SendMode.TEXT, text=t) for t in texts]
+        )
+        hole = f"http://127.0.0.1:{hole_port}"
+        dying = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "tests.delivery._dying_sender", url, prefix, hole, "1.0"],
+            cwd=ROOT,
+            stdout=asyncio.subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        await asyncio.wait_for(posted.wait(), 20)
+        attempted = time.monotonic()
+        dying.send_signal(signal.SIGKILL)
+        await asyncio.wait_for(dying.wait(), 10)
+
+        emulator = Emulator(api_key="k")
+        async with emulator.serve() as provider:
+            # Longest send 4 x 0.5 s, plus 3 s of grace: 5 s after the dead one marked its
+            # attempt, just before posting; taken over about 1 s after the kill.
+            client = DevinoClient(provider, api_key="k", timeout=0.5, retry=RetryPolicy(attempts=1))
+            sender = OutboxWorker(
+                store,
+                client,
+                sender_name="Claim",
+                signer=CallbackSigner("claim-test-secret-0123456789abcdef0123"),
+                callback_url=f"{provider}/no-callbacks-come",
+                consumer="survivor",
+                config=OutboxWorkerConfig(
+                    block=0.1, heartbeat_ttl=1.0, housekeeping_every=0.1, receipt_grace=3.0
+                ),
+            )
+            assert sender.resend_after == 5.0
+            before = resent_unconfirmed()
+            sender.start()
+            try:
+                await emulator.wait_for_messages(5, within=20)
+                first = min(m.received_at for m in emulator.messages)
+            finally:
+                await sender.stop(flush=1)
+                await client.aclose()
+        sent_after = first - emulator.now() + time.monotonic() - attempted
+        # The mark comes a moment before the post reached the black hole.
+        assert sent_after >= 4.0, "not before resend_after"
+        assert sorted(m.received["text"] for m in emulator.messages) == texts
+        assert resent_unconfirmed() - before == 5
+    finally:
+        if dying is not None and dying.returncode is None:
+            dying.kill()
+            await dying.wait()
+        black_hole.close()
         await store.close()
         delete_prefix(url, prefix)
