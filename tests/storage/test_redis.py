@@ -961,3 +961,24 @@ async def test_idle_connections_closed_by_a_restart_are_replaced_before_use(
     # No turn pays for a connection the restart closed: all run at once.
     await overlapping_turns("m:2")
     await store.close()
+
+
+async def test_a_claim_on_an_outbox_stream_deleted_by_hand_recreates_it(
+    make_store: Callable[..., Any], redis_url: str, redis_prefix: str
+) -> None:
+    store = await make_store()
+    user = new_user()
+    keys = Keys(redis_prefix, "race")
+    shard = keys.shard(user)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.delete(keys.outbox(shard))
+        assert await store.outbox_claim("someone", 0.0, 10) == []
+        await client.delete(keys.outbox(shard))
+        taken = await store.outbox_take_over("someone", [], 10, shards=[shard], min_idle=0.0)
+        assert taken == []
+    finally:
+        await client.aclose()
+    await store.enqueue([text(user, "after")])
+    [item] = await store.outbox_read("someone", 10, 1.0)
+    assert item.message.text == "after"

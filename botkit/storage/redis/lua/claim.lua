@@ -14,6 +14,10 @@ local only_departed = #ARGV > 4
 for i = 5, #ARGV do live[ARGV[i]] = true end
 local now = redis.call('TIME')
 now = now[1] * 1000 + math.floor(now[2] / 1000)
+-- A stream deleted under the group (keys removed by hand): as Redis says of a lost group.
+if redis.call('EXISTS', stream) == 0 then
+  return redis.error_reply('NOGROUP the outbox stream ' .. stream .. ' is gone')
+end
 local ids, seen = {}, {}
 for _, info in ipairs(redis.call('XINFO', 'CONSUMERS', stream, group)) do
   local name, pending
