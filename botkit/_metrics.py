@@ -93,6 +93,12 @@ WEBHOOK_REQUESTS = Counter(
     "Webhook requests, by endpoint and HTTP status.",
     ["endpoint", "status"],
 )
+AGENT_NOTICES_DROPPED = Counter(
+    "botkit_agent_notices_dropped_total",
+    "Agent notices dropped before the agent webhook posted them (shared stream's hard cap, "
+    "in-process queue full, or the helpdesk refused them with a 4xx).",
+    ["reason"],
+)
 OUTBOX_SIZE = Gauge(
     "botkit_outbox_size", "Outbox entries waiting or in flight.", multiprocess_mode="max"
 )

@@ -23,7 +23,16 @@ endpoints with the HttpOnly cookie its login form sets instead of the header.
 ``handoff.claimed``, ``message.received``, ``message.sent``,
 ``handoff.ended``): it streams them to the page and posts the webhook ones to
 ``BOTKIT_AGENT_WEBHOOK_URL``, signed with HMAC-SHA256 over the body
-(``X-Botkit-Signature: sha256=<hex>``), retried with backoff.
+(``X-Botkit-Signature: sha256=<hex>``), retried with backoff. Each post carries
+a stable event id (``"id"`` in the body, ``X-Botkit-Event-Id``): delivery is at
+least once, so a helpdesk de-duplicates by it.
+
+With Redis the webhook posts from the shared notices stream through one
+consumer group: a notice is acknowledged only once the helpdesk answered 2xx
+(or refused it with a 4xx other than 429), and one pending on a worker that
+died is taken by another after :data:`CLAIM_AFTER` s, so a killed worker loses
+nothing that reached the stream. With the memory store the queue is this
+process's: what it has not posted is lost with it.
 """
 
 from __future__ import annotations
@@ -34,8 +43,11 @@ import hashlib
 import hmac
 import json
 import logging
+import os
+import socket
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
@@ -44,6 +56,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from botkit import _metrics as metrics
 from botkit._handoff import HandoffError, Notice
 from botkit._outbound import Template
 from botkit._policy import DeliveryRefused, OutsideSessionWindow, ReplyTooLong
@@ -67,6 +80,15 @@ WEBHOOK_EVENTS = frozenset({"handoff.started", "message.received", "handoff.ende
 
 SIGNATURE_HEADER = "X-Botkit-Signature"
 """The webhook's signature header: ``sha256=<hex HMAC-SHA256 of the body>``."""
+
+EVENT_ID_HEADER = "X-Botkit-Event-Id"
+"""The post's stable event id (also ``"id"`` in the body): the same on every retry."""
+
+WEBHOOK_GROUP = "webhook"
+"""The consumer group of the shared notices stream the webhook posts from."""
+
+CLAIM_AFTER = 30.0
+"""Seconds a notice stays pending on a worker before another takes it (that worker died)."""
 
 SESSION_COOKIE = "botkit_agent"
 """The cookie the ``/agent`` login form sets (HttpOnly, SameSite=Strict)."""
@@ -112,6 +134,7 @@ class AgentDesk:
         webhook_secret: str | None = None,
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        claim_after: float = CLAIM_AFTER,
     ) -> None:
         self.runtime = runtime
         self.token = token or None
@@ -120,12 +143,18 @@ class AgentDesk:
         self.retry = retry or RetryPolicy(WEBHOOK_ATTEMPTS, base_delay=0.5, max_delay=60.0)
         self._transport = transport
         self._listeners: set[asyncio.Queue[Notice]] = set()
-        self._outgoing: asyncio.Queue[Notice] = asyncio.Queue(_QUEUE_LIMIT)
+        self.claim_after = claim_after
+        self._outgoing: asyncio.Queue[tuple[str, Notice]] = asyncio.Queue(_QUEUE_LIMIT)
         self._task: asyncio.Task[None] | None = None
-        # With a store every worker shares, the pages hear every worker's turns.
+        self._started = False
+        # With a store every worker shares, the pages hear every worker's turns
+        # and the webhook posts from the shared stream (durable).
         store = runtime.store
-        self._shared = store if self.token and isinstance(store, SharedNotices) else None
+        wanted = self.token or self.webhook_url
+        self._shared = store if wanted and isinstance(store, SharedNotices) else None
+        self._durable = self._shared is not None and self.webhook_url is not None
         self._reader: asyncio.Task[None] | None = None
+        self._posting: asyncio.Task[None] | None = None
         self._sharing: set[asyncio.Task[None]] = set()
         self.caught_up = asyncio.Event()
         """Set while every notice from now on reaches this process's open streams."""
@@ -139,17 +168,22 @@ class AgentDesk:
         notices = [n for n in outcome.notices if isinstance(n, Notice)]
         if not notices:
             return
-        if self._shared is not None and self._reader is not None:
+        if self._shared is not None and self._started:
             task = asyncio.get_running_loop().create_task(self._share(notices))
             self._sharing.add(task)
             task.add_done_callback(self._sharing.discard)
-        else:
-            self._tell(notices)
+            return
+        self._tell(notices)
+        self._queue(notices)
+
+    def _queue(self, notices: list[Notice]) -> None:
+        """Queue webhook notices in this process (memory store, or Redis failing)."""
         for notice in notices:
             if self.webhook_url and notice.event in WEBHOOK_EVENTS:
                 try:
-                    self._outgoing.put_nowait(notice)
+                    self._outgoing.put_nowait((uuid.uuid4().hex, notice))
                 except asyncio.QueueFull:
+                    metrics.AGENT_NOTICES_DROPPED.labels("queue full").inc()
                     log.warning("agent webhook queue full; dropped a %s notice", notice.event)
 
     def _tell(self, notices: list[Notice]) -> None:
@@ -164,10 +198,17 @@ class AgentDesk:
         back from there); when the store fails, tell this process's pages at least."""
         assert self._shared is not None
         payloads = [json.dumps(n.to_dict(), separators=(",", ":")) for n in notices]
+        group = WEBHOOK_GROUP if self._durable else ""
         try:
-            await self._shared.notices_append(payloads)
+            dropped = await self._shared.notices_append(payloads, group=group)
         except StorageError:
-            self._tell(notices)
+            if self._reader is not None:
+                self._tell(notices)
+            self._queue(notices)  # not durable, but posted if this process lives
+            return
+        if dropped:
+            metrics.AGENT_NOTICES_DROPPED.labels("stream full").inc(dropped)
+            log.warning("the agent notices stream is full: dropped %d un-posted notices", dropped)
 
     async def _read_shared(self) -> None:
         """Every worker's notices, from the shared stream, to this process's open streams."""
@@ -205,15 +246,26 @@ class AgentDesk:
 
     def start(self) -> None:
         """Start posting webhook notices (when a URL is set) and reading the shared ones."""
+        self._started = True
         if self.webhook_url and self._task is None:
             self._task = asyncio.create_task(self._post_forever(), name="botkit-agent-webhook")
-        if self._shared is not None and self._reader is None:
+        if self._durable:
+            self._posting = asyncio.create_task(self._post_shared(), name="botkit-agent-posts")
+        if self.token and self._shared is not None and self._reader is None:
             self._reader = asyncio.create_task(self._read_shared(), name="botkit-agent-notices")
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Post what is queued (for up to ``grace`` s), then stop."""
+        """Post what is queued (for up to ``grace`` s), then stop.
+
+        With Redis, notices being appended get ``grace`` s to reach the stream;
+        what is not posted yet stays there for the other or the next worker.
+        """
+        self._started = False
+        if self._sharing:
+            await asyncio.wait(set(self._sharing), timeout=grace)
         reader, self._reader = self._reader, None
-        for running in (reader, *self._sharing):
+        posting, self._posting = self._posting, None
+        for running in (reader, posting, *self._sharing):
             if running is not None:
                 running.cancel()
                 with contextlib.suppress(asyncio.CancelledError, StorageError):
@@ -231,19 +283,70 @@ class AgentDesk:
     async def _post_forever(self) -> None:
         async with httpx.AsyncClient(timeout=10.0, transport=self._transport) as client:
             while True:
-                notice = await self._outgoing.get()
+                event_id, notice = await self._outgoing.get()
                 try:
-                    await self._post(client, notice)
+                    await self._post(client, event_id, notice)
                 finally:
                     self._outgoing.task_done()
 
-    async def _post(self, client: httpx.AsyncClient, notice: Notice) -> None:
-        """POST one notice, retrying transport errors, 429 and 5xx with backoff."""
+    async def _post_shared(self) -> None:
+        """Post the webhook notices of every worker from the shared stream, as one consumer
+        of the webhook's group; acknowledge each once the helpdesk took it."""
+        assert self._shared is not None
+        store = self._shared
+        consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        failures = 0
+        ready = False
+        async with httpx.AsyncClient(timeout=10.0, transport=self._transport) as client:
+            while True:
+                try:
+                    if not ready:
+                        await store.notices_group(WEBHOOK_GROUP)
+                        ready = True
+                    entries = await store.notices_take(
+                        WEBHOOK_GROUP, consumer, idle=self.claim_after, block=1.0
+                    )
+                except StorageError as exc:
+                    failures += 1
+                    if failures == 1:
+                        log.warning("cannot read the agent notices to post: %s", exc)
+                    await asyncio.sleep(self.retry.delay(min(failures, 10) - 1))
+                    continue
+                failures = 0
+                for entry_id, payload in entries:
+                    notice = Notice.from_dict(json.loads(payload))
+                    done = True
+                    if notice.event in WEBHOOK_EVENTS:
+
+                        async def hold(entry: str = entry_id) -> None:
+                            with contextlib.suppress(StorageError):
+                                await store.notices_hold(WEBHOOK_GROUP, consumer, [entry])
+
+                        done = await self._post(client, entry_id, notice, hold=hold)
+                    if done:
+                        # Unacknowledged (Redis failing): posted again later, at least once.
+                        with contextlib.suppress(StorageError):
+                            await store.notices_ack(WEBHOOK_GROUP, [entry_id])
+
+    async def _post(
+        self,
+        client: httpx.AsyncClient,
+        event_id: str,
+        notice: Notice,
+        hold: Callable[[], Awaitable[None]] | None = None,
+    ) -> bool:
+        """POST one notice, retrying transport errors, 429 and 5xx with backoff; False when
+        the retries gave up (a pending stream entry is then taken again later).
+
+        ``hold`` is called between tries so that no other worker takes it meanwhile.
+        """
         assert self.webhook_url is not None
-        body = json.dumps(notice.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+        data = {"id": event_id, **notice.to_dict()}
+        body = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
         headers = {
             "Content-Type": "application/json",
             "X-Botkit-Event": notice.event,
+            EVENT_ID_HEADER: event_id,
             SIGNATURE_HEADER: sign(self.webhook_secret, body),
         }
         failed = 0
@@ -254,14 +357,15 @@ class AgentDesk:
                 problem = type(exc).__name__
             else:
                 if answer.status_code < 300:
-                    return
+                    return True
                 if answer.status_code != 429 and answer.status_code < 500:
+                    metrics.AGENT_NOTICES_DROPPED.labels("refused").inc()
                     log.warning(
                         "the agent webhook refused a %s notice (HTTP %s); not retried",
                         notice.event,
                         answer.status_code,
                     )
-                    return
+                    return True
                 problem = f"HTTP {answer.status_code}"
             failed += 1
             if self.retry.gives_up(after=failed):
@@ -271,9 +375,17 @@ class AgentDesk:
                     failed,
                     problem,
                 )
-                return
+                return False
             log.info("agent webhook attempt %d failed (%s); retrying", failed, problem)
-            await asyncio.sleep(self.retry.delay(failed - 1))
+            delay = self.retry.delay(failed - 1)
+            while delay > 0:  # hold the entry at least three times per claim_after
+                step = min(delay, self.claim_after / 3)
+                if hold is not None:
+                    await hold()
+                await asyncio.sleep(step)
+                delay -= step
+            if hold is not None:
+                await hold()
 
 
 # -- the HTTP API ----------------------------------------------------------------
@@ -621,4 +733,5 @@ def desk_for(runtime: Runtime, settings: Settings) -> AgentDesk:
         webhook_url=settings.agent_webhook_url,
         webhook_secret=settings.secret("agent_webhook_secret"),
         retry=settings.retry_policy(attempts=WEBHOOK_ATTEMPTS),
+        claim_after=settings.agent_webhook_claim_after,
     )

@@ -95,6 +95,7 @@ class Settings(BaseSettings):
     agent_token: SecretStr | None = None
     agent_webhook_url: str | None = None
     agent_webhook_secret: SecretStr | None = None
+    agent_webhook_claim_after: float = Field(default=30.0, gt=0)
     handoff_timeout: float = Field(default=1800.0, gt=0)
     transcript_length: int = Field(default=500, ge=0, le=100_000)
     transcript_ttl_days: float = Field(default=30.0, gt=0)

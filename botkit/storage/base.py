@@ -457,16 +457,39 @@ class SharedNotices(Protocol):
     """A store every worker shares, that carries agent notices between them (the Redis store).
 
     A worker appends the notices of its turns; each worker reads everyone's,
-    for the agents' live pages it serves.
+    for the agents' live pages it serves. The agent webhook posts them from
+    the same stream through a consumer group: each notice is acknowledged
+    once posted, and one a dead worker held is taken by another.
     """
 
-    async def notices_append(self, payloads: Sequence[str]) -> None:
-        """Append notices (JSON); the last thousand or so are kept."""
+    async def notices_append(self, payloads: Sequence[str], *, group: str = "") -> int:
+        """Append notices (JSON); the last thousand or so are kept, and those ``group``
+        has not acknowledged up to a hard cap. Returns how many un-acknowledged
+        notices that cap dropped."""
         ...
 
     async def notices_read(self, after: str, block: float) -> tuple[str, list[str]]:
         """The notices after the position ``after``, waiting up to ``block`` s for one;
         returns the new position and the notices. ``"$"`` returns the position of now."""
+        ...
+
+    async def notices_group(self, group: str) -> None:
+        """Create the consumer group ``group``, reading from now on (kept if it exists)."""
+        ...
+
+    async def notices_take(
+        self, group: str, consumer: str, *, idle: float, block: float, count: int = 50
+    ) -> list[tuple[str, str]]:
+        """``(entry id, payload)`` pairs for ``consumer``: entries idle ``idle`` s on any
+        consumer first, else new ones (waiting up to ``block`` s)."""
+        ...
+
+    async def notices_hold(self, group: str, consumer: str, ids: Sequence[str]) -> None:
+        """Restart the idle time of entries ``consumer`` is still handling."""
+        ...
+
+    async def notices_ack(self, group: str, ids: Sequence[str]) -> None:
+        """Acknowledge entries: they are not taken again."""
         ...
 
 

@@ -12,7 +12,9 @@ so the shards spread evenly over the 16,384 slots (:func:`shard_tags`).
                                   heartbeat's expiry); a key of its own slot
     P:secret:<name>               a secret every process shares (no expiry)
     P:notices                     stream: the last agent notices (handoffs, messages of handed-off
-                                  users), for every worker's /agent page; a key of its own slot
+                                  users), for every worker's /agent page and, through the
+                                  consumer group "webhook", the agent webhook (un-posted ones
+                                  kept up to a hard cap); a key of its own slot
     P:{T}:<user>:conv             hash: the conversation (see fields.py) and the user's
                                   send order (next_seq, done_seq); sliding TTL
     P:{T}:<user>:lock             the turn lock: "<token> <dedupe key>", PX lock_ttl

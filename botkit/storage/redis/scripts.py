@@ -63,6 +63,7 @@ TIMERS_CLAIM = load("timers_claim")
 TIMERS_RESCHEDULE = load("timers_reschedule")
 HANDOFFS = load("handoffs")
 HANDOFFS_ALL = load("handoffs_all")
+NOTICES_ADD = load("notices_add")
 
 # Campaigns (botkit/storage/redis/campaigns.py): loaded on first use (NOSCRIPT).
 CAMPAIGN_ADD = load("campaign_add", library="campaign_lib")
@@ -92,5 +93,6 @@ ALL = (
     TIMERS_RESCHEDULE,
     HANDOFFS,
     HANDOFFS_ALL,
+    NOTICES_ADD,
 )
 """Every script the store loads at open."""

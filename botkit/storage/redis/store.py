@@ -82,6 +82,13 @@ _CLUSTER_POLL = 0.1
 # How many delayed messages one RELEASE_DUE call moves (keeps each script short).
 _RELEASE_BATCH = 500
 
+NOTICES_KEPT = 1000
+"""Agent notices the shared stream keeps for the pages (approximately)."""
+NOTICES_MOST = 100_000
+"""The shared stream's hard cap: notices the webhook has not posted yet are kept up to
+this many entries in all (about 30 MB); beyond it the oldest go, counted in
+``botkit_agent_notices_dropped_total``."""
+
 
 @dataclass(frozen=True, slots=True)
 class _Lease(TurnLease):
@@ -148,7 +155,13 @@ class RedisStore(ConversationStore):
     provider retries; a write that did stay is then seen as a duplicate). A
     turn is reported done only once a replica has it, so a failover to that
     replica keeps it; see the README's "What a failover keeps".
+
+    ``notices_kept`` and ``notices_most`` bound the shared agent notices
+    stream (see :meth:`notices_append`).
     """
+
+    notices_kept: int = NOTICES_KEPT
+    notices_most: int = NOTICES_MOST
 
     def __init__(
         self,
@@ -940,18 +953,85 @@ class RedisStore(ConversationStore):
 
     # -- agent notices, shared by the workers ----------------------------------
 
-    async def notices_append(self, payloads: Sequence[str]) -> None:
-        """XADD the notices to the shared stream (about the last 1,000 kept, for a day)."""
+    async def notices_append(self, payloads: Sequence[str], *, group: str = "") -> int:
+        """XADD the notices to the shared stream (kept for a day after the last one).
+
+        The stream keeps the last ``notices_kept`` (about) for the pages, and,
+        when ``group`` (the webhook's consumer group) exists, every notice it
+        has not acknowledged yet, up to ``notices_most`` entries in all. Returns how many
+        un-posted notices that hard cap dropped (0 unless the helpdesk has been
+        failing for that many notices).
+        """
         if not payloads:
-            return
+            return 0
+        await self._ensure_open()
+        async with self._runner.guard("share agent notices"):
+            dropped = await self._runner.run(
+                scripts.NOTICES_ADD,
+                [self._keys.notices],
+                [self.notices_kept, self.notices_most, _ms(DAY), group or "-", *payloads],
+            )
+        return int(dropped)
+
+    async def notices_group(self, group: str) -> None:
+        """Create the consumer group ``group`` on the shared stream, reading from now on
+        (a group that exists keeps its place)."""
+        client = await self._ensure_open()
+        async with self._runner.guard("create the agent notices group"):
+            try:
+                await done(client.xgroup_create(self._keys.notices, group, id="$", mkstream=True))
+            except rerr.ResponseError as exc:
+                if not str(exc).startswith("BUSYGROUP"):
+                    raise
+
+    async def notices_take(
+        self, group: str, consumer: str, *, idle: float, block: float, count: int = 50
+    ) -> list[tuple[str, str]]:
+        """Entries for ``consumer`` of ``group``: first those pending for ``idle`` s on any
+        consumer (a worker that died), else new ones, waiting up to ``block`` s.
+        Returns ``(entry id, payload)`` pairs; :meth:`notices_ack` them once handled."""
         client = await self._ensure_open()
         key = self._keys.notices
-        guard = self._runner.guard("share agent notices")
-        async with guard, client.pipeline(transaction=False) as pipe:
-            for payload in payloads:
-                pipe.xadd(key, {"n": payload}, maxlen=1000, approximate=True)
-            pipe.pexpire(key, _ms(DAY))
-            await pipe.execute()
+        async with self._runner.guard("take agent notices"):
+            try:
+                claimed = await done(
+                    client.xautoclaim(key, group, consumer, int(idle * 1000), "0-0", count=count)
+                )
+                entries = list(claimed[1])
+                if not entries:
+                    wait = max(1, int(min(block, self._socket_timeout / 2) * 1000))
+                    found = await done(
+                        client.xreadgroup(group, consumer, {key: ">"}, count=count, block=wait)
+                    )
+                    if isinstance(found, dict):
+                        entries = list(found.get(key, [[]])[0]) if found.get(key) else []
+                    else:
+                        entries = list(found[0][1]) if found else []
+            except rerr.ResponseError as exc:
+                if not str(exc).startswith("NOGROUP"):
+                    raise
+                # The stream expired with its group (a day without notices): from its start.
+                with suppress(rerr.ResponseError):
+                    await done(client.xgroup_create(key, group, id="0", mkstream=True))
+                return []
+        return [(str(entry_id), str(fields["n"])) for entry_id, fields in entries if fields]
+
+    async def notices_hold(self, group: str, consumer: str, ids: Sequence[str]) -> None:
+        """Restart the idle time of entries ``consumer`` is still posting (no one claims them)."""
+        if not ids:
+            return
+        client = await self._ensure_open()
+        async with self._runner.guard("hold agent notices"):
+            key = self._keys.notices
+            await done(client.xclaim(key, group, consumer, 0, list(ids), justid=True))
+
+    async def notices_ack(self, group: str, ids: Sequence[str]) -> None:
+        """Acknowledge entries of ``group``: they are not taken again."""
+        if not ids:
+            return
+        client = await self._ensure_open()
+        async with self._runner.guard("acknowledge agent notices"):
+            await done(client.xack(self._keys.notices, group, *ids))
 
     async def notices_read(self, after: str, block: float) -> tuple[str, list[str]]:
         """XREAD the shared stream after ``after``, blocking up to ``block`` s (kept under the
