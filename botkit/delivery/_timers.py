@@ -7,9 +7,11 @@ shards and never claim each other's users; until the sender's first
 heartbeat, and without shards, every shard). It runs each due timer as a
 turn of its user through the runtime: the user's lock, the timer fired only
 while it is still pending, and the turn's commit removing it. A worker that
-dies leaves its shards to the live workers once its heartbeat lapses, and
-the users it had claimed to be claimed again when their lease ends; a turn
-that had committed already removed its timer, so nothing fires twice.
+dies leaves its shards to the live workers once its heartbeat lapses; the
+worker that gains one takes the users the dead one had claimed at once (not
+after their lease). A turn that had committed already removed its timer, and
+a timer turn fires its timer only while it is still pending, so nothing
+fires twice.
 After an outage the timers that came due meanwhile fire late, not never.
 """
 
@@ -68,6 +70,10 @@ class TimerWorker:
         self.config = config or TimerConfig()
         self.ownership = ownership
         """The outbox sender's shard ownership: claims only in the shards it owns (None: all)."""
+        # The shards owned and the live workers at the last pass (to see a worker leave).
+        self._owned: frozenset[int] | None = None
+        self._live: frozenset[str] = frozenset()
+        self._inheriting: list[int] = []
         self._outage = outage_log(runtime.store)
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -126,13 +132,35 @@ class TimerWorker:
         shards = None if self.ownership is None else self.ownership.shards
         if shards is not None and not shards:
             return 0  # more workers than shards: none is this one's for now
-        claims = await store.timers_claim(
-            self.runtime.clock.now(), self.config.lease, self.config.batch, shards=shards
-        )
-        if not claims:
-            return 0
-        counts = await asyncio.gather(*(self._fire_user(c) for c in claims))
-        return sum(counts)
+        now = self.runtime.clock.now()
+        ran = 0
+        inherited = self._inherited(shards)
+        if inherited:
+            # Shards of a worker that left: the users it had claimed (their claims
+            # end within a lease from now) are taken now, not after their lease.
+            # Users merely due within that time are put back at their next timer.
+            claims = await store.timers_claim(
+                now + self.config.lease, 0.0, self.config.batch, shards=inherited
+            )
+            if len(claims) < self.config.batch:
+                self._inheriting = []  # else more may be left: again next pass
+            ran += sum(await asyncio.gather(*(self._fire_user(c) for c in claims)))
+        claims = await store.timers_claim(now, self.config.lease, self.config.batch, shards=shards)
+        if claims:
+            ran += sum(await asyncio.gather(*(self._fire_user(c) for c in claims)))
+        return ran
+
+    def _inherited(self, shards: list[int] | None) -> list[int]:
+        """The shards this worker gained because a worker left (and still to look at)."""
+        ownership = self.ownership
+        if ownership is None or shards is None:
+            return []
+        before, live_before = self._owned, self._live
+        self._owned, self._live = frozenset(shards), ownership.live
+        if before is not None and live_before - ownership.live:
+            self._inheriting = sorted({*self._inheriting, *(set(shards) - before)})
+        self._inheriting = [shard for shard in self._inheriting if shard in self._owned]
+        return self._inheriting
 
     async def _fire_user(self, claim: TimerClaim) -> int:
         async with self._slots:

@@ -132,7 +132,8 @@ async def test_workers_claim_timers_in_the_shards_their_senders_own(
         assert owned[0] and owned[1] and not owned[0] & owned[1]
         assert owned[0] | owned[1] == set(range(shards))
         for runtime, ownership in zip(runtimes, ownerships, strict=True):
-            workers.append(TimerWorker(runtime, FAST, ownership=ownership))
+            config = TimerConfig(poll=0.02, lease=600.0)
+            workers.append(TimerWorker(runtime, config, ownership=ownership))
             workers[-1].start()
 
         users = [f"7910{n:07d}" for n in range(64)]
@@ -142,9 +143,21 @@ async def test_workers_claim_timers_in_the_shards_their_senders_own(
             owner = 0 if shard_of(user, shards) in owned[0] else 1
             assert fired_by[user] == [owner], "fired once, by the worker owning its shard"
 
-        # The second worker dies: no more heartbeats, its timers left to the first.
+        # The second worker claims a due user of its shards for a long lease and
+        # dies: no more heartbeats, its timers left to the first.
         await workers[1].stop()
+        claimed = next(
+            f"7930{n:07d}" for n in range(1000) if shard_of(f"7930{n:07d}", shards) in owned[1]
+        )
+        await say(runtimes[1], claimed, "hi", 0)
+        await until(lambda: _due(runtimes[1], claimed))
+        [claim] = await runtimes[1].store.timers_claim(
+            time.time(), 600.0, 10, shards=sorted(owned[1])
+        )
+        assert claim.user == claimed
         await until(lambda: _owns_all(ownerships[0], shards), within=10.0)
+        await until(lambda: claimed in fired_by, within=10.0)  # not after the 600 s lease
+        assert fired_by[claimed] == [0]
         later = [f"7920{n:07d}" for n in range(32)]
         await asyncio.gather(*(say(runtimes[0], u, "hi", n) for n, u in enumerate(later)))
         await until(lambda: all(u in fired_by for u in later))
@@ -155,6 +168,11 @@ async def test_workers_claim_timers_in_the_shards_their_senders_own(
             await worker.stop()
         for runtime in runtimes:
             await runtime.stop()
+
+
+async def _due(runtime: Runtime, user: str) -> bool:
+    timers = (await runtime.store.load(user)).timers
+    return bool(timers) and all(t.due <= time.time() for t in timers.values())
 
 
 async def _owns_all(ownership: ShardOwnership, shards: int) -> bool:

@@ -5,7 +5,7 @@ message that arrives. Every timer fires, and fires once: once everything has
 settled (no timer pending, nothing left in the outbox), the emulator's raw
 record holds exactly one copy of each timer's reply, whichever process ran
 it. The survivor takes the killed process's shards once its heartbeat lapses,
-and the users it had claimed after their lease.
+and with them the users it had claimed.
 """
 
 from __future__ import annotations
