@@ -7,6 +7,7 @@ another once idle.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -64,3 +65,23 @@ async def test_notices_pending_on_a_dead_consumer_are_taken_by_another(
 
     await wait_for(taken_over, within=10, what="the idle notice taken over")
     assert found == [held[1]]  # the same entry id: the event id the helpdesk sees again
+
+
+async def test_a_notice_a_live_worker_holds_is_not_taken_by_another(store: RedisStore) -> None:
+    await store.notices_append(["z"], group=GROUP)  # the first append creates the group
+    held = await store.notices_take(GROUP, "busy", idle=0.5, block=0.1)
+    assert [p for _, p in held] == ["z"]
+    deadline = asyncio.get_running_loop().time() + 1.5  # three times the idle time
+    while asyncio.get_running_loop().time() < deadline:
+        await store.notices_hold(GROUP, "busy", [held[0][0]])
+        assert await store.notices_take(GROUP, "other", idle=0.5, block=0.05) == []
+        await asyncio.sleep(0.1)
+    # Once the holder stops (it died), the other takes it.
+    found: list[tuple[str, str]] = []
+
+    async def taken_over() -> bool:
+        found.extend(await store.notices_take(GROUP, "other", idle=0.5, block=0.05))
+        return bool(found)
+
+    await wait_for(taken_over, within=10, what="the notice taken over")
+    assert found == held

@@ -5,6 +5,8 @@
 -- -> how many notices the group had not posted yet the hard cap dropped
 local stream = KEYS[1]
 local keep, most, ttl, group = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
+-- The group reads from before these: a new stream (or one that expired) loses none.
+if group ~= '-' then redis.pcall('XGROUP', 'CREATE', stream, group, '$', 'MKSTREAM') end
 for i = 5, #ARGV do redis.call('XADD', stream, '*', 'n', ARGV[i]) end
 redis.call('PEXPIRE', stream, ttl)
 local length = redis.call('XLEN', stream)
