@@ -61,7 +61,10 @@ async def turns(cfg: dict[str, Any]) -> dict[str, Any]:
     runtime = Runtime(bot, store)
     await runtime.start()
     await probe.rpush(probe_keys["ready"], os.getpid())
-    await probe.blpop([probe_keys["go"]], timeout=30)
+    # The go comes once every worker is ready, however slow the others start;
+    # without it (the test gave up) the worker fails rather than run alone.
+    if not await probe.blpop([probe_keys["go"]], timeout=600):
+        raise SystemExit("no go signal from the test")
 
     async def one(message_id: str) -> str:
         message = TextMessage(id=message_id, user=cfg["user"], text="+1", timestamp=time.time())

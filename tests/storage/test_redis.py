@@ -132,10 +132,19 @@ async def run_two_workers(
         for i in ids
     ]
     try:
-        for _ in workers:
-            assert await probe.blpop([shared["ready"]], timeout=30), "a worker did not start"
+        # Ready signals queue up in a list, so none is missed however late the
+        # probe looks. A cold start on a loaded machine is slow, so the wait is
+        # long but ends early: as soon as both are ready, or one has exited.
+        started, deadline = 0, time.monotonic() + 180
+        while started < len(workers):
+            if await probe.blpop([shared["ready"]], timeout=1):
+                started += 1
+                continue
+            exited = [w.returncode for w in workers if w.returncode is not None]
+            assert not exited, f"a worker exited ({exited}) before it was ready"
+            assert time.monotonic() < deadline, "a worker did not start within 180 s"
         await probe.rpush(shared["go"], *["go"] * len(workers))
-        async with asyncio.timeout(45):
+        async with asyncio.timeout(180):  # a bound for a hang; a passing run takes seconds
             outputs = [await w.communicate() for w in workers]
         assert all(w.returncode == 0 for w in workers)
         assert await probe.get(shared["overlaps"]) is None, "two handlers of one user overlapped"
