@@ -16,6 +16,7 @@ from bots.pizza import CONNECTING, bot
 from tests.devtools.test_page import (
     CHROMIUM,
     CHROMIUM_ARGS,
+    LOADED_MS,
     REFERENCE,
     URL_WITH_SCHEME,
     _browser_or_skip,
@@ -93,8 +94,8 @@ async def test_an_agent_logs_in_replies_and_releases_in_a_browser(live: LiveBot)
         try:
             context = await browser.new_context(viewport={"width": 1280, "height": 800})
             page = await context.new_page()
-            page.set_default_timeout(10_000)
-            expect.set_options(timeout=10_000)
+            page.set_default_timeout(LOADED_MS)
+            expect.set_options(timeout=LOADED_MS)
             requests: list[str] = []
             page.on("request", lambda request: requests.append(request.url))
             errors: list[str] = []
@@ -140,10 +141,10 @@ async def test_an_agent_logs_in_replies_and_releases_in_a_browser(live: LiveBot)
             def reached() -> bool:
                 return "Hi, this is Alice. How can I help?" in texts_to(live, ANNA)
 
-            await wait_for(reached, what="the agent's reply at the emulator")
+            await wait_for(reached, within=60, what="the agent's reply at the emulator")
             # Ticks come with the page's 5 s refresh (statuses are no notices): allow two.
             await expect(mine.locator(".ticks")).to_have_attribute(
-                "data-status", "read", timeout=20_000
+                "data-status", "read", timeout=LOADED_MS
             )
 
             # The user writes while handed off: it shows up live, the bot stays quiet.
@@ -200,8 +201,8 @@ async def test_the_inbox_fits_a_phone_a_tablet_and_a_wide_screen(live: LiveBot) 
             for width in (360, 800, 1280):
                 context = await browser.new_context(viewport={"width": width, "height": 740})
                 page = await context.new_page()
-                page.set_default_timeout(10_000)
-                expect.set_options(timeout=10_000)
+                page.set_default_timeout(LOADED_MS)
+                expect.set_options(timeout=LOADED_MS)
                 await page.goto(f"{live.url}/agent")
                 await page.fill("#login-name", "alice")
                 await page.fill("#login-token", TOKEN)
