@@ -269,6 +269,10 @@ class ConversationStore(ABC):
         """Release the lock and forget the in-progress mark, so the message can run again."""
 
     @abstractmethod
+    def waiting_turns(self, user: str) -> int:
+        """How many turns of ``user`` in this process wait for the user's lock."""
+
+    @abstractmethod
     async def load(self, user: str) -> Conversation:
         """Read a user's conversation without locking (an empty one when unknown)."""
 

@@ -214,6 +214,11 @@ class MemoryStore(ConversationStore):
             del self._marks[lease.key]
         self._release(lease.user, lease.token)
 
+    def waiting_turns(self, user: str) -> int:
+        """How many turns of ``user`` wait for the user's lock."""
+        lock = self._locks.get(user)
+        return 0 if lock is None else sum(1 for w in lock.waiters if not w.granted.done())
+
     async def load(self, user: str) -> Conversation:
         """A copy of the user's conversation."""
         return self._conversation(user).copy()

@@ -20,6 +20,7 @@ from botkit.storage.base import (
     UserBusy,
 )
 from botkit.storage.memory import MemoryStore
+from tests.helpers import wait_for
 
 from .conftest import StoreFactory
 
@@ -156,7 +157,7 @@ async def test_second_turn_waits_for_the_first(store: ConversationStore) -> None
     user = new_user()
     first = await store.begin_turn(user, "m:1")
     second_task = asyncio.create_task(store.begin_turn(user, "m:2"))
-    await asyncio.sleep(0.05)
+    await wait_for(lambda: store.waiting_turns(user) == 1, what="the second turn queued")
     assert not second_task.done(), "the second turn must wait for the user's lock"
     conv = first.conversation.copy()
     conv.data["seen"] = ["m:1"]
