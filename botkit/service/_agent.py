@@ -100,6 +100,8 @@ WEBHOOK_ATTEMPTS = 8
 _QUEUE_LIMIT = 10_000
 _SSE_HEARTBEAT = 10.0
 _POLL = 0.25
+_PRUNE_EVERY = 600.0
+_PRUNE_IDLE = 86_400.0  # a consumer idle a day holding nothing: its worker is gone
 
 STREAM_LIFETIME = 25.0
 """Seconds before an event stream ends by itself; the browser reconnects at once."""
@@ -297,6 +299,7 @@ class AgentDesk:
         consumer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         failures = 0
         ready = False
+        prune_at = time.monotonic() + _PRUNE_EVERY
         async with httpx.AsyncClient(timeout=10.0, transport=self._transport) as client:
             while True:
                 try:
@@ -313,6 +316,10 @@ class AgentDesk:
                     await asyncio.sleep(self.retry.delay(min(failures, 10) - 1))
                     continue
                 failures = 0
+                if time.monotonic() >= prune_at:  # consumers of workers gone long ago
+                    prune_at = time.monotonic() + _PRUNE_EVERY
+                    with contextlib.suppress(StorageError):
+                        await store.notices_prune(WEBHOOK_GROUP, _PRUNE_IDLE)
                 for entry_id, payload in entries:
                     notice = Notice.from_dict(json.loads(payload))
                     done = True

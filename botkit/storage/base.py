@@ -488,6 +488,10 @@ class SharedNotices(Protocol):
         consumer first, else new ones (waiting up to ``block`` s)."""
         ...
 
+    async def notices_prune(self, group: str, idle: float) -> int:
+        """Forget the consumers idle ``idle`` s that hold nothing; returns how many."""
+        ...
+
     async def notices_hold(self, group: str, consumer: str, ids: Sequence[str]) -> None:
         """Restart the idle time of entries ``consumer`` is still handling."""
         ...

@@ -85,3 +85,23 @@ async def test_a_notice_a_live_worker_holds_is_not_taken_by_another(store: Redis
 
     await wait_for(taken_over, within=10, what="the notice taken over")
     assert found == held
+
+
+async def test_consumers_of_workers_gone_are_forgotten_unless_they_hold_notices(
+    store: RedisStore,
+) -> None:
+    await store.notices_append(["a"], group=GROUP)
+    await store.notices_take(GROUP, "holds", idle=60, block=0.1)  # holds "a"
+    await store.notices_append(["b"], group=GROUP)
+    posted = await store.notices_take(GROUP, "empty", idle=60, block=0.1)
+    await store.notices_ack(GROUP, [entry for entry, _ in posted])  # holds nothing
+    # Both idle; only the one holding nothing is forgotten, the other keeps "a".
+    gone: list[int] = []
+
+    async def pruned() -> bool:
+        gone.append(await store.notices_prune(GROUP, 0.2))
+        return gone[-1] > 0
+
+    await wait_for(pruned, within=10, what="the idle consumer forgotten")
+    assert gone[-1] == 1
+    assert [p for _, p in await store.notices_take(GROUP, "next", idle=0, block=0.05)] == ["a"]

@@ -1016,6 +1016,16 @@ class RedisStore(ConversationStore):
                 return []
         return [(str(entry_id), str(fields["n"])) for entry_id, fields in entries if fields]
 
+    async def notices_prune(self, group: str, idle: float) -> int:
+        """Forget the consumers of ``group`` idle ``idle`` s that hold no entry (workers gone);
+        returns how many."""
+        await self._ensure_open()
+        async with self._runner.guard("prune agent notices consumers"):
+            gone = await self._runner.run(
+                scripts.NOTICES_PRUNE, [self._keys.notices], [group, int(idle * 1000)]
+            )
+        return int(gone)
+
     async def notices_hold(self, group: str, consumer: str, ids: Sequence[str]) -> None:
         """Restart the idle time of entries ``consumer`` is still posting (no one claims them)."""
         if not ids:
