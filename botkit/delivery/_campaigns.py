@@ -381,7 +381,8 @@ class CampaignFeed:
             campaign = await self._campaign(cid)
             if campaign is not None:
                 await self.campaigns.settle(campaign, settlements)
-        if records:
+        if records and self.receipts:
+            # Without status callbacks nothing would ever read them (7 days of Redis).
             await self.store.outbox_ack([], records)
 
     async def settle_receipts(self, settled: Sequence[tuple[OutboxItem, Receipt]]) -> None:

@@ -22,6 +22,7 @@ JSON and statuses.
 ``POST /_dev/api/clock``               ``{"hours": 25}`` moves the dev clock
 ``GET /_dev/api/events``               server-sent events: the :class:`DevFeed`
 ``GET /_dev/api/feed?after=N``         the same entries as one JSON list
+``GET /_dev/api/campaigns``             every campaign's live totals (the Campaigns card)
 =====================================  =============================================
 """
 
@@ -516,6 +517,11 @@ def routes(server: PageHost) -> list[BaseRoute]:
         given = request.query_params.get("after") or "0"
         return _json(feed.since(int(given) if given.isdecimal() else 0))
 
+    async def campaigns(request: Request) -> Response:
+        store = service().store.campaigns()
+        found = [(await store.totals(c)).to_dict() for c in await store.all()]
+        return _json(sorted(found, key=lambda c: c["created_at"]))
+
     return [
         Route(PREFIX, page, methods=["GET"]),
         Route(f"{PREFIX}/", page, methods=["GET"]),
@@ -527,4 +533,5 @@ def routes(server: PageHost) -> list[BaseRoute]:
         Route(f"{PREFIX}/api/clock", clock, methods=["POST"]),
         Route(f"{PREFIX}/api/events", events, methods=["GET"]),
         Route(f"{PREFIX}/api/feed", feed_json, methods=["GET"]),
+        Route(f"{PREFIX}/api/campaigns", campaigns, methods=["GET"]),
     ]

@@ -32,6 +32,7 @@ Control endpoints (no auth: the emulator is a local tool):
 ``GET /_emulator/messages``    accepted messages, their status history and callbacks
 ``DELETE /_emulator/messages`` forget every message, request, callback and injection
 ``GET /_emulator/requests``    one entry per ``POST /whatsapp/messages``
+``GET /_emulator/stats``       counts: messages, requests, requests in flight, callbacks to go
 ``POST /_emulator/incoming``   inject a user message: ``{"from": "7903...", "text": "hi"}``
 ``GET /_emulator/incoming``    the injected messages
 ``POST /_emulator/faults``     ``{"count": 2, "status": 500}``, ``{"delay": 3}``, ``{"garble": 1}``
@@ -107,6 +108,8 @@ Clock = Callable[[], float]
 """A zero-argument callable returning UNIX time in seconds."""
 
 DEFAULT_SESSION_WINDOW = 86_400.0
+# Status callbacks posted at once (the HTTP client's connections).
+_CALLBACK_CONNECTIONS = 32
 DEFAULT_BUSINESS_NUMBER = "79000000000"
 
 
@@ -298,6 +301,7 @@ class Emulator:
         session_window: float = DEFAULT_SESSION_WINDOW,
         rate_limit: RateLimit | None = None,
         not_on_whatsapp: Iterable[str] = (),
+        record: bool = True,
         callback_delay: float = 0.0,
         response_delay: float = 0.0,
         callback_attempts: int = 4,
@@ -319,6 +323,13 @@ class Emulator:
         self.not_on_whatsapp: set[str] = {normalize_phone(number) for number in not_on_whatsapp}
         self.callback_delay = callback_delay
         self.response_delay = response_delay
+        self.record = record
+        """False: accepted messages and requests are counted, not kept (and no per-recipient
+        rate limit is tracked), so a benchmark's millions of messages take no memory here."""
+        self.accepted_count = 0
+        """Messages accepted since the start (or the last reset), kept or not."""
+        self.request_count = 0
+        """Send requests received since the start (or the last reset), kept or not."""
         self.in_flight = 0
         """Send requests received and not answered yet."""
         self.in_flight_from: list[tuple[str, int]] = []
@@ -346,6 +357,7 @@ class Emulator:
         self._changed: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._http: httpx.AsyncClient | None = None
+        self._slots: asyncio.Semaphore | None = None
         self.app = self._build_app()
 
     def __repr__(self) -> str:
@@ -410,6 +422,7 @@ class Emulator:
         """Forget every message, request, callback, injection, window and rate count."""
         self.messages.clear()
         self.requests.clear()
+        self.accepted_count = self.request_count = 0
         self.incoming.clear()
         self._last_inbound.clear()
         self._recent_sends.clear()
@@ -667,7 +680,9 @@ class Emulator:
         )
 
     def _log_request(self, messages: int, status: int, fault: str | None = None) -> None:
-        self.requests.append(ReceivedRequest(self.now(), messages, status, fault))
+        self.request_count += 1
+        if self.record:
+            self.requests.append(ReceivedRequest(self.now(), messages, status, fault))
         self._touch()
 
     def _results(self, items: list[Any]) -> list[SendResult]:
@@ -699,7 +714,9 @@ class Emulator:
             received_at=self.now(),
         )
         failure = self._failure(message)
-        self.messages.append(record)
+        self.accepted_count += 1
+        if self.record:
+            self.messages.append(record)
         self._publish("message", record.to_json())
         task = asyncio.create_task(self._deliver(record, failure))
         self._tasks.add(task)
@@ -711,6 +728,8 @@ class Emulator:
         phone = _phone_key(message.to or "")
         if phone in self.not_on_whatsapp:
             return StatusErrorCode.NOT_ON_WHATSAPP
+        if not self.record:
+            return None  # counting only: no per-recipient state kept
         now = self.now()
         recent = self._recent_sends.setdefault(phone, deque())
         while recent and recent[0] <= now - self.rate_limit.per:
@@ -753,7 +772,10 @@ class Emulator:
             status: int | None = None
             error: str | None = None
             try:
-                response = await self._client().post(url, json=body)
+                # At most as many posts as the pool has connections: thousands of
+                # requests waiting on httpx's pool make each one slow (and time out).
+                async with self._callback_slots():
+                    response = await self._client().post(url, json=body)
                 status = response.status_code
             except httpx.HTTPError as exc:
                 error = f"{type(exc).__name__}: {exc}"
@@ -774,13 +796,21 @@ class Emulator:
             self.callback_attempts,
         )
 
+    def _callback_slots(self) -> asyncio.Semaphore:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(_CALLBACK_CONNECTIONS)
+        return self._slots
+
     def _client(self) -> httpx.AsyncClient:
         if self._http is None or self._http.is_closed:
             # Callbacks queue for a connection instead of failing with a pool
             # timeout when hundreds are due at once (the provider spreads them).
             self._http = httpx.AsyncClient(
                 timeout=httpx.Timeout(5.0, pool=None),
-                limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
+                limits=httpx.Limits(
+                    max_connections=_CALLBACK_CONNECTIONS,
+                    max_keepalive_connections=_CALLBACK_CONNECTIONS,
+                ),
             )
         return self._http
 
@@ -817,6 +847,7 @@ class Emulator:
                 Route("/_emulator/messages", self._list_messages, methods=["GET"]),
                 Route("/_emulator/messages", self._reset, methods=["DELETE"]),
                 Route("/_emulator/requests", self._list_requests, methods=["GET"]),
+                Route("/_emulator/stats", self._stats, methods=["GET"]),
                 Route("/_emulator/incoming", self._list_incoming, methods=["GET"]),
                 Route("/_emulator/incoming", self._inject, methods=["POST"]),
                 Route("/_emulator/faults", self._set_fault, methods=["POST"]),
@@ -836,6 +867,16 @@ class Emulator:
 
     async def _list_requests(self, request: Request) -> Response:
         return JSONResponse([entry.to_json() for entry in self.requests])
+
+    async def _stats(self, request: Request) -> Response:
+        return JSONResponse(
+            {
+                "messages": self.accepted_count,
+                "requests": self.request_count,
+                "inFlight": self.in_flight,
+                "callbacksPending": len(self._tasks),
+            }
+        )
 
     async def _list_incoming(self, request: Request) -> Response:
         return JSONResponse([entry.to_json() for entry in self.incoming])
@@ -1010,6 +1051,12 @@ def add_arguments(
         help="a number whose messages fail with 2305 (repeatable)",
     )
     parser.add_argument(
+        "--no-record",
+        action="store_true",
+        help="count messages and requests (GET /_emulator/stats) without keeping them: "
+        "for benchmarks of millions of messages",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["critical", "error", "warning", "info", "debug"],
@@ -1031,6 +1078,7 @@ def serve_from_args(args: argparse.Namespace, fail: Callable[[str, int], int]) -
             callback_delay=args.callback_delay,
             response_delay=args.response_delay,
             not_on_whatsapp=args.not_on_whatsapp,
+            record=not args.no_record,
         )
     except InvalidPhoneNumber as exc:
         return fail(f"--not-on-whatsapp: {exc}", 2)

@@ -532,3 +532,33 @@ async def test_the_page_shows_pending_timers_and_a_clock_jump_fires_them() -> No
         [_, reminder_sent] = await server.emulator.wait_for_messages(2)
         assert reminder_sent.received["text"] == "reminder: tea"
         assert (await http.get(f"/_dev/api/conversation/{USER}")).json()["timers"] == []
+
+
+async def test_a_campaign_started_in_botkit_dev_shows_its_live_totals_on_the_page(
+    dev: tuple[DevServer, httpx.AsyncClient],
+) -> None:
+    _, http = dev
+    page = (await http.get("/_dev")).text
+    assert 'id="campaigns-card"' in page
+    assert (await http.get("/_dev/api/campaigns")).json() == []
+    body = {
+        "name": "welcome",
+        "template": {"id": "welcome"},
+        "audience": [{"phone": "79030000001"}, {"phone": "79030000002"}, {"phone": "7"}],
+        "rate": 0,
+    }
+    auth = {"Authorization": "Bearer dev"}  # botkit dev's send API token
+    created = await http.post("/api/campaigns", json=body, headers=auth)
+    assert created.status_code == 201, created.text
+
+    async def read() -> bool:
+        [campaign] = (await http.get("/_dev/api/campaigns")).json()
+        return bool(campaign["read"] == 2)
+
+    deadline = time.monotonic() + 15
+    while not await read():
+        assert time.monotonic() < deadline, "the campaign's messages were not read"
+        await asyncio.sleep(0.05)
+    [campaign] = (await http.get("/_dev/api/campaigns")).json()
+    assert (campaign["name"], campaign["state"], campaign["sent"]) == ("welcome", "done", 2)
+    assert campaign["skipped"] == {"invalid": 1}

@@ -586,8 +586,40 @@
     window.addEventListener("hashchange", fromHash);
   }
 
+  // -- campaigns: live totals, refreshed every two seconds ---------------------------
+
+  function renderCampaigns(list) {
+    $("campaigns-card").hidden = !list.length;
+    const items = list.map((c) => {
+      const done = c.audience - c.queued;
+      const share = c.audience ? Math.round((100 * done) / c.audience) : 100;
+      const bar = el("progress", { max: String(c.audience || 1), value: String(done) });
+      const counts = (o) => Object.entries(o).map(([k, v]) => k + " " + v).join(", ") || "none";
+      return el(
+        "li",
+        { class: "campaign", "data-state": c.state, "data-name": c.name },
+        el("div", {}, el("strong", { text: c.name }), " ", el("span", { class: "muted", text: c.state + " · " + c.template.id })),
+        el("div", {}, bar, " ", el("span", { class: "small", text: share + "% · " + done + " of " + c.audience })),
+        el(
+          "div",
+          { class: "small" },
+          "queued " + c.queued + " · sent " + c.sent + " · delivered " + c.delivered + " · read " + c.read
+        ),
+        el("div", { class: "small muted" }, "failed: " + counts(c.failed) + " · skipped: " + counts(c.skipped))
+      );
+    });
+    $("campaigns").replaceChildren(...items);
+  }
+
+  async function refreshCampaigns() {
+    const result = await api("GET", "campaigns");
+    if (result.ok) renderCampaigns(result.data);
+  }
+
   async function start() {
     wire();
+    refreshCampaigns();
+    setInterval(refreshCampaigns, 2000);
     const result = await api("GET", "info");
     if (result.ok) {
       app.info = result.data;
