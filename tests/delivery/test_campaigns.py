@@ -16,6 +16,7 @@ from botkit import Bot, Context
 from botkit.delivery import start_campaign
 from botkit.devtools.emulator import Emulator
 from botkit.storage.campaigns import CampaignState, CampaignTotals
+from botkit.storage.memory import MemoryStore
 from botkit.storage.redis import RedisStore
 from botkit.testing import LiveBot
 from tests.service._harness import wait_for
@@ -227,3 +228,32 @@ async def test_a_2301_halves_the_rate_and_the_recipient_is_retried_later(live: L
     await wait_for(failed_2301, what="the 2301 counted")
     tries = [m for m in live.emulator.messages if m.message.to == throttled]
     assert len(tries) == 2
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_a_recipients_template_parameters_keep_their_count_when_empty(
+    backend: str, redis_url: str, redis_prefix: str
+) -> None:
+    # An empty CSV cell is a parameter too: dropping it would shift or lose the template's.
+    store = (
+        MemoryStore()
+        if backend == "memory"
+        else RedisStore(redis_url, bot=bot.name, prefix=redis_prefix, shards=4)
+    )
+    rows = {phone(1): ("",), phone(2): (), phone(3): ("", "b"), phone(4): ("a", "")}
+    try:
+        campaigns = store.campaigns()
+        await start_campaign(
+            campaigns,
+            name="blanks",
+            template="t",
+            audience=list(rows.items()),
+            expected=len(rows),
+            rate=0,
+        )
+        campaign = await campaigns.get("blanks")
+        assert campaign is not None
+        taken = await campaigns.take(campaign, "c1", 10)
+        assert {r.phone: r.params for r in taken} == rows
+    finally:
+        await store.close()

@@ -111,7 +111,7 @@ class RedisCampaigns(CampaignStore):
         args: list[Any] = [len(recipients)]
         for phone, params in recipients:
             keys.append(self._bucket(campaign, phone))
-            args += (phone, _SEP.join(params))
+            args += (phone, "".join(_SEP + p for p in params))
         added, duplicates = await self._run("add recipients", scripts.CAMPAIGN_ADD, keys, args)
         return int(added), int(duplicates)
 
@@ -364,4 +364,5 @@ class RedisCampaigns(CampaignStore):
 
 
 def _params(joined: str) -> tuple[str, ...]:
-    return tuple(joined.split(_SEP)) if joined else ()
+    # Each parameter is stored after a separator, so () and ("",) stay apart.
+    return tuple(joined.split(_SEP)[1:])

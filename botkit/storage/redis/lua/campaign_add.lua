@@ -1,6 +1,6 @@
 -- CAMPAIGN_ADD: append recipients to a campaign's audience, each phone once.
 -- KEYS: 1 audience stream, 2 totals hash, then the results bucket of each recipient
--- ARGV: 1 n, then n (phone, params joined by \31) pairs
+-- ARGV: 1 n, then n (phone, each parameter after a \31) pairs
 -- -> {added, duplicates}
 local n = tonumber(ARGV[1])
 local added, duplicates = 0, 0
