@@ -1142,28 +1142,34 @@ class RedisStore(ConversationStore):
 
         An item waits while an earlier message to its user (read by this
         sender or another) has no answer from the provider yet. One script
-        call per shard involved.
+        call (on Redis Cluster, one per shard involved).
         """
         if all(item.seq is None for item in items):
             return [True] * len(items)
-        by_shard: dict[int, tuple[list[int], list[str], list[str | int]]] = {}
+        # A call per shard on Redis Cluster (a script keeps to one slot), one for all elsewhere.
+        cluster = isinstance(self._client, RedisCluster)
+        by_shard: dict[int, tuple[list[int], dict[str, int], list[str | int]]] = {}
         for n, item in enumerate(items):
             user = item.message.user
-            places, keys, args = by_shard.setdefault(self._keys.shard(user), ([], [], []))
+            group = self._keys.shard(user) if cluster else 0
+            places, keys, args = by_shard.setdefault(group, ([], {}, []))
             key = self._keys.conv(user)  # its send order
-            if key not in keys:
-                keys.append(key)
+            index = keys.setdefault(key, len(keys) + 1)  # its place in KEYS, from 1
             places.append(n)
-            args += (keys.index(key) + 1, "" if item.seq is None else item.seq)
+            args += (index, "" if item.seq is None else item.seq)
         verdicts = [True] * len(items)
 
-        async def ready(places: list[int], keys: list[str], args: list[str | int]) -> None:
+        async def ready(places: list[int], keys: dict[str, int], args: list[str | int]) -> None:
             async with self._runner.guard("check the send order"):
-                found = await self._runner.run(scripts.READY, keys, args)
+                found = await self._runner.run(scripts.READY, list(keys), args)
             for place, verdict in zip(places, found, strict=True):
                 verdicts[place] = bool(verdict)
 
-        await asyncio.gather(*(ready(*call) for call in by_shard.values()))
+        calls = list(by_shard.values())
+        if len(calls) == 1:
+            await ready(*calls[0])
+        else:
+            await asyncio.gather(*(ready(*call) for call in calls))
         return verdicts
 
     async def outbox_release_due(self, now: float) -> int:
@@ -1246,23 +1252,37 @@ class RedisStore(ConversationStore):
 
     async def outbox_attempt(self, consumer: str, ids: Sequence[str]) -> list[str]:
         """Of ``ids``, those ``consumer`` still holds, each marked as attempted and its idle
-        time restarted (a script per shard, see :meth:`ConversationStore.outbox_attempt`)."""
+        time restarted (see :meth:`ConversationStore.outbox_attempt`): one script call for
+        every shard involved, a call per shard on Redis Cluster (a script keeps to one slot)."""
         if not ids:
             return []
-        await self._ensure_open()
+        client = await self._ensure_open()
         by_shard: dict[int, list[str]] = {}
         for entry in ids:
             shard, _, entry_id = entry.partition(":")
             by_shard.setdefault(int(shard), []).append(entry_id)
-        head = [self.group, consumer, self._sent_ttl_ms]
+        head: list[str | int] = [self.group, consumer, self._sent_ttl_ms]
 
-        async def attempt(shard: int, entry_ids: list[str]) -> list[str]:
-            keys = [self._keys.outbox(shard), self._keys.attempts(shard)]
+        async def attempt(shards: list[int]) -> list[str]:
+            keys: list[str] = []
+            args: list[str | int] = [*head]
+            for shard in shards:
+                keys += (self._keys.outbox(shard), self._keys.attempts(shard))
+                args += (len(by_shard[shard]), *by_shard[shard])
             async with self._runner.guard("mark outbox entries as attempted"):
-                held = await self._runner.run(scripts.ATTEMPT, keys, [*head, *entry_ids])
-            return [f"{shard}:{entry_id}" for entry_id in held]
+                found = await self._runner.run(scripts.ATTEMPT, keys, args)
+            held: list[str] = []
+            place = 0
+            for shard in shards:
+                count = int(found[place])
+                held += (f"{shard}:{entry_id}" for entry_id in found[place + 1 : place + 1 + count])
+                place += 1 + count
+            return held
 
-        found = await asyncio.gather(*(attempt(s, e) for s, e in by_shard.items()))
+        if isinstance(client, RedisCluster) and len(by_shard) > 1:
+            found = await asyncio.gather(*(attempt([shard]) for shard in by_shard))
+        else:
+            found = [await attempt(list(by_shard))]
         held = {entry for entries in found for entry in entries}
         return [entry for entry in ids if entry in held]
 

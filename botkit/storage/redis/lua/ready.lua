@@ -1,4 +1,4 @@
--- READY: which outbox items of one shard may go now.
+-- READY: which outbox items may go now (of one shard on Redis Cluster, any elsewhere).
 -- KEYS: the conversation hashes of the items' users (their send order)
 -- ARGV: (user's key index in KEYS, send sequence number or "") pairs, in outbox order
 -- -> one 1 (send it now) or 0 (an earlier message to the same user is not
