@@ -306,6 +306,29 @@ async def test_a_live_consumer_that_attempts_its_entries_is_not_overtaken(
     assert await store.outbox_claim("third", 0.9, 10) == []
 
 
+async def test_an_attempt_over_many_users_keeps_only_the_entries_still_held(
+    store: ConversationStore,
+) -> None:
+    # Users over many shards, one batch: the ones another consumer claimed meanwhile are
+    # left to it, the others are kept (in the order asked) and marked as attempted.
+    first = [new_user() for _ in range(8)]
+    await store.enqueue([text(user, f"early {n}") for n, user in enumerate(first)])
+    early = await store.outbox_read("slow", 100, 0.05)
+    await asyncio.sleep(0.4)
+    taken = await store.outbox_claim("other", 0.3, 100)
+    assert sorted(i.id for i in taken) == sorted(i.id for i in early)
+    second = [new_user() for _ in range(8)]
+    await store.enqueue([text(user, f"late {n}") for n, user in enumerate(second)])
+    late = await store.outbox_read("slow", 100, 0.05)
+    assert len(late) == 8
+    asked = [item.id for pair in zip(early, late, strict=True) for item in pair]
+    assert await store.outbox_attempt("slow", asked) == [i.id for i in late]
+    await asyncio.sleep(0.4)
+    claimed = await store.outbox_claim("third", 0.3, 100)
+    marked = {i.message.text: i.attempted for i in claimed}
+    assert marked == {f"late {n}": True for n in range(8)} | {f"early {n}": False for n in range(8)}
+
+
 async def test_a_claimed_entry_says_whether_a_send_of_it_was_attempted(
     store: ConversationStore,
 ) -> None:
