@@ -399,6 +399,24 @@ async def test_a_server_that_forgot_scripts_and_the_group_is_served_again(
     check.close()
 
 
+async def test_an_acknowledgement_over_many_shards_after_the_scripts_were_forgotten(
+    server: RedisServer,
+) -> None:
+    store = RedisStore(server.url, bot="race", prefix="t")
+    await store.open()
+    check = server.client()
+    users = [new_user() for _ in range(6)]
+    await store.enqueue([text(user, "hi") for user in users])
+    items = await store.outbox_read("c", 10, 0)
+    assert len({Keys("t", "race").shard(i.message.user) for i in items}) > 1  # a call per shard
+    check.script_flush()
+    await store.outbox_ack([i.id for i in items])  # each call: NOSCRIPT, loaded again
+    assert await store.outbox_size() == 0
+    assert await store.outbox_unacked("c", 10) == []
+    await store.close()
+    check.close()
+
+
 async def test_a_quiet_unlock_channel_stays_subscribed(
     server: RedisServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -109,6 +109,49 @@ class ScriptRunner:
                 client.evalsha(script.sha, len(keys), *_encoded(keys), *_encoded(args))
             )
 
+    async def run_all(
+        self, script: Script, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]
+    ) -> list[Any]:
+        """Run a script once per (keys, args) call, all in the same pipeline as :meth:`run`
+        would, without a task per call; the results in order, or the first call's error
+        once every call has answered."""
+        if self.client is None:
+            raise StorageUnavailable("the store is closed: open() it first")
+        loop = asyncio.get_running_loop()
+        pending = [_Call(script, keys, args, loop.create_future()) for keys, args in calls]
+        if pending and not self._batch:
+            loop.call_soon(self._flush)
+        self._batch += pending
+        results: list[Any] = []
+        failed: BaseException | None = None
+        try:
+            for call in pending:
+                try:
+                    try:
+                        results.append(await call.result)
+                    except rerr.NoScriptError:
+                        results.append(await self._again(call))
+                except Exception as exc:
+                    failed = failed or exc
+        except BaseException:
+            for call in pending:  # cancelled: nobody waits for the others' answers
+                call.result.cancel()
+            raise
+        if failed is not None:
+            raise failed
+        return results
+
+    async def _again(self, call: _Call) -> Any:
+        """A call the server answered ``NOSCRIPT``: load its script, call it once more."""
+        client = self.client
+        if client is None:
+            raise StorageUnavailable("the store is closed: open() it first")
+        await done(client.script_load(call.script.source))
+        keys, args = call.keys, call.args
+        return await done(
+            client.evalsha(call.script.sha, len(keys), *_encoded(keys), *_encoded(args))
+        )
+
     async def notice_lost_nodes(self, results: Sequence[Any] | BaseException) -> None:
         """After a pipeline on Redis Cluster: if a node did not answer, start afresh.
 

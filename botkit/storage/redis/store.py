@@ -1127,15 +1127,14 @@ class RedisStore(ConversationStore):
             )
         head = [self.group, self._sent_ttl_ms, self.config.sent_per_user]
 
-        async def run(call: _Ack) -> None:
+        runs: list[tuple[Sequence[str], Sequence[Any]]] = []
+        for call in calls.values():
             args = [*head, len(call.ids), *call.ids, len(call.answered) // 2, *call.answered]
-            args += [len(call.sent) // 3, *call.sent]
-            async with self._runner.guard("acknowledge outbox entries"):
-                acked = await self._runner.run(scripts.ACK, call.keys, args)
-            if not acked:  # the server lost the group (restart without data): nothing was pending
-                await self._ensure_group()
-
-        await asyncio.gather(*(run(call) for call in calls.values()))
+            runs.append((call.keys, [*args, len(call.sent) // 3, *call.sent]))
+        async with self._runner.guard("acknowledge outbox entries"):
+            acked = await self._runner.run_all(scripts.ACK, runs)
+        if not all(acked):  # the server lost the group (restart without data): nothing was pending
+            await self._ensure_group()
 
     async def outbox_ready(self, items: Sequence[OutboxItem]) -> list[bool]:
         """Which items may go now: each user's numbered messages go in their order.
