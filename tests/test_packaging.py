@@ -71,7 +71,7 @@ def machine_paths(root: Path) -> list[Path]:
 
 def test_the_machine_paths_leave_out_common_folders() -> None:
     assert machine_paths(Path("/tmp/ci1")) == [Path("/tmp/ci1"), Path("/tmp/shared")]
-    assert machine_paths(Path("/work/main")) == [Path("/work/main"), Path("/work/shared")]
+    assert machine_paths(Path("/proj/app")) == [Path("/proj/app"), Path("/proj/shared")]
     assert machine_paths(Path("/srv/dev/wt/arch")) == [
         Path("/srv/dev/wt/arch"),
         Path("/srv/dev/wt/shared"),
