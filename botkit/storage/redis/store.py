@@ -1095,7 +1095,8 @@ class RedisStore(ConversationStore):
     ) -> None:
         """Acknowledge and delete entries, record the accepted messages and move the send order.
 
-        One script call per shard involved: it also records, per user, the
+        One script call for every shard involved (on Redis Cluster, one per
+        shard: a script keeps to one slot). It also records, per user, the
         last message the provider answered, which lets the next one go
         (:meth:`outbox_ready`), and keeps each sent record among its user's
         last ``sent_per_user``.
@@ -1126,11 +1127,14 @@ class RedisStore(ConversationStore):
                 kept_record(record),
             )
         head = [self.group, self._sent_ttl_ms, self.config.sent_per_user]
-
-        runs: list[tuple[Sequence[str], Sequence[Any]]] = []
-        for call in calls.values():
-            args = [*head, len(call.ids), *call.ids, len(call.answered) // 2, *call.answered]
-            runs.append((call.keys, [*args, len(call.sent) // 3, *call.sent]))
+        runs: list[tuple[list[str], list[Any]]] = []
+        for n, call in enumerate(calls.values()):
+            if n == 0 or isinstance(self._client, RedisCluster):
+                runs.append(([], [*head]))
+            keys, args = runs[-1]
+            keys += call.keys
+            args += (len(call.users), len(call.ids), *call.ids)
+            args += (len(call.answered) // 2, *call.answered, len(call.sent) // 3, *call.sent)
         async with self._runner.guard("acknowledge outbox entries"):
             acked = await self._runner.run_all(scripts.ACK, runs)
         if not all(acked):  # the server lost the group (restart without data): nothing was pending

@@ -40,17 +40,24 @@ local function find_sent(refs, id)
   return nil
 end
 
+-- Add a sent-message record the user's list does not hold yet, as the newest
+-- of their last ``keep`` (sliding TTL ``ttl`` ms).
+local function remember_new(refs, id, record, ttl, keep)
+  redis.call('LPUSH', refs, record, id)
+  redis.call('LTRIM', refs, 0, 2 * keep - 1)
+  redis.call('PEXPIRE', refs, ttl)
+end
+
 -- Keep a sent-message record among the user's last ``keep`` (sliding TTL
 -- ``ttl`` ms); an update stays in its place.
 local function remember(refs, id, record, ttl, keep)
   local index = find_sent(refs, id)
   if index then
     redis.call('LSET', refs, index, record)
+    redis.call('PEXPIRE', refs, ttl)
   else
-    redis.call('LPUSH', refs, record, id)
-    redis.call('LTRIM', refs, 0, 2 * keep - 1)
+    remember_new(refs, id, record, ttl, keep)
   end
-  redis.call('PEXPIRE', refs, ttl)
 end
 
 -- Append the transcript entries ARGV[first..last] to the user's transcript
