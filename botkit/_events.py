@@ -19,6 +19,8 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, ClassVar
 
+from botkit._json import compact_json
+
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
@@ -291,7 +293,7 @@ class Timer:
         self, name: str, due: float, data: Any = None, cancel_on_message: bool = False
     ) -> None:
         try:
-            encoded = None if data is None else _compact_json(data)
+            encoded = None if data is None else compact_json(data)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"timer {name!r}: data must be JSON values ({exc})") from None
         _set = object.__setattr__
@@ -356,10 +358,6 @@ class Timer:
             f"Timer(name={self.name!r}, due={self.due!r}, data={self.data!r}, "
             f"cancel_on_message={self.cancel_on_message!r})"
         )
-
-
-# Compact JSON; one encoder for every call (json.dumps with options builds one each time).
-_compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def to_millisecond(when: float) -> float:

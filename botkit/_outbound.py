@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import Any
 
 from botkit._events import Media
+from botkit._json import compact_json
 
 
 def _positional(params: Mapping[str, Any] | Sequence[Any] | None) -> Mapping[str, str]:
@@ -235,7 +236,7 @@ class OutboundMessage:
 
     def to_json(self) -> str:
         """Serialise for the outbox."""
-        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+        return compact_json(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> OutboundMessage:
@@ -285,16 +286,14 @@ class SentRecord:
 
     def to_json(self) -> str:
         """Serialise for the store."""
-        return json.dumps(
+        return compact_json(
             {
                 "message_id": self.message_id,
                 "message": self.message.to_dict(),
                 "sent_at": self.sent_at,
                 "status": self.status,
                 **({"resent": True} if self.resent else {}),
-            },
-            separators=(",", ":"),
-            ensure_ascii=False,
+            }
         )
 
     @classmethod

@@ -25,6 +25,7 @@ from botkit._events import (
     MediaMessage,
     TextMessage,
 )
+from botkit._json import compact_json
 from botkit._outbound import Origin, OutboundMessage
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -91,7 +92,7 @@ class Handoff:
 
     def to_json(self) -> str:
         """:meth:`to_dict` as compact JSON."""
-        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+        return compact_json(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Handoff:
@@ -146,11 +147,7 @@ class TranscriptEntry:
 
     def to_json(self) -> str:
         """The stored form: compact JSON ``{"k": kind, "t": at, ...data}``."""
-        return json.dumps(
-            {"k": self.kind.value, "t": self.at, **self.data},
-            separators=(",", ":"),
-            ensure_ascii=False,
-        )
+        return compact_json({"k": self.kind.value, "t": self.at, **self.data})
 
     @classmethod
     def from_json(cls, entry_id: str, raw: str) -> TranscriptEntry:

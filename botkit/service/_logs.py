@@ -74,13 +74,12 @@ class ConsoleFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-        message = escape_controls(record.getMessage())
-        line = f"{stamp} {record.levelname.lower():7} {record.name}: {message}"
+        text = record.getMessage()
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict) and fields:
-            line += " " + " ".join(
-                f"{k}={escape_controls(str(v))}" for k, v in fields.items() if v is not None
-            )
+            text += " " + " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+        # One pass over the message and the fields (their names are ours, no controls).
+        line = f"{stamp} {record.levelname.lower():7} {record.name}: {escape_controls(text)}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line

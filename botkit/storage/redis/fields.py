@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from botkit._events import Timer
+from botkit._json import compact_json
 from botkit._outbound import SentRecord
 from botkit._transcript import Handoff
 from botkit.storage.base import Conversation
@@ -36,9 +37,6 @@ TIMER = "t:"
 Stored = Mapping[str, str]
 """A conversation's hash as read from Redis (field: value)."""
 
-# Compact JSON; one encoder for every call (json.dumps with options builds one each time).
-_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
 
 def number(value: float | None) -> str:
     """A float as Redis keeps it ("" for None): repr() round-trips, Lua's tostring would not."""
@@ -48,7 +46,7 @@ def number(value: float | None) -> str:
 def dump_data(user: str, data: dict[str, Any]) -> str:
     """``ctx.data`` as JSON; a TypeError that says what to keep when it is not JSON."""
     try:
-        return _compact(data)
+        return compact_json(data)
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"the conversation data of user ...{user[-4:]} cannot be saved in Redis: {exc}. "
@@ -163,7 +161,7 @@ def kept_record(record: SentRecord) -> str:
     kept: list[Any] = [ref, mode, record.status]
     if message:
         kept.append(message)
-    return json.dumps(kept, separators=(",", ":"), ensure_ascii=False)
+    return compact_json(kept)
 
 
 def record_from_kept(message_id: str, user: str, kept: str) -> SentRecord:
