@@ -123,8 +123,12 @@ class OutboxWorkerConfig:
     """How the sender batches, retries and claims.
 
     ``linger`` is the longest it waits to fill a batch once one message is
-    there. ``retry`` is the backoff between attempts at a batch the provider
-    did not answer (and after a failed read or acknowledgement); it never
+    there: a reply waits at most that long, and under load each request to
+    the provider, and each of the outbox's Redis calls, carries more
+    messages (in the webhook benchmark, 20 ms rather than 5 took about a
+    tenth off botkit's CPU per message, server and Redis together).
+    ``retry`` is the backoff between attempts at a batch the provider did
+    not answer (and after a failed read or acknowledgement); it never
     gives up on a message, whatever its ``attempts``. ``claim_idle`` is how long an
     entry read by another (presumably dead) instance stays unacknowledged
     before this one takes it over; None derives it from the client: its
@@ -140,7 +144,7 @@ class OutboxWorkerConfig:
     """
 
     batch_size: int = 100
-    linger: float = 0.005
+    linger: float = 0.02
     block: float = 0.5
     retry: RetryPolicy = OUTBOX_RETRY
     claim_idle: float | None = None

@@ -146,6 +146,7 @@ class Service:
             config=sender_config
             or OutboxWorkerConfig(
                 batch_size=settings.batch_size,
+                linger=settings.batch_linger,
                 receipt_grace=settings.receipt_grace,
                 retry=settings.retry_policy(),
             ),

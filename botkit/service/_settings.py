@@ -119,6 +119,7 @@ class Settings(BaseSettings):
     redis_shards: int | None = Field(default=None, ge=1, le=16_384)
     redis_wait_replicas: int = Field(default=0, ge=0, le=16)
     batch_size: int = Field(default=100, ge=1, le=1000)
+    batch_linger: float = Field(default=0.02, ge=0, le=1, allow_inf_nan=False)
     devino_timeout: float | None = Field(default=None, gt=0)
     retry_base_delay: float = Field(default=0.5, ge=0, allow_inf_nan=False)
     retry_max_delay: float = Field(default=10.0, gt=0, allow_inf_nan=False)

@@ -266,3 +266,16 @@ def test_one_retry_policy_from_the_settings_drives_every_retrying_path(
     monkeypatch.setenv("BOTKIT_RETRY_JITTER", "2")
     with pytest.raises(SettingsError, match=r"retry_jitter|RETRY_JITTER"):
         load_settings()
+
+
+def test_the_sender_batches_as_the_settings_say(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (
+        Service(Bot("batching"), load_settings(devino_api_key=API_KEY)).sender.config.linger == 0.02
+    )
+    monkeypatch.setenv("BOTKIT_BATCH_SIZE", "40")
+    monkeypatch.setenv("BOTKIT_BATCH_LINGER", "0.005")
+    config = Service(Bot("batching"), load_settings(devino_api_key=API_KEY)).sender.config
+    assert (config.batch_size, config.linger) == (40, 0.005)
+    monkeypatch.setenv("BOTKIT_BATCH_LINGER", "5")
+    with pytest.raises(SettingsError, match=r"batch_linger|BATCH_LINGER"):
+        load_settings()
