@@ -23,7 +23,12 @@ the dev tools, whose commands it gathers.
 
 from botkit import _metrics as metrics
 from botkit.service._app import FEATURES, create_app
-from botkit.service._logs import ConsoleFormatter, JsonFormatter, configure_logging
+from botkit.service._logs import (
+    ConsoleFormatter,
+    JsonFormatter,
+    LoopBatchedHandler,
+    configure_logging,
+)
 from botkit.service._service import Service, build_store
 from botkit.service._serving import SERVER_GC_YOUNG, ServingError, run_app, serve_app
 from botkit.service._settings import DEFAULT_DEVINO_URL, Settings, SettingsError, load_settings
@@ -36,6 +41,7 @@ __all__ = [
     "BotLoadError",
     "ConsoleFormatter",
     "JsonFormatter",
+    "LoopBatchedHandler",
     "Service",
     "ServingError",
     "Settings",

@@ -5,11 +5,13 @@ Users are masked to their last four digits in every line botkit writes.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 from botkit._turn import TurnOutcome
 
@@ -85,6 +87,55 @@ class ConsoleFormatter(logging.Formatter):
         return line
 
 
+class LoopBatchedHandler(logging.StreamHandler[TextIO]):
+    """A stream handler that writes the lines of one event-loop step together.
+
+    Under load a step finishes several turns: their lines go out in one
+    write when the step's callbacks are done, not one write (and flush)
+    each. A WARNING or worse is written at once, after the lines before it;
+    outside a running event loop every line is. The lines of the step a
+    process is killed in (SIGKILL) may be lost; a graceful stop writes them.
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__(stream)
+        self._lines: list[str] = []
+        self._scheduled = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Format the record and hold its line until the end of the loop step."""
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+            self._lines.append(line)
+            if loop is not None and record.levelno < logging.WARNING:
+                if not self._scheduled:
+                    self._scheduled = True
+                    loop.call_soon(self.flush)
+                return
+        self.flush()
+
+    def flush(self) -> None:
+        """Write the held lines in one write, then flush the stream."""
+        with self.lock:  # type: ignore[union-attr]
+            self._scheduled = False
+            if not self._lines:
+                return super().flush()
+            text = "".join(self._lines)
+            self._lines.clear()
+            # As StreamHandler does, a failing stream must not take the service down.
+            with contextlib.suppress(Exception):
+                self.stream.write(text)
+            super().flush()
+
+
 def configure_logging(fmt: str = "console", level: str = "INFO") -> None:
     """Send botkit's (and uvicorn's) logs to stderr in ``fmt`` (``console`` or ``json``).
 
@@ -93,7 +144,7 @@ def configure_logging(fmt: str = "console", level: str = "INFO") -> None:
     is a line when it starts and one when it ends. Third-party libraries log
     from WARNING unless ``level`` is DEBUG.
     """
-    handler = logging.StreamHandler(sys.stderr)
+    handler = LoopBatchedHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -12,7 +13,12 @@ import pytest
 
 from botkit import Bot, Context, ManualClock
 from botkit.devtools.emulator import Emulator
-from botkit.service import ConsoleFormatter, JsonFormatter
+from botkit.service import (
+    ConsoleFormatter,
+    JsonFormatter,
+    LoopBatchedHandler,
+    configure_logging,
+)
 from botkit.storage.memory import MemoryStore
 from botkit.testing import LiveBot
 from bots import echo
@@ -147,3 +153,60 @@ async def test_secrets_never_reach_the_logs(caplog: pytest.LogCaptureFixture) ->
     assert "a bug in the store" in logged
     for secret in SECRETS:
         assert secret not in logged, secret
+
+
+class _Writes:
+    """A stream that keeps each write apart."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _logger(stream: _Writes) -> logging.Logger:
+    handler = LoopBatchedHandler(stream)  # type: ignore[arg-type]
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger = logging.getLogger("tests.batched")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    return logger
+
+
+async def test_the_lines_of_one_loop_step_are_written_together_and_in_order() -> None:
+    stream = _Writes()
+    logger = _logger(stream)
+    logger.info("turn 1")
+    logger.info("turn 2")
+    assert stream.writes == []  # held until the step's callbacks are done
+    await asyncio.sleep(0)
+    assert stream.writes == ["INFO turn 1\nINFO turn 2\n"]
+    logger.info("turn 3")
+    logger.warning("store unavailable")  # at once, after the lines before it
+    assert stream.writes[1:] == ["INFO turn 3\nWARNING store unavailable\n"]
+    await asyncio.sleep(0)
+    assert len(stream.writes) == 2
+
+
+def test_outside_an_event_loop_each_line_is_written_at_once() -> None:
+    stream = _Writes()
+    logger = _logger(stream)
+    logger.info("starting")
+    assert stream.writes == ["INFO starting\n"]
+
+
+def test_botkit_run_logs_through_the_batched_handler() -> None:
+    root = logging.getLogger()
+    before = root.handlers[:], root.level
+    try:
+        configure_logging("json", "INFO")
+        assert isinstance(root.handlers[0], LoopBatchedHandler)
+    finally:
+        root.handlers[:], level = before
+        root.setLevel(level)
