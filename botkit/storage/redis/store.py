@@ -1327,12 +1327,21 @@ class RedisStore(ConversationStore):
         """Claim users with a due timer, shard by shard (the outbox's shards; ``shards``:
         only those, such as the ones this process's sender owns).
 
-        One cheap count per shard first, a script call only where something is due.
+        One script call over every shard; on Redis Cluster, where a script keeps
+        to one slot, one cheap count per shard first and a call only where
+        something is due.
         """
         client = await self._ensure_open()
         shards = list(self.outbox_shards() if shards is None else shards)
         if not shards:
             return []
+        until = now + lease
+        args = [repr(now), repr(until), count]
+        if not isinstance(client, RedisCluster):
+            keys = [self._keys.timers(shard) for shard in shards]
+            async with self._runner.guard("claim due timers"):
+                users = await self._runner.run(scripts.TIMERS_CLAIM, keys, args)
+            return [TimerClaim(str(user), until) for user in users]
         async with (
             self._runner.guard("look for due timers"),
             client.pipeline(transaction=False) as pipe,
@@ -1341,12 +1350,11 @@ class RedisStore(ConversationStore):
                 pipe.zcount(self._keys.timers(shard), "-inf", repr(now))
             counts = await pipe.execute()
         due = [shard for shard, n in zip(shards, counts, strict=True) if int(n)]
-        until = now + lease
         claims: list[TimerClaim] = []
         for shard in due:
             if len(claims) >= count:
                 break
-            args = [repr(now), repr(until), count - len(claims)]
+            args[2] = count - len(claims)
             async with self._runner.guard("claim due timers"):
                 users = await self._runner.run(
                     scripts.TIMERS_CLAIM, [self._keys.timers(shard)], args
