@@ -100,7 +100,8 @@ class LoopBatchedHandler(logging.StreamHandler[TextIO]):
     def __init__(self, stream: TextIO | None = None) -> None:
         super().__init__(stream)
         self._lines: list[str] = []
-        self._scheduled = False
+        # The loop a flush is due on (a loop closed before running it is replaced).
+        self._flush_on: asyncio.AbstractEventLoop | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         """Format the record and hold its line until the end of the loop step."""
@@ -116,8 +117,8 @@ class LoopBatchedHandler(logging.StreamHandler[TextIO]):
         with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
             self._lines.append(line)
             if loop is not None and record.levelno < logging.WARNING:
-                if not self._scheduled:
-                    self._scheduled = True
+                if self._flush_on is not loop:
+                    self._flush_on = loop
                     loop.call_soon(self.flush)
                 return
         self.flush()
@@ -125,7 +126,7 @@ class LoopBatchedHandler(logging.StreamHandler[TextIO]):
     def flush(self) -> None:
         """Write the held lines in one write, then flush the stream."""
         with self.lock:  # type: ignore[union-attr]
-            self._scheduled = False
+            self._flush_on = None
             if not self._lines:
                 return super().flush()
             text = "".join(self._lines)

@@ -210,3 +210,24 @@ def test_botkit_run_logs_through_the_batched_handler() -> None:
     finally:
         root.handlers[:], level = before
         root.setLevel(level)
+
+
+def test_a_line_held_when_its_loop_closed_does_not_hold_back_the_next_loops() -> None:
+    stream = _Writes()
+    logger = _logger(stream)
+
+    async def log_last(message: str) -> None:
+        # Logged in the loop's last step: the flush it asks for would come after.
+        asyncio.get_running_loop().call_soon(logger.info, message)
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(log_last("first loop"))
+    loop.close()
+    assert stream.writes == []
+
+    async def log_and_yield() -> None:
+        logger.info("second loop")
+        await asyncio.sleep(0)
+
+    asyncio.run(log_and_yield())
+    assert stream.writes == ["INFO first loop\nINFO second loop\n"]
