@@ -88,14 +88,18 @@ class ConsoleFormatter(logging.Formatter):
 
 
 class LoopBatchedHandler(logging.StreamHandler[TextIO]):
-    """A stream handler that writes the lines of one event-loop step together.
+    """A stream handler that writes the turn lines of one event-loop step together.
 
-    Under load a step finishes several turns: their lines go out in one
-    write when the step's callbacks are done, not one write (and flush)
-    each. A WARNING or worse is written at once, after the lines before it;
-    outside a running event loop every line is. The lines of the step a
-    process is killed in (SIGKILL) may be lost; a graceful stop writes them.
+    Under load a step finishes several turns: their lines (logger
+    ``botkit.turn`` at INFO or below) go out in one write when the step's
+    callbacks are done, not one write (and flush) each. Every other line is
+    written at once, after the lines held before it, so start-up, shutdown,
+    warnings and errors are never held. The turn lines of the step a process
+    is killed in (SIGKILL) may be lost.
     """
+
+    batched = frozenset({turn_log.name})
+    """The loggers whose INFO lines wait for the end of the loop step."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         super().__init__(stream)
@@ -104,19 +108,19 @@ class LoopBatchedHandler(logging.StreamHandler[TextIO]):
         self._flush_on: asyncio.AbstractEventLoop | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Format the record and hold its line until the end of the loop step."""
+        """Format the record; hold a turn line until the end of the loop step."""
         try:
             line = self.format(record) + self.terminator
         except Exception:
             self.handleError(record)
             return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
+        loop = None
+        if record.name in self.batched and record.levelno < logging.WARNING:
+            with contextlib.suppress(RuntimeError):  # no running loop: written at once
+                loop = asyncio.get_running_loop()
         with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
             self._lines.append(line)
-            if loop is not None and record.levelno < logging.WARNING:
+            if loop is not None:
                 if self._flush_on is not loop:
                     self._flush_on = loop
                     loop.call_soon(self.flush)

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -172,14 +173,23 @@ class _Writes:
 def _logger(stream: _Writes) -> logging.Logger:
     handler = LoopBatchedHandler(stream)  # type: ignore[arg-type]
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    logger = logging.getLogger("tests.batched")
+    logger = logging.getLogger("botkit.turn")
     logger.handlers[:] = [handler]
     logger.propagate = False
     logger.setLevel(logging.INFO)
     return logger
 
 
-async def test_the_lines_of_one_loop_step_are_written_together_and_in_order() -> None:
+@pytest.fixture(autouse=True)
+def _turn_logger_restored() -> Iterator[None]:
+    turn = logging.getLogger("botkit.turn")
+    before = turn.handlers[:], turn.propagate, turn.level
+    yield
+    turn.handlers[:], turn.propagate, level = before
+    turn.setLevel(level)
+
+
+async def test_the_turn_lines_of_one_loop_step_are_written_together_and_in_order() -> None:
     stream = _Writes()
     logger = _logger(stream)
     logger.info("turn 1")
@@ -188,10 +198,26 @@ async def test_the_lines_of_one_loop_step_are_written_together_and_in_order() ->
     await asyncio.sleep(0)
     assert stream.writes == ["INFO turn 1\nINFO turn 2\n"]
     logger.info("turn 3")
-    logger.warning("store unavailable")  # at once, after the lines before it
-    assert stream.writes[1:] == ["INFO turn 3\nWARNING store unavailable\n"]
+    logger.warning("turn failed")  # at once, after the lines before it
+    assert stream.writes[1:] == ["INFO turn 3\nWARNING turn failed\n"]
     await asyncio.sleep(0)
     assert len(stream.writes) == 2
+
+
+async def test_other_loggers_lines_are_written_at_once_after_the_held_ones() -> None:
+    stream = _Writes()
+    turns = _logger(stream)
+    other = logging.getLogger("uvicorn.error")
+    before = other.handlers[:], other.propagate, other.level
+    other.handlers[:], other.propagate = turns.handlers[:], False
+    other.setLevel(logging.INFO)
+    try:
+        turns.info("turn 1")
+        other.info("Finished server process")  # a worker may end in this very step
+        assert stream.writes == ["INFO turn 1\nINFO Finished server process\n"]
+    finally:
+        other.handlers[:], other.propagate, level = before
+        other.setLevel(level)
 
 
 def test_outside_an_event_loop_each_line_is_written_at_once() -> None:
