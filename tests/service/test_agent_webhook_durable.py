@@ -94,8 +94,10 @@ async def test_pending_notices_survive_a_failing_helpdesk_and_a_sigkill(
             BOTKIT_AGENT_WEBHOOK_URL=desk.url,
             BOTKIT_AGENT_WEBHOOK_SECRET=SECRET,
             BOTKIT_AGENT_WEBHOOK_CLAIM_AFTER="2",
-            BOTKIT_RETRY_BASE_DELAY="0.1",
-            BOTKIT_RETRY_MAX_DELAY="0.5",
+            # A worker posts one notice at a time, each up to 8 attempts: short
+            # backoffs get every notice refused (and pending) within seconds.
+            BOTKIT_RETRY_BASE_DELAY="0.02",
+            BOTKIT_RETRY_MAX_DELAY="0.1",
         )
         doomed, url = start("doomed", env, tmp_path)
         processes.append(doomed)
