@@ -294,16 +294,16 @@ async def test_a_live_consumer_that_attempts_its_entries_is_not_overtaken(
     user = new_user()
     await store.enqueue([text(user, "a"), text(user, "b")])
     held = await store.outbox_read("slow-but-alive", 10, 0.05)
-    await asyncio.sleep(1.0)  # idle for a second: claimable with min_idle 0.9, unless attempted
+    await asyncio.sleep(0.4)  # idle for 0.4 s: claimable with min_idle 0.3, unless attempted
     ids = [i.id for i in held]
     assert await store.outbox_attempt("slow-but-alive", ids) == ids
-    assert await store.outbox_claim("other", 0.9, 10) == [], "attempted: idle again from now"
-    await asyncio.sleep(1.0)
-    claimed = await store.outbox_claim("other", 0.9, 10)
+    assert await store.outbox_claim("other", 0.3, 10) == [], "attempted: idle again from now"
+    await asyncio.sleep(0.4)
+    claimed = await store.outbox_claim("other", 0.3, 10)
     assert [i.message.text for i in claimed] == ["a", "b"]
     # Claimed meanwhile: the attempt leaves them to their new holder, who must not send them.
     assert await store.outbox_attempt("slow-but-alive", ids) == []
-    assert await store.outbox_claim("third", 0.9, 10) == []
+    assert await store.outbox_claim("third", 0.3, 10) == []
 
 
 async def test_an_attempt_over_many_users_keeps_only_the_entries_still_held(
