@@ -26,6 +26,7 @@ from tests.service._harness import (
     incoming,
     wait_for,
 )
+from tests.service.conftest import Provider
 from tests.storage._redis_server import RedisServer
 
 ANNA = "79031234567"
@@ -161,14 +162,14 @@ def private_redis(tmp_path: Path) -> RedisServer:
 
 
 async def test_a_redis_outage_is_one_line_and_its_end_another(
-    private_redis: RedisServer, processes: list[BotProcess], tmp_path: Path
+    private_redis: RedisServer, provider: Provider, processes: list[BotProcess], tmp_path: Path
 ) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = clean_env(
         BOTKIT_WEBHOOK_TOKEN=WEBHOOK_TOKEN,
         BOTKIT_DEVINO_API_KEY=API_KEY,
-        BOTKIT_DEVINO_URL=f"http://127.0.0.1:{free_port()}",
+        BOTKIT_DEVINO_URL=provider.url,
         BOTKIT_SENDER="EchoCo",
         BOTKIT_REDIS_URL=private_redis.url,
         BOTKIT_CALLBACK_SECRET=CALLBACK_SECRET,
@@ -199,6 +200,9 @@ async def test_a_redis_outage_is_one_line_and_its_end_another(
         await service.wait_for_log("answers again")
         # A turn still needs a moment: the unlock channel reconnects with a backoff.
         await service.wait_for_log("unlock channel back")
+    # The reply to the answered message leaves: nothing is left for the service
+    # to flush when the test stops it.
+    await provider.emulator.wait_for_messages(1, within=30)
     lines = service.log().splitlines()
     store_lines = [line[9:] for line in lines if " botkit.store" in line]
     channel_lines = [line[9:] for line in lines if " botkit.storage.redis" in line]
