@@ -604,6 +604,11 @@ async def test_entries_a_read_took_beyond_its_count_come_back_when_other_shards_
 async def test_with_wait_replicas_a_turn_is_done_only_once_a_replica_has_it(
     server: RedisServer, tmp_path: Path
 ) -> None:
+    # The primary syncs its first replica at once, not after the default 5 s wait
+    # for more replicas (as in tests/storage/_redis_topologies.py).
+    primary = server.client()
+    primary.config_set("repl-diskless-sync-delay", 0)
+    primary.close()
     follows = ("--replicaof", "127.0.0.1", str(server.port))
     replica = RedisServer(tmp_path / "replica", extra=follows)
     replica.start()
