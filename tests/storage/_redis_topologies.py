@@ -22,7 +22,7 @@ from pathlib import Path
 import redis
 
 from tests.helpers import free_port
-from tests.storage._redis_server import RedisProcess, redis_server_binary
+from tests.storage._redis_server import PROBE_ONCE, RedisProcess, redis_server_binary
 
 # One node answers PING, CLUSTER INFO... within this.
 _CLIENT_TIMEOUT = 1.0
@@ -52,6 +52,7 @@ def _info(port: int, section: str) -> dict[str, str]:
         port=port,
         socket_timeout=_CLIENT_TIMEOUT,
         socket_connect_timeout=_CLIENT_TIMEOUT,
+        retry=PROBE_ONCE,
         decode_responses=True,
     )
     try:
@@ -287,6 +288,7 @@ class SentinelGroup:
                 port=sentinel.port,
                 socket_timeout=_CLIENT_TIMEOUT,
                 socket_connect_timeout=_CLIENT_TIMEOUT,
+                retry=PROBE_ONCE,
                 decode_responses=True,
             )
             try:
@@ -318,7 +320,10 @@ class SentinelGroup:
         # Every sentinel sees the replica and the other two sentinels (so they can vote).
         for sentinel in self.sentinels:
             client = redis.Redis(
-                port=sentinel.port, socket_timeout=_CLIENT_TIMEOUT, decode_responses=True
+                port=sentinel.port,
+                socket_timeout=_CLIENT_TIMEOUT,
+                decode_responses=True,
+                retry=PROBE_ONCE,
             )
             try:
                 master = client.sentinel_master(self.SERVICE)
