@@ -124,7 +124,7 @@ async def test_a_paused_campaign_stops_and_resume_continues(live: LiveBot) -> No
         template="t",
         audience=audience,
         expected=200,
-        rate=40,
+        rate=100,  # paced, so it is still under way when paused; 2 s to send all
     )
     await wait_for(lambda: len(campaign_messages(live, "t")) >= 20, what="20 sent")
     campaigns = live.service.store.campaigns()
