@@ -608,7 +608,6 @@ async def test_with_wait_replicas_a_turn_is_done_only_once_a_replica_has_it(
     # for more replicas (as in tests/storage/_redis_topologies.py).
     primary = server.client()
     primary.config_set("repl-diskless-sync-delay", 0)
-    primary.close()
     follows = ("--replicaof", "127.0.0.1", str(server.port))
     replica = RedisServer(tmp_path / "replica", extra=follows)
     replica.start()
@@ -616,6 +615,9 @@ async def test_with_wait_replicas_a_turn_is_done_only_once_a_replica_has_it(
     store = RedisStore(server.url, bot="wait", prefix="t", socket_timeout=1.0, wait_replicas=1)
     try:
         await until(lambda: _true(check.info("replication")["master_link_status"] == "up"))
+        # Linked is not yet confirming: wait until the replica acknowledges a write.
+        primary.set("t:warm-up", "1")
+        await until(lambda: _true(primary.wait(1, 100) == 1))
         await store.open()
         user = new_user()
         lease = await store.begin_turn(user, "m:1")
@@ -631,6 +633,7 @@ async def test_with_wait_replicas_a_turn_is_done_only_once_a_replica_has_it(
     finally:
         replica.close()
         check.close()
+        primary.close()
         await store.close()
 
 
