@@ -35,7 +35,10 @@ class Terminal:
         )
         os.close(slave)
         self.raw = ""  # everything read so far
-        self.unread = 0  # where the next expect() starts looking, in self.seen
+        # Where the next expect() starts looking, in self.raw: an index into the
+        # text without colours would move when a marker split across two reads
+        # is completed (and removed), and the next expect would miss a letter.
+        self.unread = 0
 
     def type(self, line: str) -> None:
         os.write(self.master, line.encode() + b"\r")
@@ -51,18 +54,14 @@ class Terminal:
         self.raw += chunk.decode(errors="replace")
         return bool(chunk)
 
-    @property
-    def seen(self) -> str:
-        """The output so far without colours and readline's markers (they may span reads)."""
-        return ANSI.sub("", self.raw)
-
     def expect(self, *texts: str, within: float = 10.0) -> str:
-        """Wait until every one of ``texts`` appeared since the last expect; return that output."""
+        """Wait until every one of ``texts`` appeared since the last expect; return that
+        output, without colours and readline's markers."""
         deadline = time.monotonic() + within
         while True:
-            fresh = self.seen[self.unread :]
+            fresh = ANSI.sub("", self.raw[self.unread :])
             if all(text in fresh for text in texts):
-                self.unread = len(self.seen)
+                self.unread = len(self.raw)
                 return fresh
             if time.monotonic() > deadline or not self._read(deadline):
                 missing = [t for t in texts if t not in fresh]
