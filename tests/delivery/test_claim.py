@@ -37,6 +37,34 @@ async def _never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
     writer.close()
 
 
+async def _dying_sender(
+    url: str, prefix: str, provider: str, heartbeat_ttl: float, stdout: int
+) -> asyncio.subprocess.Process:
+    """A sender in a process of its own (``tests/delivery/_dying_sender.py``), to kill."""
+    return await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "tests.delivery._dying_sender", url, prefix, provider],
+        str(heartbeat_ttl),
+        cwd=ROOT,
+        stdout=stdout,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+async def _clean_up(
+    dying: asyncio.subprocess.Process | None,
+    black_hole: asyncio.Server,
+    store: RedisStore,
+    url: str,
+    prefix: str,
+) -> None:
+    if dying is not None and dying.returncode is None:
+        dying.kill()
+        await dying.wait()
+    black_hole.close()
+    await store.close()
+    delete_prefix(url, prefix)
+
+
 def survivor(
     store: RedisStore, client: DevinoClient, *, claim_idle: float, heartbeat_ttl: float
 ) -> OutboxWorker:
@@ -82,20 +110,8 @@ async def test_a_dead_senders_entries_are_claimed_and_sent_once(
             ]
             await store.commit_turn(lease, None, replies)
 
-        dying = await asyncio.create_subprocess_exec(
-            *[
-                sys.executable,
-                "-m",
-                "tests.delivery._dying_sender",
-                url,
-                prefix,
-                f"http://127.0.0.1:{hole_port}",
-                str(heartbeat_ttl),
-            ],
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
+        hole = f"http://127.0.0.1:{hole_port}"
+        dying = await _dying_sender(url, prefix, hole, heartbeat_ttl, asyncio.subprocess.PIPE)
         assert dying.stdout is not None
         line = (await asyncio.wait_for(dying.stdout.readline(), 20)).decode()
         assert line.startswith("READ "), line
@@ -121,12 +137,7 @@ async def test_a_dead_senders_entries_are_claimed_and_sent_once(
             texts = sorted(m.received["text"] for m in emulator.messages)
         assert texts == sorted(f"{t}-{i}" for t in range(3) for i in range(REPLIES // 3))
     finally:
-        if dying is not None and dying.returncode is None:
-            dying.kill()
-            await dying.wait()
-        black_hole.close()
-        await store.close()
-        delete_prefix(url, prefix)
+        await _clean_up(dying, black_hole, store, url, prefix)
 
 
 class LostTakeOverStore(RedisStore):
@@ -205,12 +216,7 @@ async def test_a_dead_senders_posted_entries_without_receipts_wait_out_resend_af
             [OutboundMessage(user="79030000001", mode=SendMode.TEXT, text=t) for t in texts]
         )
         hole = f"http://127.0.0.1:{hole_port}"
-        dying = await asyncio.create_subprocess_exec(
-            *[sys.executable, "-m", "tests.delivery._dying_sender", url, prefix, hole, "1.0"],
-            cwd=ROOT,
-            stdout=asyncio.subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
+        dying = await _dying_sender(url, prefix, hole, 1.0, asyncio.subprocess.DEVNULL)
         await asyncio.wait_for(posted.wait(), 20)
         attempted = time.monotonic()
         dying.send_signal(signal.SIGKILL)
@@ -247,9 +253,4 @@ async def test_a_dead_senders_posted_entries_without_receipts_wait_out_resend_af
         assert sorted(m.received["text"] for m in emulator.messages) == texts
         assert resent_unconfirmed() - before == 5
     finally:
-        if dying is not None and dying.returncode is None:
-            dying.kill()
-            await dying.wait()
-        black_hole.close()
-        await store.close()
-        delete_prefix(url, prefix)
+        await _clean_up(dying, black_hole, store, url, prefix)
