@@ -241,6 +241,11 @@ class OutboxWorker:
         self._unanswered = 0
         # Sent, but the acknowledgement failed for good: never re-read and resent.
         self._sent_unacked: set[str] = set()
+        # Ids whose attempt mark may be written although their post never began
+        # here (the mark's answer was lost): id -> when. Within claim_idle of
+        # that, no other sender can have taken them, so they cannot be at the
+        # provider and go at once when taken back (not after resend_after).
+        self._unposted: dict[str, float] = {}
         # With a sharded outbox: the shards this sender reads (see _shards.py).
         self._outbox = store if isinstance(store, ShardedOutbox) else None
         self._ownership = (
@@ -337,6 +342,8 @@ class OutboxWorker:
                 self._hold(await self._settle(taken))
         if self._in_doubt:
             self._hold(await self._settle_in_doubt())
+        if self._unposted:  # what was not taken back in time is another's by now
+            self._unposted = {i: t for i, t in self._unposted.items() if now - t < self.claim_idle}
         await self.store.outbox_release_due(self.clock.now())
         # A gauge: measuring every shard of a Redis outbox costs more than the
         # release above, so at most every 10 s (or housekeeping_every).
@@ -509,15 +516,20 @@ class OutboxWorker:
     async def _acknowledge(
         self, ids: list[str], sent: list[SentRecord], answered: Sequence[OutboxItem]
     ) -> None:
-        """Acknowledge, retrying for a while: an entry left unacknowledged would be sent twice."""
+        """Acknowledge, retrying: an entry left unacknowledged would be sent twice.
+
+        While the store is unreachable (an outage) this retries until it comes
+        back or the sender is stopped: only this sender knows the provider took
+        these messages. Another storage error gives up after 8 tries.
+        """
         failures = 0
         while True:
             try:
                 await self.store.outbox_ack(ids, sent, answered=answered)
                 return
-            except StorageError:
+            except StorageError as exc:
                 failures += 1
-                if failures >= 8:
+                if failures >= 8 and not isinstance(exc, StorageUnavailable):
                     log.error(
                         "could not acknowledge %d sent messages; they may be sent again", len(ids)
                     )
@@ -573,6 +585,7 @@ class OutboxWorker:
         if self.callback_url is None:
             return list(items)
         now = time.monotonic()
+        items = [self._unless_unposted(item, now) for item in items]
         doubtful = [
             (item, now + self.resend_after - item.attempted_ago)
             for item in items
@@ -582,6 +595,13 @@ class OutboxWorker:
             return list(items)
         self._in_doubt += doubtful
         return [item for item in items if not item.attempted] + await self._settle_in_doubt()
+
+    def _unless_unposted(self, item: OutboxItem, now: float) -> OutboxItem:
+        """``item``, or it as never attempted when its mark is from a post that never began."""
+        since = self._unposted.pop(item.id, None)
+        if since is None or item.attempted_ago is None or now - since >= self.claim_idle:
+            return item
+        return replace(item, attempted_ago=None)
 
     async def _settle_in_doubt(self) -> list[OutboxItem]:
         """Acknowledge the entries set aside that a receipt names; return those whose wait
@@ -653,7 +673,17 @@ class OutboxWorker:
         while True:
             # Only what this sender still holds, marked attempted and kept from
             # claims while the post lasts (see the module docstring).
-            held = await self._attempt([i.id for i in pending])
+            ids, marking = [i.id for i in pending], time.monotonic()
+            try:
+                held = await self._attempt(ids)
+            except BaseException:
+                # The marks may be written, but nothing was posted: taken back,
+                # these go at once (_settle), not after resend_after with every
+                # later reply to their users waiting behind them.
+                self._unposted.update(dict.fromkeys(ids, marking))
+                raise
+            for posted in ids:
+                self._unposted.pop(posted, None)
             if len(held) < len(pending):
                 log.info(
                     "%d outbox entries this sender held were claimed by another; not sent here",

@@ -17,7 +17,7 @@ from botkit import OutboundMessage, RetryPolicy, SendMode
 from botkit.delivery import CallbackSigner, OutboxWorker, OutboxWorkerConfig
 from botkit.devino.client import DevinoClient
 from botkit.devtools.emulator import Emulator
-from botkit.storage import MemoryStore, RedisStore
+from botkit.storage import MemoryStore, RedisStore, SentRecord
 from botkit.storage.base import OutboxItem, StorageUnavailable
 from botkit.storage.redis.keys import Keys
 from tests.conftest import delete_prefix, require_redis
@@ -222,3 +222,105 @@ async def test_entries_a_failed_read_took_go_out_next_round_once_and_in_order() 
         finally:
             await sender.stop(flush=1)
             await client.aclose()
+
+
+# Status callbacks on (so entries that may be at the provider wait for a receipt),
+# to nowhere: no receipt ever comes.
+NOWHERE = "http://127.0.0.1:9/whatsapp/status/t"
+# Long waits: only the sender's own memory can send these messages soon.
+PATIENT = OutboxWorkerConfig(
+    retry=RetryPolicy(attempts=None, base_delay=0.01, max_delay=0.02),
+    block=0.05,
+    linger=0.0,
+    claim_idle=600,
+    receipt_grace=600,
+)
+
+
+class LostAttemptStore(MemoryStore):
+    """A store whose first attempt mark is written but its answer lost, as a Redis crash
+    between running the script and sending the reply looks to the sender."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost = 1
+
+    async def outbox_attempt(self, consumer: str, ids: Sequence[str]) -> list[str]:
+        held = await super().outbox_attempt(consumer, ids)
+        if self.lost:
+            self.lost -= 1
+            raise StorageUnavailable("the connection died with the reply on its way")
+        return held
+
+
+async def test_messages_marked_by_an_attempt_whose_answer_was_lost_go_at_once_in_order() -> None:
+    """They were never posted: not held back for a receipt, nor the user's next replies."""
+    store = LostAttemptStore()
+    emulator = Emulator(api_key="k")
+    async with emulator.serve() as provider:
+        client = DevinoClient(provider, api_key="k")
+        signer = CallbackSigner("order-test-secret-0123456789abcdef0123")
+        sender = OutboxWorker(
+            store, client, sender_name="Order", signer=signer, callback_url=NOWHERE, config=PATIENT
+        )
+        await reply_in_memory(store, "m:1", "1", "2")
+        sender.start()
+        try:
+            await emulator.wait_for_messages(2, within=5)
+            assert store.lost == 0
+            await reply_in_memory(store, "m:2", "3")
+            await emulator.wait_for_messages(3, within=5)
+            assert [m.received["text"] for m in emulator.messages] == ["1", "2", "3"]
+        finally:
+            await sender.stop(flush=1)
+            await client.aclose()
+
+
+class DownForAcksStore(MemoryStore):
+    """A store unreachable for the first ``failures`` acknowledgements (an outage)."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def outbox_ack(
+        self,
+        ids: Sequence[str],
+        sent: Sequence[SentRecord] = (),
+        *,
+        answered: Sequence[OutboxItem] = (),
+    ) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise StorageUnavailable("Redis is down")
+        await super().outbox_ack(ids, sent, answered=answered)
+
+
+async def test_a_sent_batch_is_acknowledged_after_a_long_outage_not_sent_again() -> None:
+    """Only this sender knows the provider took it: it keeps trying, and never sends it again."""
+    store = DownForAcksStore(failures=20)
+    emulator = Emulator(api_key="k")
+    async with emulator.serve() as provider:
+        client = DevinoClient(provider, api_key="k")
+        signer = CallbackSigner("order-test-secret-0123456789abcdef0123")
+        sender = OutboxWorker(
+            store, client, sender_name="Order", signer=signer, callback_url=NOWHERE, config=PATIENT
+        )
+        await reply_in_memory(store, "m:1", "1")
+        sender.start()
+        try:
+            async with asyncio.timeout(5):
+                while store.failures or await store.outbox_size():  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+            await reply_in_memory(store, "m:2", "2")
+            await emulator.wait_for_messages(2, within=5)
+            assert [m.received["text"] for m in emulator.messages] == ["1", "2"]
+        finally:
+            await sender.stop(flush=1)
+            await client.aclose()
+
+
+async def reply_in_memory(store: MemoryStore, key: str, *texts: str) -> None:
+    lease = await store.begin_turn(USER, key)
+    messages = [OutboundMessage(user=USER, mode=SendMode.TEXT, text=t) for t in texts]
+    await store.commit_turn(lease, None, messages)

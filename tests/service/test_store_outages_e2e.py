@@ -49,10 +49,14 @@ RETRY_AFTER = 0.05
 # A run fails when nothing more was answered (webhooks) or sent (replies) for
 # this long. Under load the emulator (in this busy test process) can leave a
 # send unanswered; the sender then holds that batch until a status callback
-# names it or its resend_after passes (the default client's longest send,
-# 162 s, plus the 60 s receipt grace), and only then sends it again: the
-# longest silence of a healthy run, by design (no double over a lost answer).
+# names it or its resend_after passes (the default client's longest send plus
+# the 60 s receipt grace: 100 s), and only then sends it again: the longest
+# silence of a healthy run, by design (no double over a lost answer).
 STALLED = 240.0
+# The provider retries a status callback for up to 24 hours while botkit
+# answers errors; the emulator's default (4 tries in 0.35 s) would give up
+# within the outage. 10 tries cover 25 s.
+CALLBACK_ATTEMPTS = 10
 
 
 def user_number(n: int) -> str:
@@ -115,6 +119,7 @@ async def start_workers(
     processes: list[BotProcess], provider: Provider, tmp_path: Path, redis_url: str
 ) -> str:
     """``botkit run bots.echo:bot --workers 2`` on ``redis_url``; returns the webhook URL."""
+    provider.emulator.callback_attempts = CALLBACK_ATTEMPTS
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = clean_env(
