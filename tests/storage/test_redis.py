@@ -39,6 +39,7 @@ from botkit.storage.base import (
 )
 from botkit.storage.redis import RedisStore, StoreLayoutError
 from botkit.storage.redis.keys import Keys, shard_tags
+from botkit.storage.redis.runner import ScriptRunner
 from tests.helpers import free_port, wait_for
 
 from ._redis_server import RedisServer
@@ -966,6 +967,30 @@ async def test_a_reset_connection_is_storage_unavailable_and_the_next_turn_recon
     assert (await store.load(user)).last_inbound is not None
     await store.close()
     await proxy.close()
+
+
+async def test_redis_py_failing_a_write_with_a_non_redis_error_is_storage_unavailable(
+    redis_url: str,
+) -> None:
+    """redis-py 8.1 lets a write on a connection closed under it raise the transport's
+    TypeError or AttributeError, not its ConnectionError (redis-py #3546, #4287); on a
+    cluster that happens when the client is closed to re-read the slots after a failover.
+    It is the store being unreachable for now (a 503, the provider retries), not a 500.
+    A bad write provokes such an error from inside redis-py's connection here."""
+    runner = ScriptRunner(url=redis_url, prefix="t", socket_timeout=1)
+    client = aioredis.Redis.from_url(redis_url)
+    connection = client.connection_pool.make_connection()
+    try:
+        with pytest.raises(StorageUnavailable, match=r"could not begin a turn: .* did not answer"):
+            async with runner.guard("begin a turn"):
+                await connection.send_packed_command(12345, check_health=False)  # type: ignore[arg-type]
+        # The same kind of error from anywhere else is a bug, shown as it is.
+        with pytest.raises(TypeError):
+            async with runner.guard("begin a turn"):
+                b"".join(12345)  # type: ignore[arg-type]
+    finally:
+        await connection.disconnect()
+        await client.aclose()
 
 
 async def test_idle_connections_closed_by_a_restart_are_replaced_before_use(

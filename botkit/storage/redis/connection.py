@@ -9,12 +9,14 @@ query parameter.
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable
 from typing import Any, cast
 from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit
 
 import hiredis
 import redis.asyncio as aioredis
+import redis.asyncio.connection
 from redis import exceptions as rerr
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
@@ -344,6 +346,22 @@ def mask(url: str) -> str:
     return parts.geturl()
 
 
+def closed_under_write(exc: BaseException) -> bool:
+    """True for the error redis-py's asyncio connection raises when a connection closes
+    while it writes to it: a lost connection, not a bug of ours.
+
+    redis-py (8.1 and earlier) lets such a write raise the transport's
+    ``AttributeError`` or ``TypeError`` instead of its ``ConnectionError``
+    (redis-py issues #3546 and #4287). On Redis Cluster it happens when a
+    pipeline connects while the client is closed to re-read the slot map
+    after a failover (see ``ScriptRunner.notice_lost_nodes``).
+    """
+    if not isinstance(exc, AttributeError | TypeError):
+        return False
+    module = redis.asyncio.connection.__file__
+    return any(frame.filename == module for frame in traceback.extract_tb(exc.__traceback__))
+
+
 def named_error(url: str, prefix: str, doing: str, exc: BaseException) -> StorageError:
     """The store's named error for a Redis failure while ``doing``.
 
@@ -357,7 +375,7 @@ def named_error(url: str, prefix: str, doing: str, exc: BaseException) -> Storag
             f"socket timeout. Redis at {mask(url)} is slow or hung, or max_connections is "
             "too small for the load"
         )
-    if isinstance(exc, rerr.ConnectionError | rerr.TimeoutError):
+    if isinstance(exc, rerr.ConnectionError | rerr.TimeoutError) or closed_under_write(exc):
         return StorageUnavailable(
             f"could not {doing}: Redis at {mask(url)} did not answer ({exc}). "
             "Check that it runs and that BOTKIT_REDIS_URL points at it; the "

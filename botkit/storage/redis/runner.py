@@ -23,7 +23,7 @@ from redis import exceptions as rerr
 from redis.asyncio.cluster import RedisCluster
 
 from botkit.storage.base import StorageError, StorageUnavailable
-from botkit.storage.redis.connection import Client, mask, named_error
+from botkit.storage.redis.connection import Client, closed_under_write, mask, named_error
 from botkit.storage.redis.scripts import Script
 
 
@@ -280,6 +280,8 @@ class Guard:
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, _: Any
     ) -> None:
-        if isinstance(exc, rerr.RedisError | rerr.RedisClusterException):
+        if isinstance(exc, rerr.RedisError | rerr.RedisClusterException) or (
+            exc is not None and closed_under_write(exc)
+        ):
             await self._runner.notice_lost_nodes(exc)
             raise self._runner.named_error(self._doing, exc) from exc
