@@ -6,7 +6,8 @@
 local conv, lock, waiting, seen = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local key = ARGV[5]
 if key ~= '' and redis.call('LPOS', seen, key) then return 'ddone' end
-local held = redis.call('GET', lock)
+-- Take the lock unless it is taken: then GET's answer is its holder.
+local held = redis.call('SET', lock, ARGV[1] .. ' ' .. key, 'NX', 'PX', ARGV[2], 'GET')
 if held then
   -- The lock names the key its turn handles: the same message, still running.
   if key ~= '' and string.sub(held, (string.find(held, ' ', 1, true) or #held) + 1) == key then
@@ -18,7 +19,6 @@ if held then
   redis.call('SET', waiting, '1', 'PX', math.max(pttl, 1) + tonumber(ARGV[2]))
   return 'b' .. pttl
 end
-redis.call('SET', lock, ARGV[1] .. ' ' .. key, 'PX', ARGV[2])
 local f = redis.call('HGETALL', conv)
 if ARGV[3] == '' then return f end
 local inbound = #f + 2

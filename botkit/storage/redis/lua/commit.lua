@@ -39,7 +39,7 @@ if ARGV[16] == '-' then
 elseif ARGV[16] ~= '' then
   redis.call('ZADD', handoffs, ARGV[16], ARGV[12])
 end
-append(stream, delayed, conv, ARGV[2], i, i + 2 * nout - 1)
+append(stream, delayed, conv, nil, i, i + 2 * nout - 1)  -- its TTL was just set
 i = i + 2 * nout
 record(transcript, ARGV[14], ARGV[15], i, i + tonumber(ARGV[13]) - 1)
 -- The lock is there (checked above): 2 deleted means a turn was waiting.

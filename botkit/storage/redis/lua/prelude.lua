@@ -3,7 +3,8 @@
 -- Append the (not_before or "", message JSON) pairs ARGV[first..last] to the
 -- shard's outbox. Messages for now go to the stream, numbered in the user's
 -- send sequence (field next_seq of the conversation hash, which lives at
--- least ``ttl`` ms from now); later ones wait in the delayed set, unnumbered.
+-- least ``ttl`` ms from now; a caller that just set that TTL passes nil);
+-- later ones wait in the delayed set, unnumbered.
 local function append(stream, delayed, conv, ttl, first, last)
   local count = 0
   for j = first, last, 2 do
@@ -12,7 +13,7 @@ local function append(stream, delayed, conv, ttl, first, last)
   local seq = 0
   if count > 0 then
     seq = redis.call('HINCRBY', conv, 'next_seq', count) - count
-    if redis.call('PTTL', conv) < tonumber(ttl) then redis.call('PEXPIRE', conv, ttl) end
+    if ttl and redis.call('PTTL', conv) < tonumber(ttl) then redis.call('PEXPIRE', conv, ttl) end
   end
   for j = first, last, 2 do
     if ARGV[j] == '' then
