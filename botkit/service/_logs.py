@@ -74,8 +74,17 @@ class ConsoleFormatter(logging.Formatter):
     are escaped. Only a traceback (logged at DEBUG) spans several lines.
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._stamp = ""
+
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        second = int(record.created)
+        if second != self._second:  # many lines a second under load: one strftime each
+            self._second = second
+            self._stamp = time.strftime("%H:%M:%S", time.localtime(second))
+        stamp = self._stamp
         text = record.getMessage()
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict) and fields:
@@ -151,6 +160,12 @@ def configure_logging(fmt: str = "console", level: str = "INFO") -> None:
     """
     handler = LoopBatchedHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
+    # Neither format shows a record's thread, process or task name: not looked
+    # up for every record (the logging HOWTO's "Optimization"). The pid stays.
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+    if sys.version_info >= (3, 12):
+        logging.logAsyncioTasks = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
