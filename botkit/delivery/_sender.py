@@ -141,6 +141,10 @@ class OutboxWorkerConfig:
     ``heartbeat_ttl``: with a sharded outbox (Redis), how long a sender
     counts as live after its last heartbeat (it beats every third of it); the
     shards of a sender that stopped beating move to the others after that.
+    ``consumer_idle``: with a sharded outbox, a consumer of a shard (each
+    process reads as its own) that holds nothing and was idle this long is
+    forgotten by the shard's owner, at most every 10 minutes: restarts do
+    not pile up consumers in Redis.
     """
 
     batch_size: int = 100
@@ -152,6 +156,7 @@ class OutboxWorkerConfig:
     housekeeping_every: float = 1.0
     order_wait: float = 10.0
     heartbeat_ttl: float = 6.0
+    consumer_idle: float = 3600.0
 
 
 _REASON_KEYS = frozenset(ReasonKey)
@@ -161,6 +166,8 @@ _UNBOUNDED_SEND = 600.0
 # claim_idle beyond the longest send: the time between marking an attempt and
 # posting, and a loaded event loop.
 _CLAIM_MARGIN = 5.0
+# The longest time between two prunes of the owned shards' departed consumers.
+_PRUNE_EVERY = 600.0
 # How often a sender that holds only messages waiting for earlier ones looks again.
 _ORDER_POLL = 0.005
 
@@ -228,6 +235,7 @@ class OutboxWorker:
         self._last_housekeeping = 0.0
         self._last_size = -1e9
         self._last_claim = 0.0
+        self._last_prune = time.monotonic()
         # Read, but an earlier message to the same user has no answer yet.
         self._waiting: list[OutboxItem] = []
         self._waiting_since: dict[str, float] = {}
@@ -344,12 +352,28 @@ class OutboxWorker:
             self._hold(await self._settle_in_doubt())
         if self._unposted:  # what was not taken back in time is another's by now
             self._unposted = {i: t for i, t in self._unposted.items() if now - t < self.claim_idle}
+        await self._prune_consumers(now)
         await self.store.outbox_release_due(self.clock.now())
         # A gauge: measuring every shard of a Redis outbox costs more than the
         # release above, so at most every 10 s (or housekeeping_every).
         if now - self._last_size >= max(10.0, self.config.housekeeping_every):
             self._last_size = now
             metrics.OUTBOX_SIZE.set(await self.store.outbox_size())
+
+    async def _prune_consumers(self, now: float) -> None:
+        """Forget the departed consumers of the shards this sender owns (``consumer_idle``)."""
+        idle = self.config.consumer_idle
+        if self._outbox is None or self._ownership is None or self._draining.is_set():
+            return
+        if now - self._last_prune < min(_PRUNE_EVERY, idle):
+            return
+        shards = self._ownership.shards
+        if not shards:
+            return
+        self._last_prune = now
+        gone = await self._outbox.outbox_prune(idle, shards=shards)
+        if gone:
+            log.info("forgot %d outbox consumers of senders gone %.0fs or more", gone, idle)
 
     async def _next_batch(self) -> list[OutboxItem]:
         """Messages still waiting for earlier ones, then claimed or new ones, in outbox order.

@@ -548,3 +548,8 @@ class ShardedOutbox(Protocol):
         """Take up to ``count`` entries of ``shards`` that senders not in ``live`` read and
         did not acknowledge, idle for ``min_idle`` s at least, now (not after a claim)."""
         ...
+
+    async def outbox_prune(self, idle: float, *, shards: Sequence[int]) -> int:
+        """Forget the consumers of ``shards`` that hold no entry and were idle ``idle`` s
+        (senders gone): returns how many."""
+        ...

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from prometheus_client import REGISTRY
 
 from botkit import OutboundMessage, RetryPolicy, SendMode
@@ -26,7 +27,9 @@ from botkit.devino.client import DevinoClient
 from botkit.devtools.emulator import Emulator
 from botkit.storage import OutboxItem, RedisStore
 from botkit.storage.base import StorageUnavailable
+from botkit.storage.redis.keys import Keys
 from tests.conftest import delete_prefix, require_redis
+from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 REPLIES = 30
@@ -254,3 +257,74 @@ async def test_a_dead_senders_posted_entries_without_receipts_wait_out_resend_af
         assert resent_unconfirmed() - before == 5
     finally:
         await _clean_up(dying, black_hole, store, url, prefix)
+
+
+def outbox_consumers(store: RedisStore, keys: Keys) -> dict[str, int]:
+    """Every consumer of the outbox's shard groups, with its pending entries (all shards)."""
+    found: dict[str, int] = {}
+    client = redis.Redis.from_url(store.url, decode_responses=True)
+    try:
+        for shard in store.outbox_shards():
+            for consumer in client.xinfo_consumers(keys.outbox(shard), store.group):
+                found[consumer["name"]] = found.get(consumer["name"], 0) + consumer["pending"]
+    finally:
+        client.close()
+    return found
+
+
+async def test_the_consumers_of_senders_gone_are_forgotten_and_what_they_hold_is_kept() -> None:
+    """Every process reads as a consumer of its own: restarts must not pile them up in Redis."""
+    url = require_redis()
+    prefix = f"botkit-test-{uuid.uuid4().hex[:12]}"
+    store = RedisStore(url, bot="prune", prefix=prefix, consumer="survivor")
+    await store.open()
+    keys = Keys(prefix, "prune")
+    emulator = Emulator(api_key="k")
+    try:
+        # Two processes that are gone: one acknowledged all it read, one left an entry.
+        for n in range(2):
+            await commit_reply(store, f"7904000000{n}", f"reply {n}")
+        read = await store.outbox_read("gone-clean", 10, 0)
+        assert len(read) == 2
+        await store.outbox_ack([item.id for item in read])
+        await commit_reply(store, "79040000002", "reply 2")
+        [left] = await store.outbox_read("gone-holding", 10, 0)
+        assert outbox_consumers(store, keys) == {"gone-clean": 0, "gone-holding": 1}
+        async with emulator.serve() as provider:
+            client = DevinoClient(provider, api_key="k")
+            sender = OutboxWorker(
+                store,
+                client,
+                sender_name="Claim",
+                signer=CallbackSigner("claim-test-secret-0123456789abcdef0123"),
+                consumer="survivor",
+                config=OutboxWorkerConfig(
+                    claim_idle=600, block=0.1, housekeeping_every=0.05, consumer_idle=0.2
+                ),
+            )
+            sender.start()
+            try:
+                await wait_for(
+                    lambda: "gone-clean" not in outbox_consumers(store, keys),
+                    within=10,
+                    what="the clean consumer forgotten",
+                )
+                await commit_reply(store, "79040000009", "after")
+                await emulator.wait_for_messages(1, within=10)
+            finally:
+                await sender.stop(flush=1)
+                await client.aclose()
+        # The one holding an entry stays, with it (a claim or take-over settles it).
+        consumers = outbox_consumers(store, keys)
+        assert consumers.get("gone-holding") == 1
+        assert [i.id for i in await store.outbox_unacked("gone-holding", 10)] == [left.id]
+    finally:
+        await store.close()
+        delete_prefix(url, prefix)
+
+
+async def commit_reply(store: RedisStore, user: str, text: str) -> None:
+    lease = await store.begin_turn(user, f"m:{uuid.uuid4().hex}")
+    await store.commit_turn(
+        lease, None, [OutboundMessage(user=user, mode=SendMode.TEXT, text=text)]
+    )

@@ -64,7 +64,7 @@ TIMERS_RESCHEDULE = load("timers_reschedule")
 HANDOFFS = load("handoffs")
 HANDOFFS_ALL = load("handoffs_all")
 NOTICES_ADD = load("notices_add")
-NOTICES_PRUNE = load("notices_prune")
+PRUNE_CONSUMERS = load("prune_consumers")
 
 # Campaigns (botkit/storage/redis/campaigns.py): loaded on first use (NOSCRIPT).
 CAMPAIGN_ADD = load("campaign_add", library="campaign_lib")
@@ -95,6 +95,6 @@ ALL = (
     HANDOFFS,
     HANDOFFS_ALL,
     NOTICES_ADD,
-    NOTICES_PRUNE,
+    PRUNE_CONSUMERS,
 )
 """Every script the store loads at open."""

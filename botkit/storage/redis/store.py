@@ -911,6 +911,27 @@ class RedisStore(ConversationStore):
         """
         return await self._claim(consumer, min_idle, count, shards, sorted({*live, consumer}))
 
+    async def outbox_prune(self, idle: float, *, shards: Sequence[int]) -> int:
+        """Forget the consumers of ``shards`` that hold no entry and were idle ``idle`` s.
+
+        Each process reads as a consumer of its own: without this every
+        restart would leave one in each shard's group for good, and each claim
+        would go through them all. One script call per shard (one slot each),
+        sent together.
+        """
+        await self._ensure_open()
+        args = [self.group, _ms(idle)]
+
+        async def prune(shard: int) -> int:
+            async with self._runner.guard("forget the outbox's departed consumers"):
+                return int(
+                    await self._runner.run(
+                        scripts.PRUNE_CONSUMERS, [self._keys.outbox(shard)], args
+                    )
+                )
+
+        return sum(await asyncio.gather(*(prune(shard) for shard in shards)))
+
     async def _claim(
         self,
         consumer: str,
@@ -1022,7 +1043,7 @@ class RedisStore(ConversationStore):
         await self._ensure_open()
         async with self._runner.guard("prune agent notices consumers"):
             gone = await self._runner.run(
-                scripts.NOTICES_PRUNE, [self._keys.notices], [group, int(idle * 1000)]
+                scripts.PRUNE_CONSUMERS, [self._keys.notices], [group, int(idle * 1000)]
             )
         return int(gone)
 

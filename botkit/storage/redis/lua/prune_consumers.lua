@@ -1,8 +1,10 @@
--- NOTICES_PRUNE: forget the consumers of the group that hold nothing and have been
--- idle for ARGV[2] ms (workers gone long ago); atomic, so none holding an entry goes.
--- KEYS: the notices stream
+-- PRUNE_CONSUMERS: forget the consumers of a stream's group that hold nothing and
+-- have been idle for ARGV[2] ms (processes gone long ago: every process reads as a
+-- consumer of its own, so without this each restart would leave one behind for
+-- good). Atomic, so none holding an entry goes; one that reads again is made anew.
+-- KEYS: the stream (the agent notices, or one outbox shard)
 -- ARGV: group, idle ms
--- -> how many consumers were forgotten
+-- -> how many consumers were forgotten (0 when the stream or group is gone)
 local stream, group, idle = KEYS[1], ARGV[1], tonumber(ARGV[2])
 local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', stream, group)
 if not ok then return 0 end
