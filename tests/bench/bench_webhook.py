@@ -18,11 +18,14 @@ machine is shared: the best round is the least disturbed one). After each
 round the replies are counted at the emulator. Run::
 
     python tests/bench/bench_webhook.py [--seconds 10] [--connections 32] [--rounds 4]
-        [--quiet | --both-log-levels]
+        [--quiet | --both-log-levels] [--against CHECKOUT]
 
 ``--quiet`` runs botkit at ``BOTKIT_LOG_LEVEL=WARNING`` (no line per turn, as
 the baseline writes none); ``--both-log-levels`` runs it both ways in each
 round, so the cost of the turn line shows against the same baseline.
+``--against CHECKOUT`` also runs botkit from another checkout in every round
+(``git worktree add ../before <commit>``): a change's effect, measured in the
+same run.
 """
 
 from __future__ import annotations
@@ -62,10 +65,10 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def clean_env(**extra: str) -> dict[str, str]:
+def clean_env(root: Path = ROOT, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BOTKIT_", "BASELINE_"))}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONPATH"] = str(root)
     env.update(extra)
     return env
 
@@ -74,7 +77,14 @@ class Server:
     """A server process; its output goes to a log file."""
 
     def __init__(
-        self, name: str, argv: list[str], env: dict[str, str], port: int, *, quiet: bool = False
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        port: int,
+        *,
+        quiet: bool = False,
+        root: Path = ROOT,
     ) -> None:
         self.name = name
         self.port = port
@@ -82,7 +92,7 @@ class Server:
         self.log = Path(tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")[1])
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
-                argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+                argv, env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT
             )
 
     def output(self) -> str:
@@ -142,9 +152,13 @@ def start_emulator() -> tuple[subprocess.Popen[str], str]:
     return process, line.split(" listening on ")[1].split()[0]
 
 
-def start_botkit(redis_url: str, prefix: str, emulator_url: str, quiet: bool) -> Server:
+def start_botkit(
+    redis_url: str, prefix: str, emulator_url: str, quiet: bool, root: Path = ROOT
+) -> Server:
+    """``botkit run`` of the checkout at ``root`` (this one by default)."""
     port = free_port()
     env = clean_env(
+        root,
         BOTKIT_WEBHOOK_TOKEN=TOKEN,
         BOTKIT_DEVINO_URL=emulator_url,
         BOTKIT_DEVINO_API_KEY=API_KEY,
@@ -155,7 +169,7 @@ def start_botkit(redis_url: str, prefix: str, emulator_url: str, quiet: bool) ->
     )
     argv = [sys.executable, "-m", "botkit", "run", "bots.echo:bot"]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
-    return Server("botkit", argv, env, port, quiet=quiet)
+    return Server("botkit", argv, env, port, quiet=quiet, root=root)
 
 
 def start_baseline(redis_url: str, prefix: str, emulator_url: str) -> Server:
@@ -338,7 +352,7 @@ async def measure(
     await reset_emulator(emulator_url)
     cpu = ", ".join(f"{group} {us:,.0f}" for group, us in load.cpu_us.items())
     print(
-        f"  {name:12} {load.rate:8,.0f} msgs/s  p50 {load.percentile(50):6.1f} ms  "
+        f"  {name:20} {load.rate:8,.0f} msgs/s  p50 {load.percentile(50):6.1f} ms  "
         f"p99 {load.percentile(99):6.1f} ms  errors {load.errors or 0}  "
         f"replies drained in {drain:.2f}s\n"
         f"            CPU us per message: {cpu}",
@@ -369,6 +383,13 @@ async def main() -> None:
         help="each round runs botkit at INFO (a line per turn) and at WARNING (none)",
     )
     parser.add_argument(
+        "--against",
+        type=Path,
+        metavar="CHECKOUT",
+        help="also run botkit from another checkout (say, a worktree of an earlier commit) "
+        "in every round, at the same log level(s): a before/after on the same machine",
+    )
+    parser.add_argument(
         "--redis", default=os.environ.get("BOTKIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
     )
     args = parser.parse_args()
@@ -379,13 +400,15 @@ async def main() -> None:
     users = [f"7903{rng.randrange(10**7):07d}" for _ in range(args.users)]
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     emulator, emulator_url = start_emulator()
-    # botkit's runs: (name, quiet); the first is the one the ratio line names "botkit".
-    runs = [("botkit", args.quiet)]
+    # botkit's runs: (name, quiet, checkout); the first is the one the ratio line names "botkit".
+    runs = [("botkit", args.quiet, ROOT)]
     if args.both_log_levels:
-        runs = [("botkit", False), ("botkit-quiet", True)]
-    results: dict[str, list[Load]] = {name: [] for name, _ in runs}
+        runs = [("botkit", False, ROOT), ("botkit-quiet", True, ROOT)]
+    if args.against is not None:
+        runs += [(f"{name}-against", quiet, args.against.resolve()) for name, quiet, _ in runs]
+    results: dict[str, list[Load]] = {name: [] for name, _, _ in runs}
     results["baseline"] = []
-    levels = ", ".join(f"{name} at {'WARNING' if quiet else 'INFO'}" for name, quiet in runs)
+    levels = ", ".join(f"{name} at {'WARNING' if quiet else 'INFO'}" for name, quiet, _ in runs)
     print(
         f"cores {os.cpu_count()}, {args.connections} connections, {args.users} users, "
         f"{args.seconds:g}s per round after {args.warmup:g}s warm-up, {args.rounds} rounds; "
@@ -395,8 +418,9 @@ async def main() -> None:
     try:
         for round_ in range(1, args.rounds + 1):
             print(f"round {round_}", flush=True)
-            for name, quiet in runs:
-                server = start_botkit(args.redis, f"{prefix}-{name}{round_}", emulator_url, quiet)
+            for name, quiet, root in runs:
+                key_prefix = f"{prefix}-{name}{round_}"
+                server = start_botkit(args.redis, key_prefix, emulator_url, quiet, root)
                 results[name].append(
                     await measure(name, server, emulator, emulator_url, args, users)
                 )
@@ -415,12 +439,23 @@ async def main() -> None:
     for name, loads in results.items():
         load = best(loads)
         print(
-            f"  {name:12} {load.rate:8,.0f} msgs/s  p50 {load.percentile(50):6.1f} ms  "
+            f"  {name:20} {load.rate:8,.0f} msgs/s  p50 {load.percentile(50):6.1f} ms  "
             f"p99 {load.percentile(99):6.1f} ms"
+        )
+    print("medians:")
+    for name, loads in results.items():
+        cpu = {
+            group: statistics.median(load.cpu_us[group] for load in loads)
+            for group in ("server", "redis")
+        }
+        print(
+            f"  {name:20} {statistics.median(load.rate for load in loads):8,.0f} msgs/s  "
+            f"p99 {statistics.median(load.percentile(99) for load in loads):6.1f} ms  "
+            f"CPU us per message: server {cpu['server']:,.0f}, redis {cpu['redis']:,.0f}"
         )
     rates = {k: statistics.median(load.rate for load in v) for k, v in results.items()}
     theirs = best(results["baseline"])
-    for name, _ in runs:
+    for name, _, _ in runs:
         print(
             f"ratio {name} / baseline: {best(results[name]).rate / theirs.rate:.2f} best rounds, "
             f"{rates[name] / rates['baseline']:.2f} medians (target: at least 0.80)"
