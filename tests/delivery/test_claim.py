@@ -69,7 +69,12 @@ async def _clean_up(
 
 
 def survivor(
-    store: RedisStore, client: DevinoClient, *, claim_idle: float, heartbeat_ttl: float
+    store: RedisStore,
+    client: DevinoClient,
+    *,
+    claim_idle: float,
+    heartbeat_ttl: float = 6.0,
+    consumer_idle: float = 3600.0,
 ) -> OutboxWorker:
     """The sender that lives on ("survivor"), looking for others' entries every 0.1 s."""
     return OutboxWorker(
@@ -79,7 +84,11 @@ def survivor(
         signer=CallbackSigner("claim-test-secret-0123456789abcdef0123"),
         consumer="survivor",
         config=OutboxWorkerConfig(
-            claim_idle=claim_idle, block=0.1, heartbeat_ttl=heartbeat_ttl, housekeeping_every=0.1
+            claim_idle=claim_idle,
+            block=0.1,
+            heartbeat_ttl=heartbeat_ttl,
+            housekeeping_every=0.1,
+            consumer_idle=consumer_idle,
         ),
     )
 
@@ -292,16 +301,7 @@ async def test_the_consumers_of_senders_gone_are_forgotten_and_what_they_hold_is
         assert outbox_consumers(store, keys) == {"gone-clean": 0, "gone-holding": 1}
         async with emulator.serve() as provider:
             client = DevinoClient(provider, api_key="k")
-            sender = OutboxWorker(
-                store,
-                client,
-                sender_name="Claim",
-                signer=CallbackSigner("claim-test-secret-0123456789abcdef0123"),
-                consumer="survivor",
-                config=OutboxWorkerConfig(
-                    claim_idle=600, block=0.1, housekeeping_every=0.05, consumer_idle=0.2
-                ),
-            )
+            sender = survivor(store, client, claim_idle=600, consumer_idle=0.2)
             sender.start()
             try:
                 await wait_for(

@@ -7,6 +7,7 @@ posts number k only once the provider answered k - 1, whichever sender had it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
@@ -237,6 +238,21 @@ PATIENT = OutboxWorkerConfig(
 )
 
 
+@contextlib.asynccontextmanager
+async def patient_sender(store: MemoryStore, provider: str) -> AsyncIterator[OutboxWorker]:
+    """A sender (not started) with status callbacks on and long waits; stopped after."""
+    client = DevinoClient(provider, api_key="k")
+    signer = CallbackSigner("order-test-secret-0123456789abcdef0123")
+    sender = OutboxWorker(
+        store, client, sender_name="Order", signer=signer, callback_url=NOWHERE, config=PATIENT
+    )
+    try:
+        yield sender
+    finally:
+        await sender.stop(flush=1)
+        await client.aclose()
+
+
 class LostAttemptStore(MemoryStore):
     """A store whose first attempt mark is written but its answer lost, as a Redis crash
     between running the script and sending the reply looks to the sender."""
@@ -257,23 +273,14 @@ async def test_messages_marked_by_an_attempt_whose_answer_was_lost_go_at_once_in
     """They were never posted: not held back for a receipt, nor the user's next replies."""
     store = LostAttemptStore()
     emulator = Emulator(api_key="k")
-    async with emulator.serve() as provider:
-        client = DevinoClient(provider, api_key="k")
-        signer = CallbackSigner("order-test-secret-0123456789abcdef0123")
-        sender = OutboxWorker(
-            store, client, sender_name="Order", signer=signer, callback_url=NOWHERE, config=PATIENT
-        )
+    async with emulator.serve() as provider, patient_sender(store, provider) as sender:
         await reply_in_memory(store, "m:1", "1", "2")
         sender.start()
-        try:
-            await emulator.wait_for_messages(2, within=5)
-            assert store.lost == 0
-            await reply_in_memory(store, "m:2", "3")
-            await emulator.wait_for_messages(3, within=5)
-            assert [m.received["text"] for m in emulator.messages] == ["1", "2", "3"]
-        finally:
-            await sender.stop(flush=1)
-            await client.aclose()
+        await emulator.wait_for_messages(2, within=5)
+        assert store.lost == 0
+        await reply_in_memory(store, "m:2", "3")
+        await emulator.wait_for_messages(3, within=5)
+        assert [m.received["text"] for m in emulator.messages] == ["1", "2", "3"]
 
 
 class DownForAcksStore(MemoryStore):
@@ -300,24 +307,15 @@ async def test_a_sent_batch_is_acknowledged_after_a_long_outage_not_sent_again()
     """Only this sender knows the provider took it: it keeps trying, and never sends it again."""
     store = DownForAcksStore(failures=20)
     emulator = Emulator(api_key="k")
-    async with emulator.serve() as provider:
-        client = DevinoClient(provider, api_key="k")
-        signer = CallbackSigner("order-test-secret-0123456789abcdef0123")
-        sender = OutboxWorker(
-            store, client, sender_name="Order", signer=signer, callback_url=NOWHERE, config=PATIENT
-        )
+    async with emulator.serve() as provider, patient_sender(store, provider) as sender:
         await reply_in_memory(store, "m:1", "1")
         sender.start()
-        try:
-            async with asyncio.timeout(5):
-                while store.failures or await store.outbox_size():  # noqa: ASYNC110
-                    await asyncio.sleep(0.01)
-            await reply_in_memory(store, "m:2", "2")
-            await emulator.wait_for_messages(2, within=5)
-            assert [m.received["text"] for m in emulator.messages] == ["1", "2"]
-        finally:
-            await sender.stop(flush=1)
-            await client.aclose()
+        async with asyncio.timeout(5):
+            while store.failures or await store.outbox_size():  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        await reply_in_memory(store, "m:2", "2")
+        await emulator.wait_for_messages(2, within=5)
+        assert [m.received["text"] for m in emulator.messages] == ["1", "2"]
 
 
 async def reply_in_memory(store: MemoryStore, key: str, *texts: str) -> None:
