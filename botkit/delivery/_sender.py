@@ -706,8 +706,9 @@ class OutboxWorker:
                 # later reply to their users waiting behind them.
                 self._unposted.update(dict.fromkeys(ids, marking))
                 raise
-            for posted in ids:
-                self._unposted.pop(posted, None)
+            if self._unposted:  # nearly always empty: nothing to do per batch
+                for posted in ids:
+                    self._unposted.pop(posted, None)
             if len(held) < len(pending):
                 log.info(
                     "%d outbox entries this sender held were claimed by another; not sent here",

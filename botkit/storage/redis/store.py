@@ -1043,7 +1043,7 @@ class RedisStore(ConversationStore):
         await self._ensure_open()
         async with self._runner.guard("prune agent notices consumers"):
             gone = await self._runner.run(
-                scripts.PRUNE_CONSUMERS, [self._keys.notices], [group, int(idle * 1000)]
+                scripts.PRUNE_CONSUMERS, [self._keys.notices], [group, _ms(idle)]
             )
         return int(gone)
 
